@@ -1,0 +1,5 @@
+import sys
+
+from pinfs.cli import main
+
+sys.exit(main())

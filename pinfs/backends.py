@@ -1,0 +1,241 @@
+"""Backend discovery: which backends a data root has, their types and configs.
+
+A backend is a directory ``ROOT/backends/<name>/`` or a config ``ROOT/backends/<name>.yaml`` /
+``ROOT/backend_configs/<name>.yaml``. Names are validated before they are ever joined to a path, so
+``..``, ``/`` or NUL in a name is reported, never followed. A broken config is recorded on the
+backend (``config_error``) rather than raised, so one bad backend never hides the others.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pinfs.errors import InvalidInput, NotFound
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use with fullmatch: "$" would admit a trailing newline
+DEFAULT_ROOT = "~/.ipfs_kit"
+# Config files larger than this are refused: a backend config is a few lines of YAML.
+MAX_CONFIG_BYTES = 1 << 20
+
+# Backend types recognised from a name's words, most specific first (CONTRACT §1: whole words only,
+# so "sshfs-x" is sshfs, "sftp" is not ftp).
+_TYPE_WORDS: dict[str, str] = {
+    "s3": "s3",
+    "sshfs": "sshfs",
+    "ftp": "ftp",
+    "github": "github",
+    "huggingface": "huggingface",
+    "hf": "huggingface",
+    "storacha": "storacha",
+    "filesystem": "filesystem",
+    "local": "filesystem",
+    "fs": "filesystem",
+    "ipfs": "ipfs",
+}
+FILESYSTEM_TYPES = frozenset({"filesystem", "local", "sshfs"})
+
+PARQUET_NAME = "pin_mappings.parquet"
+CAR_NAME = "pin_mappings.car"
+LEGACY_NAME = "pins.json"
+REJECTED_NAME = "pins.rejected.json"
+
+
+@dataclass
+class Backend:
+    """One backend of a data root. ``directory`` may not exist yet (config only)."""
+
+    name: str
+    type: str
+    directory: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    config_path: Path | None = None
+    config_error: str | None = None
+    enabled: bool = True
+
+    @property
+    def parquet_path(self) -> Path:
+        return self.directory / PARQUET_NAME
+
+    @property
+    def car_path(self) -> Path:
+        return self.directory / CAR_NAME
+
+    @property
+    def legacy_path(self) -> Path:
+        return self.directory / LEGACY_NAME
+
+    def setting(self, *names: str, default: Any = None) -> Any:
+        """A type-specific setting, from the top level or under ``config:``, first name found wins."""
+        nested = self.config.get("config")
+        for name in names:
+            if name in self.config:
+                return self.config[name]
+            if isinstance(nested, dict) and name in nested:
+                return nested[name]
+        return default
+
+
+@dataclass
+class BackendProblem:
+    """Something under the root that looks like a backend but cannot be used as one."""
+
+    location: str
+    reason: str
+
+
+def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """The data root: ``root`` if given, else ``$PINFS_ROOT``, else ``~/.ipfs_kit``."""
+    chosen = root if root is not None else os.environ.get("PINFS_ROOT") or DEFAULT_ROOT
+    return Path(os.path.expanduser(os.fspath(chosen))).resolve()
+
+
+def validate_backend_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InvalidInput(
+            f"invalid backend name {name!r}: use 1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def type_from_name(name: str) -> str:
+    """Guess a type from a backend's name, matching whole ``-``/``_``-separated words."""
+    for word in re.split(r"[-_]", name):
+        if word in _TYPE_WORDS:
+            return _TYPE_WORDS[word]
+    return "unknown"
+
+
+def backends_dir(root: Path) -> Path:
+    return root / "backends"
+
+
+def _config_candidates(root: Path, name: str) -> list[Path]:
+    return [
+        backends_dir(root) / f"{name}.yaml",
+        backends_dir(root) / f"{name}.yml",
+        root / "backend_configs" / f"{name}.yaml",
+        root / "backend_configs" / f"{name}.yml",
+    ]
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Parse one YAML config; raise ValueError with a one-line reason when it is unusable."""
+    if path.is_symlink() and not _inside(path.resolve(), path.parent.resolve().parent):
+        raise ValueError("config is a symlink pointing outside the data root")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"config is {size} bytes, more than {MAX_CONFIG_BYTES}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"not valid YAML: {first_line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    try:
+        path.relative_to(parent)
+    except ValueError:
+        return False
+    return True
+
+
+def _backend_from(root: Path, name: str) -> Backend:
+    backend = Backend(name=name, type=type_from_name(name), directory=backends_dir(root) / name)
+    for candidate in _config_candidates(root, name):
+        if not candidate.is_file():
+            continue
+        backend.config_path = candidate
+        try:
+            backend.config = load_config(candidate)
+        except (OSError, ValueError) as exc:
+            backend.config_error = f"{candidate}: {exc}"
+        break
+    _apply_config(backend)
+    return backend
+
+
+def _apply_config(backend: Backend) -> None:
+    config = backend.config
+    declared_type = config.get("type")
+    if declared_type is not None:
+        if isinstance(declared_type, str) and declared_type.strip():
+            backend.type = declared_type.strip().lower()
+        else:
+            backend.config_error = backend.config_error or f"{backend.config_path}: 'type' must be a string"
+    declared_name = config.get("name")
+    if declared_name is not None and declared_name != backend.name and backend.config_error is None:
+        backend.config_error = (
+            f"{backend.config_path}: 'name' is {declared_name!r} but the file is for {backend.name!r}"
+        )
+    enabled = config.get("enabled", True)
+    backend.enabled = enabled if isinstance(enabled, bool) else str(enabled).lower() not in {"false", "no", "0"}
+
+
+def _candidate_names(root: Path) -> tuple[set[str], list[BackendProblem]]:
+    names: set[str] = set()
+    problems: list[BackendProblem] = []
+    folders = [(backends_dir(root), True), (root / "backend_configs", False)]
+    for folder, holds_data in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            name = _name_of(entry, holds_data)
+            if name is None:
+                continue
+            if not NAME_PATTERN.fullmatch(name):
+                problems.append(BackendProblem(entry.path, f"invalid backend name {name!r}; ignored"))
+                continue
+            if holds_data and entry.is_symlink():
+                problems.append(BackendProblem(entry.path, "backend directory is a symlink; ignored"))
+                continue
+            names.add(name)
+    return names, problems
+
+
+def _name_of(entry: os.DirEntry[str], holds_data: bool) -> str | None:
+    """The backend name an entry stands for, or None when it is not a backend entry at all."""
+    if entry.name.startswith("."):
+        return None
+    for suffix in (".yaml", ".yml"):
+        if entry.name.endswith(suffix) and entry.is_file():
+            return entry.name[: -len(suffix)]
+    if holds_data and (entry.is_dir(follow_symlinks=False) or entry.is_symlink()):
+        return entry.name
+    return None
+
+
+def discover_backends(root: Path) -> tuple[list[Backend], list[BackendProblem]]:
+    """All backends of ``root``, sorted by name, and what was found but could not be used."""
+    names, problems = _candidate_names(root)
+    return [_backend_from(root, name) for name in sorted(names)], problems
+
+
+def get_backend(root: Path, name: str) -> Backend:
+    """One backend by name. Raises InvalidInput for a bad name and NotFound when it does not exist."""
+    validate_backend_name(name)
+    backend = _backend_from(root, name)
+    if not backend.directory.is_dir() and backend.config_path is None:
+        raise NotFound(f"no backend {name!r} under {backends_dir(root)}")
+    if backend.directory.is_symlink():
+        raise InvalidInput(f"{backend.directory}: backend directory is a symlink; refusing to follow it")
+    return backend
+
+
+def ensure_backend_dir(backend: Backend) -> Path:
+    """Create the backend's directory if only its config exists yet."""
+    backend.directory.mkdir(parents=True, exist_ok=True)
+    return backend.directory

@@ -1,0 +1,111 @@
+"""Crash-safe file replacement and cross-process locks.
+
+Every file pinfs writes goes through ``atomic_writer``/``atomic_write_bytes``: a temporary file in the
+same directory, fsync, rename over the target, fsync of the directory. A crash at any instant leaves
+either the old or the new file. Writers to one backend serialize on ``backend_lock`` (``fcntl.flock``
+on ``<backend dir>/.pinfs.lock``), which works across processes and is released by the kernel if the
+holder dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pinfs.errors import Busy
+
+TEMP_MARKER = ".pinfs-tmp."
+LOCK_NAME = ".pinfs.lock"
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_path_for(target: Path) -> Path:
+    """A unique temporary name beside ``target``; recognisable so stale ones can be cleaned."""
+    return target.with_name(f".{target.name}{TEMP_MARKER}{os.getpid()}.{secrets.token_hex(4)}")
+
+
+@contextlib.contextmanager
+def atomic_writer(target: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``target`` atomically and durably.
+
+    If the body raises, the temporary file is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    temp = temp_path_for(target)
+    try:
+        yield temp
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, target)
+        fsync_dir(target.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+
+
+def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o644) -> None:
+    with atomic_writer(target) as temp:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+
+
+def remove_stale_temps(directory: Path, older_than_seconds: float = 0.0) -> list[Path]:
+    """Delete temporary files left by writers that died. Call with the directory's lock held."""
+    removed: list[Path] = []
+    now = time.time()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            if TEMP_MARKER not in entry.name or not entry.is_file(follow_symlinks=False):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if now - entry.stat(follow_symlinks=False).st_mtime >= older_than_seconds:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+@contextlib.contextmanager
+def backend_lock(backend_dir: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold the backend's exclusive write lock. ``timeout`` None waits forever; on expiry raise Busy.
+
+    Stale temporary files are removed once the lock is taken: whoever left them is gone or finished.
+    """
+    backend_dir = Path(backend_dir)
+    fd = os.open(backend_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _acquire(fd, backend_dir, timeout)
+        remove_stale_temps(backend_dir, older_than_seconds=0.0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _acquire(fd: int, backend_dir: Path, timeout: float | None) -> None:
+    if timeout is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise Busy(f"{backend_dir}: another pinfs process is writing this backend") from None
+            time.sleep(0.02)

@@ -1,0 +1,510 @@
+"""Reader for legacy ``pins.json`` files (CONTRACT §1), the input that migration and the mount's
+legacy view start from.
+
+What it does: find a backend's legacy source (``pins.json``, else its newest backup), parse whichever
+of the shapes seen in the wild it holds, and turn every entry into either a complete record
+(``schema.make_record``) or a ``Rejected`` saying what is wrong and where. Nothing is dropped
+silently. ``write_rejected`` keeps the rejects beside the backend as ``pins.rejected.json``.
+
+Accepted shapes (``LegacyPins.shape``):
+
+- ``empty``: 0 bytes or only whitespace, ``[]`` or ``{}``;
+- ``list-of-strings``: ``["<cid>", …]``;
+- ``list-of-objects``: ``[{"cid"|"hash"|"Cid"|"CID"|"Hash"|"/": "<cid>" or {"/": "<cid>"}, …}, …]``;
+- ``mixed``: a list holding strings, objects and/or other values (the others are rejected);
+- ``pins-object``: ``{"pins": <any list shape or a cid-map>, …}`` (other top-level keys ignored;
+  ``{"Keys": {…}}`` from ``ipfs pin ls --enc=json`` is read the same way);
+- ``cid-map``: ``{"<cid>": <object | status string | null>, …}``.
+
+Locations are ``"<file name>: entry N"`` (N counts from 0, as ``jq '.[N]'`` does) or
+``"<file name>: key '<key>'"``, prefixed with ``pins``/``Keys`` inside a pins-object.
+
+What it must not do: modify, move or delete any pins.json or backup (CONTRACT §1: migration backs
+them up and never touches them); follow anything but the given paths; raise anything but
+``CorruptData`` (the file as a whole is unusable) or ``NotFound`` (it does not exist) on hostile
+input. Input is bounded: at most ``MAX_FILE_BYTES`` read, nesting at most ``MAX_DEPTH`` levels,
+checked without recursion.
+
+Choices worth knowing:
+
+- Non-standard JSON constants (``NaN``, ``Infinity``), floats that overflow and integers too long
+  for Python's int parser are kept as their literal text, so every value stays strict JSON.
+- An entry without a usable timestamp gets the source file's modification time: the pin existed
+  by then at the latest, and reading the same file twice gives the same records.
+- An entry's own ``metadata`` (an object, or a JSON object as a string like our ``metadata``
+  column) is merged with its unknown keys when no key collides; otherwise it is kept as is under
+  ``metadata``. A ``backend_name`` equal to the backend's own is dropped as redundant.
+- Text that cannot be written as UTF-8 (lone surrogates from ``\\udXXX`` escapes) rejects the entry.
+
+Threading: plain synchronous functions over local files, no shared state; call them from a worker
+thread under trio. Writers serialize on ``fsutil.backend_lock``: ``write_rejected`` does not take
+it, its caller does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pinfs.cids import cid_problem
+from pinfs.errors import CorruptData, NotFound
+from pinfs.fsutil import atomic_write_bytes
+from pinfs.schema import PENDING, make_record, map_legacy_status, normalize_timestamp, now_iso
+
+LEGACY_NAME = "pins.json"
+BACKUP_PREFIX = "pins.json.backup."
+REJECTED_NAME = "pins.rejected.json"
+
+MAX_FILE_BYTES = 512 * 1024 * 1024
+MAX_DEPTH = 64
+# Rejected.entry previews: a string longer than this is cut; a container whose JSON is longer
+# than MAX_PREVIEW_JSON is replaced by the cut JSON text.
+MAX_PREVIEW_CHARS = 200
+MAX_PREVIEW_JSON = 2000
+ELLIPSIS = "…"
+
+CID_KEYS: tuple[str, ...] = ("cid", "Cid", "CID", "hash", "Hash", "/")
+TIMESTAMP_KEYS: tuple[str, ...] = ("created_at", "pinned_at", "timestamp", "added_at")
+CONTAINER_KEYS: tuple[str, ...] = ("pins", "Keys")
+
+# Backup stamps: ours (schema.utc_stamp) and ipfs_kit_py's (``%Y%m%d_%H%M%S``, local time).
+_STAMP_FORMATS: tuple[str, ...] = ("%Y%m%dT%H%M%S.%fZ", "%Y%m%dT%H%M%SZ", "%Y%m%d_%H%M%S")
+_JSON_WHITESPACE = " \t\r\n"
+
+
+@dataclass
+class Rejected:
+    """One legacy entry that did not become a record."""
+
+    entry: object  # the original JSON value, or a cut-down string if it is huge
+    reason: str  # one line: what is wrong
+    location: str  # e.g. "pins.json: entry 17" or "pins.json: key 'Qmxx'"
+
+
+@dataclass
+class LegacyPins:
+    """Everything read from one legacy file."""
+
+    source: Path
+    records: list[dict[str, str]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    shape: str = "empty"
+
+
+class _EntryProblem(Exception):
+    """Internal: why one entry is rejected."""
+
+
+# -- public API --
+
+
+def read_legacy_pins(path: Path, backend_name: str, backend_type: str) -> LegacyPins:
+    """Read a legacy pins file into records and rejects.
+
+    Raises ``NotFound`` if ``path`` does not exist and ``CorruptData("<path>: <reason>")`` when the
+    file as a whole is unusable: not a regular file, too big, not UTF-8, not JSON, nested deeper
+    than ``MAX_DEPTH`` or a top-level value that is neither a list nor an object.
+    """
+    path = Path(path)
+    text, mtime = _read_text(path)
+    result = LegacyPins(source=path)
+    if not text.strip(_JSON_WHITESPACE):
+        return result
+    value = _parse_document(path, text)
+    default_created_at = datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="microseconds")
+    reader = _Reader(result, backend_name, backend_type, default_created_at)
+    result.shape = reader.read_top(value)
+    return result
+
+
+def find_legacy_source(backend_dir: Path) -> Path | None:
+    """``backend_dir/pins.json`` if it exists, else the newest ``pins.json.backup.<stamp>``, else None.
+
+    Backups are ordered by the time in their stamp (ours or ipfs_kit_py's), then by name; a
+    backup whose stamp is in neither form ranks below every dated one.
+    """
+    backend_dir = Path(backend_dir)
+    current = backend_dir / LEGACY_NAME
+    if current.exists():
+        return current
+    backups = [p for p in backend_dir.glob(BACKUP_PREFIX + "*") if len(p.name) > len(BACKUP_PREFIX)]
+    return max(backups, key=_backup_sort_key, default=None)
+
+
+def write_rejected(backend_dir: Path, rejected: list[Rejected], source: Path) -> Path | None:
+    """Write ``backend_dir/pins.rejected.json`` atomically and return its path.
+
+    Content: ``{"source", "written_at", "count", "rejected": [{"entry", "reason", "location"}]}``.
+    Writes nothing and returns None when ``rejected`` is empty. The caller holds the backend lock.
+    """
+    if not rejected:
+        return None
+    target = Path(backend_dir) / REJECTED_NAME
+    document = {
+        "source": str(source),
+        "written_at": now_iso(),
+        "count": len(rejected),
+        "rejected": [asdict(item) for item in rejected],
+    }
+    atomic_write_bytes(target, _encode_json(document))
+    return target
+
+
+# -- reading and parsing the file --
+
+
+def _read_text(path: Path) -> tuple[str, float]:
+    """The file's text and modification time, bounded and without blocking on odd files."""
+    try:
+        # O_NONBLOCK: a FIFO named pins.json must not hang us; it is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"{path}: no such file") from None
+    except OSError as exc:
+        raise CorruptData(f"{path}: cannot open ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        _require_readable_size(path, info)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise CorruptData(f"{path}: cannot read ({exc.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise CorruptData(f"{path}: more than the {MAX_FILE_BYTES} bytes accepted")
+    try:
+        return data.decode("utf-8-sig"), info.st_mtime
+    except UnicodeDecodeError as exc:
+        raise CorruptData(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
+def _require_readable_size(path: Path, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise CorruptData(f"{path}: not a regular file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise CorruptData(f"{path}: {info.st_size} bytes, more than the {MAX_FILE_BYTES} accepted")
+
+
+def _parse_document(path: Path, text: str) -> list[Any] | dict[str, Any]:
+    """The top-level list or object; CorruptData for anything else."""
+    try:
+        value = _loads(text)
+    except RecursionError:
+        raise CorruptData(f"{path}: JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise CorruptData(f"{path}: not JSON ({exc})") from None
+    if _depth_exceeds(value, MAX_DEPTH):
+        raise CorruptData(f"{path}: JSON nested deeper than {MAX_DEPTH} levels")
+    if not isinstance(value, (list, dict)):
+        raise CorruptData(f"{path}: top-level JSON {_json_type(value)}, expected a list or an object")
+    return value
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` keeping every value strict JSON (see the module docstring).
+
+    Raises ValueError for text that is not JSON and RecursionError for absurd nesting.
+    """
+    return json.loads(text, parse_constant=str, parse_float=_parse_float, parse_int=_parse_int)
+
+
+def _parse_float(text: str) -> float | str:
+    number = float(text)
+    return number if math.isfinite(number) else text
+
+
+def _parse_int(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:  # longer than sys.get_int_max_str_digits()
+        return text
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels, walked with an explicit stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+# -- turning entries into records --
+
+
+class _Reader:
+    """Fills one LegacyPins, keeping the CIDs already seen (first one wins)."""
+
+    def __init__(self, result: LegacyPins, backend_name: str, backend_type: str, default_created_at: str):
+        self.result = result
+        self.backend_name = backend_name
+        self.backend_type = backend_type
+        self.default_created_at = default_created_at
+        self.seen: set[str] = set()
+        self.name = result.source.name
+
+    def read_top(self, value: list[Any] | dict[str, Any]) -> str:
+        """Read the whole document; returns its shape."""
+        if isinstance(value, list):
+            self.read_list(value, "")
+            return _list_shape(value)
+        if not value:
+            return "empty"
+        container = next((key for key in CONTAINER_KEYS if key in value), None)
+        if container is None:
+            self.read_map(value, "")
+            return "cid-map"
+        self.read_container(container, value[container])
+        return "pins-object"
+
+    def read_container(self, key: str, inner: Any) -> None:
+        if isinstance(inner, list):
+            self.read_list(inner, f"{key} ")
+        elif isinstance(inner, dict):
+            self.read_map(inner, f"{key} ")
+        elif inner is not None:
+            reason = f"'{key}' is {_json_type(inner)}, expected a list or an object"
+            self.reject(inner, reason, f"{self.name}: key {_show_key(key)}")
+
+    def read_list(self, items: list[Any], prefix: str) -> None:
+        for index, item in enumerate(items):
+            location = f"{self.name}: {prefix}entry {index}"
+            try:
+                cid, fields = _split_list_entry(item)
+                self.add(cid, fields)
+            except _EntryProblem as problem:
+                self.reject(item, str(problem), location)
+
+    def read_map(self, mapping: dict[str, Any], prefix: str) -> None:
+        for key, item in mapping.items():
+            location = f"{self.name}: {prefix}key {_show_key(key)}"
+            try:
+                self.add(key, _map_value_fields(key, item))
+            except _EntryProblem as problem:
+                self.reject({key: item}, str(problem), location)
+
+    def add(self, cid: object, fields: dict[str, Any]) -> None:
+        """Validate and append one record; raises _EntryProblem instead."""
+        problem = cid_problem(cid)
+        if problem is not None:
+            raise _EntryProblem(f"invalid CID: {problem}")
+        assert isinstance(cid, str)
+        if cid in self.seen:
+            raise _EntryProblem("duplicate CID")
+        record = self.build(cid, fields)
+        self.seen.add(cid)
+        self.result.records.append(record)
+
+    def build(self, cid: str, fields: dict[str, Any]) -> dict[str, str]:
+        rest = dict(fields)
+        status, legacy_status = _take_status(rest)
+        created_at = _take_timestamp(rest) or self.default_created_at
+        car_file_path = _take_car_path(rest)
+        if rest.get("backend_name") == self.backend_name:
+            del rest["backend_name"]
+        metadata = _merge_metadata(rest)
+        if legacy_status is not None:
+            metadata["legacy_status"] = legacy_status
+        record = make_record(
+            cid,
+            self.backend_name,
+            self.backend_type,
+            status=status,
+            created_at=created_at,
+            metadata=metadata,
+            car_file_path=car_file_path,
+        )
+        _require_utf8(record)
+        return record
+
+    def reject(self, entry: object, reason: str, location: str) -> None:
+        self.result.rejected.append(Rejected(entry=_preview(entry), reason=reason, location=location))
+
+
+def _list_shape(items: list[Any]) -> str:
+    if not items:
+        return "empty"
+    if all(isinstance(item, str) for item in items):
+        return "list-of-strings"
+    if all(isinstance(item, dict) for item in items):
+        return "list-of-objects"
+    return "mixed"
+
+
+def _split_list_entry(item: Any) -> tuple[object, dict[str, Any]]:
+    """A list entry as (cid, other fields)."""
+    if isinstance(item, str):
+        return item, {}
+    if not isinstance(item, dict):
+        raise _EntryProblem(f"entry is {_json_type(item)}, expected a CID string or an object")
+    key = next((k for k in CID_KEYS if item.get(k) is not None), None)
+    if key is None:
+        raise _EntryProblem("object has no 'cid' or 'hash' field")
+    rest = {k: v for k, v in item.items() if k != key}
+    return _cid_field_value(key, item[key]), rest
+
+
+def _map_value_fields(key: str, value: Any) -> dict[str, Any]:
+    """The fields of a cid-map value (object, status string or null)."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        return {"status": value}
+    if not isinstance(value, dict):
+        raise _EntryProblem(f"value is {_json_type(value)}, expected an object, a status string or null")
+    cid_key = next((k for k in CID_KEYS if value.get(k) is not None), None)
+    if cid_key is None:
+        return dict(value)
+    if _cid_field_value(cid_key, value[cid_key]) != key:
+        raise _EntryProblem(f"the key and the value's '{cid_key}' field name different CIDs")
+    return {k: v for k, v in value.items() if k != cid_key}
+
+
+def _cid_field_value(key: str, value: Any) -> str:
+    """A CID field's string, unwrapping an IPLD link ``{"/": "<cid>"}``."""
+    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("/"), str):
+        return value["/"]
+    if not isinstance(value, str):
+        raise _EntryProblem(f"'{key}' is {_json_type(value)}, expected a CID string")
+    return value
+
+
+def _take_status(fields: dict[str, Any]) -> tuple[str, Any]:
+    """Pop ``status``; returns (our status, original value to keep or None)."""
+    value = fields.pop("status", None)
+    if value is None:
+        return PENDING, None
+    if isinstance(value, str):
+        return map_legacy_status(value)
+    return PENDING, value  # not text: keep the JSON value itself, not its Python repr
+
+
+def _take_timestamp(fields: dict[str, Any]) -> str | None:
+    """Pop the first timestamp field that parses; others (and unparsable ones) stay in metadata."""
+    for key in TIMESTAMP_KEYS:
+        if key not in fields:
+            continue
+        try:
+            moment = normalize_timestamp(fields[key])
+        except (OverflowError, ValueError):  # e.g. year 1 with a +05:00 offset
+            moment = None
+        if moment is not None:
+            del fields[key]
+            return moment
+    return None
+
+
+def _take_car_path(fields: dict[str, Any]) -> str | None:
+    """Pop ``car_file_path`` if it is a non-empty string; anything else stays in metadata."""
+    value = fields.get("car_file_path")
+    if isinstance(value, str) and value:
+        del fields["car_file_path"]
+        return value
+    if value is None or value == "":
+        fields.pop("car_file_path", None)
+    return None
+
+
+def _merge_metadata(fields: dict[str, Any]) -> dict[str, Any]:
+    """The entry's remaining fields, with its own ``metadata`` object merged in when nothing collides."""
+    if "metadata" not in fields:
+        return fields
+    nested = _as_object(fields["metadata"])
+    if nested is None:
+        return fields
+    rest = {k: v for k, v in fields.items() if k != "metadata"}
+    if nested.keys() & rest.keys():
+        return fields
+    return {**nested, **rest}
+
+
+def _as_object(value: Any) -> dict[str, Any] | None:
+    """``value`` if it is an object, or the object a JSON string holds; otherwise None."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = _loads(value)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, dict) or _depth_exceeds(parsed, MAX_DEPTH):
+        return None
+    return parsed
+
+
+def _require_utf8(record: Mapping[str, str]) -> None:
+    for column, text in record.items():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _EntryProblem(f"{column} holds text that is not valid Unicode (lone surrogate)") from None
+
+
+# -- small helpers --
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + ELLIPSIS
+
+
+def _show_key(key: str) -> str:
+    return repr(_cut(key, MAX_PREVIEW_CHARS))
+
+
+def _preview(value: object) -> object:
+    """``value`` for Rejected.entry, cut down to a string when it is huge."""
+    if isinstance(value, str):
+        return _cut(value, MAX_PREVIEW_CHARS)
+    if not isinstance(value, (dict, list)):
+        return value
+    text = json.dumps(value, ensure_ascii=False)
+    return value if len(text) <= MAX_PREVIEW_JSON else _cut(text, MAX_PREVIEW_JSON)
+
+
+def _encode_json(document: Mapping[str, Any]) -> bytes:
+    """Pretty UTF-8 JSON; falls back to ASCII escapes when the text holds lone surrogates."""
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(document, indent=2) + "\n").encode("ascii")
+
+
+def _backup_sort_key(path: Path) -> tuple[datetime, str]:
+    stamp = path.name[len(BACKUP_PREFIX) :]
+    for pattern in _STAMP_FORMATS:
+        try:
+            return datetime.strptime(stamp, pattern), path.name
+        except ValueError:
+            continue
+    return datetime.min, path.name

@@ -1,0 +1,161 @@
+"""The pin-mapping record: columns, statuses, legacy status mapping and CAR path templates.
+
+Plain data and pure functions; no I/O. A record is a ``dict[str, str]`` holding at least
+``REQUIRED_COLUMNS``; optional columns (``OPTIONAL_COLUMNS``) follow them in the parquet file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "cid",
+    "car_file_path",
+    "backend_name",
+    "created_at",
+    "status",
+    "metadata",
+)
+# Extra columns pinfs itself maintains; any other extra string column found in a file is kept as is.
+OPTIONAL_COLUMNS: tuple[str, ...] = ("updated_at", "verified_at")
+
+STATUSES: tuple[str, ...] = ("stored", "pending", "failed")
+STORED, PENDING, FAILED = STATUSES
+
+# CONTRACT §1: legacy status values and what they become on import.
+_LEGACY_STATUS_MAP: dict[str, str] = {
+    "stored": STORED,
+    "pinned": STORED,
+    "pending": PENDING,
+    "queued": PENDING,
+    "pinning": PENDING,
+    "failed": FAILED,
+}
+
+# CONTRACT §1: where a pin's CAR lives on each type of backend.
+_CAR_PATH_TEMPLATES: dict[str, str] = {
+    "s3": "/s3-bucket/cars/{cid}.car",
+    "github": "/github-repo/cars/{cid}.car",
+    "storacha": "/storacha/{cid}.car",
+    "huggingface": "/hf-repo/cars/{cid}.car",
+    "ftp": "/ftp-storage/cars/{cid}.car",
+    "sshfs": "/sshfs-mount/cars/{cid}.car",
+}
+
+
+def arrow_schema(extra_columns: tuple[str, ...] = ()) -> pa.Schema:
+    """The parquet schema: every column an Arrow ``string``, required columns first."""
+    names = REQUIRED_COLUMNS + tuple(c for c in extra_columns if c not in REQUIRED_COLUMNS)
+    return pa.schema([pa.field(name, pa.string(), nullable=name not in REQUIRED_COLUMNS) for name in names])
+
+
+def now_iso() -> str:
+    """Current time as ISO-8601 UTC with microseconds, e.g. ``2026-11-24T19:09:23.123456+00:00``."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def utc_stamp() -> str:
+    """A UTC timestamp for backup file names, sortable as text: ``20261124T190923.123456Z``."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def normalize_timestamp(value: object) -> str | None:
+    """Turn a legacy timestamp (ISO text, or seconds since the epoch) into ISO-8601 UTC, or None."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        if isinstance(value, (int, float)):
+            seconds = float(value) / 1000 if value > 1e11 else float(value)  # milliseconds in some files
+            moment = datetime.fromtimestamp(seconds, timezone.utc)
+        elif isinstance(value, str) and value.strip():
+            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+        else:
+            return None
+        return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    except (ValueError, OverflowError, OSError):  # out-of-range years overflow in astimezone too
+        return None
+
+
+def map_legacy_status(value: object) -> tuple[str, str | None]:
+    """Map a legacy status to ours. Returns ``(status, original)``; ``original`` is set when the
+    value was not one we know, so the caller keeps it in ``metadata.legacy_status``."""
+    if value is None:
+        return PENDING, None
+    text = str(value).strip().lower()
+    if text in _LEGACY_STATUS_MAP:
+        return _LEGACY_STATUS_MAP[text], None
+    return PENDING, str(value)
+
+
+def car_path_for(backend_type: str, backend_name: str, cid: str) -> str:
+    template = _CAR_PATH_TEMPLATES.get(backend_type, "/{backend_name}/cars/{cid}.car")
+    return template.format(cid=cid, backend_name=backend_name)
+
+
+def dump_metadata(metadata: Mapping[str, Any] | None) -> str:
+    """Metadata as the compact JSON object string stored in the ``metadata`` column."""
+    return json.dumps(dict(metadata or {}), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def load_metadata(text: str | None) -> dict[str, Any]:
+    """Parse the ``metadata`` column; raises ValueError when it is not a JSON object."""
+    if not text:
+        return {}
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("metadata is not a JSON object")
+    return value
+
+
+def make_record(
+    cid: str,
+    backend_name: str,
+    backend_type: str,
+    *,
+    status: str = PENDING,
+    created_at: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    car_file_path: str | None = None,
+) -> dict[str, str]:
+    """A complete record with defaults filled in. ``cid`` must already be validated."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+    return {
+        "cid": cid,
+        "car_file_path": car_file_path or car_path_for(backend_type, backend_name, cid),
+        "backend_name": backend_name,
+        "created_at": created_at or now_iso(),
+        "status": status,
+        "metadata": dump_metadata(metadata),
+    }
+
+
+def record_problems(record: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a record read from disk (empty when it is sound). Used by verify-only."""
+    from pinfs.cids import cid_problem  # local: schema stays importable without libipld at import
+
+    problems: list[str] = []
+    for column in REQUIRED_COLUMNS:
+        if not isinstance(record.get(column), str):
+            problems.append(f"{column} is missing or not a string")
+    if problems:
+        return problems
+    cid_issue = cid_problem(record["cid"])
+    if cid_issue:
+        problems.append(f"cid {record['cid']!r}: {cid_issue}")
+    if record["status"] not in STATUSES:
+        problems.append(f"status {record['status']!r} is not one of {', '.join(STATUSES)}")
+    if normalize_timestamp(record["created_at"]) is None:
+        problems.append(f"created_at {record['created_at']!r} is not an ISO-8601 time")
+    try:
+        load_metadata(record["metadata"])
+    except ValueError as exc:
+        problems.append(f"metadata: {exc}")
+    return problems

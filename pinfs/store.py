@@ -1,0 +1,541 @@
+"""The pin-mapping store: ``pin_mappings.parquet`` read through a bounded cache, written atomically.
+
+Reading goes through a ``PinSnapshot``: one version of a backend's pins, pinned to the file that was
+open when it was taken (an atomic replace by another process leaves an open file intact, so a listing
+in progress stays consistent). Rows are sorted by CID in small row groups; a single-CID lookup picks the
+one row group whose statistics cover the CID and reads only that, through ``StoreCache`` (cachetools,
+bounded in bytes). Snapshots are keyed by the file's identity (device, inode, size, mtime), checked with
+one ``stat`` per access, so a file rewritten elsewhere is seen at once.
+
+A backend with no parquet yet is served read-only from its legacy ``pins.json`` (or newest backup) as an
+in-memory snapshot with the same interface.
+
+Writes (``PinStore.modify`` and the helpers built on it) hold the backend's cross-process lock, rewrite
+the whole file into a temporary file, and rename it into place (``pinfs.fsutil``).
+
+Threading: everything here is synchronous and may block on disk; the mount calls it from worker
+threads. ``StoreCache`` guards its maps with a lock, so it may be shared by threads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cachetools
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pinfs.backends import Backend
+from pinfs.errors import CorruptData, InvalidInput
+from pinfs.fsutil import atomic_writer, backend_lock
+from pinfs.schema import REQUIRED_COLUMNS, STATUSES, arrow_schema, now_iso
+
+# Rows per row group: small enough that a lookup reads little (~200 KB), large enough that a 1M-pin
+# file has few enough groups for its footer to stay small.
+ROW_GROUP_ROWS = 2048
+DEFAULT_CACHE_BYTES = 256 << 20
+DEFAULT_CACHE_ENTRIES = 64  # snapshots hold a memory map each
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What makes two reads of a path the same version of the file."""
+
+    path: str
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path, stat: os.stat_result | None = None) -> FileIdentity:
+        stat = stat or os.stat(path)
+        return cls(str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """Where one row group sits in the sorted order, and which CIDs it covers."""
+
+    index: int
+    start: int
+    length: int
+    min_cid: str
+    max_cid: str
+
+
+# -- cache --
+
+
+def _table_bytes(value: object) -> int:
+    if isinstance(value, pa.Table):
+        return max(value.nbytes, 1)
+    if isinstance(value, pa.ChunkedArray | pa.Array):
+        return max(value.nbytes, 1)
+    return 1024
+
+
+class StoreCache:
+    """Bounded caches shared by every snapshot: row groups and derived columns by bytes, snapshots by count."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES, max_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
+        self.max_bytes = max_bytes
+        self._data: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_bytes, getsizeof=_table_bytes)
+        self._snapshots: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_entries)
+        self._lock = threading.RLock()
+
+    def get_data(self, key: tuple, load: Callable[[], pa.Table | pa.ChunkedArray]) -> pa.Table | pa.ChunkedArray:
+        with self._lock:
+            found = self._data.get(key)
+        if found is not None:
+            return found
+        value = load()
+        if _table_bytes(value) <= self.max_bytes:
+            with self._lock:
+                self._data[key] = value
+        return value
+
+    def get_snapshot(self, identity: FileIdentity, load: Callable[[], PinSnapshot]) -> PinSnapshot:
+        with self._lock:
+            found = self._snapshots.get(identity)
+        if found is not None:
+            return found
+        snapshot = load()
+        with self._lock:
+            self._snapshots[identity] = snapshot
+        return snapshot
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._snapshots.clear()
+
+    @property
+    def current_bytes(self) -> int:
+        with self._lock:
+            return int(self._data.currsize)
+
+
+DEFAULT_CACHE = StoreCache()
+
+
+# -- snapshots --
+
+
+class PinSnapshot:
+    """One immutable version of a backend's pins, sorted by CID. Subclasses supply the row groups."""
+
+    source = "parquet"
+
+    def __init__(self, identity: FileIdentity | None, groups: list[RowGroup], cache: StoreCache) -> None:
+        self.identity = identity
+        self.groups = groups
+        self._cache = cache
+        self._group_max = [group.max_cid for group in groups]
+        self._group_start = [group.start for group in groups]
+        self.count = sum(group.length for group in groups)
+        self.column_names: tuple[str, ...] = REQUIRED_COLUMNS
+
+    def _load_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
+        raise NotImplementedError
+
+    def _load_columns(self, columns: Sequence[str]) -> pa.Table:
+        raise NotImplementedError
+
+    def group(self, index: int, columns: Sequence[str] | None = None) -> pa.Table:
+        key = ("group", self.identity, index, tuple(columns) if columns else None)
+        return self._cache.get_data(key, lambda: self._load_group(index, columns))
+
+    def columns(self, columns: Sequence[str]) -> pa.Table:
+        """Whole-file read of some columns (cached)."""
+        key = ("columns", self.identity, tuple(columns))
+        return self._cache.get_data(key, lambda: self._load_columns(columns))
+
+    def lookup(self, cid: str) -> dict[str, str | None] | None:
+        """The record for ``cid``, or None. Reads at most one row group."""
+        position = bisect.bisect_left(self._group_max, cid)
+        if position == len(self.groups) or self.groups[position].min_cid > cid:
+            return None
+        table = self.group(position)
+        row = pc.index(table.column("cid"), pa.scalar(cid, pa.string())).as_py()
+        if row < 0:
+            return None
+        return {name: table.column(name)[row].as_py() for name in table.column_names}
+
+    def __contains__(self, cid: str) -> bool:
+        return self.lookup(cid) is not None
+
+    def cid_at(self, position: int) -> str:
+        """The CID at ``position`` in sorted order (for readdir paging within this version)."""
+        index = bisect.bisect_right(self._group_start, position) - 1
+        group = self.groups[index]
+        return self.group(index, ["cid"]).column("cid")[position - group.start].as_py()
+
+    def cids_range(self, start: int, stop: int) -> list[str]:
+        """CIDs at sorted positions ``start``..``stop`` (exclusive), reading only the row groups needed."""
+        result: list[str] = []
+        stop = min(stop, self.count)
+        position = max(start, 0)
+        while position < stop:
+            index = bisect.bisect_right(self._group_start, position) - 1
+            group = self.groups[index]
+            column = self.group(index, ["cid"]).column("cid")
+            offset = position - group.start
+            take = min(group.length - offset, stop - position)
+            result.extend(column.slice(offset, take).to_pylist())
+            position += take
+        return result
+
+    def iter_cids(self) -> Iterator[str]:
+        for index in range(len(self.groups)):
+            yield from self.group(index, ["cid"]).column("cid").to_pylist()
+
+    def cids_with_status(self, status: str) -> pa.ChunkedArray:
+        """Sorted CIDs whose status is ``status``; reads only the ``cid`` and ``status`` columns."""
+        key = ("status", self.identity, status)
+
+        def load() -> pa.ChunkedArray:
+            table = self.columns(["cid", "status"])
+            return table.filter(pc.equal(table.column("status"), status)).column("cid")
+
+        return self._cache.get_data(key, load)
+
+    def count_by_status(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        if self.count == 0:
+            return counts
+        for item in pc.value_counts(self.columns(["status"]).column("status")).to_pylist():
+            counts[str(item["values"])] = item["counts"]
+        return counts
+
+    def iter_records(self, status: str | None = None) -> Iterator[dict[str, str | None]]:
+        """Every record in CID order, one row group in memory at a time."""
+        for index in range(len(self.groups)):
+            table = self._load_group(index, None)  # not cached: a full scan would flush the cache
+            if status is not None:
+                table = table.filter(pc.equal(table.column("status"), status))
+            yield from table.to_pylist()
+
+    def table(self) -> pa.Table:
+        """The whole version as one table (all columns). Not cached."""
+        return self._load_columns(list(self.column_names))
+
+
+class UnsortedParquet(CorruptData):
+    """The parquet is readable but not sorted by CID; it can still be served from memory."""
+
+
+def _map_stable(path: Path) -> tuple[FileIdentity, pa.MemoryMappedFile]:
+    """Memory-map ``path`` and return the identity of exactly the version mapped.
+
+    The map keeps that version readable after another process renames a new file over it. The path is
+    stat-ed before and after mapping; if it changed in between, we map again.
+    """
+    for _attempt in range(5):
+        before = FileIdentity.of(path)
+        mapped = pa.memory_map(str(path), "r")
+        if FileIdentity.of(path) == before:
+            return before, mapped
+        mapped.close()
+    raise CorruptData(f"{path}: changed while being opened, five times in a row")
+
+
+class ParquetSnapshot(PinSnapshot):
+    """A snapshot over an open parquet file; the open handle keeps this version readable."""
+
+    def __init__(self, path: Path, cache: StoreCache) -> None:
+        try:
+            identity, mapped = _map_stable(path)
+            self._file = pq.ParquetFile(mapped)
+            _check_schema(self._file.schema_arrow, path)
+            groups = _groups_from_statistics(self._file.metadata)
+        except (CorruptData, FileNotFoundError):
+            raise
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others for a bad file
+            raise CorruptData(f"{path}: not a readable parquet file ({_one_line(exc)})") from None
+        if groups is None:
+            raise UnsortedParquet(f"{path}: rows are not sorted by cid (or cid statistics are missing)")
+        super().__init__(identity, groups, cache)
+        self.path = path
+        self.column_names = tuple(self._file.schema_arrow.names)
+        self._read_lock = threading.Lock()  # one ParquetFile is not read from two threads at once
+
+    def _load_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
+        with self._read_lock:
+            return self._file.read_row_group(index, columns=list(columns) if columns else None)
+
+    def _load_columns(self, columns: Sequence[str]) -> pa.Table:
+        with self._read_lock:
+            return self._file.read(columns=list(columns))
+
+
+class MemorySnapshot(PinSnapshot):
+    """A snapshot over a table held in memory (legacy pins.json, or an empty backend)."""
+
+    def __init__(self, table: pa.Table, cache: StoreCache, identity: FileIdentity | None, source: str) -> None:
+        self._table = normalize_table(table)
+        super().__init__(identity, _groups_from_table(self._table), cache)
+        self.source = source
+        self.column_names = tuple(self._table.column_names)
+
+    def _load_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
+        group = self.groups[index]
+        table = self._table.slice(group.start, group.length)
+        return table.select(list(columns)) if columns else table
+
+    def _load_columns(self, columns: Sequence[str]) -> pa.Table:
+        return self._table.select(list(columns))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_schema(schema: pa.Schema, path: Path) -> None:
+    missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
+    if missing:
+        raise CorruptData(f"{path}: missing required column(s) {', '.join(missing)}")
+    wrong = [
+        f"{column.name} is {column.type}"
+        for column in schema
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type))
+    ]
+    if wrong:
+        raise CorruptData(f"{path}: columns must be strings: {', '.join(wrong)}")
+
+
+def _groups_from_statistics(metadata: pq.FileMetaData) -> list[RowGroup] | None:
+    """Row groups with their CID ranges from the footer; None if unsorted or without statistics."""
+    cid_column = metadata.schema.to_arrow_schema().get_field_index("cid")
+    groups: list[RowGroup] = []
+    start = 0
+    for index in range(metadata.num_row_groups):
+        row_group = metadata.row_group(index)
+        if row_group.num_rows == 0:
+            continue
+        stats = row_group.column(cid_column).statistics
+        if stats is None or not stats.has_min_max or stats.null_count:
+            return None
+        if groups and stats.min <= groups[-1].max_cid:  # overlap: unsorted or duplicate across groups
+            return None
+        groups.append(RowGroup(index, start, row_group.num_rows, stats.min, stats.max))
+        start += row_group.num_rows
+    return groups
+
+
+def _groups_from_table(table: pa.Table) -> list[RowGroup]:
+    groups: list[RowGroup] = []
+    cids = table.column("cid")
+    for start in range(0, table.num_rows, ROW_GROUP_ROWS):
+        length = min(ROW_GROUP_ROWS, table.num_rows - start)
+        groups.append(RowGroup(len(groups), start, length, cids[start].as_py(), cids[start + length - 1].as_py()))
+    return groups
+
+
+# -- tables --
+
+
+def records_to_table(records: Iterable[Mapping[str, str | None]], extra_columns: Sequence[str] = ()) -> pa.Table:
+    """Build a table in the store's schema from record dicts (missing optional values become null)."""
+    rows = list(records)
+    extras = list(extra_columns)
+    for row in rows:
+        extras.extend(name for name in row if name not in REQUIRED_COLUMNS and name not in extras)
+    schema = arrow_schema(tuple(extras))
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    return pa.table(columns, schema=schema)
+
+
+def normalize_table(table: pa.Table) -> pa.Table:
+    """Required columns first, every column a string, rows sorted by CID."""
+    extras = tuple(name for name in table.column_names if name not in REQUIRED_COLUMNS)
+    schema = arrow_schema(extras)
+    table = table.select(list(schema.names)).cast(schema)
+    return table.sort_by("cid")
+
+
+def first_duplicate_cid(table: pa.Table) -> str | None:
+    counts = pc.value_counts(table.column("cid"))
+    repeated = counts.filter(pc.greater(pc.struct_field(counts, "counts"), 1))
+    return repeated[0]["values"].as_py() if len(repeated) else None
+
+
+def read_whole_table(path: Path) -> pa.Table:
+    """Read a parquet file entirely, sorted; CorruptData if it cannot be read or lacks columns."""
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise CorruptData(f"{path}: not a readable parquet file ({_one_line(exc)})") from None
+    _check_schema(table.schema, path)
+    return normalize_table(table)
+
+
+def empty_table() -> pa.Table:
+    return arrow_schema().empty_table()
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    """Write a normalized table atomically. The caller holds the backend lock."""
+    table = normalize_table(table)
+    duplicate = first_duplicate_cid(table)
+    if duplicate is not None:
+        raise InvalidInput(f"{path}: refusing to write duplicate CID {duplicate}")
+    with atomic_writer(path) as temp:
+        pq.write_table(table, temp, row_group_size=ROW_GROUP_ROWS, write_statistics=True)
+
+
+# -- the store --
+
+
+@dataclass
+class UpsertResult:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+class PinStore:
+    """Read and write one backend's pins."""
+
+    def __init__(self, backend: Backend, cache: StoreCache | None = None) -> None:
+        self.backend = backend
+        self.cache = cache or DEFAULT_CACHE
+
+    @property
+    def path(self) -> Path:
+        return self.backend.parquet_path
+
+    def has_parquet(self) -> bool:
+        return self.path.is_file()
+
+    def snapshot(self) -> PinSnapshot:
+        """The current version: the parquet, else the legacy pins.json, else an empty snapshot.
+
+        Raises CorruptData when the file that should be read cannot be.
+        """
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return self._legacy_snapshot()
+        identity = FileIdentity.of(self.path, stat)
+        return self.cache.get_snapshot(identity, lambda: self._parquet_snapshot(identity))
+
+    def _parquet_snapshot(self, identity: FileIdentity) -> PinSnapshot:
+        try:
+            return ParquetSnapshot(self.path, self.cache)
+        except UnsortedParquet:
+            # Written by another tool: serve it sorted from memory; verify-only reports it.
+            table = read_whole_table(self.path)
+            duplicate = first_duplicate_cid(table)
+            if duplicate is not None:
+                raise CorruptData(f"{self.path}: CID {duplicate} appears more than once") from None
+            return MemorySnapshot(table, self.cache, identity, source="parquet")
+
+    def _legacy_snapshot(self) -> PinSnapshot:
+        from pinfs.legacy import find_legacy_source, read_legacy_pins
+
+        source = find_legacy_source(self.backend.directory)
+        if source is None:
+            return MemorySnapshot(empty_table(), self.cache, None, source="empty")
+        identity = FileIdentity.of(source)
+
+        def load() -> PinSnapshot:
+            pins = read_legacy_pins(source, self.backend.name, self.backend.type)
+            table = records_to_table(pins.records) if pins.records else empty_table()
+            return MemorySnapshot(table, self.cache, identity, source="legacy")
+
+        return self.cache.get_snapshot(identity, load)
+
+    def modify(self, change: Callable[[pa.Table], pa.Table], *, lock_timeout: float | None = None) -> pa.Table:
+        """Under the backend lock: read the current table, apply ``change``, write the result.
+
+        A backend that still has only a legacy pins.json must be migrated first, so that writing a
+        parquet never hides the pins that are only in pins.json.
+        """
+        directory = self.backend.directory
+        if not directory.is_dir():
+            raise InvalidInput(f"backend {self.backend.name!r} has no directory {directory}")
+        with backend_lock(directory, timeout=lock_timeout):
+            if self.has_parquet():
+                current = read_whole_table(self.path)
+            elif self._legacy_snapshot().source == "legacy":
+                raise InvalidInput(
+                    f"backend {self.backend.name!r} has only a legacy pins.json; "
+                    f"run 'pinfs migrate --backend-filter {self.backend.name}' first"
+                )
+            else:
+                current = empty_table()
+            result = change(current)
+            write_table(self.path, result)
+            return result
+
+    def upsert(self, records: Sequence[Mapping[str, str | None]], *, overwrite: bool) -> UpsertResult:
+        """Add records; a CID already present is replaced only when ``overwrite``. One write."""
+        outcome = UpsertResult()
+
+        def change(current: pa.Table) -> pa.Table:
+            existing = set(current.column("cid").to_pylist())
+            incoming: dict[str, Mapping[str, str | None]] = {}
+            for record in records:
+                incoming[str(record["cid"])] = record
+            keep_new = {}
+            for cid, record in incoming.items():
+                if cid not in existing:
+                    outcome.added.append(cid)
+                    keep_new[cid] = record
+                elif overwrite:
+                    outcome.updated.append(cid)
+                    keep_new[cid] = record
+                else:
+                    outcome.unchanged.append(cid)
+            return merge_records(current, keep_new)
+
+        self.modify(change)
+        return outcome
+
+    def remove(self, cids: Iterable[str]) -> list[str]:
+        """Remove CIDs; returns those that were present. One write."""
+        wanted = list(dict.fromkeys(cids))
+        removed: list[str] = []
+
+        def change(current: pa.Table) -> pa.Table:
+            mask = pc.is_in(current.column("cid"), pa.array(wanted, pa.string()))
+            removed.extend(current.filter(mask).column("cid").to_pylist())
+            return current.filter(pc.invert(mask))
+
+        self.modify(change)
+        return removed
+
+
+def merge_records(current: pa.Table, replacements: Mapping[str, Mapping[str, str | None]]) -> pa.Table:
+    """``current`` with the rows of ``replacements`` (by CID) replaced or added, ``updated_at`` set."""
+    if not replacements:
+        return current
+    stamp = now_iso()
+    rows = [{**record, "updated_at": record.get("updated_at") or stamp} for record in replacements.values()]
+    extras = [name for name in current.column_names if name not in REQUIRED_COLUMNS]
+    new_table = records_to_table(rows, extras)
+    keep = current.filter(pc.invert(pc.is_in(current.column("cid"), new_table.column("cid"))))
+    keep, new_table = _align_columns(keep, new_table)
+    return pa.concat_tables([keep, new_table])
+
+
+def _align_columns(left: pa.Table, right: pa.Table) -> tuple[pa.Table, pa.Table]:
+    names = list(dict.fromkeys(list(left.column_names) + list(right.column_names)))
+    return _with_columns(left, names), _with_columns(right, names)
+
+
+def _with_columns(table: pa.Table, names: list[str]) -> pa.Table:
+    for name in names:
+        if name not in table.column_names:
+            table = table.append_column(pa.field(name, pa.string()), pa.nulls(table.num_rows, pa.string()))
+    return table.select(names).cast(pa.schema([pa.field(name, pa.string()) for name in names]))

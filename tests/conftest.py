@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pinfs.store import DEFAULT_CACHE
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An empty data root."""
+    data_root = tmp_path / "ipfs_kit"
+    (data_root / "backends").mkdir(parents=True)
+    return data_root
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Each test starts with an empty process-wide store cache."""
+    DEFAULT_CACHE.clear()
+    yield
+    DEFAULT_CACHE.clear()

@@ -1,0 +1,74 @@
+"""Helpers shared by the tests: real CIDs, data roots and running the real ``pinfs`` command."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def cid_for(seed: object, version: int = 1) -> str:
+    """A valid CID (sha2-256 of ``seed``): CIDv1 raw in base32, or CIDv0 ``Qm…``."""
+    digest = hashlib.sha256(str(seed).encode()).digest()
+    if version == 0:
+        return _base58(bytes([0x12, 0x20]) + digest)
+    return "b" + base64.b32encode(bytes([1, 0x55, 0x12, 0x20]) + digest).decode().lower().rstrip("=")
+
+
+def _base58(data: bytes) -> str:
+    alphabet = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+    number = int.from_bytes(data, "big")
+    text = ""
+    while number:
+        number, remainder = divmod(number, 58)
+        text = alphabet[remainder] + text
+    return "1" * (len(data) - len(data.lstrip(b"\0"))) + text
+
+
+def make_backend(root: Path, name: str, config: dict[str, Any] | None = None, pins_json: Any = None) -> Path:
+    """Create ``root/backends/<name>/``, optionally its YAML config and a legacy pins.json."""
+    directory = root / "backends" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (root / "backends" / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    if pins_json is not None:
+        (directory / "pins.json").write_text(json.dumps(pins_json))
+    return directory
+
+
+def run_pinfs(root: Path, *args: str, check: bool = False, timeout: float = 120, **kwargs: Any):
+    """Run the real CLI in a subprocess (``python -m pinfs``) against ``root``."""
+    env = {**os.environ, "PINFS_ROOT": str(root)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pinfs", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        **kwargs,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"pinfs {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+def run_pinfs_json(root: Path, *args: str) -> Any:
+    """Run the CLI with ``--json``, require exit 0, and return the parsed report."""
+    result = run_pinfs(root, *args, "--json", check=True)
+    return json.loads(result.stdout)
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (to prove that something wrote nothing)."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
