@@ -134,8 +134,14 @@ def find_legacy_source(backend_dir: Path) -> Path | None:
     current = backend_dir / LEGACY_NAME
     if current.exists():
         return current
-    backups = [p for p in backend_dir.glob(BACKUP_PREFIX + "*") if len(p.name) > len(BACKUP_PREFIX)]
-    return max(backups, key=_backup_sort_key, default=None)
+    backups = list_backups(backend_dir)
+    return backups[-1] if backups else None
+
+
+def list_backups(backend_dir: Path) -> list[Path]:
+    """Every ``pins.json.backup.<stamp>`` of a backend, oldest first (ordered as in find_legacy_source)."""
+    backups = [p for p in Path(backend_dir).glob(BACKUP_PREFIX + "*") if len(p.name) > len(BACKUP_PREFIX)]
+    return sorted(backups, key=_backup_sort_key)
 
 
 def write_rejected(backend_dir: Path, rejected: list[Rejected], source: Path) -> Path | None:

@@ -20,6 +20,7 @@ threads. ``StoreCache`` guards its maps with a lock, so it may be shared by thre
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -32,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pinfs.backends import Backend
-from pinfs.errors import CorruptData, InvalidInput
+from pinfs.errors import CorruptData, InvalidInput, NotFound
 from pinfs.fsutil import atomic_writer, backend_lock
 from pinfs.schema import REQUIRED_COLUMNS, STATUSES, arrow_schema, now_iso
 
@@ -396,6 +397,32 @@ def write_table(path: Path, table: pa.Table) -> None:
 # -- the store --
 
 
+class Transaction:
+    """Reads and writes of one backend while its lock is held (from ``PinStore.transaction``)."""
+
+    def __init__(self, store: PinStore) -> None:
+        self.store = store
+
+    def current(self, *, allow_legacy: bool = False) -> pa.Table:
+        """The table as it is on disk now, sorted (empty when there is no parquet yet).
+
+        A backend that has only a legacy pins.json must be migrated before anything else writes to it,
+        so that writing a parquet never hides the pins that are only in pins.json; ``allow_legacy`` is
+        for the migration itself.
+        """
+        if self.store.has_parquet():
+            return read_whole_table(self.store.path)
+        if not allow_legacy and self.store.legacy_source() is not None:
+            name = self.store.backend.name
+            raise InvalidInput(
+                f"backend {name!r} has only a legacy pins.json; run 'pinfs migrate --backend-filter {name}' first"
+            )
+        return empty_table()
+
+    def write(self, table: pa.Table) -> None:
+        write_table(self.store.path, table)
+
+
 @dataclass
 class UpsertResult:
     added: list[str] = field(default_factory=list)
@@ -440,10 +467,15 @@ class PinStore:
                 raise CorruptData(f"{self.path}: CID {duplicate} appears more than once") from None
             return MemorySnapshot(table, self.cache, identity, source="parquet")
 
-    def _legacy_snapshot(self) -> PinSnapshot:
-        from pinfs.legacy import find_legacy_source, read_legacy_pins
+    def legacy_source(self) -> Path | None:
+        from pinfs.legacy import find_legacy_source
 
-        source = find_legacy_source(self.backend.directory)
+        return find_legacy_source(self.backend.directory)
+
+    def _legacy_snapshot(self) -> PinSnapshot:
+        from pinfs.legacy import read_legacy_pins
+
+        source = self.legacy_source()
         if source is None:
             return MemorySnapshot(empty_table(), self.cache, None, source="empty")
         identity = FileIdentity.of(source)
@@ -455,27 +487,20 @@ class PinStore:
 
         return self.cache.get_snapshot(identity, load)
 
-    def modify(self, change: Callable[[pa.Table], pa.Table], *, lock_timeout: float | None = None) -> pa.Table:
-        """Under the backend lock: read the current table, apply ``change``, write the result.
-
-        A backend that still has only a legacy pins.json must be migrated first, so that writing a
-        parquet never hides the pins that are only in pins.json.
-        """
+    @contextlib.contextmanager
+    def transaction(self, *, lock_timeout: float | None = None) -> Iterator[Transaction]:
+        """Hold the backend's lock for a read-modify-write; see ``Transaction``."""
         directory = self.backend.directory
         if not directory.is_dir():
-            raise InvalidInput(f"backend {self.backend.name!r} has no directory {directory}")
+            raise NotFound(f"backend {self.backend.name!r} has no directory {directory}")
         with backend_lock(directory, timeout=lock_timeout):
-            if self.has_parquet():
-                current = read_whole_table(self.path)
-            elif self._legacy_snapshot().source == "legacy":
-                raise InvalidInput(
-                    f"backend {self.backend.name!r} has only a legacy pins.json; "
-                    f"run 'pinfs migrate --backend-filter {self.backend.name}' first"
-                )
-            else:
-                current = empty_table()
-            result = change(current)
-            write_table(self.path, result)
+            yield Transaction(self)
+
+    def modify(self, change: Callable[[pa.Table], pa.Table], *, lock_timeout: float | None = None) -> pa.Table:
+        """Under the backend lock: read the current table, apply ``change``, write the result."""
+        with self.transaction(lock_timeout=lock_timeout) as txn:
+            result = change(txn.current())
+            txn.write(result)
             return result
 
     def upsert(self, records: Sequence[Mapping[str, str | None]], *, overwrite: bool) -> UpsertResult:

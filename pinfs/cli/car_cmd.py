@@ -1,0 +1,54 @@
+"""``pinfs car show FILE`` and ``pinfs car regenerate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pinfs.car import read_pin_mappings_car, to_legacy_json
+from pinfs.cli.output import emit, exit_status, make_progress, root_of
+from pinfs.errors import NotFound
+from pinfs.ops.carops import RegenerateOptions, regenerate_car
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    car = subparsers.add_parser("car", help="read and rebuild pin_mappings.car files")
+    actions = car.add_subparsers(dest="car_command", metavar="ACTION", required=True)
+    show = actions.add_parser(
+        "show", parents=[common], help="print a pin_mappings.car (CARv1 or legacy JSON) as the legacy JSON form"
+    )
+    show.add_argument("file", type=Path, metavar="FILE")
+    show.set_defaults(handler=run_show)
+    regenerate = actions.add_parser("regenerate", parents=[common], help="rebuild pin_mappings.car from the parquet")
+    regenerate.add_argument("--backend", action="append", default=[], metavar="NAME", help="repeatable")
+    regenerate.set_defaults(handler=run_regenerate)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        raise NotFound(f"{args.file}: no such file")
+    document = to_legacy_json(read_pin_mappings_car(args.file))
+    json.dump(document, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def run_regenerate(args: argparse.Namespace) -> int:
+    report = regenerate_car(root_of(args), RegenerateOptions(backends=args.backend), make_progress(args))
+    emit(args, report, _describe)
+    return exit_status(report)
+
+
+def _describe(report: dict[str, Any]) -> str:
+    lines = []
+    for entry in report["backends"]:
+        if "error" in entry:
+            lines.append(f"{entry['backend']}: error: {entry['error']}")
+        elif "skipped" in entry:
+            lines.append(f"{entry['backend']}: skipped: {entry['skipped']}")
+        else:
+            lines.append(f"{entry['backend']}: {entry['records']} pins, {entry['bytes']} bytes")
+    return "\n".join(lines) or "no backends found"

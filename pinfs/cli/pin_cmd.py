@@ -1,0 +1,93 @@
+"""``pinfs pin add|rm|ls|get`` and ``pinfs find``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pinfs.cids import validate_cid
+from pinfs.cli.output import emit, root_of
+from pinfs.ops.pins import PinRequest, add_pins, find_cid, iter_pins, parse_meta, parse_status, remove_pins
+from pinfs.schema import STATUSES
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    pin = subparsers.add_parser("pin", help="add, remove, list and show pins")
+    actions = pin.add_subparsers(dest="pin_command", metavar="ACTION", required=True)
+
+    add = actions.add_parser("add", parents=[common], help="pin CIDs in a backend (one write for all)")
+    add.add_argument("cids", nargs="+", metavar="CID")
+    add.add_argument("--backend", required=True, metavar="NAME")
+    add.add_argument("--status", choices=STATUSES, help="status to set (new pins default to pending)")
+    add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)")
+    add.set_defaults(handler=run_add)
+
+    remove = actions.add_parser("rm", parents=[common], help="unpin CIDs from a backend (all or nothing)")
+    remove.add_argument("cids", nargs="+", metavar="CID")
+    remove.add_argument("--backend", required=True, metavar="NAME")
+    remove.set_defaults(handler=run_remove)
+
+    listing = actions.add_parser("ls", parents=[common], help="list pins (streamed; --json gives JSON lines)")
+    listing.add_argument("--backend", metavar="NAME")
+    listing.add_argument("--status", choices=STATUSES)
+    listing.set_defaults(handler=run_list)
+
+    get = actions.add_parser("get", parents=[common], help="show a pin's record in each backend holding it")
+    get.add_argument("cid", metavar="CID")
+    get.add_argument("--backend", metavar="NAME")
+    get.set_defaults(handler=run_get)
+
+    find = subparsers.add_parser("find", parents=[common], help="every backend holding a CID, and where")
+    find.add_argument("cid", metavar="CID")
+    find.set_defaults(handler=run_get, backend=None)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    metadata = dict(parse_meta(item, "--meta: ") for item in args.meta)
+    status = parse_status(args.status) if args.status else None
+    requests = [PinRequest(validate_cid(cid), status, dict(metadata)) for cid in args.cids]
+    report = add_pins(root_of(args), args.backend, requests)
+    emit(
+        args,
+        report,
+        lambda r: f"{r['backend']}: {len(r['added'])} added, {len(r['updated'])} updated; {r['total']} pins",
+    )
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    cids = [validate_cid(cid) for cid in args.cids]
+    report = remove_pins(root_of(args), args.backend, cids)
+    emit(args, report, lambda r: f"{r['backend']}: {len(r['removed'])} removed; {r['total']} pins")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    count = 0
+    for record in iter_pins(root_of(args), args.backend, args.status):
+        if args.json:
+            sys.stdout.write(json.dumps(record) + "\n")
+        else:
+            sys.stdout.write(
+                f"{record['cid']}\t{record['status']}\t{record['backend_name']}\t{record['car_file_path']}\n"
+            )
+        count += 1
+    if not args.json and count == 0:
+        print("no pins", file=sys.stderr)
+    return 0
+
+
+def run_get(args: argparse.Namespace) -> int:
+    report = find_cid(root_of(args), validate_cid(args.cid), args.backend)
+    emit(args, report, _describe_holders)
+    return 0
+
+
+def _describe_holders(report: dict[str, Any]) -> str:
+    lines = [report["cid"]]
+    for holder in report["backends"]:
+        lines.append(f"  {holder['backend']} ({holder['type']}): {holder['status']} at {holder['car_file_path']}")
+    lines.extend(f"  {item['backend']}: error: {item['error']}" for item in report["errors"])
+    return "\n".join(lines)

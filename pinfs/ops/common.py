@@ -1,0 +1,32 @@
+"""Small helpers every operation uses: choosing backends and describing failures per backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pinfs.backends import Backend, discover_backends, get_backend, validate_backend_name
+
+
+def select_backends(root: Path, names: Sequence[str]) -> list[Backend]:
+    """The backends named (validated, each must exist), or every backend of ``root`` when none is named.
+
+    Raises InvalidInput for a malformed name and NotFound for a backend that does not exist, before
+    anything is done, so a typo never runs an operation on the wrong set.
+    """
+    if not names:
+        return discover_backends(root)[0]
+    for name in names:
+        validate_backend_name(name)
+    return [get_backend(root, name) for name in dict.fromkeys(names)]
+
+
+def discovery_problems(root: Path) -> list[dict[str, str]]:
+    """Entries under the root that look like backends but are not usable (for reports)."""
+    return [{"location": p.location, "reason": p.reason} for p in discover_backends(root)[1]]
+
+
+def error_entry(backend: Backend, error: BaseException) -> dict[str, Any]:
+    """A per-backend report entry for a backend whose operation failed."""
+    return {"backend": backend.name, "type": backend.type, "ok": False, "error": str(error)}

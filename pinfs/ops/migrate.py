@@ -1,0 +1,327 @@
+"""Migration of legacy ``pins.json`` files into ``pin_mappings.parquet`` + ``pin_mappings.car``.
+
+Per backend, under its lock: back up ``pins.json`` (never modified or deleted), merge its pins into the
+parquet (a CID already there keeps its row unless ``force``), quarantine what cannot be imported in
+``pins.rejected.json``, and write the CAR. Running it again changes nothing: an identical backup is not
+made twice and nothing is written when nothing differs. Also here: ``restore_from_backup`` (rebuild the
+parquet from the newest backup, keeping the current parquet as a backup so it is reversible) and
+``verify_only`` (check everything, write nothing).
+
+Each backend is handled on its own: a bad file in one is reported in its entry and the others go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pinfs.backends import REJECTED_NAME, Backend
+from pinfs.errors import NotFound, PinfsError
+from pinfs.fsutil import atomic_write_bytes
+from pinfs.legacy import LegacyPins, list_backups, read_legacy_pins, write_rejected
+from pinfs.ops.carops import car_agreement, table_records, write_car_locked
+from pinfs.ops.common import discovery_problems, error_entry, select_backends
+from pinfs.ops.progress import NullProgress, Progress
+from pinfs.schema import REQUIRED_COLUMNS, record_problems, utc_stamp
+from pinfs.store import (
+    PinStore,
+    Transaction,
+    empty_table,
+    first_duplicate_cid,
+    merge_records,
+    read_whole_table,
+    write_table,
+)
+
+BACKUP_PREFIX = "pins.json.backup."
+PARQUET_BACKUP_PREFIX = "pin_mappings.parquet.backup."
+# verify-only lists at most this many problems per backend; the count says how many there were.
+MAX_LISTED_PROBLEMS = 50
+
+
+@dataclass
+class MigrateOptions:
+    backends: list[str] = field(default_factory=list)  # empty: every backend
+    dry_run: bool = False
+    verbose: bool = False
+    force: bool = False
+    force_car_regeneration: bool = False
+    restore_from_backup: bool = False
+    verify_only: bool = False
+
+
+def migrate(root: Path, options: MigrateOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Migrate (or restore, or verify) the chosen backends; one report entry per backend."""
+    progress = progress or NullProgress()
+    backends = select_backends(root, options.backends)
+    mode = "verify-only" if options.verify_only else "restore" if options.restore_from_backup else "migrate"
+    entries: list[dict[str, Any]] = []
+    progress.start(mode, len(backends))
+    for backend in backends:
+        entries.append(_run_one(backend, options))
+        progress.advance()
+    progress.finish()
+    return {
+        "ok": all(entry["ok"] for entry in entries),
+        "mode": mode,
+        "dry_run": options.dry_run,
+        "backends": entries,
+        "problems": discovery_problems(root),
+    }
+
+
+def _run_one(backend: Backend, options: MigrateOptions) -> dict[str, Any]:
+    try:
+        if options.verify_only:
+            return verify_backend(backend)
+        if options.restore_from_backup:
+            return _restore_backend(backend, options)
+        return _migrate_backend(backend, options)
+    except PinfsError as exc:
+        return error_entry(backend, exc)
+
+
+# -- migrate --
+
+
+@dataclass
+class _Plan:
+    """What migrating one backend would change, computed before anything is written."""
+
+    legacy: LegacyPins | None
+    merged: pa.Table
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    backup_needed: bool = False
+    car_reason: str | None = None
+
+    @property
+    def parquet_changes(self) -> bool:
+        return bool(self.added or self.updated)
+
+
+def _migrate_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any]:
+    store = PinStore(backend)
+    with store.transaction() as txn:
+        plan = _plan(backend, txn, options)
+        entry = _describe(backend, plan, options)
+        if not options.dry_run:
+            entry.update(_apply(backend, txn, plan))
+    return entry
+
+
+def _plan(backend: Backend, txn: Transaction, options: MigrateOptions) -> _Plan:
+    source = backend.legacy_path if backend.legacy_path.is_file() else None
+    legacy = read_legacy_pins(source, backend.name, backend.type) if source else None
+    current = txn.current(allow_legacy=True)
+    plan = _Plan(legacy=legacy, merged=current)
+    if legacy is not None:
+        _merge_legacy(plan, current, legacy, force=options.force)
+        plan.backup_needed = not _has_identical_backup(backend, source)
+    plan.car_reason = _car_reason(backend, plan, options)
+    return plan
+
+
+def _merge_legacy(plan: _Plan, current: pa.Table, legacy: LegacyPins, *, force: bool) -> None:
+    existing = {row["cid"]: row for row in current.select(list(REQUIRED_COLUMNS)).to_pylist()}
+    replacements: dict[str, dict[str, str]] = {}
+    for record in legacy.records:
+        cid = record["cid"]
+        old = existing.get(cid)
+        if old is None:
+            plan.added.append(cid)
+            replacements[cid] = record
+        elif force and any(old[column] != record[column] for column in REQUIRED_COLUMNS):
+            plan.updated.append(cid)
+            replacements[cid] = record
+        else:
+            plan.unchanged.append(cid)
+    plan.merged = merge_records(current, replacements)
+
+
+def _has_identical_backup(backend: Backend, source: Path) -> bool:
+    digest = _sha256(source)
+    return any(_sha256(path) == digest for path in list_backups(backend.directory) if path.is_file())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _car_reason(backend: Backend, plan: _Plan, options: MigrateOptions) -> str | None:
+    """Why the CAR must be written, or None when it is already right."""
+    if options.force_car_regeneration:
+        return "forced"
+    if plan.merged.num_rows == 0 and not backend.parquet_path.exists() and plan.legacy is None:
+        return None  # nothing to describe yet
+    if plan.parquet_changes:
+        return "pins changed"
+    if not backend.car_path.is_file():
+        return "missing"
+    if car_agreement(backend, plan.merged):
+        return "out of date"
+    return None
+
+
+def _describe(backend: Backend, plan: _Plan, options: MigrateOptions) -> dict[str, Any]:
+    legacy = plan.legacy
+    entry: dict[str, Any] = {
+        "backend": backend.name,
+        "type": backend.type,
+        "ok": True,
+        "source": str(legacy.source) if legacy else None,
+        "legacy_shape": legacy.shape if legacy else None,
+        "found": len(legacy.records) + len(legacy.rejected) if legacy else 0,
+        "added": len(plan.added),
+        "updated": len(plan.updated),
+        "unchanged": len(plan.unchanged),
+        "rejected": len(legacy.rejected) if legacy else 0,
+        "total": plan.merged.num_rows,
+        "backup": plan.backup_needed,
+        "parquet_written": plan.parquet_changes or (legacy is not None and not backend.parquet_path.exists()),
+        "car_written": plan.car_reason is not None,
+        "car_reason": plan.car_reason,
+    }
+    if backend.config_error:
+        entry["warning"] = backend.config_error
+    if options.verbose:
+        entry["added_cids"] = plan.added
+        entry["updated_cids"] = plan.updated
+        entry["rejected_entries"] = [asdict(item) for item in legacy.rejected] if legacy else []
+    return entry
+
+
+def _apply(backend: Backend, txn: Transaction, plan: _Plan) -> dict[str, Any]:
+    """Write what the plan says, backup first. The caller holds the lock."""
+    written: dict[str, Any] = {}
+    legacy = plan.legacy
+    if legacy is not None and plan.backup_needed:
+        backup = backend.directory / f"{BACKUP_PREFIX}{utc_stamp()}"
+        atomic_write_bytes(backup, legacy.source.read_bytes())
+        written["backup_path"] = str(backup)
+    if legacy is not None and legacy.rejected and _rejected_changed(backend, legacy):
+        written["rejected_path"] = str(write_rejected(backend.directory, legacy.rejected, legacy.source))
+    if plan.parquet_changes or (legacy is not None and not backend.parquet_path.exists()):
+        txn.write(plan.merged)
+    if plan.car_reason is not None:
+        written["car"] = write_car_locked(backend, plan.merged)
+    return written
+
+
+def _rejected_changed(backend: Backend, legacy: LegacyPins) -> bool:
+    """Whether pins.rejected.json would say something new (so a second run rewrites nothing)."""
+    path = backend.directory / REJECTED_NAME
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8")).get("rejected")
+    except (OSError, ValueError, AttributeError):
+        return True
+    current = json.loads(json.dumps([asdict(item) for item in legacy.rejected]))
+    return previous != current
+
+
+# -- restore --
+
+
+def _restore_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any]:
+    backups = list_backups(backend.directory)
+    newest = backups[-1] if backups else None
+    if newest is None:
+        raise NotFound(f"backend {backend.name!r}: no {BACKUP_PREFIX}* file to restore from")
+    legacy = read_legacy_pins(newest, backend.name, backend.type)
+    store = PinStore(backend)
+    entry: dict[str, Any] = {
+        "backend": backend.name,
+        "type": backend.type,
+        "ok": True,
+        "restored_from": str(newest),
+        "backups_available": len(backups),
+        "pins": len(legacy.records),
+        "rejected": len(legacy.rejected),
+    }
+    if options.dry_run:
+        entry["would_keep_current_as"] = PARQUET_BACKUP_PREFIX + "<stamp>" if store.has_parquet() else None
+        return entry
+    with store.transaction():
+        entry.update(_replace_from(backend, legacy))
+    return entry
+
+
+def _replace_from(backend: Backend, legacy: LegacyPins) -> dict[str, Any]:
+    """Keep the current parquet as a backup, then write the backup's pins as the parquet. Lock held."""
+    written: dict[str, Any] = {}
+    if backend.parquet_path.is_file():
+        kept = backend.directory / f"{PARQUET_BACKUP_PREFIX}{utc_stamp()}"
+        atomic_write_bytes(kept, backend.parquet_path.read_bytes())
+        written["previous_parquet_kept_as"] = str(kept)
+    table = merge_records(empty_table(), {record["cid"]: record for record in legacy.records})
+    write_table(backend.parquet_path, table)
+    written["car"] = write_car_locked(backend, table)
+    return written
+
+
+# -- verify-only --
+
+
+def verify_backend(backend: Backend) -> dict[str, Any]:
+    """Check parquet schema and values, CAR validity, and that they agree. Writes nothing."""
+    problems: list[str] = []
+    entry: dict[str, Any] = {"backend": backend.name, "type": backend.type}
+    if backend.config_error:
+        problems.append(backend.config_error)
+    if not backend.parquet_path.is_file():
+        problems.append(f"{backend.parquet_path}: missing (backend not migrated)")
+    else:
+        table = _verify_parquet(backend.parquet_path, problems)
+        if table is not None:
+            entry["pins"] = table.num_rows
+            problems.extend(car_agreement(backend, table))
+    entry["ok"] = not problems
+    entry["problem_count"] = len(problems)
+    entry["problems"] = problems[:MAX_LISTED_PROBLEMS]
+    return entry
+
+
+def _verify_parquet(path: Path, problems: list[str]) -> pa.Table | None:
+    try:
+        table = read_whole_table(path)  # raises for missing columns or non-string types
+    except PinfsError as exc:
+        problems.append(str(exc))
+        return None
+    if not _is_sorted_on_disk(path):
+        problems.append(f"{path}: rows are not sorted by cid")
+    duplicate = first_duplicate_cid(table)
+    if duplicate is not None:
+        problems.append(f"{path}: CID {duplicate} appears more than once")
+    nulls = [name for name in REQUIRED_COLUMNS if table.column(name).null_count]
+    if nulls:
+        problems.append(f"{path}: null values in column(s) {', '.join(nulls)}")
+        return table
+    _verify_rows(path, table, problems)
+    return table
+
+
+def _is_sorted_on_disk(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    cids = pq.read_table(path, columns=["cid"]).column("cid")
+    if len(cids) < 2:
+        return True
+    return bool(pc.all(pc.less(cids.slice(0, len(cids) - 1), cids.slice(1))).as_py())
+
+
+def _verify_rows(path: Path, table: pa.Table, problems: list[str]) -> None:
+    for index, row in enumerate(table.select(list(REQUIRED_COLUMNS)).to_pylist()):
+        for problem in record_problems(row):
+            problems.append(f"{path}: row {index}: {problem}")
+            if len(problems) > MAX_LISTED_PROBLEMS * 4:
+                return
+
+
+__all__ = ["MigrateOptions", "migrate", "verify_backend", "table_records"]

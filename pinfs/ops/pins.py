@@ -1,0 +1,227 @@
+"""Pin and unpin, look up and list pins: the operations behind ``pinfs pin …``, ``pinfs find`` and the
+mount's ``pin``/``unpin`` control files.
+
+A batch is one write: every request is validated first (InvalidInput names the bad line and nothing
+changes), then the parquet is rewritten once and the CAR regenerated, both under the backend's lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pinfs.backends import Backend, discover_backends, get_backend
+from pinfs.cids import validate_cid
+from pinfs.errors import InvalidInput, NotFound, PinfsError
+from pinfs.ops.carops import write_car_locked
+from pinfs.schema import REQUIRED_COLUMNS, STATUSES, dump_metadata, load_metadata, make_record
+from pinfs.store import PinStore, merge_records
+
+# CONTRACT §2: one control-file line is at most 4 KiB.
+MAX_LINE_BYTES = 4096
+_META_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+@dataclass
+class PinRequest:
+    """One pin to add. ``status`` None keeps an existing pin's status (new pins are ``pending``)."""
+
+    cid: str
+    status: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+# -- parsing (shared by the CLI and the control files) --
+
+
+def parse_status(value: str, where: str = "") -> str:
+    if value not in STATUSES:
+        raise InvalidInput(f"{where}status must be one of {', '.join(STATUSES)}, not {value!r}")
+    return value
+
+
+def parse_meta(assignment: str, where: str = "") -> tuple[str, str]:
+    """``key=value`` → (key, value); keys are letters, digits, ``_ - .``."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key or not set(key) <= _META_KEY_CHARS:
+        raise InvalidInput(
+            f"{where}metadata must be KEY=VALUE with KEY of letters, digits, '_', '-', '.': {assignment!r}"
+        )
+    return key, value
+
+
+def parse_pin_line(line: str, where: str = "") -> PinRequest:
+    """``<cid> [status=S] [meta.<key>=<value>]…`` → PinRequest; InvalidInput for anything else."""
+    words = line.split()
+    if not words:
+        raise InvalidInput(f"{where}empty pin line")
+    request = PinRequest(cid=_cid(words[0], where))
+    for word in words[1:]:
+        name, sep, value = word.partition("=")
+        if name == "status" and sep:
+            request.status = parse_status(value, where)
+        elif name.startswith("meta.") and sep:
+            key, meta_value = parse_meta(word[len("meta.") :], where)
+            request.metadata[key] = meta_value
+        else:
+            raise InvalidInput(f"{where}unknown word {word!r} (expected status=… or meta.KEY=VALUE)")
+    return request
+
+
+def _cid(text: str, where: str) -> str:
+    try:
+        return validate_cid(text)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}{exc}") from None
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if len(line.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
+            raise InvalidInput(f"line {number}: longer than {MAX_LINE_BYTES} bytes")
+        if line.strip():
+            yield number, line
+
+
+def parse_pin_lines(text: str) -> list[PinRequest]:
+    """Every non-blank line a pin; the whole batch is validated before it is returned."""
+    return [parse_pin_line(line, f"line {number}: ") for number, line in _lines(text)]
+
+
+def parse_unpin_lines(text: str) -> list[str]:
+    """One CID per non-blank line."""
+    cids = []
+    for number, line in _lines(text):
+        words = line.split()
+        if len(words) != 1:
+            raise InvalidInput(f"line {number}: expected exactly one CID, got {len(words)} words")
+        cids.append(_cid(words[0], f"line {number}: "))
+    return cids
+
+
+# -- writing --
+
+
+def add_pins(root: Path, backend_name: str, requests: Sequence[PinRequest]) -> dict[str, Any]:
+    """Add or update pins in one backend, in one write. Existing pins keep their creation time and
+    CAR path; their status changes only if the request names one; metadata keys are merged."""
+    if not requests:
+        raise InvalidInput("no pins given")
+    backend = get_backend(root, backend_name)
+    batch = {request.cid: request for request in requests}  # a repeated CID: the last line wins
+    added: list[str] = []
+    updated: list[str] = []
+    with PinStore(backend).transaction() as txn:
+        current = txn.current()
+        existing = _records_for(current, list(batch))
+        replacements = {}
+        for cid, request in batch.items():
+            old = existing.get(cid)
+            (updated if old else added).append(cid)
+            replacements[cid] = _apply_request(backend, request, old)
+        table = merge_records(current, replacements)
+        txn.write(table)
+        write_car_locked(backend, table)
+    return {"ok": True, "backend": backend.name, "added": added, "updated": updated, "total": table.num_rows}
+
+
+def _records_for(table: pa.Table, cids: list[str]) -> dict[str, dict[str, Any]]:
+    rows = table.filter(pc.is_in(table.column("cid"), pa.array(cids, pa.string())))
+    return {row["cid"]: row for row in rows.to_pylist()}
+
+
+def _apply_request(backend: Backend, request: PinRequest, old: Mapping[str, Any] | None) -> dict[str, Any]:
+    if old is None:
+        return make_record(
+            request.cid, backend.name, backend.type, status=request.status or "pending", metadata=request.metadata
+        )
+    record = dict(old)
+    if request.status:
+        record["status"] = request.status
+    if request.metadata:
+        record["metadata"] = dump_metadata({**_metadata_or_empty(old), **request.metadata})
+    record["updated_at"] = None  # merge_records stamps it
+    return record
+
+
+def _metadata_or_empty(record: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return load_metadata(record.get("metadata"))
+    except ValueError:
+        return {}
+
+
+def remove_pins(root: Path, backend_name: str, cids: Sequence[str]) -> dict[str, Any]:
+    """Remove pins from one backend in one write. If any CID is not pinned there, nothing changes
+    and NotFound names it."""
+    if not cids:
+        raise InvalidInput("no CIDs given")
+    backend = get_backend(root, backend_name)
+    wanted = list(dict.fromkeys(cids))
+    with PinStore(backend).transaction() as txn:
+        current = txn.current()
+        present = pc.is_in(current.column("cid"), pa.array(wanted, pa.string()))
+        found = set(current.filter(present).column("cid").to_pylist())
+        missing = [cid for cid in wanted if cid not in found]
+        if missing:
+            raise NotFound(f"{missing[0]} is not pinned in backend {backend.name!r}" + _and_more(missing))
+        table = current.filter(pc.invert(present))
+        txn.write(table)
+        write_car_locked(backend, table)
+    return {"ok": True, "backend": backend.name, "removed": wanted, "total": table.num_rows}
+
+
+def _and_more(items: Sequence[str]) -> str:
+    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+
+
+# -- reading --
+
+
+def public_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record for people and scripts: the six fields (metadata as an object) plus extra columns set."""
+    result: dict[str, Any] = {name: record.get(name) for name in REQUIRED_COLUMNS}
+    try:
+        result["metadata"] = load_metadata(record.get("metadata"))
+    except ValueError:
+        result["metadata"] = {"_unparsed": record.get("metadata")}
+    result.update({k: v for k, v in record.items() if k not in REQUIRED_COLUMNS and v is not None})
+    return result
+
+
+def _backends_to_search(root: Path, backend_name: str | None) -> list[Backend]:
+    return [get_backend(root, backend_name)] if backend_name else discover_backends(root)[0]
+
+
+def find_cid(root: Path, cid: str, backend_name: str | None = None) -> dict[str, Any]:
+    """Every backend holding ``cid``, with its record. NotFound when none does. A backend whose files
+    cannot be read is listed under ``errors`` and does not stop the search."""
+    validate_cid(cid)
+    holders: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    for backend in _backends_to_search(root, backend_name):
+        try:
+            record = PinStore(backend).snapshot().lookup(cid)
+        except PinfsError as exc:
+            errors.append({"backend": backend.name, "error": str(exc)})
+            continue
+        if record is not None:
+            holders.append({"backend": backend.name, "type": backend.type, **public_record(record)})
+    if not holders:
+        where = f"backend {backend_name!r}" if backend_name else "any backend"
+        raise NotFound(f"{cid} is not pinned in {where}")
+    return {"ok": True, "cid": cid, "backends": holders, "errors": errors}
+
+
+def iter_pins(root: Path, backend_name: str | None = None, status: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every pin (optionally of one backend and/or status), streamed one row group at a time."""
+    if status is not None:
+        parse_status(status)
+    for backend in _backends_to_search(root, backend_name):
+        for record in PinStore(backend).snapshot().iter_records(status):
+            yield public_record(record)
