@@ -1,0 +1,509 @@
+"""The pyfuse3 Operations adapter: inodes, handles, EntryAttributes and errno over ``PinTree``.
+
+What it is for: translating kernel requests into calls on the tree model (``pinfs.fs.tree``) and the
+control files (``pinfs.fs.control``), and their answers and errors back. Inode numbers are a 63-bit
+hash of the node's path (stable for the whole mount, no table that keeps growing), with a collision
+check against the live inodes; the kernel's lookup counts are kept and ``forget`` frees them.
+
+What it must not do: decide what exists or what a file holds (that is the tree), or let any exception
+but ``FUSEError`` leave a handler: pyfuse3 ends the main loop on any other. Domain errors become their
+``errno`` in ``_errors`` (the one place), an OSError keeps its own, anything else is logged with its
+traceback and answered EIO.
+
+Threading: handlers run as trio tasks on the event-loop thread and never block it. Everything that
+touches disk (the tree, file reads, command runs) goes to ``trio.to_thread.run_sync`` under a
+CapacityLimiter (one for reads, a separate one for commands so a long command never starves reads).
+The inode and handle tables are only touched on the event-loop thread, so they need no locks.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
+
+from pinfs.errors import InvalidInput, PinfsError, ReadOnly
+from pinfs.fs.control import ControlFile, ControlRegistry
+from pinfs.fs.tree import BytesContent, Content, Listing, Node, NodeKind, PinTree
+
+log = logging.getLogger(__name__)
+
+# Data changes underneath us (CLI, other processes): the kernel may keep names and attributes for a
+# second, which keeps "visible within 2 s" (CONTRACT §2) with margin.
+ENTRY_TIMEOUT = 1.0
+ATTR_TIMEOUT = 1.0
+READDIR_BATCH = 256
+_INODE_MASK = (1 << 63) - 1
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+# -- errors: the one place --
+
+
+def fuse_error_for(exc: BaseException) -> pyfuse3.FUSEError:
+    """The FUSEError to answer for ``exc``: domain errors by their errno, OSError by its own."""
+    if isinstance(exc, pyfuse3.FUSEError):
+        return exc
+    if isinstance(exc, PinfsError):
+        return pyfuse3.FUSEError(exc.errno)
+    if isinstance(exc, OSError) and exc.errno:
+        return pyfuse3.FUSEError(exc.errno)
+    return pyfuse3.FUSEError(errno.EIO)
+
+
+def _errors(handler: F) -> F:
+    """Let only FUSEError leave ``handler``; log unexpected exceptions with their traceback."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except (PinfsError, OSError) as exc:
+            log.debug("%s: %s", handler.__name__, exc)
+            raise fuse_error_for(exc) from None
+        except Exception:
+            log.exception("unexpected error in %s", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- inodes --
+
+
+class InodeTable:
+    """Path <-> inode for the nodes the kernel knows of, with their lookup counts.
+
+    The number is a 63-bit hash of the path, so a path gets the same number again after ``forget``.
+    Only live inodes are kept; a hash that collides with a different live path is probed further.
+    """
+
+    def __init__(self) -> None:
+        self._paths: dict[int, tuple[str, ...]] = {pyfuse3.ROOT_INODE: ()}
+        self._inodes: dict[tuple[str, ...], int] = {(): pyfuse3.ROOT_INODE}
+        self._counts: dict[int, int] = {}
+
+    @staticmethod
+    def hash_path(path: tuple[str, ...], salt: int = 0) -> int:
+        digest = hashlib.blake2b(
+            "\0".join(path).encode("utf-8", "surrogateescape"), digest_size=8, salt=salt.to_bytes(8, "little")
+        )
+        return int.from_bytes(digest.digest(), "little") & _INODE_MASK
+
+    def inode_of(self, path: tuple[str, ...]) -> int:
+        """The inode for ``path`` (not yet counted as known by the kernel)."""
+        found = self._inodes.get(path)
+        if found is not None:
+            return found
+        for salt in itertools.count():
+            inode = self.hash_path(path, salt)
+            if inode > pyfuse3.ROOT_INODE and inode not in self._paths:
+                break
+        self._paths[inode] = path
+        self._inodes[path] = inode
+        return inode
+
+    def path_of(self, inode: int) -> tuple[str, ...]:
+        try:
+            return self._paths[inode]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None  # forgotten: the kernel should not ask
+
+    def remember(self, inode: int) -> None:
+        """The kernel learned of ``inode`` once more (lookup, or an accepted readdirplus entry)."""
+        if inode != pyfuse3.ROOT_INODE:
+            self._counts[inode] = self._counts.get(inode, 0) + 1
+
+    def forget(self, inode: int, count: int) -> None:
+        if inode == pyfuse3.ROOT_INODE:
+            return
+        left = self._counts.get(inode, 0) - count
+        if left > 0:
+            self._counts[inode] = left
+            return
+        self._counts.pop(inode, None)
+        path = self._paths.pop(inode, None)
+        if path is not None:
+            self._inodes.pop(path, None)
+
+    def drop_unreferenced(self, inode: int) -> None:
+        """Free an inode made for an answer the kernel did not take (refused readdir entry)."""
+        if inode != pyfuse3.ROOT_INODE and inode not in self._counts:
+            path = self._paths.pop(inode, None)
+            if path is not None:
+                self._inodes.pop(path, None)
+
+    def forget_all(self) -> None:
+        self._counts.clear()
+        self._paths = {pyfuse3.ROOT_INODE: ()}
+        self._inodes = {(): pyfuse3.ROOT_INODE}
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+# -- handles --
+
+
+@dataclass
+class FileHandle:
+    node: Node
+    content: Content
+
+
+@dataclass
+class ControlHandle:
+    node: Node
+    control: ControlFile
+    writable: bool
+    content: Content | None = None  # the last-run JSON, for reads
+    buffer: bytearray = field(default_factory=bytearray)
+    checked: int = 0  # bytes of ``buffer`` already validated line by line
+    wrote: bool = False  # a write came since the last run: the next flush runs the command
+    rejected: bool = False  # a write failed validation: nothing runs from this handle
+
+
+@dataclass
+class DirHandle:
+    path: tuple[str, ...]
+    listing: Listing
+    pending: list[tuple[int, Node]] = field(default_factory=list)  # the last batch fetched
+    pending_start: int = 0  # the offset that batch was fetched from
+
+
+# -- the operations --
+
+
+class PinfsOperations(pyfuse3.Operations):
+    """Thin pyfuse3 adapter over a ``PinTree`` and a ``ControlRegistry``."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(
+        self,
+        tree: PinTree,
+        controls: ControlRegistry,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        read_limiter: trio.CapacityLimiter | None = None,
+        command_limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        super().__init__()
+        self.tree = tree
+        self.controls = controls
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.inodes = InodeTable()
+        self._handles: dict[int, FileHandle | ControlHandle | DirHandle] = {}
+        self._next_handle = itertools.count(1)
+        self._read_limiter = read_limiter or trio.CapacityLimiter(8)
+        self._command_limiter = command_limiter or trio.CapacityLimiter(4)
+
+    async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(function, *args, limiter=self._read_limiter)
+
+    def _attributes(self, node: Node, inode: int | None = None) -> pyfuse3.EntryAttributes:
+        attributes = pyfuse3.EntryAttributes()
+        attributes.st_ino = InodeT(inode if inode is not None else self.inodes.inode_of(node.path))
+        attributes.generation = 0
+        attributes.entry_timeout = ENTRY_TIMEOUT
+        attributes.attr_timeout = ATTR_TIMEOUT
+        attributes.st_mode = ModeT(node.mode)
+        attributes.st_nlink = 2 if node.is_dir else 1
+        attributes.st_uid = self.uid
+        attributes.st_gid = self.gid
+        attributes.st_rdev = 0
+        attributes.st_size = node.size
+        attributes.st_blksize = 4096
+        attributes.st_blocks = (node.size + 511) // 512
+        attributes.st_atime_ns = attributes.st_mtime_ns = attributes.st_ctime_ns = node.mtime_ns
+        return attributes
+
+    def _add_handle(self, handle: FileHandle | ControlHandle | DirHandle) -> FileHandleT:
+        number = next(self._next_handle)
+        self._handles[number] = handle
+        return FileHandleT(number)
+
+    def _handle(self, fh: int) -> FileHandle | ControlHandle | DirHandle:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.EBADF) from None
+
+    @staticmethod
+    def _name(name: bytes) -> str:
+        try:
+            return name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None  # every name we serve is UTF-8
+
+    # -- names and attributes --
+
+    @_errors
+    async def lookup(self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext) -> Any:
+        parent = self.inodes.path_of(parent_inode)
+        if name == b".":
+            path = parent
+        elif name == b"..":
+            path = parent[:-1]
+        else:
+            path = (*parent, self._name(name))
+        node = await self._blocking(self.tree.resolve, path)
+        attributes = self._attributes(node)
+        self.inodes.remember(attributes.st_ino)
+        return attributes
+
+    async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
+        for inode, count in inode_list:
+            self.inodes.forget(inode, count)
+
+    def forget_all(self) -> None:
+        """At unmount the kernel may not have sent every forget (pyfuse3 ``forget`` docs)."""
+        self.inodes.forget_all()
+        for handle in self._handles.values():
+            _close_content(handle)
+        self._handles.clear()
+
+    @_errors
+    async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> Any:
+        node = await self._blocking(self.tree.resolve, self.inodes.path_of(inode))
+        return self._attributes(node, inode)
+
+    @_errors
+    async def setattr(
+        self,
+        inode: InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> Any:
+        node = await self._blocking(self.tree.resolve, self.inodes.path_of(inode))
+        if node.kind is not NodeKind.CONTROL:
+            raise ReadOnly("read-only filesystem")
+        self._check_owner(ctx)
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if fields.update_size and attr.st_size != 0:
+            raise InvalidInput("a control file can only be truncated to 0")
+        # Truncating (shell '>') and touching a control file are accepted and change nothing: input is
+        # buffered per open handle, so it always starts empty (CONTRACT §2).
+        return self._attributes(node, inode)
+
+    @_errors
+    async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
+        node = await self._blocking(self.tree.resolve, self.inodes.path_of(inode))
+        if node.target is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return FileNameT(node.target.encode())
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        data.f_namemax = 255
+        return data
+
+    # -- directories --
+
+    @_errors
+    async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
+        path = self.inodes.path_of(inode)
+        listing = await self._blocking(self.tree.listing, path)
+        return self._add_handle(DirHandle(path, listing))
+
+    @_errors
+    async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._handle(fh)
+        if not isinstance(handle, DirHandle):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        # Offsets are positions in the version pinned by opendir. Entries fetched for an earlier call
+        # that the kernel did not take are kept, so resuming there costs no disk read.
+        position = start_id
+        while True:
+            if handle.pending and handle.pending_start <= position < handle.pending[-1][0]:
+                batch = [entry for entry in handle.pending if entry[0] > position]
+            else:
+                batch = await self._blocking(handle.listing.entries, position, READDIR_BATCH)
+                handle.pending_start, handle.pending = position, batch
+            if not batch:
+                return  # the end of this version
+            for next_offset, node in batch:
+                inode = self.inodes.inode_of(node.path)
+                name = FileNameT(node.name.encode())
+                if not pyfuse3.readdir_reply(token, name, self._attributes(node, inode), next_offset):
+                    self.inodes.drop_unreferenced(inode)
+                    return
+                self.inodes.remember(inode)  # readdirplus: the kernel now holds a lookup on it
+                position = next_offset
+            await trio.lowlevel.checkpoint()
+
+    @_errors
+    async def releasedir(self, fh: FileHandleT) -> None:
+        self._handles.pop(fh, None)
+
+    # -- files --
+
+    @_errors
+    async def open(self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = await self._blocking(self.tree.resolve, self.inodes.path_of(inode))
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        writing = bool(flags & _WRITE_FLAGS) or bool(flags & os.O_TRUNC)
+        if node.kind is NodeKind.CONTROL:
+            assert node.control_key is not None
+            control = self.controls.get(node.control_key)
+            if writing:
+                self._check_owner(ctx)
+                control.check_idle()
+                handle = ControlHandle(node, control, writable=True)
+            else:
+                handle = ControlHandle(node, control, writable=False, content=BytesContent(control.describe()))
+            return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
+        if writing:
+            raise ReadOnly("read-only filesystem")
+        content = await self._blocking(self.tree.open_content, node)
+        # Generated files have no size before they are made: direct_io so reads go past st_size 0.
+        direct = node.kind is NodeKind.GENERATED
+        return pyfuse3.FileInfo(fh=self._add_handle(FileHandle(node, content)), direct_io=direct)
+
+    @_errors
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+        handle = self._handle(fh)
+        if isinstance(handle, DirHandle):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if isinstance(handle, ControlHandle):
+            if handle.content is None:  # opened for writing only, or read+write: show the current state
+                handle.content = BytesContent(handle.control.describe())
+            return handle.content.read(off, size)
+        if isinstance(handle.content, BytesContent):
+            return handle.content.read(off, size)
+        return await self._blocking(handle.content.read, off, size)
+
+    @_errors
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
+        handle = self._handle(fh)
+        if not isinstance(handle, ControlHandle) or not handle.writable:
+            raise pyfuse3.FUSEError(errno.EBADF if isinstance(handle, ControlHandle) else errno.EROFS)
+        if handle.rejected:
+            raise InvalidInput("an earlier write to this handle was rejected")
+        handle.control.check_idle()
+        if off != len(handle.buffer):
+            raise InvalidInput("control files take their input in order, from offset 0")
+        handle.buffer += buf
+        try:
+            handle.checked = await self._blocking(
+                self.controls.check_partial, handle.node.control_key, bytes(handle.buffer), handle.checked
+            )
+        except InvalidInput as exc:
+            handle.rejected = True
+            log.info("rejected input for %s: %s", "/".join(handle.node.path), exc)
+            raise
+        handle.wrote = True
+        return len(buf)
+
+    @_errors
+    async def flush(self, fh: FileHandleT) -> None:
+        handle = self._handle(fh)
+        if not isinstance(handle, ControlHandle) or not handle.wrote or handle.rejected:
+            return  # nothing buffered (a shell may flush before it writes): nothing to run
+        data, key = bytes(handle.buffer), handle.node.control_key
+        handle.buffer, handle.checked, handle.wrote = bytearray(), 0, False
+        assert key is not None
+        try:
+            prepared = await self._blocking(self.controls.parse, key, data)
+        except InvalidInput as exc:
+            log.info("rejected input for %s: %s", "/".join(handle.node.path), exc)
+            raise
+        handle.control.start(prepared)  # Busy when another run started meanwhile
+        succeeded = await trio.to_thread.run_sync(handle.control.run, prepared, limiter=self._command_limiter)
+        if not succeeded:
+            raise pyfuse3.FUSEError(errno.EIO)  # close() fails; the error is in the file's JSON
+
+    @_errors
+    async def release(self, fh: FileHandleT) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is not None:
+            _close_content(handle)
+
+    # -- read-only: everything that would change the tree --
+
+    def _check_owner(self, ctx: pyfuse3.RequestContext) -> None:
+        if ctx.uid != self.uid:  # CONTRACT §2: only the mounting user runs commands
+            raise pyfuse3.FUSEError(errno.EACCES)
+
+    async def _read_only(self, *_args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mknod(
+        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> Any:
+        return await self._read_only()
+
+    async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: pyfuse3.RequestContext) -> Any:
+        return await self._read_only()
+
+    async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext) -> None:
+        return await self._read_only()
+
+    async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext) -> None:
+        return await self._read_only()
+
+    async def symlink(
+        self, parent_inode: InodeT, name: FileNameT, target: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> Any:
+        return await self._read_only()
+
+    async def rename(
+        self,
+        parent_inode_old: InodeT,
+        name_old: FileNameT,
+        parent_inode_new: InodeT,
+        name_new: FileNameT,
+        flags: FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        return await self._read_only()
+
+    async def link(
+        self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> Any:
+        return await self._read_only()
+
+    async def create(
+        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT, ctx: pyfuse3.RequestContext
+    ) -> Any:
+        return await self._read_only()
+
+    async def setxattr(self, inode: InodeT, name: Any, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        return await self._read_only()
+
+    async def removexattr(self, inode: InodeT, name: Any, ctx: pyfuse3.RequestContext) -> None:
+        return await self._read_only()
+
+
+# -- helpers --
+
+
+def _close_content(handle: FileHandle | ControlHandle | DirHandle) -> None:
+    content = getattr(handle, "content", None)
+    if content is not None:
+        try:
+            content.close()
+        except OSError:
+            log.exception("closing a file handle failed")

@@ -1,0 +1,341 @@
+"""Control files: writing a line to ``.control/<command>`` runs an operation (CONTRACT §2).
+
+What it is for: a table of small command objects, one per control file name. Each one parses the
+written text into the same options dataclass the CLI builds (``pinfs.ops.*``) and runs the same
+operation function; ``ControlFile`` keeps the state of one control file (idle, running, succeeded,
+failed) and describes its last run as JSON.
+
+What it must not do: import pyfuse3 or the tree, do any work of the operations itself, or act on
+input that is not entirely valid. ``Command.parse`` validates everything (words, values, backend
+names, CIDs, UTF-8, line length) and raises ``InvalidInput`` before anything runs.
+
+Threading: ``parse`` and ``ControlFile.run`` block (they touch disk) and run on worker threads.
+``ControlFile.start`` and ``describe`` are cheap and may be called from the event loop; its state is
+guarded by a lock because the run finishes on a worker thread.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pinfs.backends import get_backend, validate_backend_name
+from pinfs.errors import Busy, InvalidInput, NotFound, PinfsError
+from pinfs.schema import now_iso
+
+log = logging.getLogger(__name__)
+
+# CONTRACT §2: a command line is at most 4 KiB; a pin/unpin batch may have many such lines.
+MAX_LINE_BYTES = 4096
+MAX_BATCH_BYTES = 16 << 20
+
+IDLE, RUNNING, SUCCEEDED, FAILED = "idle", "running", "succeeded", "failed"
+
+
+# -- parsed commands --
+
+
+@dataclass
+class Prepared:
+    """A fully validated command, ready to run: ``run`` is the operation call, nothing else."""
+
+    command: str
+    args: dict[str, Any]
+    run: Callable[[], dict[str, Any]]
+
+
+def decode_input(data: bytes, multiline: bool) -> str:
+    """The written bytes as text. Raises InvalidInput for non-UTF-8, a line over 4 KiB, too much input,
+    or (for one-line commands) more than one line."""
+    limit = MAX_BATCH_BYTES if multiline else MAX_LINE_BYTES + 1
+    if len(data) > limit:
+        raise InvalidInput(f"input is {len(data)} bytes; at most {limit} are accepted")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"input is not UTF-8 (byte {exc.start})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        if len(line.encode()) > MAX_LINE_BYTES:
+            raise InvalidInput(f"line {number} is longer than {MAX_LINE_BYTES} bytes")
+    if not multiline and len(lines) > 1:
+        raise InvalidInput("write one line: this control file takes a single command")
+    return text
+
+
+def _operation(module_name: str, name: str) -> Any:
+    """An attribute of an operations module, looked up when needed. Raises NotImplementedError when
+    the module is missing (an operation not written yet): the run then fails and says so."""
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise NotImplementedError(f"{module_name} is not available in this version of pinfs") from None
+    return getattr(module, name)
+
+
+def _check_backend(root: Path, name: str) -> str:
+    validate_backend_name(name)
+    try:
+        get_backend(root, name)
+    except NotFound as exc:
+        raise InvalidInput(str(exc)) from None
+    return name
+
+
+def _parse_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise InvalidInput(f"older-than={text!r}: expected a number of days") from None
+    if not math.isfinite(days) or days < 0:
+        raise InvalidInput(f"older-than={text!r}: expected a number of days, 0 or more")
+    return days
+
+
+# -- the command table --
+
+
+@dataclass(frozen=True)
+class WordsCommand:
+    """A command taking one line of words: flags (``dry-run``), ``backend=<name>`` (repeatable) and
+    valued words (``older-than=<days>``), turned into ``options_class`` and passed to ``function``."""
+
+    name: str
+    module: str
+    options_class: str
+    function: str
+    flags: dict[str, str] = field(default_factory=dict)  # word -> options field
+    values: dict[str, tuple[str, Callable[[str], Any]]] = field(default_factory=dict)  # key -> (field, parser)
+    multiline = False
+
+    def parse(self, root: Path, backend: str | None, data: bytes) -> Prepared:
+        """Validate ``data`` and bind it to the operation. Raises InvalidInput (nothing has run)."""
+        words = decode_input(data, multiline=False).split()
+        fields: dict[str, Any] = {}
+        backends: list[str] = [backend] if backend else []
+        for word in words:
+            key, has_value, value = word.partition("=")
+            if not has_value and key in self.flags:
+                fields[self.flags[key]] = True
+            elif has_value and key == "backend":
+                if backend is not None and value != backend:
+                    raise InvalidInput(f"backend={value}: this control file acts on {backend!r} only")
+                if value not in backends:
+                    backends.append(_check_backend(root, value))
+            elif has_value and key in self.values:
+                target, parser = self.values[key]
+                if target in fields:
+                    raise InvalidInput(f"{key}= given twice")
+                fields[target] = parser(value)
+            else:
+                raise InvalidInput(f"unknown word {word[:60]!r} for {self.name}; see README")
+        args = {"backends": backends, **fields}
+
+        def run() -> dict[str, Any]:
+            options = _operation(self.module, self.options_class)(**args)
+            return _operation(self.module, self.function)(root, options)
+
+        return Prepared(self.name, args, run)
+
+
+@dataclass(frozen=True)
+class LinesCommand:
+    """``pin``/``unpin``: one item per line, parsed by the operation's own line parser, one batch."""
+
+    name: str
+    parser: str
+    function: str
+    module: str = "pinfs.ops.pins"
+    multiline = True
+
+    def parse(self, root: Path, backend: str | None, data: bytes) -> Prepared:
+        if backend is None:
+            raise InvalidInput(f"{self.name} acts on one backend: use backends/<name>/.control/{self.name}")
+        text = decode_input(data, multiline=True)
+        try:
+            parse_lines = _operation(self.module, self.parser)
+        except NotImplementedError as exc:
+            missing = exc
+
+            def unavailable() -> dict[str, Any]:
+                raise missing
+
+            return Prepared(self.name, {"backend": backend}, unavailable)
+        items = parse_lines(text)
+        if not items:
+            raise InvalidInput(f"{self.name}: no lines given")
+        return Prepared(
+            self.name,
+            {"backend": backend, "lines": len(items)},
+            lambda: _operation(self.module, self.function)(root, backend, items),
+        )
+
+    def check_lines(self, data: bytes) -> None:
+        """Validate complete lines as they arrive, so a bad one fails the write that brought it."""
+        text = decode_input(data, multiline=True)
+        if text.strip():
+            try:
+                parse_lines = _operation(self.module, self.parser)
+            except NotImplementedError:
+                return  # checked again, and reported, when the command runs
+            parse_lines(text)
+
+
+Command = WordsCommand | LinesCommand
+
+COMMANDS: dict[str, Command] = {
+    command.name: command
+    for command in (
+        WordsCommand(
+            "migrate",
+            "pinfs.ops.migrate",
+            "MigrateOptions",
+            "migrate",
+            flags={
+                "dry-run": "dry_run",
+                "verbose": "verbose",
+                "force": "force",
+                "force-car-regeneration": "force_car_regeneration",
+                "restore-from-backup": "restore_from_backup",
+                "verify-only": "verify_only",
+            },
+        ),
+        WordsCommand("regenerate-car", "pinfs.ops.carops", "RegenerateOptions", "regenerate_car"),
+        WordsCommand("sync", "pinfs.ops.sync", "SyncOptions", "sync", flags={"dry-run": "dry_run"}),
+        WordsCommand(
+            "verify",
+            "pinfs.ops.verify",
+            "VerifyOptions",
+            "verify",
+            values={"older-than": ("older_than_days", _parse_days)},
+        ),
+        LinesCommand("pin", "parse_pin_lines", "add_pins"),
+        LinesCommand("unpin", "parse_unpin_lines", "remove_pins"),
+    )
+}
+ROOT_COMMANDS: tuple[str, ...] = ("migrate", "regenerate-car", "sync", "verify")
+BACKEND_COMMANDS: tuple[str, ...] = (*ROOT_COMMANDS, "pin", "unpin")
+
+
+# -- state of one control file --
+
+
+class ControlFile:
+    """One control file: at most one run at a time, and what its last run did."""
+
+    def __init__(self, command: Command, backend: str | None) -> None:
+        self.command = command
+        self.backend = backend
+        self._lock = threading.Lock()
+        self._state = IDLE
+        self._args: dict[str, Any] | None = None
+        self._started_at: str | None = None
+        self._finished_at: str | None = None
+        self._result: Any = None
+        self._error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._state == RUNNING
+
+    def check_idle(self) -> None:
+        if self.running:
+            raise Busy(f"{self.command.name} is already running")
+
+    def start(self, prepared: Prepared) -> None:
+        """Mark the file running. Raises Busy when a run is in progress."""
+        with self._lock:
+            if self._state == RUNNING:
+                raise Busy(f"{self.command.name} is already running")
+            self._state, self._args = RUNNING, prepared.args
+            self._started_at, self._finished_at = now_iso(), None
+            self._result = self._error = None
+
+    def run(self, prepared: Prepared) -> bool:
+        """Run a started command to the end (blocking) and record how it went; True on success."""
+        result: Any = None
+        error: str | None = None
+        try:
+            result = prepared.run()
+            if isinstance(result, dict) and not result.get("ok", True):
+                error = str(result.get("error") or "the operation reported a failure; see result")
+        except NotImplementedError as exc:
+            error = f"{self.command.name} is not available yet ({exc or 'not implemented'})"
+        except PinfsError as exc:
+            error = str(exc)
+        except Exception as exc:  # recorded in the file's JSON and logged; the mount keeps running
+            log.exception("control command %s failed", self.command.name)
+            error = f"internal error: {type(exc).__name__}: {exc}"
+        with self._lock:
+            self._state = FAILED if error else SUCCEEDED
+            self._finished_at, self._result, self._error = now_iso(), result, error
+        return error is None
+
+    def describe(self) -> bytes:
+        """The last run as JSON (CONTRACT §2), pretty, with a final newline."""
+        with self._lock:
+            report = {
+                "command": self.command.name,
+                "backend": self.backend,
+                "state": self._state,
+                "args": self._args,
+                "started_at": self._started_at,
+                "finished_at": self._finished_at,
+                "result": self._result,
+                "error": self._error,
+            }
+        return (json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n").encode()
+
+
+class ControlRegistry:
+    """Every control file of the mount, created on first use, keyed by (backend or None, command)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._files: dict[tuple[str | None, str], ControlFile] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str | None, str]) -> ControlFile:
+        backend, name = key
+        allowed = BACKEND_COMMANDS if backend is not None else ROOT_COMMANDS
+        if name not in allowed:
+            raise NotFound(f"no control file {name!r}")
+        with self._lock:
+            found = self._files.get(key)
+            if found is None:
+                found = self._files[key] = ControlFile(COMMANDS[name], backend)
+            return found
+
+    def parse(self, key: tuple[str | None, str], data: bytes) -> Prepared:
+        """Validate written bytes for the control file ``key``. Raises InvalidInput."""
+        return COMMANDS[key[1]].parse(self.root, key[0], data)
+
+    def check_partial(self, key: tuple[str | None, str], data: bytes, checked: int) -> int:
+        """Validate what has arrived so far: size, UTF-8 and every complete line after byte ``checked``
+        (those before it were checked by an earlier write). Returns the new ``checked``. Raises
+        InvalidInput. A line still incomplete is checked by the next write or by ``parse``."""
+        command = COMMANDS[key[1]]
+        complete = data.rfind(b"\n") + 1
+        if isinstance(command, LinesCommand):
+            if len(data) > MAX_BATCH_BYTES:
+                raise InvalidInput(f"input is more than {MAX_BATCH_BYTES} bytes")
+            if len(data) - complete > MAX_LINE_BYTES:
+                raise InvalidInput(f"a line is longer than {MAX_LINE_BYTES} bytes")
+            if complete > checked:
+                command.check_lines(data[checked:complete])
+            return max(complete, checked)
+        if complete or len(data) > MAX_LINE_BYTES:
+            command.parse(self.root, key[0], data)
+        return complete

@@ -1,0 +1,646 @@
+"""The virtual tree the mount serves: paths to nodes, directory listings, attributes and bytes.
+
+What it is for: everything a user sees under the mount point (CONTRACT §2) is decided here, as plain
+code over ``pinfs.backends``, ``pinfs.store`` and ``pinfs.ops.reports``. A path is a tuple of names
+(``("backends", "s3-main", "by-cid", cid, "status")``); ``PinTree.resolve`` turns it into a ``Node``,
+``PinTree.listing`` pins one version of a directory for paging, ``PinTree.open_content`` gives the
+bytes of a file.
+
+What it must not do: import pyfuse3, know about inodes, handles or errno, or scan a backend to answer
+a lookup. Looking up ``by-cid/<cid>`` or ``cids/<cid>`` is one indexed ``PinSnapshot.lookup`` per
+backend. Nothing is read when the tree is built (the mount is ready at once); every snapshot is taken
+per access, so a parquet rewritten by another process is seen on the next lookup. Errors are domain
+errors from ``pinfs.errors`` (plus ``NotADirectory`` below); the adapter maps them to errno.
+
+Threading: every method that touches disk (``resolve``, ``lookup``, ``listing``, ``open_content``,
+``Listing.entries``, ``Content.read``) blocks and is meant to run on a worker thread. The tree holds
+no mutable state of its own beyond the thread-safe ``StoreCache``; a ``Listing`` guards its cursor
+with a lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+from pinfs.backends import NAME_PATTERN, Backend, discover_backends, get_backend
+from pinfs.cids import is_valid_cid
+from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
+from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
+from pinfs.schema import STATUSES, load_metadata
+from pinfs.store import PinSnapshot, PinStore, StoreCache
+
+log = logging.getLogger(__name__)
+
+Path_ = tuple[str, ...]
+
+# Names of the fixed entries (CONTRACT §2).
+README = "README"
+CONTROL_DIR = ".control"
+BACKENDS_DIR = "backends"
+CIDS_DIR = "cids"
+BY_CID = "by-cid"
+BY_STATUS = "by-status"
+SUMMARY = "summary.json"
+PARQUET_FILE = "pin_mappings.parquet"
+CAR_FILE = "pin_mappings.car"
+CAR_JSON = "pin_mappings.car.json"
+REPORT_FILES = ("health.json", "status.json", "insights.json")
+RECORD_VALUE_FILES = ("cid", "status", "car_file_path", "backend_name", "created_at")
+RECORD_FILES = (*RECORD_VALUE_FILES, "metadata.json", "pin.json")
+
+
+class NotADirectory(PinfsError):
+    """A path goes through something that is not a directory."""
+
+    errno = errno.ENOTDIR
+
+
+class NodeKind(Enum):
+    DIRECTORY = "directory"
+    FILE = "file"  # bytes known now (``content``) or a real file (``real_path``)
+    GENERATED = "generated"  # bytes made when opened (reports, summary, CAR as JSON): size unknown
+    SYMLINK = "symlink"
+    CONTROL = "control"
+
+
+_MODES = {
+    NodeKind.DIRECTORY: stat.S_IFDIR | 0o555,
+    NodeKind.FILE: stat.S_IFREG | 0o444,
+    NodeKind.GENERATED: stat.S_IFREG | 0o444,
+    NodeKind.SYMLINK: stat.S_IFLNK | 0o777,
+    NodeKind.CONTROL: stat.S_IFREG | 0o600,
+}
+
+
+@dataclass(frozen=True)
+class Node:
+    """One entry of the tree. ``size`` is exact for FILE and SYMLINK nodes, 0 for GENERATED and
+    CONTROL ones (the adapter opens those with direct_io so a read is never cut at ``size``)."""
+
+    path: Path_
+    kind: NodeKind
+    size: int = 0
+    mtime_ns: int = 0
+    content: bytes | None = None
+    real_path: Path | None = None
+    target: str | None = None
+    control_key: tuple[str | None, str] | None = None  # (backend or None for the root, command)
+
+    @property
+    def mode(self) -> int:
+        return _MODES[self.kind]
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is NodeKind.DIRECTORY
+
+    @property
+    def name(self) -> str:
+        return self.path[-1] if self.path else ""
+
+
+# -- file contents --
+
+
+class Content(Protocol):
+    """The bytes of one open file, fixed for the life of the handle."""
+
+    size: int
+
+    def read(self, offset: int, size: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class BytesContent:
+    """Bytes made once (at open) and kept, so one read sequence sees one version."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.size = len(data)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.data[offset : offset + size]
+
+    def close(self) -> None:
+        pass
+
+
+class RealFileContent:
+    """A real file, open for the life of the handle (an atomic replace leaves this version readable)."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.size = os.fstat(self._fd).st_size
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+# -- listings --
+
+
+class Listing(Protocol):
+    """One pinned version of a directory. ``entries(start, limit)`` returns ``(next_offset, node)``
+    pairs: ``start`` is 0 or a ``next_offset`` returned earlier, always a position in this version."""
+
+    def entries(self, start: int, limit: int) -> list[tuple[int, Node]]: ...
+
+
+class StaticListing:
+    """A small directory, listed once in sorted order."""
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.nodes = sorted(nodes, key=lambda node: node.name)
+
+    def entries(self, start: int, limit: int) -> list[tuple[int, Node]]:
+        return [(index + 1, node) for index, node in enumerate(self.nodes[start : start + limit], start)]
+
+    def names(self) -> list[str]:
+        return [node.name for node in self.nodes]
+
+
+def _nameable(cid: str) -> bool:
+    # base64 multibase CIDs ("m…", "u…") may hold "/": they cannot be a file name, so listings skip
+    # them (they stay readable through the parquet and the CLI). NUL cannot occur in a valid CID.
+    return "/" not in cid and cid not in ("", ".", "..")
+
+
+class PositionalListing:
+    """A sorted column of CIDs with random access by position (``by-cid``, ``by-status/<s>``)."""
+
+    def __init__(self, count: int, fetch: Callable[[int, int], list[str]], make_node: Callable[[str], Node]) -> None:
+        self.count = count
+        self._fetch = fetch
+        self._make_node = make_node
+
+    def entries(self, start: int, limit: int) -> list[tuple[int, Node]]:
+        while start < self.count:  # empty only at the end, even past a run of unnameable CIDs
+            stop = min(start + limit, self.count)
+            cids = self._fetch(start, stop)
+            found = [(position + 1, self._make_node(cid)) for position, cid in enumerate(cids, start) if _nameable(cid)]
+            if found:
+                return found
+            start = stop
+        return []
+
+
+class StreamListing:
+    """A sorted stream with no random access (``cids``: a k-way merge of every backend's CIDs).
+
+    Positions count items of the stream. The cursor goes forward; the last ``RECENT`` items are kept so
+    a readdir that resumes inside the previous batch (the kernel took only part of it) costs nothing.
+    Going back further restarts the stream, which only happens on a ``seekdir`` backwards.
+    """
+
+    RECENT = 4096
+
+    def __init__(self, open_stream: Callable[[], Iterator[str]], make_node: Callable[[str], Node]) -> None:
+        self._open_stream = open_stream
+        self._make_node = make_node
+        self._stream: Iterator[str] = open_stream()
+        self._position = 0  # position of the next item the stream yields
+        self._recent: deque[tuple[int, str]] = deque(maxlen=self.RECENT)
+        self._lock = threading.Lock()
+
+    def entries(self, start: int, limit: int) -> list[tuple[int, Node]]:
+        with self._lock:
+            while True:  # empty only at the end, even past a run of unnameable CIDs
+                items = self._take(start, limit)
+                if not items:
+                    return []
+                found = [(position + 1, self._make_node(cid)) for position, cid in items if _nameable(cid)]
+                if found:
+                    return found
+                start = items[-1][0] + 1
+
+    def _take(self, start: int, limit: int) -> list[tuple[int, str]]:
+        items: list[tuple[int, str]] = []
+        if start < self._position:
+            if self._recent and self._recent[0][0] <= start:
+                items = [item for item in self._recent if item[0] >= start][:limit]
+            else:
+                self._stream, self._position = self._open_stream(), 0
+                self._recent.clear()
+        while self._position < start and next(self._stream, None) is not None:
+            self._position += 1
+        while len(items) < limit:
+            cid = next(self._stream, None)
+            if cid is None:
+                break
+            item = (self._position, cid)
+            self._position += 1
+            self._recent.append(item)
+            items.append(item)
+        return items
+
+
+def merge_sorted_unique(streams: list[Iterator[str]]) -> Iterator[str]:
+    """Every item of several sorted streams once, in order."""
+    previous: str | None = None
+    for item in heapq.merge(*streams):
+        if item != previous:
+            yield item
+            previous = item
+
+
+# -- record files --
+
+
+def record_file_bytes(record: Mapping[str, Any], name: str) -> bytes:
+    """The content of one per-CID file (CONTRACT §2): a value + "\\n", or pretty JSON."""
+    if name in RECORD_VALUE_FILES:
+        value = record.get(name)
+        return (("" if value is None else str(value)) + "\n").encode()
+    metadata = _metadata_of(record)
+    if name == "metadata.json":
+        return _pretty(metadata)
+    if name == "pin.json":
+        return _pretty({**record, "metadata": metadata})
+    raise NotFound(f"no file {name!r} for a pin")
+
+
+def _metadata_of(record: Mapping[str, Any]) -> Any:
+    try:
+        return load_metadata(record.get("metadata"))
+    except ValueError:
+        return record.get("metadata")  # not an object on disk: shown as the string it is
+
+
+def _pretty(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode()
+
+
+README_TEXT = """\
+pinfs: IPFS pin mappings of the data root, one directory per storage backend.
+
+  health.json  status.json  insights.json   reports over every backend
+  backends/<b>/summary.json                 count, counts by status, source (parquet/legacy)
+  backends/<b>/pin_mappings.parquet         the file itself (pandas.read_parquet works on it)
+  backends/<b>/pin_mappings.car             the file itself (a CARv1 file)
+  backends/<b>/pin_mappings.car.json        the CAR's content as JSON (json.load works on it)
+  backends/<b>/by-cid/<cid>/                cid status car_file_path backend_name created_at
+                                            metadata.json pin.json
+  backends/<b>/by-status/<status>/<cid>     symlinks to ../../by-cid/<cid>
+  cids/<cid>/<b>                            one symlink per backend holding the CID
+
+Everything is read-only except the control files, which run commands when written:
+
+  echo 'dry-run backend=s3-main' > .control/migrate
+  echo '' > .control/regenerate-car            (words: backend=<name>)
+  echo 'dry-run' > .control/sync               (words: backend=<name>, dry-run)
+  echo 'older-than=3' > .control/verify        (words: backend=<name>, older-than=<days>)
+  migrate words: dry-run verbose force force-car-regeneration restore-from-backup
+                 verify-only backend=<name> (repeatable)
+
+In backends/<b>/.control/ the same files act on that backend only, plus:
+
+  echo '<cid> status=stored meta.source=x' > backends/<b>/.control/pin   (one pin per line)
+  echo '<cid>' > backends/<b>/.control/unpin                             (one CID per line)
+
+The command runs when the file is closed; the shell's echo returns when it has finished and
+fails (EIO) when the command failed. A bad word or CID fails the write (EINVAL) and nothing runs.
+Reading a control file gives JSON about its last run. CIDs containing "/" (base64 multibase)
+cannot be file names and are left out of listings.
+"""
+
+
+# -- the tree --
+
+
+class PinTree:
+    """The mount's tree over one data root. Blocking; see the module docstring for threading."""
+
+    def __init__(self, root: Path, cache: StoreCache, reports: Any = None) -> None:
+        self.root = Path(root)
+        self.cache = cache
+        self.started_ns = time.time_ns()
+        self._reports = reports  # a module with health/status/insights/backend_summary (tests swap it)
+
+    # -- resolving paths --
+
+    def resolve(self, path: Path_) -> Node:
+        """The node at ``path``. Raises NotFound or CorruptData (a backend that cannot be read).
+
+        Not recursive: every rule in ``_child`` checks the exact shape of its parent path and whatever
+        its existence depends on (the backend, the record), so ancestors need not be resolved again.
+        """
+        if not path:
+            return self._dir(())
+        return self._child(self._dir(path[:-1]), path[-1])
+
+    def lookup(self, parent: Path_, name: str) -> Node:
+        """The entry ``name`` of the directory at ``parent``."""
+        return self.resolve((*parent, name))
+
+    def _child(self, parent: Node, name: str) -> Node:
+        """``name`` inside the directory ``parent`` (already resolved, so its ancestors exist)."""
+        path = (*parent.path, name)
+        depth = len(parent.path)
+        if depth == 0:
+            return self._root_child(name)
+        top = parent.path[0]
+        if top == CONTROL_DIR and depth == 1 and name in ROOT_COMMANDS:
+            return self._control(path, None, name)
+        if top == CIDS_DIR:
+            return self._cids_child(parent.path, name)
+        if top == BACKENDS_DIR:
+            if depth == 1:
+                self._backend(name)
+                return self._dir(path)
+            return self._backend_child(parent.path, name)
+        raise NotFound(f"no entry {name!r} in /{'/'.join(parent.path)}")
+
+    def _root_child(self, name: str) -> Node:
+        if name in (CONTROL_DIR, BACKENDS_DIR, CIDS_DIR):
+            return self._dir((name,))
+        if name == README:
+            return self._bytes_node((name,), README_TEXT.encode())
+        if name in REPORT_FILES:
+            return self._generated((name,))
+        raise NotFound(f"no entry {name!r} in /")
+
+    def _backend_child(self, parent: Path_, name: str) -> Node:
+        backend = self._backend(parent[1])
+        path = (*parent, name)
+        rest = parent[2:]
+        if not rest:
+            return self._backend_top(backend, path, name)
+        if rest == (CONTROL_DIR,) and name in BACKEND_COMMANDS:
+            return self._control(path, backend.name, name)
+        if rest == (BY_CID,):
+            snapshot = self._snapshot(backend)
+            if self._record(snapshot, name) is None:
+                raise NotFound(f"{name!r} is not pinned on {backend.name}")
+            return self._dir(path, snapshot)
+        if len(rest) == 2 and rest[0] == BY_CID and name in RECORD_FILES:
+            snapshot = self._snapshot(backend)
+            record = self._record(snapshot, rest[1])
+            if record is None:
+                raise NotFound(f"{rest[1]!r} is not pinned on {backend.name}")
+            return self._bytes_node(path, record_file_bytes(record, name), snapshot)
+        if rest == (BY_STATUS,) and name in STATUSES:
+            return self._dir(path)
+        if len(rest) == 2 and rest[0] == BY_STATUS:
+            snapshot = self._snapshot(backend)
+            record = self._record(snapshot, name)
+            if record is None or record.get("status") != rest[1]:
+                raise NotFound(f"{name!r} has no status {rest[1]} on {backend.name}")
+            return self._status_link(path, name, snapshot)
+        raise NotFound(f"no entry {name!r} in /{'/'.join(parent)}")
+
+    def _backend_top(self, backend: Backend, path: Path_, name: str) -> Node:
+        if name in (BY_CID, BY_STATUS, CONTROL_DIR):
+            return self._dir(path)
+        if name == SUMMARY:
+            return self._generated(path)
+        if name in (PARQUET_FILE, CAR_FILE):
+            real = backend.directory / name
+            try:
+                info = os.stat(real)
+            except FileNotFoundError:
+                raise NotFound(f"{real} does not exist") from None
+            return Node(path, NodeKind.FILE, size=info.st_size, mtime_ns=info.st_mtime_ns, real_path=real)
+        if name == CAR_JSON and backend.car_path.is_file():
+            return self._generated(path)
+        raise NotFound(f"no entry {name!r} in backend {backend.name}")
+
+    def _cids_child(self, parent: Path_, name: str) -> Node:
+        if len(parent) == 1:
+            if not self._holders(name):
+                raise NotFound(f"no backend holds {name!r}")
+            return self._dir((*parent, name))
+        if len(parent) == 2 and name in self._holders(parent[1]):
+            return self._cid_link((*parent, name), parent[1], name)
+        raise NotFound(f"no entry {name!r} in /{'/'.join(parent)}")
+
+    # -- listing directories --
+
+    def listing(self, path: Path_) -> Listing:
+        """One version of the directory at ``path``, to page through. Raises like ``resolve``."""
+        node = self.resolve(path)
+        if not node.is_dir:
+            raise NotADirectory(f"/{'/'.join(path)} is not a directory")
+        if not path:
+            names = [README, *REPORT_FILES, CONTROL_DIR, BACKENDS_DIR, CIDS_DIR]
+            return StaticListing([self._root_child(name) for name in names])
+        if path == (CONTROL_DIR,):
+            return StaticListing([self._control((*path, name), None, name) for name in ROOT_COMMANDS])
+        if path == (BACKENDS_DIR,):
+            backends, _problems = discover_backends(self.root)
+            return StaticListing([self._dir((*path, backend.name)) for backend in backends])
+        if path == (CIDS_DIR,):
+            return self._cids_listing()
+        if path[0] == CIDS_DIR:
+            return StaticListing([self._cid_link((*path, name), path[1], name) for name in self._holders(path[1])])
+        return self._backend_listing(path)
+
+    def _backend_listing(self, path: Path_) -> Listing:
+        backend = self._backend(path[1])
+        rest = path[2:]
+        if not rest:
+            names = [SUMMARY, PARQUET_FILE, CAR_FILE, CAR_JSON, BY_CID, BY_STATUS, CONTROL_DIR]
+            nodes = []
+            for name in names:
+                try:
+                    nodes.append(self._backend_top(backend, (*path, name), name))
+                except NotFound:
+                    continue  # no parquet or CAR yet
+            return StaticListing(nodes)
+        if rest == (CONTROL_DIR,):
+            return StaticListing([self._control((*path, name), backend.name, name) for name in BACKEND_COMMANDS])
+        if rest == (BY_STATUS,):
+            return StaticListing([self._dir((*path, status)) for status in STATUSES])
+        snapshot = self._snapshot(backend)
+        if rest == (BY_CID,):
+            return PositionalListing(snapshot.count, snapshot.cids_range, lambda cid: self._dir((*path, cid), snapshot))
+        if len(rest) == 2 and rest[0] == BY_CID:
+            record = self._record(snapshot, rest[1])
+            if record is None:
+                raise NotFound(f"{rest[1]!r} is not pinned on {backend.name}")
+            return StaticListing(
+                [self._bytes_node((*path, name), record_file_bytes(record, name), snapshot) for name in RECORD_FILES]
+            )
+        if len(rest) == 2 and rest[0] == BY_STATUS:
+            column = snapshot.cids_with_status(rest[1])
+            return PositionalListing(
+                len(column),
+                lambda start, stop: column.slice(start, stop - start).to_pylist(),
+                lambda cid: self._status_link((*path, cid), cid, snapshot),
+            )
+        raise NotADirectory(f"/{'/'.join(path)} is not a directory")
+
+    def _cids_listing(self) -> Listing:
+        snapshots = [snapshot for _backend, snapshot in self._readable_snapshots()]
+        return StreamListing(
+            lambda: merge_sorted_unique([snapshot.iter_cids() for snapshot in snapshots]),
+            lambda cid: self._dir((CIDS_DIR, cid)),
+        )
+
+    # -- opening files --
+
+    def open_content(self, node: Node) -> Content:
+        """The bytes of a FILE or GENERATED node, fixed from now on. Raises NotFound, CorruptData."""
+        if node.kind is NodeKind.FILE:
+            if node.real_path is not None:
+                try:
+                    return RealFileContent(node.real_path)
+                except FileNotFoundError:
+                    raise NotFound(f"{node.real_path} does not exist any more") from None
+            return BytesContent(node.content or b"")
+        if node.kind is NodeKind.GENERATED:
+            return BytesContent(self.render(node.path))
+        raise InvalidInput(f"/{'/'.join(node.path)} is not a file with content")
+
+    def render(self, path: Path_) -> bytes:
+        """Make a generated file: reports, a backend's summary, the CAR as legacy JSON."""
+        if len(path) == 1 and path[0] in REPORT_FILES:
+            return _pretty(self._report(path[0]))
+        if len(path) == 3 and path[0] == BACKENDS_DIR and path[2] == SUMMARY:
+            return _pretty(self.summary(path[1]))
+        if len(path) == 3 and path[0] == BACKENDS_DIR and path[2] == CAR_JSON:
+            return self._car_json(self._backend(path[1]))
+        raise NotFound(f"/{'/'.join(path)} is not a generated file")
+
+    def _report(self, name: str) -> dict[str, Any]:
+        reports = self._reports_module()
+        function = {"health.json": reports.health, "status.json": reports.status, "insights.json": reports.insights}
+        try:
+            return function[name](self.root)
+        except NotImplementedError:
+            return {"ok": False, "error": f"{name} is not available yet in this version of pinfs"}
+        except PinfsError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a report must not take the mount down; the file says what went wrong
+            log.exception("making %s failed", name)
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+
+    def summary(self, name: str) -> dict[str, Any]:
+        """summary.json: from ``reports.backend_summary``, or built here while that is not written."""
+        backend = self._backend(name)
+        try:
+            return self._reports_module().backend_summary(self.root, name)
+        except NotImplementedError:
+            pass
+        except PinfsError as exc:
+            log.info("reports.backend_summary(%s) failed (%s); building the summary here", name, exc)
+        except Exception:
+            log.exception("reports.backend_summary(%s) failed; building the summary here", name)
+        return self._fallback_summary(backend)
+
+    def _fallback_summary(self, backend: Backend) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "backend": backend.name,
+            "type": backend.type,
+            "count": 0,
+            "by_status": dict.fromkeys(STATUSES, 0),
+            "source": "empty",
+        }
+        errors = [backend.config_error] if backend.config_error else []
+        try:
+            snapshot = PinStore(backend, self.cache).snapshot()
+            summary.update(count=snapshot.count, by_status=snapshot.count_by_status(), source=snapshot.source)
+        except (PinfsError, OSError) as exc:
+            summary["source"] = "error"
+            errors.append(str(exc))
+        summary["ok"] = not errors
+        if errors:
+            summary["error"] = "; ".join(errors)
+        return summary
+
+    def _car_json(self, backend: Backend) -> bytes:
+        from pinfs.car import read_pin_mappings_car, to_legacy_json
+
+        try:
+            car = read_pin_mappings_car(backend.car_path)
+        except FileNotFoundError:
+            raise NotFound(f"{backend.car_path} does not exist") from None
+        return _pretty(to_legacy_json(car))
+
+    def _reports_module(self) -> Any:
+        if self._reports is None:
+            from pinfs.ops import reports
+
+            self._reports = reports
+        return self._reports
+
+    # -- backends, snapshots and records --
+
+    def _backend(self, name: str) -> Backend:
+        if not NAME_PATTERN.fullmatch(name):
+            raise NotFound(f"no backend {name!r}")
+        try:
+            return get_backend(self.root, name)
+        except InvalidInput as exc:  # e.g. a symlinked backend directory: not served
+            raise NotFound(str(exc)) from None
+
+    def _snapshot(self, backend: Backend) -> PinSnapshot:
+        return PinStore(backend, self.cache).snapshot()
+
+    def _readable_snapshots(self) -> list[tuple[Backend, PinSnapshot]]:
+        """Every backend's snapshot; a backend that cannot be read is left out (its summary says why)."""
+        backends, _problems = discover_backends(self.root)
+        readable = []
+        for backend in backends:
+            try:
+                readable.append((backend, self._snapshot(backend)))
+            except (CorruptData, OSError) as exc:
+                log.info("backend %s left out of cids/: %s", backend.name, exc)
+        return readable
+
+    @staticmethod
+    def _record(snapshot: PinSnapshot, cid: str) -> dict[str, Any] | None:
+        if not _nameable(cid) or not is_valid_cid(cid):
+            return None  # not a CID at all: no need to read anything
+        return snapshot.lookup(cid)
+
+    def _holders(self, cid: str) -> list[str]:
+        """Names of the backends holding ``cid``: one indexed lookup per backend."""
+        if not _nameable(cid) or not is_valid_cid(cid):
+            return []
+        return [backend.name for backend, snapshot in self._readable_snapshots() if snapshot.lookup(cid) is not None]
+
+    # -- node makers --
+
+    def _dir(self, path: Path_, snapshot: PinSnapshot | None = None) -> Node:
+        return Node(path, NodeKind.DIRECTORY, mtime_ns=self._mtime(snapshot))
+
+    def _bytes_node(self, path: Path_, data: bytes, snapshot: PinSnapshot | None = None) -> Node:
+        return Node(path, NodeKind.FILE, size=len(data), mtime_ns=self._mtime(snapshot), content=data)
+
+    def _generated(self, path: Path_) -> Node:
+        return Node(path, NodeKind.GENERATED, mtime_ns=time.time_ns())
+
+    def _control(self, path: Path_, backend: str | None, command: str) -> Node:
+        return Node(path, NodeKind.CONTROL, mtime_ns=self.started_ns, control_key=(backend, command))
+
+    def _status_link(self, path: Path_, cid: str, snapshot: PinSnapshot) -> Node:
+        target = f"../../{BY_CID}/{cid}"
+        return Node(path, NodeKind.SYMLINK, size=len(target), mtime_ns=self._mtime(snapshot), target=target)
+
+    def _cid_link(self, path: Path_, cid: str, backend: str) -> Node:
+        target = f"../../{BACKENDS_DIR}/{backend}/{BY_CID}/{cid}"
+        return Node(path, NodeKind.SYMLINK, size=len(target), mtime_ns=self.started_ns, target=target)
+
+    def _mtime(self, snapshot: PinSnapshot | None) -> int:
+        if snapshot is not None and snapshot.identity is not None:
+            return snapshot.identity.mtime_ns
+        return self.started_ns

@@ -1,0 +1,201 @@
+"""The pyfuse3 adapter's handlers called directly under trio, with small fake request contexts."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+from helpers import cid_for, make_backend
+
+from pinfs import schema
+from pinfs.backends import get_backend
+from pinfs.fs import adapter as adapter_module
+from pinfs.fs.adapter import InodeTable, PinfsOperations
+from pinfs.fs.control import ControlRegistry
+from pinfs.fs.tree import PinTree
+from pinfs.ops import sync as sync_module
+from pinfs.store import PinStore, StoreCache
+
+pytestmark = pytest.mark.trio
+
+
+@dataclass
+class FakeContext:
+    uid: int = os.getuid()
+    gid: int = os.getgid()
+    pid: int = 1
+    umask: int = 0o022
+
+
+CTX: Any = FakeContext()
+
+
+@pytest.fixture
+def ops(root: Path) -> PinfsOperations:
+    make_backend(root, "s3-main")
+    backend = get_backend(root, "s3-main")
+    records = [schema.make_record(cid_for(i), "s3-main", backend.type, status="stored") for i in range(40)]
+    PinStore(backend).upsert(records, overwrite=False)
+    return PinfsOperations(PinTree(root, StoreCache()), ControlRegistry(root))
+
+
+async def walk(ops: PinfsOperations, *names: str) -> int:
+    inode = pyfuse3.ROOT_INODE
+    for name in names:
+        inode = (await ops.lookup(inode, name.encode(), CTX)).st_ino
+    return inode
+
+
+async def expect_errno(number: int, call: Any) -> None:
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        await call
+    assert caught.value.errno == number
+
+
+async def test_lookup_gives_exact_size_and_forget_frees_the_inode(ops: PinfsOperations) -> None:
+    inode = await walk(ops, "backends", "s3-main", "by-cid", cid_for(3), "status")
+    attributes = await ops.getattr(inode, CTX)
+    assert attributes.st_size == len(b"stored\n") and attributes.st_mode & 0o777 == 0o444
+    assert attributes.st_uid == os.getuid()
+    assert inode == InodeTable.hash_path(("backends", "s3-main", "by-cid", cid_for(3), "status"))
+    known = len(ops.inodes)
+    await ops.forget([(inode, 1)])
+    assert len(ops.inodes) == known - 1
+    await expect_errno(errno.ENOENT, ops.getattr(inode, CTX))
+
+
+async def test_absent_cid_is_enoent(ops: PinfsOperations) -> None:
+    by_cid = await walk(ops, "backends", "s3-main", "by-cid")
+    await expect_errno(errno.ENOENT, ops.lookup(by_cid, cid_for(999).encode(), CTX))
+
+
+async def test_readdir_resumes_at_the_offset_and_counts_only_accepted_entries(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    accepted: list[tuple[str, int]] = []
+    room = {"left": 0}
+
+    def reply(token: object, name: bytes, attributes: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        if room["left"] == 0:
+            return False
+        room["left"] -= 1
+        accepted.append((name.decode(), next_id))
+        return True
+
+    monkeypatch.setattr(adapter_module.pyfuse3, "readdir_reply", reply)
+    fh = await ops.opendir(await walk(ops, "backends", "s3-main", "by-cid"), CTX)
+    offset = 0
+    before = len(ops.inodes)
+    while True:
+        room["left"] = 7
+        await ops.readdir(fh, offset, None)  # type: ignore[arg-type]
+        if not accepted or accepted[-1][1] == offset:
+            break
+        offset = accepted[-1][1]
+    await ops.releasedir(fh)
+    names = [name for name, _next in accepted]
+    assert names == sorted(cid_for(i) for i in range(40))
+    assert len(ops.inodes) == before + 40
+
+
+async def test_writes_creates_and_removals_are_erofs(ops: PinfsOperations) -> None:
+    root_inode = pyfuse3.ROOT_INODE
+    await expect_errno(errno.EROFS, ops.mkdir(root_inode, b"new", 0o755, CTX))
+    await expect_errno(errno.EROFS, ops.create(root_inode, b"new", 0o644, os.O_WRONLY, CTX))
+    await expect_errno(errno.EROFS, ops.unlink(root_inode, b"README", CTX))
+    readme = await walk(ops, "README")
+    await expect_errno(errno.EROFS, ops.open(readme, os.O_WRONLY, CTX))
+    await expect_errno(errno.EROFS, ops.setattr(readme, pyfuse3.EntryAttributes(), pyfuse3.SetattrFields(), None, CTX))
+
+
+async def test_unknown_word_fails_the_write_and_nothing_runs(ops: PinfsOperations) -> None:
+    inode = await walk(ops, ".control", "sync")
+    info = await ops.open(inode, os.O_WRONLY | os.O_TRUNC, CTX)
+    await expect_errno(errno.EINVAL, ops.write(info.fh, 0, b"dry-run frobnicate\n"))
+    await ops.flush(info.fh)
+    await ops.release(info.fh)
+    state = json.loads(ops.controls.get((None, "sync")).describe())
+    assert state["state"] == "idle" and state["started_at"] is None
+
+
+async def test_only_the_owner_may_open_a_control_file_for_writing(ops: PinfsOperations) -> None:
+    inode = await walk(ops, ".control", "sync")
+    stranger: Any = FakeContext(uid=os.getuid() + 1000)
+    await expect_errno(errno.EACCES, ops.open(inode, os.O_WRONLY, stranger))
+
+
+async def test_failed_command_fails_the_flush_with_eio_and_says_why(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def failing(root: Path, options: sync_module.SyncOptions, progress: object = None) -> dict[str, Any]:
+        return {"ok": False, "error": "remote unreachable"}
+
+    monkeypatch.setattr(sync_module, "sync", failing)
+    inode = await walk(ops, ".control", "sync")
+    info = await ops.open(inode, os.O_WRONLY | os.O_TRUNC, CTX)
+    assert await ops.write(info.fh, 0, b"dry-run\n") == 8
+    await expect_errno(errno.EIO, ops.flush(info.fh))
+    await ops.release(info.fh)
+    state = json.loads(ops.controls.get((None, "sync")).describe())
+    assert state["state"] == "failed" and state["error"] == "remote unreachable"
+    assert state["args"] == {"backends": [], "dry_run": True}
+
+
+async def test_running_command_makes_a_second_writer_busy_and_the_rest_answers(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(root: Path, options: sync_module.SyncOptions, progress: object = None) -> dict[str, Any]:
+        started.set()
+        release.wait(10)
+        return {"ok": True}
+
+    monkeypatch.setattr(sync_module, "sync", slow)
+    inode = await walk(ops, "backends", "s3-main", ".control", "sync")
+    info = await ops.open(inode, os.O_WRONLY | os.O_TRUNC, CTX)
+    await ops.write(info.fh, 0, b"\n")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ops.flush, info.fh)
+        await trio.to_thread.run_sync(started.wait, 10)
+        await expect_errno(errno.EBUSY, ops.open(inode, os.O_WRONLY, CTX))
+        with trio.fail_after(2):
+            attributes = await ops.getattr(await walk(ops, "backends", "s3-main", "summary.json"), CTX)
+        assert attributes.st_mode & 0o777 == 0o444
+        state = json.loads(ops.controls.get(("s3-main", "sync")).describe())
+        assert state["state"] == "running" and state["args"]["backends"] == ["s3-main"]
+        release.set()
+    await ops.release(info.fh)
+    assert json.loads(ops.controls.get(("s3-main", "sync")).describe())["state"] == "succeeded"
+
+
+async def test_unexpected_error_is_logged_and_answered_eio(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(path: tuple[str, ...]) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(ops.tree, "resolve", broken)
+    with caplog.at_level(logging.ERROR, logger="pinfs.fs.adapter"):
+        await expect_errno(errno.EIO, ops.lookup(pyfuse3.ROOT_INODE, b"README", CTX))
+    assert "ZeroDivisionError" in caplog.text
+
+
+async def test_generated_file_opens_direct_io_and_reads_whole(ops: PinfsOperations) -> None:
+    info = await ops.open(await walk(ops, "backends", "s3-main", "summary.json"), os.O_RDONLY, CTX)
+    assert info.direct_io
+    data = await ops.read(info.fh, 0, 1 << 20)
+    await ops.release(info.fh)
+    summary = json.loads(data)
+    assert summary["backend"] == "s3-main" and summary["count"] == 40
+    assert summary["by_status"] == {"stored": 40, "pending": 0, "failed": 0}
