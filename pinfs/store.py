@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pinfs.backends import Backend
-from pinfs.errors import CorruptData, InvalidInput, NotFound
+from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
 from pinfs.fsutil import atomic_writer, backend_lock
 from pinfs.schema import REQUIRED_COLUMNS, STATUSES, arrow_schema, now_iso
 
@@ -260,12 +260,29 @@ class ParquetSnapshot(PinSnapshot):
             raise
         except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others for a bad file
             raise CorruptData(f"{path}: not a readable parquet file ({_one_line(exc)})") from None
-        if groups is None:
+        if groups is None or not self._rows_sorted(groups):
             raise UnsortedParquet(f"{path}: rows are not sorted by cid (or cid statistics are missing)")
         super().__init__(identity, groups, cache)
         self.path = path
         self.column_names = tuple(self._file.schema_arrow.names)
         self._read_lock = threading.Lock()  # one ParquetFile is not read from two threads at once
+
+    def _rows_sorted(self, groups: list[RowGroup]) -> bool:
+        """Whether rows are in strictly increasing CID order within each row group.
+
+        Statistics only order the groups; a file from another tool can be unsorted inside one group, and
+        listings (``iter_cids``, merged across backends) rely on the order. Files that declare the order
+        in their row-group metadata (pinfs writes ``sorting_columns``) are trusted; others are checked
+        once, by reading the ``cid`` column.
+        """
+        metadata = self._file.metadata
+        cid_column = self._file.schema_arrow.get_field_index("cid")
+        if all(_declares_cid_order(metadata.row_group(group.index), cid_column) for group in groups):
+            return True
+        cids = self._file.read(columns=["cid"]).column("cid")
+        if len(cids) < 2:
+            return True
+        return bool(pc.all(pc.less(cids.slice(0, len(cids) - 1), cids.slice(1))).as_py())
 
     def _load_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
         with self._read_lock:
@@ -303,10 +320,11 @@ def _check_schema(schema: pa.Schema, path: Path) -> None:
     missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
     if missing:
         raise CorruptData(f"{path}: missing required column(s) {', '.join(missing)}")
+    # Only the contract's columns must be strings; extra columns of other types are cast on read.
     wrong = [
-        f"{column.name} is {column.type}"
-        for column in schema
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type))
+        f"{name} is {schema.field(name).type}"
+        for name in REQUIRED_COLUMNS
+        if not (pa.types.is_string(schema.field(name).type) or pa.types.is_large_string(schema.field(name).type))
     ]
     if wrong:
         raise CorruptData(f"{path}: columns must be strings: {', '.join(wrong)}")
@@ -329,6 +347,11 @@ def _groups_from_statistics(metadata: pq.FileMetaData) -> list[RowGroup] | None:
         groups.append(RowGroup(index, start, row_group.num_rows, stats.min, stats.max))
         start += row_group.num_rows
     return groups
+
+
+def _declares_cid_order(row_group: pq.RowGroupMetaData, cid_column: int) -> bool:
+    sorting = row_group.sorting_columns
+    return bool(sorting) and sorting[0].column_index == cid_column and not sorting[0].descending
 
 
 def _groups_from_table(table: pa.Table) -> list[RowGroup]:
@@ -377,7 +400,10 @@ def read_whole_table(path: Path) -> pa.Table:
     except Exception as exc:
         raise CorruptData(f"{path}: not a readable parquet file ({_one_line(exc)})") from None
     _check_schema(table.schema, path)
-    return normalize_table(table)
+    try:
+        return normalize_table(table)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise CorruptData(f"{path}: an extra column cannot be read as text ({_one_line(exc)})") from None
 
 
 def empty_table() -> pa.Table:
@@ -391,10 +417,21 @@ def write_table(path: Path, table: pa.Table) -> None:
     if duplicate is not None:
         raise InvalidInput(f"{path}: refusing to write duplicate CID {duplicate}")
     with atomic_writer(path) as temp:
-        pq.write_table(table, temp, row_group_size=ROW_GROUP_ROWS, write_statistics=True)
+        # sorting_columns declares the CID order, so readers need not check it (ParquetSnapshot._rows_sorted)
+        pq.write_table(
+            table,
+            temp,
+            row_group_size=ROW_GROUP_ROWS,
+            write_statistics=True,
+            sorting_columns=[pq.SortingColumn(table.schema.get_field_index("cid"))],
+        )
 
 
 # -- the store --
+
+
+class NotMigrated(PinfsError):
+    """A write to a backend that is still served from its legacy pins.json (exit 1; EIO in the mount)."""
 
 
 class Transaction:
@@ -414,7 +451,7 @@ class Transaction:
             return read_whole_table(self.store.path)
         if not allow_legacy and self.store.legacy_source() is not None:
             name = self.store.backend.name
-            raise InvalidInput(
+            raise NotMigrated(
                 f"backend {name!r} has only a legacy pins.json; run 'pinfs migrate --backend-filter {name}' first"
             )
         return empty_table()

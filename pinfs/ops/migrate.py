@@ -109,6 +109,10 @@ class _Plan:
 
 def _migrate_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any]:
     store = PinStore(backend)
+    if options.dry_run or not (backend.legacy_path.is_file() or options.force_car_regeneration):
+        # Nothing will be written, so plan without the lock: creating its file would itself be a write
+        # (a dry run writes nothing; a backend without pins.json is left alone).
+        return _describe(backend, _plan(backend, Transaction(store), options), options)
     with store.transaction() as txn:
         plan = _plan(backend, txn, options)
         entry = _describe(backend, plan, options)
@@ -159,8 +163,8 @@ def _car_reason(backend: Backend, plan: _Plan, options: MigrateOptions) -> str |
     """Why the CAR must be written, or None when it is already right."""
     if options.force_car_regeneration:
         return "forced"
-    if plan.merged.num_rows == 0 and not backend.parquet_path.exists() and plan.legacy is None:
-        return None  # nothing to describe yet
+    if plan.legacy is None:
+        return None  # no pins.json: nothing to migrate, the backend is left alone
     if plan.parquet_changes:
         return "pins changed"
     if not backend.car_path.is_file():

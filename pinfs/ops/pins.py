@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.backends import Backend, discover_backends, get_backend
+from pinfs.backends import Backend, discover_backends, ensure_backend_dir, get_backend
 from pinfs.cids import validate_cid
 from pinfs.errors import InvalidInput, NotFound, PinfsError
 from pinfs.ops.carops import write_car_locked
@@ -113,6 +113,7 @@ def add_pins(root: Path, backend_name: str, requests: Sequence[PinRequest]) -> d
     if not requests:
         raise InvalidInput("no pins given")
     backend = get_backend(root, backend_name)
+    ensure_backend_dir(backend)  # a backend known only from its config gets its directory on first pin
     batch = {request.cid: request for request in requests}  # a repeated CID: the last line wins
     added: list[str] = []
     updated: list[str] = []
