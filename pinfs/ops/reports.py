@@ -1,23 +1,522 @@
-"""Health, status, insights and per-backend summaries (placeholder: being written; signatures fixed)."""
+"""Health, status, insights and per-backend summaries: read-only reports over every backend.
+
+Everything is computed from the parquet files reading only the columns needed (``count_by_status``,
+``snapshot.columns([...])``, cached per file version by the store), the backend's small state file
+(``pinfs.ops.state``: last sync/verify) and ``stat`` of its files. Nothing here touches the network:
+an unreachable backend shows up through the error its last sync recorded.
+
+A backend whose files or config are bad shows its error in its own entry and never stops the others.
+The same dicts are printed by the CLI (``--json``) and served by the mount (``health.json``,
+``status.json``, ``insights.json``, ``backends/<b>/summary.json``).
+
+Health per backend: ``ok``; ``degraded`` (failed pins, verification gone stale, ``pin_mappings.car``
+missing or older than the parquet, not migrated yet, storage misconfigured or missing, last sync or
+verify failed); ``error`` (config or parquet unreadable). Pins never verified are a note, not a
+degradation. Overall = the worst; the report's ``ok`` is False only when some backend is in error.
+"""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pinfs.backends import Backend, discover_backends, get_backend
+from pinfs.errors import PinfsError
+from pinfs.ops.drivers import DriverError, FilesystemDriver, driver_for, has_driver
+from pinfs.ops.state import read_state
+from pinfs.schema import FAILED, PENDING, STATUSES, STORED, load_metadata, now_iso
+from pinfs.store import PinSnapshot, PinStore
+
+STALE_VERIFY_DAYS = 7.0
+TOP_REASONS = 10
+EXAMPLES = 20
+MAX_REASON_ROWS = 100_000  # failed rows whose metadata is parsed for the failure-reason ranking
+HEALTH_ORDER = {"ok": 0, "degraded": 1, "error": 2}
+_SECRET_WORDS = ("secret", "password", "token", "access_key", "key_id", "credential", "private")
+AGE_BUCKETS: tuple[tuple[str, timedelta | None], ...] = (
+    ("<1h", timedelta(hours=1)),
+    ("1h-1d", timedelta(days=1)),
+    ("1d-7d", timedelta(days=7)),
+    ("7d-30d", timedelta(days=30)),
+    ("30d-365d", timedelta(days=365)),
+    (">365d", None),
+)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+# -- what one backend looks like --
+
+
+@dataclass
+class BackendView:
+    """What the reports need of one backend, read once."""
+
+    backend: Backend
+    snapshot: PinSnapshot | None = None
+    error: str | None = None
+    by_status: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return self.snapshot.count if self.snapshot is not None else 0
+
+    @property
+    def source(self) -> str:
+        if self.snapshot is None:
+            return "error"
+        return self.snapshot.source
+
+
+def _view(backend: Backend) -> BackendView:
+    view = BackendView(backend, state=read_state(backend))
+    errors = [backend.config_error] if backend.config_error else []
+    try:
+        view.snapshot = PinStore(backend).snapshot()
+        view.by_status = view.snapshot.count_by_status()
+    except (PinfsError, OSError) as exc:
+        view.snapshot = None
+        errors.append(str(exc))
+    if errors:
+        view.error = "; ".join(errors)
+    return view
+
+
+def _views(root: Path) -> tuple[list[BackendView], list[dict[str, str]]]:
+    backends, problems = discover_backends(root)
+    return [_view(b) for b in backends], [{"location": p.location, "reason": p.reason} for p in problems]
+
+
+def _verification(view: BackendView, older_than_days: float = STALE_VERIFY_DAYS) -> dict[str, int]:
+    """Stored pins: verified recently, verified long ago (stale), never verified."""
+    result = {"verified": 0, "stale": 0, "unverified": 0}
+    snapshot = view.snapshot
+    stored = view.by_status.get(STORED, 0)
+    if snapshot is None or stored == 0:
+        return result
+    if "verified_at" not in snapshot.column_names:
+        result["unverified"] = stored
+        return result
+    table = snapshot.columns(["status", "verified_at"])
+    table = table.filter(pc.equal(table.column("status"), STORED))
+    verified_at = table.column("verified_at")
+    cutoff = _iso(datetime.now(timezone.utc) - timedelta(days=older_than_days))
+    known = pc.fill_null(pc.greater(pc.utf8_length(verified_at), 0), False)
+    stale = pc.and_(known, pc.fill_null(pc.less(verified_at, cutoff), False))
+    result["unverified"] = table.num_rows - _true_count(known)
+    result["stale"] = _true_count(stale)
+    result["verified"] = table.num_rows - result["unverified"] - result["stale"]
+    return result
+
+
+def _true_count(mask: pa.ChunkedArray | pa.Array) -> int:
+    return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
+
+
+def _car_state(view: BackendView) -> str:
+    """``current``, ``stale``, ``missing`` or ``n/a`` (no parquet)."""
+    backend = view.backend
+    if not backend.parquet_path.is_file():
+        return "n/a"
+    try:
+        from pinfs.ops.carops import car_is_current
+    except ImportError:  # pragma: no cover - carops ships with pinfs
+        car_is_current = None
+    if not backend.car_path.is_file():
+        return "missing"
+    if car_is_current is not None:
+        return "current" if car_is_current(backend) else "stale"
+    return "current" if backend.car_path.stat().st_mtime_ns >= backend.parquet_path.stat().st_mtime_ns else "stale"
+
+
+def _storage_problem(backend: Backend) -> str | None:
+    """A cheap local check of the backend's storage (no network)."""
+    if not has_driver(backend) or backend.config_error:
+        return None
+    try:
+        driver = driver_for(backend)
+    except DriverError as exc:
+        return str(exc)
+    except PinfsError:
+        return None
+    # A filesystem directory can be checked for free; an sshfs mount point might hang, so not that one.
+    local = isinstance(driver, FilesystemDriver) and backend.type != "sshfs"
+    if local and driver.base.exists() and not driver.base.is_dir():
+        return f"storage_path {driver.base} is not a directory"
+    return None
+
+
+def _health_of(view: BackendView) -> dict[str, Any]:
+    backend = view.backend
+    reasons: list[str] = []
+    notes: list[str] = []
+    entry: dict[str, Any] = {"backend": backend.name, "type": backend.type, "state": "ok"}
+    if view.error:
+        entry.update(state="error", reasons=[view.error], notes=notes, error=view.error)
+        return entry
+    if not backend.enabled:
+        notes.append("disabled in its config")
+    if view.source == "legacy":
+        reasons.append(
+            f"not migrated yet: served from its legacy pins.json (run 'pinfs migrate --backend-filter {backend.name}')"
+        )
+    elif view.source == "empty":
+        notes.append("no pins")
+    failed = view.by_status.get(FAILED, 0)
+    if failed:
+        reasons.append(f"{failed} failed pin{'s' if failed != 1 else ''} (run 'pinfs sync --backend {backend.name}')")
+    try:
+        verification = _verification(view)
+    except (PinfsError, OSError, pa.ArrowException) as exc:
+        entry.update(state="error", reasons=[str(exc)], notes=notes, error=str(exc))
+        return entry
+    if verification["stale"]:
+        reasons.append(f"{verification['stale']} stored pins last verified more than {STALE_VERIFY_DAYS:g} days ago")
+    if verification["unverified"] and has_driver(backend):
+        notes.append(f"{verification['unverified']} stored pins never verified")
+    car = _car_state(view)
+    if car == "missing":
+        reasons.append("pin_mappings.car is missing (run 'pinfs regenerate-car' or 'pinfs migrate')")
+    elif car == "stale":
+        reasons.append(
+            "pin_mappings.car is older than pin_mappings.parquet (run 'pinfs migrate "
+            f"--force-car-regeneration --backend-filter {backend.name}')"
+        )
+    storage = _storage_problem(backend)
+    if storage:
+        reasons.append(f"storage: {storage}")
+    if not has_driver(backend) and view.by_status.get(PENDING, 0):
+        notes.append(f"no storage driver for type {backend.type!r} here: its pending pins cannot be synced")
+    for section in ("sync", "verify"):
+        last = view.state.get(section)
+        if isinstance(last, dict) and last.get("ok") is False and last.get("error"):
+            reasons.append(f"last {section} ({last.get('finished_at')}) failed: {last['error']}")
+    if reasons:
+        entry["state"] = "degraded"
+    entry.update(reasons=reasons, notes=notes, count=view.count, by_status=view.by_status, car=car)
+    entry["verification"] = verification
+    return entry
+
+
+def _worst(states: list[str]) -> str:
+    return max(states, key=lambda s: HEALTH_ORDER.get(s, 2), default="ok")
+
 
 def health(root: Path) -> dict[str, Any]:
-    raise NotImplementedError
+    views, problems = _views(root)
+    entries = [_safe(_health_of, view) for view in views]
+    states = [entry["state"] for entry in entries] + (["degraded"] if problems else [])
+    overall = _worst(states)
+    return {
+        "ok": overall != "error",
+        "state": overall,
+        "checked_at": now_iso(),
+        "root": str(root),
+        "counts": {state: sum(1 for e in entries if e["state"] == state) for state in HEALTH_ORDER},
+        "backends": entries,
+        "problems": problems,
+    }
+
+
+def _safe(function: Any, view: BackendView) -> dict[str, Any]:
+    """``function(view)``; an unexpected failure becomes that backend's error entry, not the report's."""
+    try:
+        return function(view)
+    except (PinfsError, OSError, ValueError, pa.ArrowException) as exc:
+        backend = view.backend
+        return {
+            "backend": backend.name,
+            "type": backend.type,
+            "state": "error",
+            "ok": False,
+            "error": str(exc),
+            "reasons": [str(exc)],
+        }
+
+
+# -- status --
+
+
+def _file_info(path: Path) -> dict[str, Any] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    modified = datetime.fromtimestamp(info.st_mtime, timezone.utc)
+    return {"path": str(path), "size": info.st_size, "modified_at": _iso(modified)}
+
+
+def _last_migration(view: BackendView) -> str | None:
+    recorded = view.state.get("migrate")
+    if isinstance(recorded, dict) and recorded.get("finished_at"):
+        return str(recorded["finished_at"])
+    from pinfs.legacy import list_backups
+
+    backups = list_backups(view.backend.directory) if view.backend.directory.is_dir() else []
+    if backups:
+        info = _file_info(backups[-1])
+        return info["modified_at"] if info else None
+    return None
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: "***" if any(word in str(key).lower() for word in _SECRET_WORDS) else _redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact(item) for item in value]
+    return value
+
+
+def _status_of(view: BackendView, detailed: bool) -> dict[str, Any]:
+    backend = view.backend
+    sync_state = view.state.get("sync") if isinstance(view.state.get("sync"), dict) else {}
+    verify_state = view.state.get("verify") if isinstance(view.state.get("verify"), dict) else {}
+    entry: dict[str, Any] = {
+        "backend": backend.name,
+        "type": backend.type,
+        "enabled": backend.enabled,
+        "source": view.source,
+        "count": view.count,
+        "by_status": view.by_status,
+        "files": {
+            "parquet": _file_info(backend.parquet_path),
+            "car": _file_info(backend.car_path),
+            "pins_json": _file_info(backend.legacy_path),
+        },
+        "last_sync": sync_state.get("finished_at"),
+        "last_sync_ok": sync_state.get("ok"),
+        "last_verify": verify_state.get("finished_at"),
+        "last_migration": _last_migration(view),
+    }
+    if view.error:
+        entry["error"] = view.error
+    if not detailed:
+        return entry
+    entry["config_path"] = str(backend.config_path) if backend.config_path else None
+    entry["config"] = _redact(backend.config)
+    entry["driver"] = _driver_description(backend)
+    entry["car"] = _car_state(view) if view.snapshot is not None else "n/a"
+    if view.snapshot is not None:
+        entry["verification"] = _verification(view)
+        entry["failure_reasons"] = _failure_reasons(view.snapshot, view.by_status.get(FAILED, 0))[:5]
+        entry["oldest_pending_created_at"] = _oldest(view.snapshot, PENDING) if view.by_status.get(PENDING) else None
+    entry["state"] = view.state
+    return entry
+
+
+def _driver_description(backend: Backend) -> dict[str, Any]:
+    if not has_driver(backend):
+        return {"available": False, "reason": f"no storage driver for type {backend.type!r}"}
+    try:
+        return {"available": True, "location": driver_for(backend).describe()}
+    except PinfsError as exc:
+        return {"available": False, "reason": str(exc)}
+
+
+def _oldest(snapshot: PinSnapshot, status: str) -> str | None:
+    table = snapshot.columns(["status", "created_at"])
+    table = table.filter(pc.equal(table.column("status"), status))
+    return pc.min(table.column("created_at")).as_py() if table.num_rows else None
 
 
 def status(root: Path, detailed: bool = False) -> dict[str, Any]:
-    raise NotImplementedError
+    views, problems = _views(root)
+    entries = []
+    for view in views:
+        try:
+            entries.append(_status_of(view, detailed))
+        except (PinfsError, OSError, ValueError, pa.ArrowException) as exc:
+            entries.append({"backend": view.backend.name, "type": view.backend.type, "error": str(exc)})
+    by_type: dict[str, dict[str, Any]] = {}
+    for view in views:
+        group = by_type.setdefault(
+            view.backend.type, {"backends": [], "count": 0, "by_status": dict.fromkeys(STATUSES, 0)}
+        )
+        group["backends"].append(view.backend.name)
+        group["count"] += view.count
+        for name in STATUSES:
+            group["by_status"][name] += view.by_status.get(name, 0)
+    totals = {name: sum(v.by_status.get(name, 0) for v in views) for name in STATUSES}
+    return {
+        "ok": not any(entry.get("error") for entry in entries),
+        "generated_at": now_iso(),
+        "root": str(root),
+        "total": sum(v.count for v in views),
+        "by_status": totals,
+        "by_type": by_type,
+        "backends": entries,
+        "problems": problems,
+    }
+
+
+# -- insights --
+
+
+def _failure_reasons(snapshot: PinSnapshot, failed: int) -> list[dict[str, Any]]:
+    if not failed:
+        return []
+    table = snapshot.columns(["status", "metadata"])
+    table = table.filter(pc.equal(table.column("status"), FAILED)).slice(0, MAX_REASON_ROWS)
+    reasons: Counter[str] = Counter()
+    for text in table.column("metadata").to_pylist():
+        try:
+            reason = load_metadata(text).get("last_error")
+        except ValueError:
+            reason = None
+        reasons[_reason_key(reason)] += 1
+    return [{"reason": reason, "count": count} for reason, count in reasons.most_common(TOP_REASONS)]
+
+
+def _reason_key(reason: object) -> str:
+    if not reason:
+        return "(no reason recorded)"
+    text = str(reason)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _age_histogram(created: list[pa.ChunkedArray]) -> dict[str, Any]:
+    now = datetime.now(timezone.utc)
+    buckets = dict.fromkeys([name for name, _ in AGE_BUCKETS] + ["unknown"], 0)
+    oldest: str | None = None
+    newest: str | None = None
+    for column in created:
+        valid = pc.fill_null(pc.greater(pc.utf8_length(column), 0), False)
+        buckets["unknown"] += len(column) - int(pc.sum(pc.cast(valid, pa.int64())).as_py() or 0)
+        values = column.filter(valid)
+        if not len(values):
+            continue
+        low, high = pc.min(values).as_py(), pc.max(values).as_py()
+        oldest = low if oldest is None or low < oldest else oldest
+        newest = high if newest is None or high > newest else newest
+        upper: str | None = None  # values newer than this were counted in a younger bucket
+        for name, age in AGE_BUCKETS:
+            lower = _iso(now - age) if age is not None else None
+            mask = pc.greater_equal(values, lower) if lower is not None else None
+            if upper is not None:
+                older = pc.less(values, upper)
+                mask = older if mask is None else pc.and_(mask, older)
+            buckets[name] += len(values) if mask is None else int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
+            upper = lower
+    return {"buckets": buckets, "oldest": oldest, "newest": newest}
+
+
+def _replication(columns: list[pa.ChunkedArray]) -> dict[str, Any]:
+    chunks = [chunk for column in columns for chunk in column.chunks]
+    if not chunks:
+        return {"cids": 0, "held_by_one": 0, "held_by_several": 0, "copies": {}, "examples_several": []}
+    counts = pc.value_counts(pa.chunked_array(chunks, pa.string()).combine_chunks())
+    copies = pc.struct_field(counts, "counts")
+    distribution = {
+        str(item["values"]): item["counts"]
+        for item in sorted(pc.value_counts(copies).to_pylist(), key=lambda i: i["values"])
+    }
+    several = pc.struct_field(counts.filter(pc.greater(copies, 1)), "values")
+    examples = sorted(several.slice(0, 10_000).to_pylist())[:EXAMPLES]
+    return {
+        "cids": len(counts),
+        "held_by_one": int(distribution.get("1", 0)),
+        "held_by_several": len(several),
+        "copies": distribution,
+        "examples_several": examples,
+    }
 
 
 def insights(root: Path) -> dict[str, Any]:
-    raise NotImplementedError
+    views, problems = _views(root)
+    by_backend: dict[str, Any] = {}
+    errors: list[dict[str, str]] = []
+    created: list[pa.ChunkedArray] = []
+    held: list[pa.ChunkedArray] = []
+    stored: list[pa.ChunkedArray] = []
+    reasons: Counter[str] = Counter()
+    needing: dict[str, int] = {}
+    for view in views:
+        name = view.backend.name
+        by_backend[name] = {"type": view.backend.type, "count": view.count, "by_status": view.by_status}
+        if view.snapshot is None or view.error:
+            errors.append({"backend": name, "error": view.error or "unreadable"})
+            continue
+        try:
+            if view.count:
+                table = view.snapshot.columns(["cid", "status", "created_at"])
+                created.append(table.column("created_at"))
+                held.append(table.column("cid"))
+                stored.append(table.filter(pc.equal(table.column("status"), STORED)).column("cid"))
+            for item in _failure_reasons(view.snapshot, view.by_status.get(FAILED, 0)):
+                reasons[item["reason"]] += item["count"]
+            verification = _verification(view)
+            needing[name] = verification["stale"] + verification["unverified"]
+            by_backend[name]["needing_verification"] = needing[name]
+        except (PinfsError, OSError, pa.ArrowException) as exc:
+            errors.append({"backend": name, "error": str(exc)})
+    totals = {status_name: sum(v.by_status.get(status_name, 0) for v in views) for status_name in STATUSES}
+    return {
+        "ok": not errors,
+        "generated_at": now_iso(),
+        "root": str(root),
+        "total_pins": sum(v.count for v in views),
+        "by_status": totals,
+        "by_backend": by_backend,
+        "age": _age_histogram(created),
+        "failures": {
+            "total": totals[FAILED],
+            "top_reasons": [{"reason": r, "count": c} for r, c in reasons.most_common(TOP_REASONS)],
+        },
+        "replication": {**_replication(held), "stored": _replication(stored)},
+        "verification": {
+            "older_than_days": STALE_VERIFY_DAYS,
+            "needing": sum(needing.values()),
+            "by_backend": needing,
+        },
+        "errors": errors,
+        "problems": problems,
+    }
+
+
+# -- one backend's summary.json --
 
 
 def backend_summary(root: Path, backend_name: str) -> dict[str, Any]:
-    """CONTRACT §2 summary.json: {"backend","type","count","by_status":{...},"source",...}."""
-    raise NotImplementedError
+    """CONTRACT §2 summary.json: {"backend","type","count","by_status":{...},"source",...}.
+
+    Raises InvalidInput for a malformed name and NotFound for a backend that does not exist; a
+    backend whose files are bad gets ``"source": "error"`` and its ``"error"``.
+    """
+    view = _view(get_backend(root, backend_name))
+    summary: dict[str, Any] = {
+        "backend": view.backend.name,
+        "type": view.backend.type,
+        "count": view.count,
+        "by_status": view.by_status,
+        "source": view.source,
+    }
+    health_entry = _safe(_health_of, view)
+    sync_state = view.state.get("sync") if isinstance(view.state.get("sync"), dict) else {}
+    summary.update(
+        ok=health_entry["state"] != "error",
+        health=health_entry["state"],
+        reasons=health_entry.get("reasons", []),
+        enabled=view.backend.enabled,
+        last_sync=sync_state.get("finished_at"),
+    )
+    if view.error or health_entry.get("error"):
+        summary["error"] = view.error or health_entry.get("error")
+    return summary
+
+
+def dumps(report: dict[str, Any]) -> str:
+    """A report as the pretty JSON the mount serves."""
+    return json.dumps(report, indent=2, default=str) + "\n"

@@ -1,12 +1,55 @@
-"""Sync (placeholder: being written; signature is fixed)."""
+"""Sync: put the content CAR of every pin that is not ``stored`` yet on its backend.
+
+For each chosen backend (all by default) whose pins are not all ``stored``: take its ``failed`` pins
+first, then its ``pending`` ones, oldest first; for each, find the pin's content CAR -- the local
+staging directory ``ROOT/cars/<cid>.car``, then any other backend that holds the CID ``stored`` and has
+a driver, then the pin's own place on the target (already there) -- check that its root is the pin's
+CID and every block's hash is right (``car.verify_content_car``), put it at the pin's
+``car_file_path`` through the backend's driver, and mark it ``stored`` (metadata ``synced_at``,
+``size``, ``synced_from``). A pin whose content cannot be found or is corrupt everywhere is marked
+``failed`` (metadata ``last_error``, ``attempts``) and the run goes on. All of a backend's status
+changes are one store write at the end (with its ``pin_mappings.car`` regenerated under the same
+lock), never a rewrite per pin.
+
+A backend whose pins are all stored is skipped without reading any CAR. A backend type without a
+driver (github, huggingface, storacha, ftp, ipfs, unknown) is reported ``unsupported`` and nothing
+changes. An unreachable or misconfigured backend is an error for that backend (recorded in its state
+file, so health shows it degraded); the others still sync.
+
+After the pins, each backend's ``pin_mappings.car`` is put on the backend itself (key
+``pin_mappings.car``) when its content changed since the last push, and syncing a filesystem backend
+copies every backend's parquet and CAR into its ``pin_mappings/<backend>/`` (``pinfs.ops.backup``).
+
+``dry_run`` reads only: it lists what would move (existence checks, no content read) and writes
+nothing, not even the state file.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pinfs.ops.progress import Progress
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pinfs.backends import Backend, discover_backends
+from pinfs.car import verify_content_car
+from pinfs.cids import is_valid_cid
+from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
+from pinfs.ops.common import select_backends
+from pinfs.ops.drivers import Driver, DriverError, FilesystemDriver, driver_for, has_driver, key_for
+from pinfs.ops.progress import NullProgress, Progress
+from pinfs.ops.state import read_state, record_run
+from pinfs.schema import FAILED, PENDING, STORED, dump_metadata, load_metadata, now_iso
+from pinfs.store import PinSnapshot, PinStore, merge_records
+
+STAGING_DIR = "cars"
+CAR_KEY = "pin_mappings.car"
+# Per-pin details kept in a report per backend and kind; counts are always complete.
+MAX_DETAILS = 1000
 
 
 @dataclass
@@ -16,4 +59,372 @@ class SyncOptions:
 
 
 def sync(root: Path, options: SyncOptions, progress: Progress | None = None) -> dict[str, Any]:
-    raise NotImplementedError("sync is not written yet")
+    """Sync the chosen backends; see the module docstring. Raises InvalidInput/NotFound for bad names."""
+    progress = progress or NullProgress()
+    chosen = select_backends(root, options.backends)
+    context = SyncContext(root, discover_backends(root)[0], options.dry_run)
+    entries = [_sync_backend(context, backend, progress) for backend in chosen]
+
+    from pinfs.ops.backup import backup_to  # local: backup imports helpers from here
+
+    backups = []
+    for backend in chosen:
+        if backend.type in ("filesystem", "local") and backend.enabled and not backend.config_error:
+            backups.append(backup_to(context, backend))
+    totals = {
+        name: sum(entry["counts"][name] for entry in entries) for name in ("moved", "failed", "skipped", "unsupported")
+    }
+    totals["errors"] = sum(1 for entry in entries if entry.get("error")) + sum(1 for b in backups if not b["ok"])
+    ok = all(entry["ok"] for entry in entries) and all(backup["ok"] for backup in backups)
+    return {"ok": ok, "dry_run": options.dry_run, "backends": entries, "backups": backups, "totals": totals}
+
+
+# -- where content comes from --
+
+
+class SyncContext:
+    """Shared by one run: drivers (created and checked once each) and snapshots of every backend."""
+
+    def __init__(self, root: Path, backends: list[Backend], dry_run: bool) -> None:
+        self.root = root
+        self.backends = backends
+        self.dry_run = dry_run
+        self._drivers: dict[str, Driver | PinfsError] = {}
+        self._snapshots: dict[str, PinSnapshot | None] = {}
+
+    def driver(self, backend: Backend) -> Driver:
+        """The backend's driver, reachable; raises Unsupported or DriverError (remembered per run)."""
+        found = self._drivers.get(backend.name)
+        if found is None:
+            try:
+                driver = driver_for(backend, self.root)
+                if not (self.dry_run and isinstance(driver, FilesystemDriver) and driver.create):
+                    driver.check()  # (a dry run must not create a storage directory)
+                found = driver
+            except (Unsupported, DriverError) as exc:
+                found = exc
+            self._drivers[backend.name] = found
+        if isinstance(found, PinfsError):
+            raise found
+        return found
+
+    def snapshot(self, backend: Backend) -> PinSnapshot | None:
+        if backend.name not in self._snapshots:
+            try:
+                self._snapshots[backend.name] = PinStore(backend).snapshot()
+            except (PinfsError, OSError):
+                self._snapshots[backend.name] = None
+        return self._snapshots[backend.name]
+
+    def staging_path(self, cid: str) -> Path | None:
+        if "/" in cid or not is_valid_cid(cid):
+            return None
+        return self.root / STAGING_DIR / f"{cid}.car"
+
+    def sources(self, target: Backend, cid: str) -> Iterator[tuple[str, Callable[[], bytes], Callable[[], bool]]]:
+        """Candidate places for ``cid``'s content CAR, best first: (label, fetch, exists)."""
+        staged = self.staging_path(cid)
+        if staged is not None:
+            yield str(staged), lambda: _read_file(staged), staged.is_file
+        for other in self.backends:
+            if other.name == target.name or not other.enabled or not has_driver(other):
+                continue
+            snapshot = self.snapshot(other)
+            record = snapshot.lookup(cid) if snapshot is not None else None
+            if record is None or record.get("status") != STORED:
+                continue
+            try:
+                driver = self.driver(other)
+                key = key_for(str(record.get("car_file_path")))
+            except PinfsError:
+                continue
+            label = f"backend {other.name} ({key})"
+            yield label, _bind_get(driver, key), _bind_exists(driver, key)
+
+
+def _bind_get(driver: Driver, key: str) -> Callable[[], bytes]:
+    return lambda: driver.get(key)
+
+
+def _bind_exists(driver: Driver, key: str) -> Callable[[], bool]:
+    return lambda: driver.exists(key)
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"{path} does not exist") from None
+    except OSError as exc:
+        raise DriverError(f"reading {path} failed ({exc.strerror or exc})") from None
+
+
+# -- one backend --
+
+
+@dataclass
+class PinOutcome:
+    """What happened to one pin; ``changes`` is applied to its row in the one store write."""
+
+    cid: str
+    moved: bool
+    detail: dict[str, Any]
+    status: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    drop_metadata: tuple[str, ...] = ()
+    verified_at: str | None = None
+    # Apply only when the pin's status is still one of these when written (None: whatever it is).
+    require: tuple[str, ...] | None = None
+
+
+def _new_entry(backend: Backend) -> dict[str, Any]:
+    return {
+        "backend": backend.name,
+        "type": backend.type,
+        "ok": True,
+        "state": "synced",
+        "reason": None,
+        "counts": {"moved": 0, "failed": 0, "skipped": 0, "unsupported": 0},
+        "moved": [],
+        "failed": [],
+    }
+
+
+def _sync_backend(context: SyncContext, backend: Backend, progress: Progress) -> dict[str, Any]:
+    entry = _new_entry(backend)
+    try:
+        _sync_into(context, backend, entry, progress)
+    except PinfsError as exc:
+        _set_error(entry, str(exc))
+    except OSError as exc:
+        _set_error(entry, f"{backend.name}: {exc}")
+    if not context.dry_run:
+        record_run(
+            backend,
+            "sync",
+            {
+                "finished_at": now_iso(),
+                "ok": entry["ok"],
+                "state": entry["state"],
+                "error": entry.get("error"),
+                "counts": entry["counts"],
+            },
+        )
+    return entry
+
+
+def _set_error(entry: dict[str, Any], message: str) -> None:
+    entry.update(ok=False, state="error", error=message, reason=entry.get("reason") or message)
+
+
+def _sync_into(context: SyncContext, backend: Backend, entry: dict[str, Any], progress: Progress) -> None:
+    if not backend.enabled:
+        entry.update(state="skipped", reason="disabled in its config")
+        return
+    if backend.config_error:
+        raise CorruptData(backend.config_error)
+    snapshot = PinStore(backend).snapshot()
+    counts = snapshot.count_by_status()
+    todo = counts[PENDING] + counts[FAILED]
+    entry["counts"]["skipped"] = counts[STORED]
+    if todo == 0:
+        entry.update(state="skipped", reason=f"all {counts[STORED]} pins stored" if counts[STORED] else "no pins")
+        _push_car(context, backend, entry)
+        return
+    unreachable: DriverError | None = None
+    try:
+        driver = context.driver(backend)
+    except Unsupported as exc:
+        entry["counts"]["unsupported"] = todo
+        entry.update(state="unsupported", reason=str(exc))
+        return
+    except DriverError as exc:
+        unreachable = exc
+    if snapshot.source == "legacy":
+        raise PinfsError(
+            f"backend {backend.name!r} is served from its legacy pins.json; "
+            f"run 'pinfs migrate --backend-filter {backend.name}' before syncing it"
+        )
+    if unreachable is not None:
+        raise DriverError(f"{backend.name}: storage unreachable: {unreachable}")
+
+    records = list(snapshot.iter_records(FAILED)) + list(snapshot.iter_records(PENDING))
+    records.sort(key=lambda r: (r.get("status") != FAILED, r.get("created_at") or "", r.get("cid") or ""))
+    outcomes: list[PinOutcome] = []
+    progress.start(f"sync {backend.name}", len(records))
+    try:
+        for record in records:
+            outcome = _sync_pin(context, backend, driver, record)
+            outcomes.append(outcome)
+            kind = "moved" if outcome.moved else "failed"
+            entry["counts"][kind] += 1
+            if len(entry[kind]) < MAX_DETAILS:
+                entry[kind].append(outcome.detail)
+            progress.advance()
+            if outcome.detail.get("abort"):
+                _set_error(entry, outcome.detail["error"])
+                break
+    finally:
+        progress.finish()
+    if entry["counts"]["failed"] and not context.dry_run:  # a dry run only predicts failures
+        entry["ok"] = False
+    if len(records) > len(outcomes):
+        entry["reason"] = f"stopped after {len(outcomes)} of {len(records)} pins: {entry.get('error')}"
+    if context.dry_run:
+        entry["state"] = "dry-run"
+        entry["would_move"] = entry.pop("moved")
+        entry["would_fail"] = entry.pop("failed")
+        _push_car(context, backend, entry)
+        return
+    if outcomes:
+        written = _write_outcomes(backend, outcomes)
+        entry["written"] = written
+    _push_car(context, backend, entry)
+
+
+def _sync_pin(context: SyncContext, backend: Backend, driver: Driver, record: dict[str, Any]) -> PinOutcome:
+    cid = str(record.get("cid"))
+    try:
+        key = key_for(str(record.get("car_file_path")))
+    except CorruptData as exc:
+        return _failed(record, f"cannot place its CAR: {exc}")
+    reasons: list[str] = []
+    candidates = list(context.sources(backend, cid))
+    candidates.append((f"backend {backend.name} itself ({key})", _bind_get(driver, key), _bind_exists(driver, key)))
+    for label, fetch, exists in candidates:
+        if context.dry_run:
+            try:
+                if exists():
+                    return PinOutcome(cid, True, {"cid": cid, "from": label, "to": key})
+            except PinfsError as exc:
+                reasons.append(f"{label}: {exc}")
+            continue
+        try:
+            data = fetch()
+            blocks = verify_content_car(data, cid, label)
+        except NotFound:
+            continue
+        except PinfsError as exc:
+            reasons.append(str(exc))
+            continue
+        already_there = label.startswith(f"backend {backend.name} itself")
+        if not already_there:
+            try:
+                driver.put(key, data)
+            except DriverError as exc:
+                outcome = _failed(record, f"putting {key} failed: {exc}")
+                outcome.detail["abort"] = True  # the target stopped answering: stop this backend
+                return outcome
+        stamp = now_iso()
+        return PinOutcome(
+            cid,
+            True,
+            {"cid": cid, "from": label, "to": key, "size": len(data), "blocks": blocks},
+            status=STORED,
+            metadata={"synced_at": stamp, "size": len(data), "synced_from": label},
+            drop_metadata=("last_error", "last_error_at"),
+            verified_at=stamp,
+        )
+    if not reasons:
+        reasons.append(
+            f"no copy of its content CAR found (looked in {context.root / STAGING_DIR} and every "
+            f"backend holding it stored)"
+        )
+    return _failed(record, "; ".join(reasons))
+
+
+def _failed(record: dict[str, Any], reason: str) -> PinOutcome:
+    cid = str(record.get("cid"))
+    attempts = _metadata(record).get("attempts", 0)
+    attempts = attempts + 1 if isinstance(attempts, int) and not isinstance(attempts, bool) else 1
+    return PinOutcome(
+        cid,
+        False,
+        {"cid": cid, "error": reason},
+        status=FAILED,
+        metadata={"last_error": reason, "last_error_at": now_iso(), "attempts": attempts},
+        require=(PENDING, FAILED),  # not over a pin another writer stored meanwhile
+    )
+
+
+def _metadata(record: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return load_metadata(record.get("metadata"))
+    except ValueError:
+        return {"unparsed_metadata": record.get("metadata")}
+
+
+def apply_outcomes(current: pa.Table, outcomes: list[Any]) -> tuple[pa.Table, int]:
+    """``current`` with each outcome applied to its CID's row as it is now; pins removed meanwhile are
+    left out, and so are pins whose status another writer changed meanwhile to one the outcome does
+    not expect (``PinOutcome.require``). Returns the new table and the number of rows changed.
+    (Shared with verify.)"""
+    by_cid = {outcome.cid: outcome for outcome in outcomes if outcome.status is not None}
+    if not by_cid:
+        return current, 0
+    mask = pc.is_in(current.column("cid"), pa.array(list(by_cid), pa.string()))
+    stamp = now_iso()
+    replacements: dict[str, dict[str, Any]] = {}
+    for row in current.filter(mask).to_pylist():
+        outcome = by_cid[row["cid"]]
+        if outcome.require is not None and row.get("status") not in outcome.require:
+            continue
+        metadata = _metadata(row)
+        for name in outcome.drop_metadata:
+            metadata.pop(name, None)
+        metadata.update(outcome.metadata)
+        row.update(status=outcome.status, metadata=dump_metadata(metadata), updated_at=stamp)
+        if outcome.verified_at is not None:
+            row["verified_at"] = outcome.verified_at
+        replacements[row["cid"]] = row
+    return merge_records(current, replacements), len(replacements)
+
+
+def _write_outcomes(backend: Backend, outcomes: list[PinOutcome]) -> int:
+    """One store write (and CAR regeneration) for all of a backend's outcomes."""
+    from pinfs.ops.carops import write_car_locked
+
+    store = PinStore(backend)
+    with store.transaction() as txn:
+        table, changed = apply_outcomes(txn.current(), outcomes)
+        if changed:
+            txn.write(table)
+            write_car_locked(backend, table)
+    return changed
+
+
+# -- pin_mappings.car on the backend itself --
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _push_car(context: SyncContext, backend: Backend, entry: dict[str, Any]) -> None:
+    """Put the backend's pin_mappings.car at ``pin_mappings.car`` on its storage when it changed."""
+    if not has_driver(backend) or not backend.car_path.is_file():
+        return
+    try:
+        data = backend.car_path.read_bytes()
+    except OSError as exc:
+        entry["car_push"] = {"ok": False, "error": f"{backend.car_path}: {exc}"}
+        return
+    digest = _sha256(data)
+    pushed = read_state(backend).get("car_push") or {}
+    if isinstance(pushed, dict) and pushed.get("sha256") == digest:
+        return
+    if context.dry_run:
+        entry["car_push"] = {"would_push": CAR_KEY, "size": len(data)}
+        return
+    try:
+        driver = context.driver(backend)
+        driver.put(CAR_KEY, data)
+    except Unsupported:
+        return
+    except PinfsError as exc:
+        entry["car_push"] = {"ok": False, "error": str(exc)}
+        if entry["ok"]:
+            _set_error(entry, f"putting {CAR_KEY} failed: {exc}")
+        return
+    entry["car_push"] = {"ok": True, "key": CAR_KEY, "size": len(data)}
+    record_run(backend, "car_push", {"sha256": digest, "size": len(data), "pushed_at": now_iso()})

@@ -1,12 +1,37 @@
-"""Verify (placeholder: being written; signature is fixed)."""
+"""Verify: check that the CARs of ``stored`` pins are really on their backend.
+
+For each chosen backend (all by default) with a driver: every ``stored`` pin whose ``verified_at``
+(an extra column, absent or null until the first verify) is older than ``older_than_days`` (0: all)
+is checked -- its CAR exists at ``car_file_path`` on the backend with the size recorded at sync
+(``metadata.size``, when there is one), and with ``deep`` its root is the pin's CID and every block's
+hash is right. A missing or corrupt CAR makes the pin ``failed`` with the reason in
+``metadata.last_error``, so the next sync heals it from another backend; a good one gets
+``verified_at`` = now. All of a backend's changes are one store write (and CAR regeneration).
+
+A backend type without a driver is reported ``unsupported`` and nothing changes; an unreachable one
+is an error for that backend (recorded in its state file) and nothing of it changes.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from pinfs.ops.progress import Progress
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pinfs.backends import Backend
+from pinfs.car import verify_content_car
+from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, Unsupported
+from pinfs.ops.common import select_backends
+from pinfs.ops.drivers import Driver, DriverError, driver_for, key_for
+from pinfs.ops.progress import NullProgress, Progress
+from pinfs.ops.state import record_run
+from pinfs.ops.sync import MAX_DETAILS, PinOutcome, apply_outcomes
+from pinfs.schema import FAILED, STORED, load_metadata, now_iso
+from pinfs.store import PinStore
 
 
 @dataclass
@@ -17,4 +42,182 @@ class VerifyOptions:
 
 
 def verify(root: Path, options: VerifyOptions, progress: Progress | None = None) -> dict[str, Any]:
-    raise NotImplementedError("verify is not written yet")
+    """Verify the chosen backends; see the module docstring. InvalidInput for bad names or days."""
+    days = options.older_than_days
+    if isinstance(days, bool) or not isinstance(days, int | float) or not days >= 0 or days == float("inf"):
+        raise InvalidInput(f"older-than must be a number of days, 0 or more, not {days!r}")
+    progress = progress or NullProgress()
+    chosen = select_backends(root, options.backends)
+    cutoff = (datetime.now(timezone.utc) - timedelta(days=float(days))).isoformat(timespec="microseconds")
+    entries = [_verify_backend(root, backend, cutoff, options, progress) for backend in chosen]
+    totals = {
+        name: sum(entry["counts"][name] for entry in entries) for name in ("checked", "good", "failed", "skipped")
+    }
+    totals["errors"] = sum(1 for entry in entries if entry.get("error"))
+    return {
+        "ok": all(entry["ok"] for entry in entries),
+        "older_than_days": days,
+        "deep": options.deep,
+        "backends": entries,
+        "totals": totals,
+    }
+
+
+def _verify_backend(
+    root: Path, backend: Backend, cutoff: str, options: VerifyOptions, progress: Progress
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "backend": backend.name,
+        "type": backend.type,
+        "ok": True,
+        "state": "verified",
+        "reason": None,
+        "counts": {"checked": 0, "good": 0, "failed": 0, "skipped": 0},
+        "failed": [],
+    }
+    try:
+        _verify_into(root, backend, cutoff, options, entry, progress)
+    except (PinfsError, OSError) as exc:
+        entry.update(ok=False, state="error", error=str(exc), reason=entry["reason"] or str(exc))
+    record_run(
+        backend,
+        "verify",
+        {
+            "finished_at": now_iso(),
+            "ok": entry["ok"],
+            "state": entry["state"],
+            "error": entry.get("error"),
+            "counts": entry["counts"],
+            "deep": options.deep,
+        },
+    )
+    return entry
+
+
+def _due(snapshot: Any, cutoff: str) -> list[dict[str, Any]]:
+    """Stored pins last verified before ``cutoff`` (or never), oldest verification first."""
+    names = ["cid", "status", "car_file_path", "metadata"]
+    has_column = "verified_at" in snapshot.column_names
+    table = snapshot.columns([*names, "verified_at"] if has_column else names)
+    table = table.filter(pc.equal(table.column("status"), STORED))
+    if has_column:
+        verified_at = table.column("verified_at")
+        never = pc.fill_null(pc.equal(pc.utf8_length(verified_at), 0), True)
+        table = table.filter(pc.or_(never, pc.fill_null(pc.less(verified_at, cutoff), True)))
+    else:
+        table = table.append_column("verified_at", pa.nulls(table.num_rows, pa.string()))
+    rows = table.to_pylist()
+    rows.sort(key=lambda row: (row.get("verified_at") or "", row["cid"]))
+    return rows
+
+
+def _verify_into(
+    root: Path, backend: Backend, cutoff: str, options: VerifyOptions, entry: dict[str, Any], progress: Progress
+) -> None:
+    if not backend.enabled:
+        entry.update(state="skipped", reason="disabled in its config")
+        return
+    if backend.config_error:
+        raise CorruptData(backend.config_error)
+    snapshot = PinStore(backend).snapshot()
+    stored = snapshot.count_by_status()[STORED]
+    if stored == 0:
+        entry.update(state="skipped", reason="no stored pins")
+        return
+    try:
+        driver = driver_for(backend, root)
+    except Unsupported as exc:
+        entry.update(state="unsupported", reason=str(exc))
+        entry["counts"]["skipped"] = stored
+        return
+    if snapshot.source == "legacy":
+        raise PinfsError(
+            f"backend {backend.name!r} is served from its legacy pins.json; run 'pinfs migrate --backend-filter "
+            f"{backend.name}' first"
+        )
+    due = _due(snapshot, cutoff)
+    entry["counts"]["skipped"] = stored - len(due)
+    if not due:
+        entry.update(state="skipped", reason="every stored pin was verified recently")
+        return
+    try:
+        driver.check()
+    except DriverError as exc:
+        raise DriverError(f"{backend.name}: storage unreachable: {exc}") from None
+    outcomes: list[PinOutcome] = []
+    progress.start(f"verify {backend.name}", len(due))
+    try:
+        for row in due:
+            try:
+                problem = _check_pin(driver, row, options.deep)
+            except DriverError as exc:  # the storage stopped answering: not the pin's fault
+                entry.update(ok=False, state="error", error=str(exc))
+                entry["reason"] = f"stopped after {len(outcomes)} of {len(due)} pins: {exc}"
+                break
+            entry["counts"]["checked"] += 1
+            outcomes.append(_outcome(row, problem))
+            if problem is None:
+                entry["counts"]["good"] += 1
+            else:
+                entry["counts"]["failed"] += 1
+                if len(entry["failed"]) < MAX_DETAILS:
+                    entry["failed"].append({"cid": row["cid"], "error": problem})
+            progress.advance()
+    finally:
+        progress.finish()
+    if entry["counts"]["failed"]:
+        entry["ok"] = False
+    if outcomes:
+        entry["written"] = _write(backend, outcomes)
+
+
+def _check_pin(driver: Driver, row: dict[str, Any], deep: bool) -> str | None:
+    """Why the pin's CAR on the backend is not right, or None when it is."""
+    try:
+        key = key_for(str(row.get("car_file_path")))
+    except CorruptData as exc:
+        return str(exc)
+    size = driver.size(key)
+    if size is None:
+        driver.check()  # "missing" must not be an endpoint that stopped answering (DriverError then)
+        return f"CAR missing on the backend at {key}"
+    try:
+        expected = load_metadata(row.get("metadata")).get("size")
+    except ValueError:
+        expected = None
+    if isinstance(expected, int) and not isinstance(expected, bool) and expected != size:
+        return f"CAR at {key} is {size} bytes, {expected} were stored"
+    if deep:
+        try:
+            verify_content_car(driver.get(key), row["cid"], key)
+        except NotFound:
+            return f"CAR missing on the backend at {key}"
+        except CorruptData as exc:
+            return f"CAR corrupt: {exc}"
+    return None
+
+
+def _outcome(row: dict[str, Any], problem: str | None) -> PinOutcome:
+    stamp = now_iso()
+    if problem is None:
+        return PinOutcome(row["cid"], True, {"cid": row["cid"]}, status=STORED, verified_at=stamp, require=(STORED,))
+    return PinOutcome(
+        row["cid"],
+        False,
+        {"cid": row["cid"], "error": problem},
+        status=FAILED,
+        metadata={"last_error": problem, "last_error_at": stamp, "verify_failed_at": stamp},
+        require=(STORED,),
+    )
+
+
+def _write(backend: Backend, outcomes: list[PinOutcome]) -> int:
+    from pinfs.ops.carops import write_car_locked
+
+    store = PinStore(backend)
+    with store.transaction() as txn:
+        table, changed = apply_outcomes(txn.current(), outcomes)
+        if changed:
+            txn.write(table)
+            write_car_locked(backend, table)
+    return changed
