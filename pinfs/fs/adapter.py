@@ -229,9 +229,14 @@ class PinfsOperations(pyfuse3.Operations):
         attributes.st_uid = self.uid
         attributes.st_gid = self.gid
         attributes.st_rdev = 0
-        attributes.st_size = node.size
+        size = node.size
+        if node.kind is NodeKind.CONTROL and node.control_key is not None:
+            size = len(self.controls.get(node.control_key).describe())  # what a read gives now
+        if not node.size_known:
+            attributes.attr_timeout = 0  # a listing entry: the next stat asks getattr, which renders it
+        attributes.st_size = size
         attributes.st_blksize = 4096
-        attributes.st_blocks = (node.size + 511) // 512
+        attributes.st_blocks = (size + 511) // 512
         attributes.st_atime_ns = attributes.st_mtime_ns = attributes.st_ctime_ns = node.mtime_ns
         return attributes
 
@@ -378,7 +383,7 @@ class PinfsOperations(pyfuse3.Operations):
         if writing:
             raise ReadOnly("read-only filesystem")
         content = await self._blocking(self.tree.open_content, node)
-        # Generated files have no size before they are made: direct_io so reads go past st_size 0.
+        # Generated files may change between stat and open: direct_io so reads are never cut at st_size.
         direct = node.kind is NodeKind.GENERATED
         return pyfuse3.FileInfo(fh=self._add_handle(FileHandle(node, content)), direct_io=direct)
 
@@ -432,6 +437,7 @@ class PinfsOperations(pyfuse3.Operations):
             raise
         handle.control.start(prepared)  # Busy when another run started meanwhile
         succeeded = await trio.to_thread.run_sync(handle.control.run, prepared, limiter=self._command_limiter)
+        self.tree.forget_rendered()  # the command changed data: the next read shows it, not a cached report
         if not succeeded:
             raise pyfuse3.FUSEError(errno.EIO)  # close() fails; the error is in the file's JSON
 

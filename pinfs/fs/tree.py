@@ -35,6 +35,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+import cachetools
+
 from pinfs.backends import NAME_PATTERN, Backend, discover_backends, get_backend
 from pinfs.cids import is_valid_cid
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
@@ -58,6 +60,8 @@ PARQUET_FILE = "pin_mappings.parquet"
 CAR_FILE = "pin_mappings.car"
 CAR_JSON = "pin_mappings.car.json"
 REPORT_FILES = ("health.json", "status.json", "insights.json")
+# How long a generated file's bytes are reused: short, so outside changes show within 2 s (CONTRACT §2).
+RENDER_SECONDS = 1.0
 RECORD_VALUE_FILES = ("cid", "status", "car_file_path", "backend_name", "created_at")
 RECORD_FILES = (*RECORD_VALUE_FILES, "metadata.json", "pin.json")
 
@@ -71,7 +75,7 @@ class NotADirectory(PinfsError):
 class NodeKind(Enum):
     DIRECTORY = "directory"
     FILE = "file"  # bytes known now (``content``) or a real file (``real_path``)
-    GENERATED = "generated"  # bytes made when opened (reports, summary, CAR as JSON): size unknown
+    GENERATED = "generated"  # bytes made by pinfs (reports, summary, CAR as JSON), cached briefly
     SYMLINK = "symlink"
     CONTROL = "control"
 
@@ -87,8 +91,11 @@ _MODES = {
 
 @dataclass(frozen=True)
 class Node:
-    """One entry of the tree. ``size`` is exact for FILE and SYMLINK nodes, 0 for GENERATED and
-    CONTROL ones (the adapter opens those with direct_io so a read is never cut at ``size``)."""
+    """One entry of the tree. ``size`` is exact, except for a GENERATED node made for a directory
+    listing (``size_known`` False: rendering every report just to list a directory would make ``ls``
+    slow, so the adapter gives such entries no attribute lifetime and the next ``stat`` renders it).
+    GENERATED and CONTROL files are opened with direct_io, so a read is never cut at ``size`` even when
+    the content changed between ``stat`` and ``open``."""
 
     path: Path_
     kind: NodeKind
@@ -98,6 +105,7 @@ class Node:
     real_path: Path | None = None
     target: str | None = None
     control_key: tuple[str | None, str] | None = None  # (backend or None for the root, command)
+    size_known: bool = True
 
     @property
     def mode(self) -> int:
@@ -334,6 +342,8 @@ class PinTree:
         self.cache = cache
         self.started_ns = time.time_ns()
         self._reports = reports  # a module with health/status/insights/backend_summary (tests swap it)
+        self._rendered: cachetools.TTLCache = cachetools.TTLCache(maxsize=1024, ttl=RENDER_SECONDS)
+        self._rendered_lock = threading.Lock()
 
     # -- resolving paths --
 
@@ -369,13 +379,13 @@ class PinTree:
             return self._backend_child(parent.path, name)
         raise NotFound(f"no entry {name!r} in /{'/'.join(parent.path)}")
 
-    def _root_child(self, name: str) -> Node:
+    def _root_child(self, name: str, *, render: bool = True) -> Node:
         if name in (CONTROL_DIR, BACKENDS_DIR, CIDS_DIR):
             return self._dir((name,))
         if name == README:
             return self._bytes_node((name,), README_TEXT.encode())
         if name in REPORT_FILES:
-            return self._generated((name,))
+            return self._generated((name,), render=render)
         raise NotFound(f"no entry {name!r} in /")
 
     def _backend_child(self, parent: Path_, name: str) -> Node:
@@ -407,11 +417,11 @@ class PinTree:
             return self._status_link(path, name, snapshot)
         raise NotFound(f"no entry {name!r} in /{'/'.join(parent)}")
 
-    def _backend_top(self, backend: Backend, path: Path_, name: str) -> Node:
+    def _backend_top(self, backend: Backend, path: Path_, name: str, *, render: bool = True) -> Node:
         if name in (BY_CID, BY_STATUS, CONTROL_DIR):
             return self._dir(path)
         if name == SUMMARY:
-            return self._generated(path)
+            return self._generated(path, render=render)
         if name in (PARQUET_FILE, CAR_FILE):
             real = backend.directory / name
             try:
@@ -420,7 +430,7 @@ class PinTree:
                 raise NotFound(f"{real} does not exist") from None
             return Node(path, NodeKind.FILE, size=info.st_size, mtime_ns=info.st_mtime_ns, real_path=real)
         if name == CAR_JSON and backend.car_path.is_file():
-            return self._generated(path)
+            return self._generated(path, render=render)
         raise NotFound(f"no entry {name!r} in backend {backend.name}")
 
     def _cids_child(self, parent: Path_, name: str) -> Node:
@@ -441,7 +451,7 @@ class PinTree:
             raise NotADirectory(f"/{'/'.join(path)} is not a directory")
         if not path:
             names = [README, *REPORT_FILES, CONTROL_DIR, BACKENDS_DIR, CIDS_DIR]
-            return StaticListing([self._root_child(name) for name in names])
+            return StaticListing([self._root_child(name, render=False) for name in names])
         if path == (CONTROL_DIR,):
             return StaticListing([self._control((*path, name), None, name) for name in ROOT_COMMANDS])
         if path == (BACKENDS_DIR,):
@@ -461,7 +471,7 @@ class PinTree:
             nodes = []
             for name in names:
                 try:
-                    nodes.append(self._backend_top(backend, (*path, name), name))
+                    nodes.append(self._backend_top(backend, (*path, name), name, render=False))
                 except NotFound:
                     continue  # no parquet or CAR yet
             return StaticListing(nodes)
@@ -507,8 +517,25 @@ class PinTree:
                     raise NotFound(f"{node.real_path} does not exist any more") from None
             return BytesContent(node.content or b"")
         if node.kind is NodeKind.GENERATED:
-            return BytesContent(self.render(node.path))
+            return BytesContent(node.content if node.content is not None else self._render_cached(node.path))
         raise InvalidInput(f"/{'/'.join(node.path)} is not a file with content")
+
+    def _render_cached(self, path: Path_) -> bytes:
+        """``render`` through a cache of ``RENDER_SECONDS``: a ``stat`` then ``open``/``cat`` sees one
+        version, and repeated ``ls -l`` do not recompute reports, while changes still show within 2 s."""
+        with self._rendered_lock:
+            found = self._rendered.get(path)
+        if found is not None:
+            return found
+        data = self.render(path)
+        with self._rendered_lock:
+            self._rendered[path] = data
+        return data
+
+    def forget_rendered(self) -> None:
+        """Drop cached generated files (after a control command, whose effect must show at once)."""
+        with self._rendered_lock:
+            self._rendered.clear()
 
     def render(self, path: Path_) -> bytes:
         """Make a generated file: reports, a backend's summary, the CAR as legacy JSON."""
@@ -626,8 +653,11 @@ class PinTree:
     def _bytes_node(self, path: Path_, data: bytes, snapshot: PinSnapshot | None = None) -> Node:
         return Node(path, NodeKind.FILE, size=len(data), mtime_ns=self._mtime(snapshot), content=data)
 
-    def _generated(self, path: Path_) -> Node:
-        return Node(path, NodeKind.GENERATED, mtime_ns=time.time_ns())
+    def _generated(self, path: Path_, *, render: bool = True) -> Node:
+        if not render:
+            return Node(path, NodeKind.GENERATED, mtime_ns=time.time_ns(), size_known=False)
+        data = self._render_cached(path)
+        return Node(path, NodeKind.GENERATED, size=len(data), mtime_ns=time.time_ns(), content=data)
 
     def _control(self, path: Path_, backend: str | None, command: str) -> Node:
         return Node(path, NodeKind.CONTROL, mtime_ns=self.started_ns, control_key=(backend, command))
