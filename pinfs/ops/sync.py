@@ -39,6 +39,7 @@ from pinfs.backends import Backend, discover_backends
 from pinfs.car import verify_content_car
 from pinfs.cids import is_valid_cid
 from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
+from pinfs.ops.carops import write_car_locked
 from pinfs.ops.common import select_backends
 from pinfs.ops.drivers import Driver, DriverError, FilesystemDriver, driver_for, has_driver, key_for
 from pinfs.ops.progress import NullProgress, Progress
@@ -277,7 +278,7 @@ def _sync_into(context: SyncContext, backend: Backend, entry: dict[str, Any], pr
         _push_car(context, backend, entry)
         return
     if outcomes:
-        written = _write_outcomes(backend, outcomes)
+        written = write_outcomes(backend, outcomes)
         entry["written"] = written
     _push_car(context, backend, entry)
 
@@ -380,10 +381,8 @@ def apply_outcomes(current: pa.Table, outcomes: list[Any]) -> tuple[pa.Table, in
     return merge_records(current, replacements), len(replacements)
 
 
-def _write_outcomes(backend: Backend, outcomes: list[PinOutcome]) -> int:
-    """One store write (and CAR regeneration) for all of a backend's outcomes."""
-    from pinfs.ops.carops import write_car_locked
-
+def write_outcomes(backend: Backend, outcomes: list[PinOutcome]) -> int:
+    """One store write (and CAR regeneration) for all of a backend's outcomes (sync's and verify's)."""
     store = PinStore(backend)
     with store.transaction() as txn:
         table, changed = apply_outcomes(txn.current(), outcomes)

@@ -29,7 +29,7 @@ from pinfs.ops.common import select_backends
 from pinfs.ops.drivers import Driver, DriverError, driver_for, key_for
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import record_run
-from pinfs.ops.sync import MAX_DETAILS, PinOutcome, apply_outcomes
+from pinfs.ops.sync import MAX_DETAILS, PinOutcome, write_outcomes
 from pinfs.schema import FAILED, STORED, load_metadata, now_iso
 from pinfs.store import PinStore
 
@@ -168,7 +168,7 @@ def _verify_into(
     if entry["counts"]["failed"]:
         entry["ok"] = False
     if outcomes:
-        entry["written"] = _write(backend, outcomes)
+        entry["written"] = write_outcomes(backend, outcomes)
 
 
 def _check_pin(driver: Driver, row: dict[str, Any], deep: bool) -> str | None:
@@ -210,14 +210,3 @@ def _outcome(row: dict[str, Any], problem: str | None) -> PinOutcome:
         require=(STORED,),
     )
 
-
-def _write(backend: Backend, outcomes: list[PinOutcome]) -> int:
-    from pinfs.ops.carops import write_car_locked
-
-    store = PinStore(backend)
-    with store.transaction() as txn:
-        table, changed = apply_outcomes(txn.current(), outcomes)
-        if changed:
-            txn.write(table)
-            write_car_locked(backend, table)
-    return changed
