@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -86,36 +86,37 @@ def _errors(handler: F) -> F:
 
 
 class InodeTable:
-    """Path <-> inode for the nodes the kernel knows of, with their lookup counts.
+    """Inode -> path for the nodes the kernel knows of, with their lookup counts.
 
-    The number is a 63-bit hash of the path, so a path gets the same number again after ``forget``.
-    Only live inodes are kept; a hash that collides with a different live path is probed further.
+    The number is a 63-bit hash of the path, so a path gets the same number again after ``forget``
+    and no path -> inode table is needed (it would double the memory a 1M-entry listing costs). A hash
+    that collides with a different live path is probed further with a salt. Python's ``hash`` is
+    stable within a process, which is all an inode number must be: valid for the life of the mount.
     """
 
     def __init__(self) -> None:
         self._paths: dict[int, tuple[str, ...]] = {pyfuse3.ROOT_INODE: ()}
-        self._inodes: dict[tuple[str, ...], int] = {(): pyfuse3.ROOT_INODE}
         self._counts: dict[int, int] = {}
 
     @staticmethod
     def hash_path(path: tuple[str, ...], salt: int = 0) -> int:
-        digest = hashlib.blake2b(
-            "\0".join(path).encode("utf-8", "surrogateescape"), digest_size=8, salt=salt.to_bytes(8, "little")
-        )
-        return int.from_bytes(digest.digest(), "little") & _INODE_MASK
+        return hash((salt, path) if salt else path) & _INODE_MASK
 
     def inode_of(self, path: tuple[str, ...]) -> int:
         """The inode for ``path`` (not yet counted as known by the kernel)."""
-        found = self._inodes.get(path)
-        if found is not None:
-            return found
+        if not path:
+            return pyfuse3.ROOT_INODE
         for salt in itertools.count():
             inode = self.hash_path(path, salt)
-            if inode > pyfuse3.ROOT_INODE and inode not in self._paths:
-                break
-        self._paths[inode] = path
-        self._inodes[path] = inode
-        return inode
+            if inode <= pyfuse3.ROOT_INODE:
+                continue
+            known = self._paths.get(inode)
+            if known is None:
+                self._paths[inode] = path
+                return inode
+            if known == path:
+                return inode
+        raise AssertionError("unreachable")
 
     def path_of(self, inode: int) -> tuple[str, ...]:
         try:
@@ -136,24 +137,25 @@ class InodeTable:
             self._counts[inode] = left
             return
         self._counts.pop(inode, None)
-        path = self._paths.pop(inode, None)
-        if path is not None:
-            self._inodes.pop(path, None)
+        self._paths.pop(inode, None)
 
     def drop_unreferenced(self, inode: int) -> None:
         """Free an inode made for an answer the kernel did not take (refused readdir entry)."""
         if inode != pyfuse3.ROOT_INODE and inode not in self._counts:
-            path = self._paths.pop(inode, None)
-            if path is not None:
-                self._inodes.pop(path, None)
+            self._paths.pop(inode, None)
 
     def forget_all(self) -> None:
         self._counts.clear()
         self._paths = {pyfuse3.ROOT_INODE: ()}
-        self._inodes = {(): pyfuse3.ROOT_INODE}
 
     def __len__(self) -> int:
         return len(self._counts)
+
+
+def _warm_up_arrow() -> None:
+    import pyarrow as pa
+
+    pa.scalar("", pa.string())
 
 
 # -- handles --
@@ -214,6 +216,11 @@ class PinfsOperations(pyfuse3.Operations):
         self._next_handle = itertools.count(1)
         self._read_limiter = read_limiter or trio.CapacityLimiter(8)
         self._command_limiter = command_limiter or trio.CapacityLimiter(4)
+
+    def init(self) -> None:
+        """Called by pyfuse3 once the mount is up. pyarrow imports pandas (if installed) the first time
+        it converts a Python value, which costs the first CID lookup ~100 ms; pay it now, off the loop."""
+        threading.Thread(target=_warm_up_arrow, name="pinfs-warm-up", daemon=True).start()
 
     async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(function, *args, limiter=self._read_limiter)
