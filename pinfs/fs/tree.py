@@ -324,9 +324,10 @@ In backends/<b>/.control/ the same files act on that backend only, plus:
   echo '<cid> status=stored meta.source=x' > backends/<b>/.control/pin   (one pin per line)
   echo '<cid>' > backends/<b>/.control/unpin                             (one CID per line)
 
-The command runs when the file is closed; the shell's echo returns when it has finished and
-fails (EIO) when the command failed. A bad word or CID fails the write (EINVAL) and nothing runs.
-Reading a control file gives JSON about its last run. CIDs containing "/" (base64 multibase)
+The command runs when the file is closed: echo returns when it has finished. A failed command
+makes close() fail with EIO (/bin/echo and most programs report it; bash's built-in echo ignores
+errors at close, so check "state" in the file's JSON). A bad word or CID fails the write (EINVAL)
+and nothing runs. Reading a control file gives JSON about its last run. CIDs containing "/" (base64 multibase)
 cannot be file names and are left out of listings.
 """
 
