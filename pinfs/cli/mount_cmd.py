@@ -3,13 +3,18 @@
 ``mount`` serves in the foreground until unmounted (Ctrl-C, SIGTERM, ``pinfs umount``), or with
 ``--background`` starts a detached copy of itself and returns only once that copy's mount is ready
 (or has failed, with its error). The copy reports through a pipe (hidden ``--ready-fd``).
+``--sync-interval``/``--verify-interval`` (off by default) make the mount sync/verify every backend
+on its own every so often (``pinfs.fs.mount.ScheduledDuties``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +24,21 @@ from pinfs.cli.output import emit, root_of
 from pinfs.errors import InvalidInput, NotFound, PinfsError
 
 READY = b"ready\n"
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[smhd]?)", re.IGNORECASE)
+
+
+def parse_interval(text: str) -> float | None:
+    """Seconds from ``90``, ``30s``, ``5m``, ``1.5h`` or ``1d``; ``0`` is off (None). argparse type:
+    raises ArgumentTypeError (exit 2) for anything else."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds, or a number with s, m, h or d (e.g. 90, 5m)")
+    seconds = float(match["number"]) * _UNITS[match["unit"].lower()]
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"{text!r}: too large")
+    return seconds if seconds > 0 else None
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -35,6 +55,18 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     )
     mount.add_argument("--cache-mb", type=int, default=256, metavar="N", help="read cache bound (default 256)")
     mount.add_argument("--debug", action="store_true", help="log every request on stderr")
+    mount.add_argument(
+        "--sync-interval",
+        type=parse_interval,
+        metavar="SECONDS",
+        help="sync every backend this often (e.g. 900, 15m, 1h; default: off)",
+    )
+    mount.add_argument(
+        "--verify-interval",
+        type=parse_interval,
+        metavar="SECONDS",
+        help="verify stored pins (those not verified for 7 days) this often (e.g. 1d; default: off)",
+    )
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     mount.set_defaults(handler=handle_mount)
 
@@ -56,7 +88,13 @@ def _config(args: argparse.Namespace) -> Any:
     mountpoint = Path(os.path.abspath(args.mountpoint))
     check_mountpoint(mountpoint)
     return MountConfig(
-        root=root, mountpoint=mountpoint, cache_mb=args.cache_mb, allow_other=args.allow_other, debug=args.debug
+        root=root,
+        mountpoint=mountpoint,
+        cache_mb=args.cache_mb,
+        allow_other=args.allow_other,
+        debug=args.debug,
+        sync_interval=args.sync_interval,
+        verify_interval=args.verify_interval,
     )
 
 
@@ -72,8 +110,20 @@ def handle_mount(args: argparse.Namespace) -> int:
         return _start_background(args, config.mountpoint)
     from pinfs.fs.mount import run
 
-    run(config)
+    if run(config):
+        _exit_now(0)
     return 0
+
+
+def _exit_now(status: int) -> None:
+    """End the process at once: unmounted, but an abandoned scheduled duty is still on a worker thread
+    (e.g. waiting on an S3 endpoint), and a normal exit would wait for it in pyarrow's S3 finalizer.
+    Its writes are atomic and its backend lock dies with the process, as after a crash."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
 
 
 def _start_background(args: argparse.Namespace, mountpoint: Path) -> int:
@@ -82,6 +132,9 @@ def _start_background(args: argparse.Namespace, mountpoint: Path) -> int:
     command = [sys.executable, "-m", "pinfs", "mount", str(mountpoint), "--ready-fd", str(write_end)]
     command += ["--root", str(root_of(args)), "--cache-mb", str(args.cache_mb)]
     command += ["--allow-other"] * args.allow_other + ["--debug"] * args.debug
+    for option, seconds in (("--sync-interval", args.sync_interval), ("--verify-interval", args.verify_interval)):
+        if seconds is not None:
+            command += [option, repr(seconds)]
     with open(os.devnull, "rb") as stdin, open(os.devnull, "wb") as devnull:
         subprocess.Popen(
             command,
@@ -113,7 +166,8 @@ def _serve_detached(args: argparse.Namespace) -> int:
         config = _config(args)
         from pinfs.fs.mount import run
 
-        run(config, ready)
+        if run(config, ready):
+            _exit_now(0)
     except PinfsError as exc:
         if not pipe.closed:
             pipe.write(str(exc).encode())

@@ -13,7 +13,14 @@ the adapter.
 Threading: ``serve`` runs in the trio event loop on the main thread (signals need it); blocking work
 happens in the adapter's worker threads. Background duties (``MountConfig.duties``, e.g. scheduled
 sync/verify) are nursery tasks; each gets the tree's root and must wait on trio primitives, never
-block the loop.
+block the loop. ``ScheduledDuties`` is the one pinfs itself adds (``--sync-interval``,
+``--verify-interval``): it sleeps on a ``trio.Event`` under ``move_on_after`` until a duty is due, runs
+``pinfs.ops.schedule.run_due_duties`` on a worker thread under the same CapacityLimiter as the control
+commands, logs what happened and goes back to sleep. It never ends the mount: every error is logged.
+On unmount it is cancelled; a run in progress is abandoned (its writes are atomic and the backend lock
+dies with the process), so SIGTERM unmounts at once even during a long sync. ``run`` then says that
+work was left running (after a short grace), and the CLI ends the process with ``os._exit``: a normal
+exit would wait in pyarrow's S3 finalizer for the abandoned request (up to its timeouts).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import logging
 import os
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +61,8 @@ class MountConfig:
     allow_other: bool = False
     debug: bool = False
     duties: Sequence[Duty] = field(default_factory=tuple)
+    sync_interval: float | None = None  # seconds between scheduled syncs; None/<=0: off
+    verify_interval: float | None = None  # seconds between scheduled verifies; None/<=0: off
 
 
 def mount_options(config: MountConfig) -> set[str]:
@@ -65,10 +76,136 @@ def mount_options(config: MountConfig) -> set[str]:
     return options
 
 
-def build_operations(config: MountConfig) -> PinfsOperations:
+# Worker threads for control commands and scheduled duties together (reads have their own).
+COMMAND_THREADS = 4
+# After unmounting, how long an abandoned duty may take to finish before the process exits anyway.
+ABANDON_GRACE = 0.5
+
+
+def build_operations(config: MountConfig, command_limiter: trio.CapacityLimiter | None = None) -> PinfsOperations:
     """The adapter over a fresh tree and control registry. Reads nothing from the data root."""
     cache = StoreCache(max_bytes=config.cache_mb << 20, max_entries=DEFAULT_CACHE_ENTRIES)
-    return PinfsOperations(PinTree(config.root, cache), ControlRegistry(config.root))
+    return PinfsOperations(PinTree(config.root, cache), ControlRegistry(config.root), command_limiter=command_limiter)
+
+
+def _enabled(interval: float | None) -> bool:
+    return interval is not None and interval > 0
+
+
+class ScheduledDuties:
+    """The ``--sync-interval``/``--verify-interval`` duty: a nursery task (call it with the root)."""
+
+    def __init__(
+        self,
+        sync_interval: float | None,
+        verify_interval: float | None,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        self.sync_interval = sync_interval if _enabled(sync_interval) else None
+        self.verify_interval = verify_interval if _enabled(verify_interval) else None
+        self.limiter = limiter
+        self.last_runs: dict[str, float] = {}  # time.monotonic() of each duty's last run
+        self._wake = trio.Event()
+        # Runs on worker threads (an abandoned one may still be going after unmount), and whether the
+        # mount is closing (a run whose thread starts only then does nothing).
+        self._threads = threading.Condition()
+        self._running = 0
+        self._closing = False
+
+    @property
+    def active(self) -> bool:
+        return self.sync_interval is not None or self.verify_interval is not None
+
+    def wake(self) -> None:
+        """Check now whether a duty is due (from the event loop's thread)."""
+        self._wake.set()
+
+    def close(self) -> None:
+        """No new run starts from now on (the mount is ending)."""
+        with self._threads:
+            self._closing = True
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait (blocking) until no run is on a worker thread; False when one still is after ``timeout``."""
+        with self._threads:
+            return self._threads.wait_for(lambda: self._running == 0, timeout)
+
+    def _run_due(self, root: Path) -> dict | None:
+        """The worker thread's side: run what is due, unless the mount is closing."""
+        from pinfs.ops.schedule import run_due_duties
+
+        with self._threads:
+            if self._closing:
+                return None
+            self._running += 1
+        try:
+            return run_due_duties(root, self.last_runs, self.sync_interval, self.verify_interval)
+        finally:
+            with self._threads:
+                self._running -= 1
+                self._threads.notify_all()
+
+    async def __call__(self, root: Path) -> None:
+        from pinfs.ops.schedule import seconds_until_due
+
+        if not self.active:
+            return
+        started = time.monotonic()  # the first run is one interval after the mount started
+        for name, interval in (("sync", self.sync_interval), ("verify", self.verify_interval)):
+            if interval is not None:
+                self.last_runs.setdefault(name, started)
+        log.info("scheduled duties: sync every %s s, verify every %s s", self.sync_interval, self.verify_interval)
+        while True:
+            wait = seconds_until_due(self.last_runs, self.sync_interval, self.verify_interval)
+            if wait is None:
+                return
+            with trio.move_on_after(wait):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            await self.run_once(root)
+
+    async def run_once(self, root: Path) -> dict | None:
+        """Run whatever is due on a worker thread and log it; never raises (but for cancellation)."""
+        try:
+            outcome = await trio.to_thread.run_sync(
+                self._run_due,
+                root,
+                abandon_on_cancel=True,  # unmounting must not wait for a long sync
+                limiter=self.limiter,
+            )
+        except Exception:  # the mount outlives any duty
+            log.exception("scheduled duties failed")
+            now = time.monotonic()  # wait a whole interval before trying again, not spin
+            for name in ("sync", "verify"):
+                if name in self.last_runs:
+                    self.last_runs[name] = now
+            return None
+        if outcome is None:
+            return None
+        for name, report in outcome["ran"].items():
+            _log_duty(name, report)
+        return outcome
+
+
+def _log_duty(name: str, report: dict) -> None:
+    """One line per duty run, and one warning per backend (or run) that failed."""
+    if not isinstance(report, dict):
+        log.warning("scheduled %s: unexpected report %r", name, report)
+        return
+    if report.get("error") and not report.get("backends"):
+        log.warning("scheduled %s failed: %s", name, report["error"])
+        return
+    log.info("scheduled %s: ok=%s totals=%s", name, report.get("ok"), report.get("totals"))
+    for entry in report.get("backends") or []:
+        if entry.get("ok", True):
+            continue
+        problems = entry.get("error") or "; ".join(
+            f"{item.get('cid')}: {item.get('error')}" for item in (entry.get("failed") or [])[:3]
+        )
+        log.warning("scheduled %s: backend %s: %s", name, entry.get("backend"), problems or entry.get("state"))
+    for backup in report.get("backups") or []:
+        if not backup.get("ok", True):
+            log.warning("scheduled %s: backup to %s failed: %s", name, backup.get("target"), backup.get("error"))
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -79,9 +216,17 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise InvalidInput(f"{mountpoint} is already a mount point; 'pinfs umount {mountpoint}' first")
 
 
-async def serve(config: MountConfig, ready: Callable[[], None] | None = None) -> None:
-    """Mount ``config.root`` at ``config.mountpoint`` and serve until unmounted or signalled."""
-    operations = build_operations(config)
+async def serve(config: MountConfig, ready: Callable[[], None] | None = None) -> bool:
+    """Mount ``config.root`` at ``config.mountpoint`` and serve until unmounted or signalled.
+
+    Returns True when, after unmounting, a scheduled duty's worker thread is still running (it was
+    abandoned): the caller should then end the process without waiting for it (``os._exit``)."""
+    limiter = trio.CapacityLimiter(COMMAND_THREADS)  # control commands and scheduled duties share it
+    operations = build_operations(config, limiter)
+    duties = list(config.duties)
+    scheduled = ScheduledDuties(config.sync_interval, config.verify_interval, limiter)
+    if scheduled.active:
+        duties.append(scheduled)
     clean = False
     async with contextlib.AsyncExitStack() as stack:
         try:
@@ -93,14 +238,20 @@ async def serve(config: MountConfig, ready: Callable[[], None] | None = None) ->
         stack.callback(operations.forget_all)
         nursery = await stack.enter_async_context(trio.open_nursery())
         nursery.start_soon(_route_signals)
-        for duty in config.duties:
+        for duty in duties:
             nursery.start_soon(duty, config.root)
         if ready is not None:
             ready()
         log.info("serving %s at %s", config.root, config.mountpoint)
-        await pyfuse3.main()
-        clean = True
+        try:
+            await pyfuse3.main()
+            clean = True
+        finally:
+            scheduled.close()
         nursery.cancel_scope.cancel()
+    if not scheduled.active:
+        return False
+    return not await trio.to_thread.run_sync(scheduled.wait_idle, ABANDON_GRACE)
 
 
 async def _route_signals() -> None:
@@ -112,9 +263,10 @@ async def _route_signals() -> None:
             return
 
 
-def run(config: MountConfig, ready: Callable[[], None] | None = None) -> None:
-    """Serve in the foreground until unmounted (blocking)."""
-    trio.run(serve, config, ready)
+def run(config: MountConfig, ready: Callable[[], None] | None = None) -> bool:
+    """Serve in the foreground until unmounted (blocking). True when work was left running on a
+    worker thread (see ``serve``)."""
+    return trio.run(serve, config, ready)
 
 
 # -- unmounting --

@@ -8,6 +8,11 @@ parquet from the newest backup, keeping the current parquet as a backup so it is
 ``verify_only`` (check everything, write nothing).
 
 Each backend is handled on its own: a bad file in one is reported in its entry and the others go on.
+
+A run that wrote something (migrate or restore, not a dry run, not verify-only) is recorded as the
+backend's ``migrate`` section of its run state (``pinfs.ops.state``; status shows it as the last
+migration), after the lock is released. A run that wrote nothing records nothing (a second run changes
+no file); a failed one records its error but keeps the time of the last migration that worked.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from pinfs.legacy import LegacyPins, list_backups, read_legacy_pins, write_rejec
 from pinfs.ops.carops import car_agreement, table_records, write_car_locked
 from pinfs.ops.common import discovery_problems, error_entry, select_backends
 from pinfs.ops.progress import NullProgress, Progress
-from pinfs.schema import REQUIRED_COLUMNS, record_problems, utc_stamp
+from pinfs.ops.state import read_state, record_run
+from pinfs.schema import REQUIRED_COLUMNS, now_iso, record_problems, utc_stamp
 from pinfs.store import (
     PinStore,
     Transaction,
@@ -77,14 +83,49 @@ def migrate(root: Path, options: MigrateOptions, progress: Progress | None = Non
 
 
 def _run_one(backend: Backend, options: MigrateOptions) -> dict[str, Any]:
-    try:
-        if options.verify_only:
+    if options.verify_only:
+        try:
             return verify_backend(backend)
+        except PinfsError as exc:
+            return error_entry(backend, exc)
+    mode = "restore" if options.restore_from_backup else "migrate"
+    try:
         if options.restore_from_backup:
-            return _restore_backend(backend, options)
-        return _migrate_backend(backend, options)
+            entry = _restore_backend(backend, options)
+        else:
+            entry = _migrate_backend(backend, options)
     except PinfsError as exc:
-        return error_entry(backend, exc)
+        entry = error_entry(backend, exc)
+    if not options.dry_run:
+        _record(backend, mode, entry)  # the lock is released by now (record_run takes it)
+    return entry
+
+
+def _wrote(mode: str, entry: dict[str, Any]) -> bool:
+    if mode == "restore":
+        return "car" in entry
+    return bool(entry.get("backup") or entry.get("parquet_written") or entry.get("car_written"))
+
+
+def _record(backend: Backend, mode: str, entry: dict[str, Any]) -> None:
+    """Record a run that wrote something, or failed, as the backend's ``migrate`` run state."""
+    if entry.get("ok") and not _wrote(mode, entry):
+        return
+    info: dict[str, Any] = {"mode": mode, "ok": bool(entry.get("ok")), "error": entry.get("error")}
+    if entry.get("ok"):
+        info["finished_at"] = now_iso()
+        info["counts"] = {
+            key: entry[key] for key in ("added", "updated", "unchanged", "rejected", "total", "pins") if key in entry
+        }
+        for key in ("backup_path", "restored_from"):
+            if entry.get(key):
+                info[key] = entry[key]
+    else:
+        previous = read_state(backend).get("migrate")
+        # finished_at stays the time of the last migration that worked (kept through failures).
+        info["finished_at"] = previous.get("finished_at") if isinstance(previous, dict) else None
+        info["failed_at"] = now_iso()
+    record_run(backend, "migrate", info)
 
 
 # -- migrate --
