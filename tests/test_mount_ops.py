@@ -370,7 +370,7 @@ def test_unreachable_s3_fails_the_close_with_eio_while_the_others_sync(
         assert write_control(control, "") == errno.EIO
 
         state = control_json(control)
-        assert state["state"] == "failed" and state["error"]
+        assert state["state"] == "failed" and state["error"].startswith("s3-down: ") and "unreachable" in state["error"]
         entries = by_name(state["result"])
         assert entries["s3-down"]["ok"] is False and entries["s3-down"]["state"] == "error"
         assert "unreachable" in entries["s3-down"]["error"] and "127.0.0.1:1" in entries["s3-down"]["error"]

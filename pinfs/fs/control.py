@@ -231,6 +231,18 @@ BACKEND_COMMANDS: tuple[str, ...] = (*ROOT_COMMANDS, "pin", "unpin")
 # -- state of one control file --
 
 
+def failure_summary(report: dict[str, Any]) -> str:
+    """One line saying why a report is not ok: its own error, else each failing backend's."""
+    if report.get("error"):
+        return str(report["error"])
+    reasons = []
+    for entry in report.get("backends", []):
+        if isinstance(entry, dict) and not entry.get("ok", True):
+            why = entry.get("error") or "; ".join(map(str, entry.get("problems", [])[:3])) or "failed"
+            reasons.append(f"{entry.get('backend')}: {why}")
+    return " | ".join(reasons) or "the operation reported a failure; see result"
+
+
 class ControlFile:
     """One control file: at most one run at a time, and what its last run did."""
 
@@ -270,9 +282,7 @@ class ControlFile:
         try:
             result = prepared.run()
             if isinstance(result, dict) and not result.get("ok", True):
-                error = str(result.get("error") or "the operation reported a failure; see result")
-        except NotImplementedError as exc:
-            error = f"{self.command.name} is not available yet ({exc or 'not implemented'})"
+                error = failure_summary(result)
         except PinfsError as exc:
             error = str(exc)
         except Exception as exc:  # recorded in the file's JSON and logged; the mount keeps running
