@@ -199,11 +199,17 @@ def _candidate_names(root: Path) -> tuple[set[str], list[BackendProblem]]:
             if not NAME_PATTERN.fullmatch(name):
                 problems.append(BackendProblem(entry.path, f"invalid backend name {name!r}; ignored"))
                 continue
-            if holds_data and entry.is_symlink():
+            # A symlinked *config* is judged by load_config (inside the root: read; outside: reported
+            # as the backend's config_error); only a symlinked backend *directory* is ignored here.
+            if holds_data and entry.is_symlink() and not _is_config_name(entry.name):
                 problems.append(BackendProblem(entry.path, "backend directory is a symlink; ignored"))
                 continue
             names.add(name)
     return names, problems
+
+
+def _is_config_name(name: str) -> bool:
+    return name.endswith((".yaml", ".yml"))
 
 
 def _name_of(entry: os.DirEntry[str], holds_data: bool) -> str | None:

@@ -43,6 +43,7 @@ it, its caller does.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -170,10 +171,14 @@ def _read_text(path: Path) -> tuple[str, float]:
     """The file's text and modification time, bounded and without blocking on odd files."""
     try:
         # O_NONBLOCK: a FIFO named pins.json must not hang us; it is refused below.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # O_NOFOLLOW: a pins.json (or backup) that is a symlink may point outside the data root; it is
+        # reported, never followed (hardening: nothing outside the root is read or copied into it).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise NotFound(f"{path}: no such file") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CorruptData(f"{path}: is a symlink; refusing to follow it") from None
         raise CorruptData(f"{path}: cannot open ({exc.strerror})") from None
     try:
         info = os.fstat(fd)

@@ -394,12 +394,21 @@ def first_duplicate_cid(table: pa.Table) -> str | None:
 def read_whole_table(path: Path) -> pa.Table:
     """Read a parquet file entirely, sorted; CorruptData if it cannot be read or lacks columns."""
     try:
-        table = pq.read_table(path)
+        # Read through one open handle: pq.read_table(path) opens the path twice (footer, then data), so a
+        # writer renaming a new version in between (verify-only and unsorted snapshots read without the
+        # lock) would mix two versions and fail with "Page was smaller than expected".
+        with pa.memory_map(str(path), "r") as source:
+            table = pq.read_table(source)
     except FileNotFoundError:
         raise
     except Exception as exc:
         raise CorruptData(f"{path}: not a readable parquet file ({_one_line(exc)})") from None
     _check_schema(table.schema, path)
+    # Required columns are non-nullable in our schema: casting a null into one raises a bare ValueError
+    # (not ArrowInvalid), which escaped as a traceback from verify-only/migrate/pin. Name them instead.
+    nulls = [name for name in REQUIRED_COLUMNS if table.column(name).null_count]
+    if nulls:
+        raise CorruptData(f"{path}: null values in required column(s) {', '.join(nulls)}")
     try:
         return normalize_table(table)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -448,7 +457,13 @@ class Transaction:
         for the migration itself.
         """
         if self.store.has_parquet():
-            return read_whole_table(self.store.path)
+            table = read_whole_table(self.store.path)
+            # A file with a CID twice (written by another tool) is corrupt: say so, naming the file,
+            # rather than letting write_table refuse it later as if the user's input were bad (exit 2).
+            duplicate = first_duplicate_cid(table)
+            if duplicate is not None:
+                raise CorruptData(f"{self.store.path}: CID {duplicate} appears more than once")
+            return table
         if not allow_legacy and self.store.legacy_source() is not None:
             name = self.store.backend.name
             raise NotMigrated(

@@ -74,6 +74,14 @@ def _line(entry: dict[str, Any], mode: str, prefix: str) -> str:
     name = entry["backend"]
     if "error" in entry:
         return f"{name}: error: {entry['error']}"
+    # A broken config (e.g. a symlink pointing outside the root) is only a warning for migration; say so
+    # in the text output too, not only in --json.
+    warning = f"\n  warning: {entry['warning']}" if entry.get("warning") and mode != "verify-only" else ""
+    return _entry_line(entry, mode, prefix) + warning
+
+
+def _entry_line(entry: dict[str, Any], mode: str, prefix: str) -> str:
+    name = entry["backend"]
     if mode == "verify-only":
         if entry["ok"]:
             return f"{name}: ok ({entry.get('pins', 0)} pins, parquet and CAR agree)"

@@ -399,8 +399,31 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _heal_stale_car(backend: Backend, entry: dict[str, Any]) -> None:
+    """Rebuild pin_mappings.car when it is older than the parquet.
+
+    Every writer renames the parquet first and the CAR second, so a writer killed between the two
+    leaves a CAR one write behind. When sync then finds nothing to do it writes nothing, so without
+    this the stale CAR would stay (and be pushed to the backend's storage below) until the next pin
+    change. Checked by mtime (one stat each), then again under the lock.
+    """
+    from pinfs.ops.carops import car_is_current, write_car_locked
+
+    if not backend.parquet_path.is_file() or car_is_current(backend):
+        return
+    try:
+        with PinStore(backend).transaction() as txn:
+            if not car_is_current(backend):
+                write_car_locked(backend, txn.current())
+                entry["car_regenerated"] = "it was older than the parquet (an interrupted write)"
+    except PinfsError as exc:
+        entry["car_push"] = {"ok": False, "error": f"regenerating a stale {CAR_KEY}: {exc}"}
+
+
 def _push_car(context: SyncContext, backend: Backend, entry: dict[str, Any]) -> None:
     """Put the backend's pin_mappings.car at ``pin_mappings.car`` on its storage when it changed."""
+    if not context.dry_run:
+        _heal_stale_car(backend, entry)
     if not has_driver(backend) or not backend.car_path.is_file():
         return
     try:
