@@ -377,12 +377,12 @@ def records_to_table(records: Iterable[Mapping[str, str | None]], extra_columns:
     return pa.table(columns, schema=schema)
 
 
-def normalize_table(table: pa.Table) -> pa.Table:
-    """Required columns first, every column a string, rows sorted by CID."""
+def normalize_table(table: pa.Table, *, sort: bool = True) -> pa.Table:
+    """Required columns first, every column a string, rows sorted by CID (unless ``sort`` is False)."""
     extras = tuple(name for name in table.column_names if name not in REQUIRED_COLUMNS)
     schema = arrow_schema(extras)
     table = table.select(list(schema.names)).cast(schema)
-    return table.sort_by("cid")
+    return table.sort_by("cid") if sort else table
 
 
 def first_duplicate_cid(table: pa.Table) -> str | None:
@@ -391,8 +391,9 @@ def first_duplicate_cid(table: pa.Table) -> str | None:
     return repeated[0]["values"].as_py() if len(repeated) else None
 
 
-def read_whole_table(path: Path) -> pa.Table:
-    """Read a parquet file entirely, sorted; CorruptData if it cannot be read or lacks columns."""
+def read_whole_table(path: Path, *, sort: bool = True) -> pa.Table:
+    """Read a parquet file entirely, sorted (or in file order with ``sort=False``, for checking it);
+    CorruptData if it cannot be read or lacks columns."""
     try:
         # Read through one open handle: pq.read_table(path) opens the path twice (footer, then data), so a
         # writer renaming a new version in between (verify-only and unsorted snapshots read without the
@@ -410,7 +411,7 @@ def read_whole_table(path: Path) -> pa.Table:
     if nulls:
         raise CorruptData(f"{path}: null values in required column(s) {', '.join(nulls)}")
     try:
-        return normalize_table(table)
+        return normalize_table(table, sort=sort)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise CorruptData(f"{path}: an extra column cannot be read as text ({_one_line(exc)})") from None
 

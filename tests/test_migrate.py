@@ -390,3 +390,31 @@ def test_corrupt_pins_json_is_reported_and_others_still_migrate(root: Path) -> N
     assert _entry(report, "fine")["ok"]
     assert _parquet_cids(root / "backends" / "fine") == sorted(CIDS)
     assert not (broken / "pin_mappings.parquet").exists()
+
+
+def test_dangling_pins_json_symlink_is_reported_not_skipped(root: Path) -> None:
+    directory = make_backend(root, "linked")
+    (directory / "pins.json").symlink_to(root.parent / "nowhere.json")
+    make_backend(root, "fine", pins_json=[cid_for("fine")])
+    report = migrate(root, MigrateOptions())
+    entries = {entry["backend"]: entry for entry in report["backends"]}
+    assert report["ok"] is False
+    assert entries["linked"]["ok"] is False and "pins.json" in entries["linked"]["error"]
+    assert entries["fine"]["ok"] is True and entries["fine"]["added"] == 1
+
+
+def test_verify_only_names_a_file_not_sorted_by_cid(root: Path) -> None:
+    directory = make_backend(root, "unsorted")
+    cids = sorted(cid_for(i) for i in range(3))[::-1]
+    columns = {
+        "cid": cids,
+        "car_file_path": [f"/x/{cid}.car" for cid in cids],
+        "backend_name": ["unsorted"] * 3,
+        "created_at": ["2026-01-01T00:00:00+00:00"] * 3,
+        "status": ["stored"] * 3,
+        "metadata": ["{}"] * 3,
+    }
+    pq.write_table(pa.table(columns), directory / "pin_mappings.parquet")
+    entry = verify_backend(get_backend(root, "unsorted"))
+    assert entry["ok"] is False
+    assert any("not sorted by cid" in problem for problem in entry["problems"])

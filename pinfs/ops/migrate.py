@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pinfs.backends import REJECTED_NAME, Backend
-from pinfs.errors import NotFound, PinfsError
+from pinfs.errors import CorruptData, NotFound, PinfsError
 from pinfs.fsutil import atomic_write_bytes
 from pinfs.legacy import LegacyPins, list_backups, read_legacy_pins, write_rejected
 from pinfs.ops.carops import car_agreement, table_records, write_car_locked
@@ -36,6 +36,7 @@ from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import read_state, record_run
 from pinfs.schema import REQUIRED_COLUMNS, now_iso, record_problems, utc_stamp
 from pinfs.store import (
+    FileIdentity,
     PinStore,
     Transaction,
     empty_table,
@@ -86,7 +87,7 @@ def _run_one(backend: Backend, options: MigrateOptions) -> dict[str, Any]:
     if options.verify_only:
         try:
             return verify_backend(backend)
-        except PinfsError as exc:
+        except (PinfsError, OSError) as exc:
             return error_entry(backend, exc)
     mode = "restore" if options.restore_from_backup else "migrate"
     try:
@@ -94,7 +95,7 @@ def _run_one(backend: Backend, options: MigrateOptions) -> dict[str, Any]:
             entry = _restore_backend(backend, options)
         else:
             entry = _migrate_backend(backend, options)
-    except PinfsError as exc:
+    except (PinfsError, OSError) as exc:  # one backend's failure (EACCES, ENOSPC…) never stops the others
         entry = error_entry(backend, exc)
     if not options.dry_run:
         _record(backend, mode, entry)  # the lock is released by now (record_run takes it)
@@ -142,6 +143,7 @@ class _Plan:
     unchanged: list[str] = field(default_factory=list)
     backup_needed: bool = False
     car_reason: str | None = None
+    source_identity: FileIdentity | None = None  # pins.json as it was parsed
 
     @property
     def parquet_changes(self) -> bool:
@@ -150,7 +152,7 @@ class _Plan:
 
 def _migrate_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any]:
     store = PinStore(backend)
-    if options.dry_run or not (backend.legacy_path.is_file() or options.force_car_regeneration):
+    if options.dry_run or not (_has_legacy_file(backend) or options.force_car_regeneration):
         # Nothing will be written, so plan without the lock: creating its file would itself be a write
         # (a dry run writes nothing; a backend without pins.json is left alone).
         return _describe(backend, _plan(backend, Transaction(store), options), options)
@@ -163,10 +165,12 @@ def _migrate_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
 
 
 def _plan(backend: Backend, txn: Transaction, options: MigrateOptions) -> _Plan:
-    source = backend.legacy_path if backend.legacy_path.is_file() else None
+    # A pins.json that is a symlink (even a dangling one) is read so that the reader reports it.
+    source = backend.legacy_path if _has_legacy_file(backend) else None
+    identity = FileIdentity.of(source) if source and source.is_file() else None
     legacy = read_legacy_pins(source, backend.name, backend.type) if source else None
     current = txn.current(allow_legacy=True)
-    plan = _Plan(legacy=legacy, merged=current)
+    plan = _Plan(legacy=legacy, merged=current, source_identity=identity)
     if legacy is not None:
         _merge_legacy(plan, current, legacy, force=options.force)
         plan.backup_needed = not _has_identical_backup(backend, source)
@@ -191,9 +195,24 @@ def _merge_legacy(plan: _Plan, current: pa.Table, legacy: LegacyPins, *, force: 
     plan.merged = merge_records(current, replacements)
 
 
+def _unchanged_bytes(path: Path, identity: FileIdentity | None) -> bytes:
+    """The bytes of ``path`` for its backup, refusing if it changed since it was parsed (so the backup
+    is exactly what was imported)."""
+    data = path.read_bytes()
+    if identity is None or FileIdentity.of(path) != identity:
+        raise CorruptData(f"{path}: changed while being migrated; nothing was written, run migrate again")
+    return data
+
+
+def _has_legacy_file(backend: Backend) -> bool:
+    return backend.legacy_path.is_file() or backend.legacy_path.is_symlink()
+
+
 def _has_identical_backup(backend: Backend, source: Path) -> bool:
     digest = _sha256(source)
-    return any(_sha256(path) == digest for path in list_backups(backend.directory) if path.is_file())
+    # A symlinked backup is not ours to read (it may point outside the root).
+    backups = list_backups(backend.directory)
+    return any(_sha256(path) == digest for path in backups if path.is_file() and not path.is_symlink())
 
 
 def _sha256(path: Path) -> str:
@@ -249,7 +268,7 @@ def _apply(backend: Backend, txn: Transaction, plan: _Plan) -> dict[str, Any]:
     legacy = plan.legacy
     if legacy is not None and plan.backup_needed:
         backup = backend.directory / f"{BACKUP_PREFIX}{utc_stamp()}"
-        atomic_write_bytes(backup, legacy.source.read_bytes())
+        atomic_write_bytes(backup, _unchanged_bytes(legacy.source, plan.source_identity))
         written["backup_path"] = str(backup)
     if legacy is not None and legacy.rejected and _rejected_changed(backend, legacy):
         written["rejected_path"] = str(write_rejected(backend.directory, legacy.rejected, legacy.source))
@@ -335,27 +354,22 @@ def verify_backend(backend: Backend) -> dict[str, Any]:
 
 def _verify_parquet(path: Path, problems: list[str]) -> pa.Table | None:
     try:
-        table = read_whole_table(path)  # raises for missing columns or non-string types
+        # One read, in file order: raises for missing columns, non-string types and nulls.
+        as_stored = read_whole_table(path, sort=False)
     except PinfsError as exc:
         problems.append(str(exc))
         return None
-    if not _is_sorted_on_disk(path):
+    if not _strictly_ascending(as_stored.column("cid")):
         problems.append(f"{path}: rows are not sorted by cid")
+    table = as_stored.sort_by("cid")
     duplicate = first_duplicate_cid(table)
     if duplicate is not None:
         problems.append(f"{path}: CID {duplicate} appears more than once")
-    nulls = [name for name in REQUIRED_COLUMNS if table.column(name).null_count]
-    if nulls:
-        problems.append(f"{path}: null values in column(s) {', '.join(nulls)}")
-        return table
     _verify_rows(path, table, problems)
     return table
 
 
-def _is_sorted_on_disk(path: Path) -> bool:
-    import pyarrow.parquet as pq
-
-    cids = pq.read_table(path, columns=["cid"]).column("cid")
+def _strictly_ascending(cids: pa.ChunkedArray) -> bool:
     if len(cids) < 2:
         return True
     return bool(pc.all(pc.less(cids.slice(0, len(cids) - 1), cids.slice(1))).as_py())
