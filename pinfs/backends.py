@@ -8,12 +8,15 @@ backend (``config_error``) rather than raised, so one bad backend never hides th
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cachetools
 import yaml
 
 from pinfs.errors import InvalidInput, NotFound
@@ -125,10 +128,29 @@ def _config_candidates(root: Path, name: str) -> list[Path]:
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    """Parse one YAML config; raise ValueError with a one-line reason when it is unusable."""
+    """Parse one YAML config; raise ValueError with a one-line reason when it is unusable.
+
+    Parsed configs are cached by the file's identity (the mount resolves a backend on every request,
+    and parsing YAML each time was a measurable part of a warm lookup); callers get their own copy.
+    """
     if path.is_symlink() and not _inside(path.resolve(), path.parent.resolve().parent):
         raise ValueError("config is a symlink pointing outside the data root")
-    size = path.stat().st_size
+    info = path.stat()
+    key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    with _CONFIG_CACHE_LOCK:
+        cached = _CONFIG_CACHE.get(key)
+    if cached is None:
+        cached = _parse_config(path, info.st_size)
+        with _CONFIG_CACHE_LOCK:
+            _CONFIG_CACHE[key] = cached
+    return copy.deepcopy(cached)
+
+
+_CONFIG_CACHE: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
+_CONFIG_CACHE_LOCK = threading.Lock()
+
+
+def _parse_config(path: Path, size: int) -> dict[str, Any]:
     if size > MAX_CONFIG_BYTES:
         raise ValueError(f"config is {size} bytes, more than {MAX_CONFIG_BYTES}")
     try:
