@@ -107,6 +107,87 @@ async def test_readdir_resumes_at_the_offset_and_counts_only_accepted_entries(
     assert len(ops.inodes) == before + 40
 
 
+async def test_readdir_resumes_inside_and_across_batches(ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(adapter_module, "READDIR_BATCH", 16)  # 40 entries: three batches
+    fetched: list[int] = []
+    real_blocking = ops._blocking
+
+    async def counting(function: Any, *args: Any) -> Any:
+        if getattr(function, "__name__", "") == "names":
+            fetched.append(args[0])
+        return await real_blocking(function, *args)
+
+    monkeypatch.setattr(ops, "_blocking", counting)
+    accepted: list[str] = []
+    room = {"left": 0}
+
+    def reply(token: object, name: bytes, attributes: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        if room["left"] == 0:
+            return False
+        room["left"] -= 1
+        accepted.append(name.decode())
+        assert attributes.st_ino == InodeTable.hash_path(("backends", "s3-main", "by-cid", name.decode()))
+        assert attributes.st_mode & 0o170000 == 0o040000  # every by-cid entry is a directory
+        return True
+
+    monkeypatch.setattr(adapter_module.pyfuse3, "readdir_reply", reply)
+    fh = await ops.opendir(await walk(ops, "backends", "s3-main", "by-cid"), CTX)
+    offset = 0
+    while True:
+        room["left"] = 5
+        await ops.readdir(fh, offset, None)  # type: ignore[arg-type]
+        if len(accepted) == offset:
+            break
+        offset = len(accepted)
+    await ops.releasedir(fh)
+    assert accepted == sorted(cid_for(i) for i in range(40))
+    assert fetched == [0, 16, 32, 40]  # one hop per batch, not per request; the last finds the end
+
+
+async def test_lookup_counts_of_repeated_listings_are_honoured(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter_module.pyfuse3, "readdir_reply", lambda *args: True)
+    by_cid = await walk(ops, "backends", "s3-main", "by-cid")
+    for _ in range(3):  # the kernel holds one more lookup on every entry each time
+        fh = await ops.opendir(by_cid, CTX)
+        await ops.readdir(fh, 0, None)  # type: ignore[arg-type]
+        await ops.releasedir(fh)
+    inode = InodeTable.hash_path(("backends", "s3-main", "by-cid", cid_for(5)))
+    known = len(ops.inodes)
+    await ops.forget([(inode, 2)])
+    assert len(ops.inodes) == known and (await ops.getattr(inode, CTX)).st_mode & 0o040000
+    await ops.forget([(inode, 1)])
+    assert len(ops.inodes) == known - 1
+    await expect_errno(errno.ENOENT, ops.getattr(inode, CTX))
+
+
+async def test_warm_requests_are_answered_on_the_loop_and_commands_show_at_once(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hops: list[str] = []
+    real_blocking = ops._blocking
+
+    async def counting(function: Any, *args: Any) -> Any:
+        hops.append(getattr(function, "__name__", repr(function)))
+        return await real_blocking(function, *args)
+
+    monkeypatch.setattr(ops, "_blocking", counting)
+    directory = await walk(ops, "backends", "s3-main", "by-cid", cid_for(3))
+    status = (await ops.lookup(directory, b"status", CTX)).st_ino
+    hops.clear()
+    for name in (b"cid", b"pin.json", b"status"):  # files of a CID whose record was just read
+        await ops.lookup(directory, name, CTX)
+    await ops.getattr(status, CTX)
+    info = await ops.open(status, os.O_RDONLY, CTX)
+    assert await ops.read(info.fh, 0, 100) == b"stored\n"
+    await ops.release(info.fh)
+    assert hops == []
+    ops.tree.forget_rendered()  # what a control command does when it has run
+    await ops.getattr(status, CTX)
+    assert hops == ["resolve"]
+
+
 async def test_writes_creates_and_removals_are_erofs(ops: PinfsOperations) -> None:
     root_inode = pyfuse3.ROOT_INODE
     await expect_errno(errno.EROFS, ops.mkdir(root_inode, b"new", 0o755, CTX))

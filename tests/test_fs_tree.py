@@ -12,6 +12,7 @@ from helpers import cid_for, make_backend
 from pinfs import schema
 from pinfs.backends import get_backend
 from pinfs.errors import CorruptData, NotFound
+from pinfs.fs import tree as tree_module
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
 from pinfs.fs.tree import Node, NodeKind, PinTree, PositionalListing, StreamListing, merge_sorted_unique
 from pinfs.store import ParquetSnapshot, PinStore, StoreCache
@@ -176,6 +177,65 @@ def test_stream_listing_resumes_inside_a_batch_and_restarts_backwards() -> None:
     assert [node.name for _o, node in listing.entries(0, 1)] == ["n000"] and len(opened) == 1  # still recent
     assert [node.name for _o, node in listing.entries(49, 5)] == ["n049"]
     assert listing.entries(50, 5) == []
+
+
+def test_positional_listing_names_skip_unnameable_cids_and_end_empty() -> None:
+    cids = ["a", "m/b", "c", ".", "", "f"]
+    listing = PositionalListing(len(cids), lambda start, stop: cids[start:stop], _node, template=_node("dir"))
+    assert listing.names(0, 6) == ([1, 3, 6], ["a", "c", "f"])
+    assert listing.names(3, 2) == ([6], ["f"])  # past a run of unnameable CIDs
+    assert listing.names(6, 2) == ([], [])
+
+
+def test_by_cid_and_cids_listings_give_names_and_one_template(root: Path, tree: PinTree) -> None:
+    cids = sorted(cid_for(i) for i in range(30))
+    add_pins(root, "s3-main", cids)
+    for path in (("backends", "s3-main", "by-cid"), ("cids",)):
+        listing = tree.listing(path)
+        assert listing.template is not None and listing.template.is_dir
+        offsets, found = listing.names(0, 20)  # type: ignore[attr-defined]
+        more_offsets, more = listing.names(offsets[-1], 20)  # type: ignore[attr-defined]
+        assert found + more == cids and offsets + more_offsets == list(range(1, 31))
+    assert tree.listing(("backends", "s3-main", "by-status", "pending")).template is None  # symlink sizes vary
+
+
+def test_resolve_cached_answers_only_what_was_resolved_lately(
+    root: Path, tree: PinTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_pins(root, "s3-main", [cid_for(1)], status="stored")
+    status = ("backends", "s3-main", "by-cid", cid_for(1), "status")
+    assert tree.resolve_cached(status) is None  # never resolved: the caller must go to a thread
+    assert tree.resolve(status).content == b"stored\n"
+    assert tree.resolve_cached(status) == tree.resolve(status)
+    # the other files of the CID come from the same record, without another lookup
+    assert tree.resolve_cached((*status[:4], "cid")).content == f"{cid_for(1)}\n".encode()  # type: ignore[union-attr]
+    assert tree.resolve_cached(status[:4]).is_dir  # type: ignore[union-attr]
+    assert tree.resolve_cached((*status[:4], "nonsense")) is None
+    assert tree.resolve_cached(("backends", "s3-main", "by-cid", cid_for(2))) is None  # not pinned: never kept
+    tree.forget_rendered()  # a control command ran: nothing is fresh any more
+    assert tree.resolve_cached(status) is None and tree.resolve_cached((*status[:4], "cid")) is None
+    tree.resolve(status)
+    now = tree_module.time.monotonic()
+    monkeypatch.setattr(tree_module.time, "monotonic", lambda: now + tree_module.FRESH_SECONDS + 0.01)
+    assert tree.resolve_cached(status) is None and tree.resolve_cached((*status[:4], "cid")) is None
+
+
+def test_resolve_cached_keeps_a_bounded_number_of_nodes(
+    root: Path, tree: PinTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tree_module, "FRESH_ENTRIES", 3)
+    add_pins(root, "s3-main", [cid_for(i) for i in range(5)])
+    for i in range(5):
+        tree.resolve(("backends", "s3-main", "by-cid", cid_for(i)))
+    assert tree.resolve_cached(("backends", "s3-main", "by-cid", cid_for(4))) is not None
+    assert tree.resolve_cached(("backends", "s3-main", "by-cid", cid_for(0))) is None
+    assert len(tree._fresh_nodes) <= 3 and len(tree._fresh_records) <= 3
+
+
+def test_generated_files_are_not_kept_fresh(root: Path, tree: PinTree) -> None:
+    add_pins(root, "s3-main", [cid_for(1)])
+    tree.resolve(("backends", "s3-main", "summary.json"))
+    assert tree.resolve_cached(("backends", "s3-main", "summary.json")) is None
 
 
 def test_merge_sorted_unique() -> None:

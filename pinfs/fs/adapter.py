@@ -18,6 +18,7 @@ The inode and handle tables are only touched on the event-loop thread, so they n
 
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
 import itertools
@@ -42,8 +43,10 @@ log = logging.getLogger(__name__)
 # second, which keeps "visible within 2 s" (CONTRACT §2) with margin.
 ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
-READDIR_BATCH = 256
-_INODE_MASK = (1 << 63) - 1
+# Entries fetched per hop to a worker thread (issue #6: a hop costs ~100 us, the kernel takes a few
+# dozen entries per readdir request); what the kernel did not take is kept in the DirHandle.
+READDIR_BATCH = 4096
+_INODE_MASK = (1 << 60) - 1  # see InodeTable
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -88,68 +91,100 @@ def _errors(handler: F) -> F:
 class InodeTable:
     """Inode -> path for the nodes the kernel knows of, with their lookup counts.
 
-    The number is a 63-bit hash of the path, so a path gets the same number again after ``forget``
-    and no path -> inode table is needed (it would double the memory a 1M-entry listing costs). A hash
-    that collides with a different live path is probed further with a salt. Python's ``hash`` is
-    stable within a process, which is all an inode number must be: valid for the life of the mount.
+    The number is a hash of the path, so a path gets the same number again after ``forget`` and no
+    path -> inode table is needed. A hash that collides with a different live path is probed further
+    with a salt. Python's ``hash`` is stable within a process, which is all an inode number must be:
+    valid for the life of the mount.
+
+    Memory (issue #6): the kernel holds one entry per name a readdirplus answer gave it and forgets
+    them only under memory pressure, so a listed million-entry ``by-cid`` is a million entries here.
+    Each is one dictionary item: a number below 2**60 (a 32-byte int, where 63 bits take 40) and
+    one string, the path joined with "/" (names never hold "/"), with the count appended after a NUL
+    when it is above 1 (names never hold NUL either). A count going up replaces the string by one of
+    about the same size, so listing the directory again costs no more memory.
     """
 
     def __init__(self) -> None:
-        self._paths: dict[int, tuple[str, ...]] = {pyfuse3.ROOT_INODE: ()}
-        self._counts: dict[int, int] = {}
+        self._paths: dict[int, str] = {pyfuse3.ROOT_INODE: ""}
 
     @staticmethod
-    def hash_path(path: tuple[str, ...], salt: int = 0) -> int:
-        return hash((salt, path) if salt else path) & _INODE_MASK
+    def key_of(path: tuple[str, ...]) -> str:
+        return "/".join(path)
+
+    @staticmethod
+    def hash_key(key: str, salt: int = 0) -> int:
+        return hash((salt, key) if salt else key) & _INODE_MASK
+
+    @classmethod
+    def hash_path(cls, path: tuple[str, ...], salt: int = 0) -> int:
+        return cls.hash_key(cls.key_of(path), salt)
 
     def inode_of(self, path: tuple[str, ...]) -> int:
-        """The inode for ``path`` (not yet counted as known by the kernel)."""
-        if not path:
-            return pyfuse3.ROOT_INODE
-        for salt in itertools.count():
-            inode = self.hash_path(path, salt)
+        """The inode for ``path``; not known to the kernel until ``remember``."""
+        return self.inode_of_key(self.key_of(path)) if path else pyfuse3.ROOT_INODE
+
+    def inode_of_key(self, key: str) -> int:
+        """As ``inode_of`` for ``key_of(path)`` of a path that is not the root."""
+        inode = hash(key) & _INODE_MASK
+        known = self._paths.get(inode)
+        if known is None or known == key:  # the common cases first: unknown, or known with count 1
+            return inode if inode > pyfuse3.ROOT_INODE else self._probe(key)
+        if known.partition("\0")[0] == key:
+            return inode
+        return self._probe(key)
+
+    def _probe(self, key: str) -> int:
+        for salt in itertools.count(1):
+            inode = self.hash_key(key, salt)
             if inode <= pyfuse3.ROOT_INODE:
                 continue
             known = self._paths.get(inode)
-            if known is None:
-                self._paths[inode] = path
-                return inode
-            if known == path:
+            if known is None or known.partition("\0")[0] == key:
                 return inode
         raise AssertionError("unreachable")
 
     def path_of(self, inode: int) -> tuple[str, ...]:
+        key = self.key_of_inode(inode)
+        return tuple(key.split("/")) if key else ()
+
+    def key_of_inode(self, inode: int) -> str:
         try:
-            return self._paths[inode]
+            return self._paths[inode].partition("\0")[0]
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None  # forgotten: the kernel should not ask
 
-    def remember(self, inode: int) -> None:
-        """The kernel learned of ``inode`` once more (lookup, or an accepted readdirplus entry)."""
-        if inode != pyfuse3.ROOT_INODE:
-            self._counts[inode] = self._counts.get(inode, 0) + 1
+    def remember(self, inode: int, key: str) -> None:
+        """The kernel learned of ``inode`` (path ``key``) once more (lookup, or an accepted readdirplus
+        entry). ``inode`` comes from ``inode_of`` with no await in between."""
+        if inode == pyfuse3.ROOT_INODE:
+            return
+        known = self._paths.get(inode)
+        if known is None:
+            self._paths[inode] = key
+        else:
+            _key, _nul, count = known.partition("\0")
+            self._paths[inode] = f"{key}\0{int(count or 1) + 1}"
 
     def forget(self, inode: int, count: int) -> None:
         if inode == pyfuse3.ROOT_INODE:
             return
-        left = self._counts.get(inode, 0) - count
-        if left > 0:
-            self._counts[inode] = left
+        known = self._paths.get(inode)
+        if known is None:
             return
-        self._counts.pop(inode, None)
-        self._paths.pop(inode, None)
-
-    def drop_unreferenced(self, inode: int) -> None:
-        """Free an inode made for an answer the kernel did not take (refused readdir entry)."""
-        if inode != pyfuse3.ROOT_INODE and inode not in self._counts:
-            self._paths.pop(inode, None)
+        key, _nul, held = known.partition("\0")
+        left = int(held or 1) - count
+        if left > 1:
+            self._paths[inode] = f"{key}\0{left}"
+        elif left == 1:
+            self._paths[inode] = key
+        else:
+            del self._paths[inode]
 
     def forget_all(self) -> None:
-        self._counts.clear()
-        self._paths = {pyfuse3.ROOT_INODE: ()}
+        self._paths = {pyfuse3.ROOT_INODE: ""}
 
     def __len__(self) -> int:
-        return len(self._counts)
+        return len(self._paths) - 1  # the root is always known
 
 
 def _warm_up_arrow() -> None:
@@ -183,8 +218,14 @@ class ControlHandle:
 class DirHandle:
     path: tuple[str, ...]
     listing: Listing
-    pending: list[tuple[int, Node]] = field(default_factory=list)  # the last batch fetched
-    pending_start: int = 0  # the offset that batch was fetched from
+    prefix: str  # InodeTable.key_of(path) + "/": an entry's key is prefix + name
+    # The last batch fetched, from offset ``pending_start``: next offsets ascending, names, and the
+    # nodes (None when the listing has a template node that every entry shares but for its name).
+    offsets: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    nodes: list[Node] | None = None
+    pending_start: int = 0
+    end: int | None = None  # the offset past the last entry, once a fetch found it (the version is pinned)
 
 
 # -- the operations --
@@ -224,6 +265,14 @@ class PinfsOperations(pyfuse3.Operations):
 
     async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(function, *args, limiter=self._read_limiter)
+
+    async def _resolve(self, path: tuple[str, ...]) -> Node:
+        """The node at ``path``: from memory on the loop when the tree has it fresh, else resolved on a
+        worker thread. The hop to a thread and back is most of a warm ``stat`` or ``cat`` (issue #6)."""
+        node = self.tree.resolve_cached(path)
+        if node is None:
+            node = await self._blocking(self.tree.resolve, path)
+        return node
 
     def _attributes(self, node: Node, inode: int | None = None) -> pyfuse3.EntryAttributes:
         attributes = pyfuse3.EntryAttributes()
@@ -276,9 +325,10 @@ class PinfsOperations(pyfuse3.Operations):
             path = parent[:-1]
         else:
             path = (*parent, self._name(name))
-        node = await self._blocking(self.tree.resolve, path)
-        attributes = self._attributes(node)
-        self.inodes.remember(attributes.st_ino)
+        node = await self._resolve(path)
+        inode = self.inodes.inode_of(path)  # no await from here to remember: the table stays consistent
+        attributes = self._attributes(node, inode)
+        self.inodes.remember(inode, self.inodes.key_of(path))
         return attributes
 
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
@@ -294,7 +344,7 @@ class PinfsOperations(pyfuse3.Operations):
 
     @_errors
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> Any:
-        node = await self._blocking(self.tree.resolve, self.inodes.path_of(inode))
+        node = await self._resolve(self.inodes.path_of(inode))
         return self._attributes(node, inode)
 
     @_errors
@@ -306,7 +356,7 @@ class PinfsOperations(pyfuse3.Operations):
         fh: FileHandleT | None,
         ctx: pyfuse3.RequestContext,
     ) -> Any:
-        node = await self._blocking(self.tree.resolve, self.inodes.path_of(inode))
+        node = await self._resolve(self.inodes.path_of(inode))
         if node.kind is not NodeKind.CONTROL:
             raise ReadOnly("read-only filesystem")
         self._check_owner(ctx)
@@ -320,7 +370,7 @@ class PinfsOperations(pyfuse3.Operations):
 
     @_errors
     async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
-        node = await self._blocking(self.tree.resolve, self.inodes.path_of(inode))
+        node = await self._resolve(self.inodes.path_of(inode))
         if node.target is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
         return FileNameT(node.target.encode())
@@ -337,33 +387,61 @@ class PinfsOperations(pyfuse3.Operations):
     async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
         path = self.inodes.path_of(inode)
         listing = await self._blocking(self.tree.listing, path)
-        return self._add_handle(DirHandle(path, listing))
+        prefix = self.inodes.key_of(path) + "/" if path else ""
+        return self._add_handle(DirHandle(path, listing, prefix))
 
     @_errors
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._handle(fh)
         if not isinstance(handle, DirHandle):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        # Offsets are positions in the version pinned by opendir. Entries fetched for an earlier call
-        # that the kernel did not take are kept, so resuming there costs no disk read.
+        # Offsets are positions in the version pinned by opendir. A batch holds far more entries than
+        # one request takes; the rest is kept, so resuming inside it costs no hop to a thread.
         position = start_id
+        template = handle.listing.template
+        shared = None if template is None else self._attributes(template, pyfuse3.ROOT_INODE)
+        inodes = self.inodes
         while True:
-            if handle.pending and handle.pending_start <= position < handle.pending[-1][0]:
-                batch = [entry for entry in handle.pending if entry[0] > position]
+            offsets = handle.offsets
+            if offsets and handle.pending_start <= position < offsets[-1]:
+                first = bisect.bisect_right(offsets, position)
+            elif handle.end is not None and position >= handle.end:
+                return  # the end of this version, already known: no hop to a thread
             else:
-                batch = await self._blocking(handle.listing.entries, position, READDIR_BATCH)
-                handle.pending_start, handle.pending = position, batch
-            if not batch:
-                return  # the end of this version
-            for next_offset, node in batch:
-                inode = self.inodes.inode_of(node.path)
-                name = FileNameT(node.name.encode())
-                if not pyfuse3.readdir_reply(token, name, self._attributes(node, inode), next_offset):
-                    self.inodes.drop_unreferenced(inode)
+                await self._fetch_entries(handle, position)
+                offsets, first = handle.offsets, 0
+                if not offsets:
+                    handle.end = position
+                    return  # the end of this version
+            names, nodes, prefix = handle.names, handle.nodes, handle.prefix
+            for index in range(first, len(offsets)):
+                key = prefix + names[index]
+                inode = inodes.inode_of_key(key)
+                if shared is not None:
+                    attributes = shared  # readdir_reply copies it: one object serves every entry
+                    attributes.st_ino = InodeT(inode)
+                else:
+                    assert nodes is not None
+                    attributes = self._attributes(nodes[index], inode)
+                next_offset = offsets[index]
+                if not pyfuse3.readdir_reply(token, FileNameT(names[index].encode()), attributes, next_offset):
                     return
-                self.inodes.remember(inode)  # readdirplus: the kernel now holds a lookup on it
+                inodes.remember(inode, key)  # readdirplus: the kernel now holds a lookup on it
                 position = next_offset
             await trio.lowlevel.checkpoint()
+
+    async def _fetch_entries(self, handle: DirHandle, position: int) -> None:
+        """Fetch the batch of entries after ``position`` into ``handle`` (on a worker thread)."""
+        listing = handle.listing
+        if listing.template is not None:
+            offsets, names = await self._blocking(listing.names, position, READDIR_BATCH)  # type: ignore[attr-defined]
+            nodes = None
+        else:
+            entries = await self._blocking(listing.entries, position, READDIR_BATCH)
+            offsets = [offset for offset, _node in entries]
+            nodes = [node for _offset, node in entries]
+            names = [node.name for node in nodes]
+        handle.pending_start, handle.offsets, handle.names, handle.nodes = position, offsets, names, nodes
 
     @_errors
     async def releasedir(self, fh: FileHandleT) -> None:
@@ -373,7 +451,7 @@ class PinfsOperations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = await self._blocking(self.tree.resolve, self.inodes.path_of(inode))
+        node = await self._resolve(self.inodes.path_of(inode))
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         writing = bool(flags & _WRITE_FLAGS) or bool(flags & os.O_TRUNC)
@@ -389,7 +467,9 @@ class PinfsOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
         if writing:
             raise ReadOnly("read-only filesystem")
-        content = await self._blocking(self.tree.open_content, node)
+        content = self.tree.content_in_memory(node)
+        if content is None:
+            content = await self._blocking(self.tree.open_content, node)
         # Generated files may change between stat and open: direct_io so reads are never cut at st_size.
         direct = node.kind is NodeKind.GENERATED
         return pyfuse3.FileInfo(fh=self._add_handle(FileHandle(node, content)), direct_io=direct)

@@ -13,9 +13,11 @@ per access, so a parquet rewritten by another process is seen on the next lookup
 errors from ``pinfs.errors`` (plus ``NotADirectory`` below); the adapter maps them to errno.
 
 Threading: every method that touches disk (``resolve``, ``lookup``, ``listing``, ``open_content``,
-``Listing.entries``, ``Content.read``) blocks and is meant to run on a worker thread. The tree holds
-no mutable state of its own beyond the thread-safe ``StoreCache``; a ``Listing`` guards its cursor
-with a lock.
+``Listing.entries``/``names``, ``Content.read``) blocks and is meant to run on a worker thread.
+``resolve_cached``, ``content_in_memory`` and ``forget_rendered`` never touch disk and may be called
+on the event loop. The tree's own mutable state (rendered files, fresh nodes and records) is guarded
+by locks held only for dictionary operations, and the ``StoreCache`` is thread-safe; a ``Listing``
+guards its cursor with a lock.
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ CAR_JSON = "pin_mappings.car.json"
 REPORT_FILES = ("health.json", "status.json", "insights.json")
 # How long a generated file's bytes are reused: short, so outside changes show within 2 s (CONTRACT §2).
 RENDER_SECONDS = 1.0
+# How long a node resolved on a worker thread may answer again from memory, on the event loop (the
+# adapter's fast path, issue #6). With the kernel's own 1 s entry/attr timeouts, an outside change
+# shows within 1.5 s (CONTRACT §2: 2 s); a control command drops them at once (``forget_rendered``).
+FRESH_SECONDS = 0.5
+FRESH_ENTRIES = 4096  # nodes, and as many records; the oldest goes first
 RECORD_VALUE_FILES = ("cid", "status", "car_file_path", "backend_name", "created_at")
 RECORD_FILES = (*RECORD_VALUE_FILES, "metadata.json", "pin.json")
 
@@ -168,13 +175,21 @@ class RealFileContent:
 
 class Listing(Protocol):
     """One pinned version of a directory. ``entries(start, limit)`` returns ``(next_offset, node)``
-    pairs: ``start`` is 0 or a ``next_offset`` returned earlier, always a position in this version."""
+    pairs: ``start`` is 0 or a ``next_offset`` returned earlier, always a position in this version.
+
+    A listing whose entries all share one node but for the name (``template`` not None) also has
+    ``names(start, limit) -> (next_offsets, names)``: a million-entry ``by-cid`` is then listed without
+    a node object per entry (issue #6)."""
+
+    template: Node | None
 
     def entries(self, start: int, limit: int) -> list[tuple[int, Node]]: ...
 
 
 class StaticListing:
     """A small directory, listed once in sorted order."""
+
+    template: Node | None = None
 
     def __init__(self, nodes: list[Node]) -> None:
         self.nodes = sorted(nodes, key=lambda node: node.name)
@@ -192,23 +207,47 @@ def _nameable(cid: str) -> bool:
     return "/" not in cid and cid not in ("", ".", "..")
 
 
-class PositionalListing:
-    """A sorted column of CIDs with random access by position (``by-cid``, ``by-status/<s>``)."""
+def _nameable_batch(first: int, cids: list[str]) -> tuple[list[int], list[str]]:
+    """``(next_offsets, names)`` of the nameable ``cids``, the first at position ``first``. The common
+    case (all nameable) is checked with a few C-level scans instead of a test per CID."""
+    if "/" not in "".join(cids) and "" not in cids and "." not in cids and ".." not in cids:
+        return list(range(first + 1, first + 1 + len(cids))), cids
+    kept = [(position, cid) for position, cid in enumerate(cids, first + 1) if _nameable(cid)]
+    return [position for position, _cid in kept], [cid for _position, cid in kept]
 
-    def __init__(self, count: int, fetch: Callable[[int, int], list[str]], make_node: Callable[[str], Node]) -> None:
+
+class PositionalListing:
+    """A sorted column of CIDs with random access by position (``by-cid``, ``by-status/<s>``).
+
+    ``template``, when given, is the node every entry is but for its name (``by-cid``: all directories
+    with the snapshot's mtime), so the adapter can list names without a node per entry (issue #6).
+    """
+
+    def __init__(
+        self,
+        count: int,
+        fetch: Callable[[int, int], list[str]],
+        make_node: Callable[[str], Node],
+        template: Node | None = None,
+    ) -> None:
         self.count = count
         self._fetch = fetch
         self._make_node = make_node
+        self.template = template
 
-    def entries(self, start: int, limit: int) -> list[tuple[int, Node]]:
+    def names(self, start: int, limit: int) -> tuple[list[int], list[str]]:
+        """``(next_offsets, names)`` of up to ``limit`` entries from ``start``; empty only at the end."""
         while start < self.count:  # empty only at the end, even past a run of unnameable CIDs
             stop = min(start + limit, self.count)
-            cids = self._fetch(start, stop)
-            found = [(position + 1, self._make_node(cid)) for position, cid in enumerate(cids, start) if _nameable(cid)]
-            if found:
+            found = _nameable_batch(start, self._fetch(start, stop))
+            if found[0]:
                 return found
             start = stop
-        return []
+        return [], []
+
+    def entries(self, start: int, limit: int) -> list[tuple[int, Node]]:
+        offsets, names = self.names(start, limit)
+        return [(offset, self._make_node(name)) for offset, name in zip(offsets, names, strict=True)]
 
 
 class StreamListing:
@@ -221,24 +260,35 @@ class StreamListing:
 
     RECENT = 4096
 
-    def __init__(self, open_stream: Callable[[], Iterator[str]], make_node: Callable[[str], Node]) -> None:
+    def __init__(
+        self,
+        open_stream: Callable[[], Iterator[str]],
+        make_node: Callable[[str], Node],
+        template: Node | None = None,
+    ) -> None:
         self._open_stream = open_stream
         self._make_node = make_node
+        self.template = template  # as for PositionalListing
         self._stream: Iterator[str] = open_stream()
         self._position = 0  # position of the next item the stream yields
         self._recent: deque[tuple[int, str]] = deque(maxlen=self.RECENT)
         self._lock = threading.Lock()
 
-    def entries(self, start: int, limit: int) -> list[tuple[int, Node]]:
+    def names(self, start: int, limit: int) -> tuple[list[int], list[str]]:
+        """As ``PositionalListing.names``."""
         with self._lock:
             while True:  # empty only at the end, even past a run of unnameable CIDs
                 items = self._take(start, limit)
                 if not items:
-                    return []
-                found = [(position + 1, self._make_node(cid)) for position, cid in items if _nameable(cid)]
-                if found:
-                    return found
+                    return [], []
+                kept = [(position + 1, cid) for position, cid in items if _nameable(cid)]
+                if kept:
+                    return [offset for offset, _cid in kept], [cid for _offset, cid in kept]
                 start = items[-1][0] + 1
+
+    def entries(self, start: int, limit: int) -> list[tuple[int, Node]]:
+        offsets, names = self.names(start, limit)
+        return [(offset, self._make_node(name)) for offset, name in zip(offsets, names, strict=True)]
 
     def _take(self, start: int, limit: int) -> list[tuple[int, str]]:
         items: list[tuple[int, str]] = []
@@ -345,6 +395,16 @@ class PinTree:
         self._reports = reports  # a module with health/status/insights/backend_summary (tests swap it)
         self._rendered: cachetools.TTLCache = cachetools.TTLCache(maxsize=1024, ttl=RENDER_SECONDS)
         self._rendered_lock = threading.Lock()
+        # Nodes and records resolved lately (by path; by (backend, CID)), each with the monotonic time it
+        # stops being fresh. Written on worker threads, read on the event loop: guarded by a lock held
+        # only for dictionary operations.
+        self._fresh_nodes: dict[Path_, tuple[float, Node]] = {}
+        self._fresh_records: dict[tuple[str, str], tuple[float, Mapping[str, Any], int]] = {}
+        self._fresh_lock = threading.Lock()
+        # Bumped by ``forget_rendered``: a resolve that started before a control command finished must
+        # not keep what it read as fresh after it (``_local.generation`` is the one it started in).
+        self._generation = 0
+        self._local = threading.local()
 
     # -- resolving paths --
 
@@ -354,9 +414,51 @@ class PinTree:
         Not recursive: every rule in ``_child`` checks the exact shape of its parent path and whatever
         its existence depends on (the backend, the record), so ancestors need not be resolved again.
         """
-        if not path:
-            return self._dir(())
-        return self._child(self._dir(path[:-1]), path[-1])
+        self._local.generation = self._generation
+        node = self._child(self._dir(path[:-1]), path[-1]) if path else self._dir(())
+        if node.kind is not NodeKind.GENERATED:  # generated files have their own render cache
+            self._keep_fresh(self._fresh_nodes, path, node)
+        return node
+
+    def resolve_cached(self, path: Path_) -> Node | None:
+        """The node at ``path`` when what it depends on was resolved less than ``FRESH_SECONDS`` ago,
+        else None. Never touches disk and never raises: it may run on the event loop (issue #6). A
+        per-CID file or directory is made from a fresh record, so ``stat`` of every file of a CID costs
+        one indexed lookup on a worker thread, not one each."""
+        now = time.monotonic()
+        record_key = None
+        if len(path) in (4, 5) and path[0] == BACKENDS_DIR and path[2] == BY_CID:
+            record_key = (path[1], path[3])
+        with self._fresh_lock:
+            found = self._fresh_nodes.get(path)
+            if found is not None and found[0] > now:
+                return found[1]
+            record = self._fresh_records.get(record_key) if record_key is not None else None
+        if record is None or record[0] <= now:
+            return None
+        _expires, fields, mtime_ns = record
+        if len(path) == 4:
+            return Node(path, NodeKind.DIRECTORY, mtime_ns=mtime_ns)
+        if path[4] not in RECORD_FILES:
+            return None
+        try:
+            data = record_file_bytes(fields, path[4])
+        except Exception:  # never on the loop: the worker thread will say what is wrong
+            return None
+        return Node(path, NodeKind.FILE, size=len(data), mtime_ns=mtime_ns, content=data)
+
+    def _keep_fresh(self, fresh: dict, key: Any, *value: Any) -> None:
+        expires = time.monotonic() + FRESH_SECONDS
+        with self._fresh_lock:
+            if getattr(self._local, "generation", None) != self._generation:
+                return  # read before a control command changed the data
+            fresh.pop(key, None)  # re-inserted at the end: the oldest is first
+            if len(fresh) >= FRESH_ENTRIES:
+                del fresh[next(iter(fresh))]
+            fresh[key] = (expires, *value)
+
+    def _keep_record(self, backend: str, cid: str, record: Mapping[str, Any], snapshot: PinSnapshot) -> None:
+        self._keep_fresh(self._fresh_records, (backend, cid), record, self._mtime(snapshot))
 
     def lookup(self, parent: Path_, name: str) -> Node:
         """The entry ``name`` of the directory at ``parent``."""
@@ -399,14 +501,17 @@ class PinTree:
             return self._control(path, backend.name, name)
         if rest == (BY_CID,):
             snapshot = self._snapshot(backend)
-            if self._record(snapshot, name) is None:
+            record = self._record(snapshot, name)
+            if record is None:
                 raise NotFound(f"{name!r} is not pinned on {backend.name}")
+            self._keep_record(backend.name, name, record, snapshot)
             return self._dir(path, snapshot)
         if len(rest) == 2 and rest[0] == BY_CID and name in RECORD_FILES:
             snapshot = self._snapshot(backend)
             record = self._record(snapshot, rest[1])
             if record is None:
                 raise NotFound(f"{rest[1]!r} is not pinned on {backend.name}")
+            self._keep_record(backend.name, rest[1], record, snapshot)
             return self._bytes_node(path, record_file_bytes(record, name), snapshot)
         if rest == (BY_STATUS,) and name in STATUSES:
             return self._dir(path)
@@ -482,7 +587,12 @@ class PinTree:
             return StaticListing([self._dir((*path, status)) for status in STATUSES])
         snapshot = self._snapshot(backend)
         if rest == (BY_CID,):
-            return PositionalListing(snapshot.count, snapshot.cids_range, lambda cid: self._dir((*path, cid), snapshot))
+            return PositionalListing(
+                snapshot.count,
+                snapshot.cids_range,
+                lambda cid: self._dir((*path, cid), snapshot),
+                template=self._dir(path, snapshot),
+            )
         if len(rest) == 2 and rest[0] == BY_CID:
             record = self._record(snapshot, rest[1])
             if record is None:
@@ -504,6 +614,7 @@ class PinTree:
         return StreamListing(
             lambda: merge_sorted_unique([snapshot.iter_cids() for snapshot in snapshots]),
             lambda cid: self._dir((CIDS_DIR, cid)),
+            template=self._dir((CIDS_DIR,)),
         )
 
     # -- opening files --
@@ -534,9 +645,22 @@ class PinTree:
         return data
 
     def forget_rendered(self) -> None:
-        """Drop cached generated files (after a control command, whose effect must show at once)."""
+        """Drop cached generated files and fresh nodes and records (after a control command, whose
+        effect must show at once)."""
         with self._rendered_lock:
             self._rendered.clear()
+        with self._fresh_lock:
+            self._generation += 1
+            self._fresh_nodes.clear()
+            self._fresh_records.clear()
+
+    def content_in_memory(self, node: Node) -> Content | None:
+        """``open_content`` when it needs no disk (bytes held by the node), else None; for the loop."""
+        if node.kind is NodeKind.FILE and node.real_path is None:
+            return BytesContent(node.content or b"")
+        if node.kind is NodeKind.GENERATED and node.content is not None:
+            return BytesContent(node.content)
+        return None
 
     def render(self, path: Path_) -> bytes:
         """Make a generated file: reports, a backend's summary, the CAR as legacy JSON."""
