@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from helpers import cid_for, make_backend
 from pinfs import schema
 from pinfs.backends import get_backend
 from pinfs.fs import adapter as adapter_module
+from pinfs.fs import control as control_module
 from pinfs.fs.adapter import InodeTable, PinfsOperations
 from pinfs.fs.control import ControlRegistry
 from pinfs.fs.tree import PinTree
@@ -214,13 +215,19 @@ async def test_only_the_owner_may_open_a_control_file_for_writing(ops: PinfsOper
     await expect_errno(errno.EACCES, ops.open(inode, os.O_WRONLY, stranger))
 
 
+def replace_sync(monkeypatch: pytest.MonkeyPatch, function: Any) -> None:
+    """Make the sync control file call ``function`` instead of the real sync."""
+    command = control_module.COMMANDS["sync"]
+    monkeypatch.setitem(control_module.COMMANDS, "sync", replace(command, function=function))
+
+
 async def test_failed_command_fails_the_flush_with_eio_and_says_why(
     ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def failing(root: Path, options: sync_module.SyncOptions, progress: object = None) -> dict[str, Any]:
         return {"ok": False, "error": "remote unreachable"}
 
-    monkeypatch.setattr(sync_module, "sync", failing)
+    replace_sync(monkeypatch, failing)
     inode = await walk(ops, ".control", "sync")
     info = await ops.open(inode, os.O_WRONLY | os.O_TRUNC, CTX)
     assert await ops.write(info.fh, 0, b"dry-run\n") == 8
@@ -242,7 +249,7 @@ async def test_running_command_makes_a_second_writer_busy_and_the_rest_answers(
         release.wait(10)
         return {"ok": True}
 
-    monkeypatch.setattr(sync_module, "sync", slow)
+    replace_sync(monkeypatch, slow)
     inode = await walk(ops, "backends", "s3-main", ".control", "sync")
     info = await ops.open(inode, os.O_WRONLY | os.O_TRUNC, CTX)
     await ops.write(info.fh, 0, b"\n")

@@ -262,10 +262,11 @@ def test_corrupt_parquet_is_reported_and_other_backends_work(root: Path, tree: P
     assert names(tree, "backends") == ["bad", "good"]
 
 
-def test_reports_answer_json_even_when_not_available(tree: PinTree) -> None:
+def test_reports_are_json_objects_naming_every_backend(tree: PinTree, root: Path) -> None:
+    make_backend(root, "solo", pins_json=[cid_for("solo")])
     for name in ("health.json", "status.json", "insights.json"):
         document = json.loads(tree.render((name,)))
-        assert isinstance(document, dict)
+        assert isinstance(document, dict) and "solo" in json.dumps(document)
 
 
 def _node(name: str) -> Node:

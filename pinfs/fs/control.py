@@ -16,7 +16,6 @@ guarded by a lock because the run finishes on a worker thread.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -28,6 +27,11 @@ from typing import Any
 
 from pinfs.backends import get_backend, validate_backend_name
 from pinfs.errors import Busy, InvalidInput, NotFound, PinfsError
+from pinfs.ops.carops import RegenerateOptions, regenerate_car
+from pinfs.ops.migrate import MigrateOptions, migrate
+from pinfs.ops.pins import add_pins, parse_pin_lines, parse_unpin_lines, remove_pins
+from pinfs.ops.sync import SyncOptions, sync
+from pinfs.ops.verify import VerifyOptions, verify
 from pinfs.schema import now_iso
 
 log = logging.getLogger(__name__)
@@ -72,18 +76,6 @@ def decode_input(data: bytes, multiline: bool) -> str:
     return text
 
 
-def _operation(module_name: str, name: str) -> Any:
-    """An attribute of an operations module, looked up when needed. Raises NotImplementedError when
-    the module is missing (an operation not written yet): the run then fails and says so."""
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        raise NotImplementedError(f"{module_name} is not available in this version of pinfs") from None
-    return getattr(module, name)
-
-
 def _check_backend(root: Path, name: str) -> str:
     validate_backend_name(name)
     try:
@@ -112,9 +104,8 @@ class WordsCommand:
     valued words (``older-than=<days>``), turned into ``options_class`` and passed to ``function``."""
 
     name: str
-    module: str
-    options_class: str
-    function: str
+    options_class: Callable[..., Any]
+    function: Callable[[Path, Any], dict[str, Any]]
     flags: dict[str, str] = field(default_factory=dict)  # word -> options field
     values: dict[str, tuple[str, Callable[[str], Any]]] = field(default_factory=dict)  # key -> (field, parser)
     multiline = False
@@ -142,11 +133,8 @@ class WordsCommand:
                 raise InvalidInput(f"unknown word {word[:60]!r} for {self.name}; see README")
         args = {"backends": backends, **fields}
 
-        def run() -> dict[str, Any]:
-            options = _operation(self.module, self.options_class)(**args)
-            return _operation(self.module, self.function)(root, options)
-
-        return Prepared(self.name, args, run)
+        options = self.options_class(**args)
+        return Prepared(self.name, args, lambda: self.function(root, options))
 
 
 @dataclass(frozen=True)
@@ -154,42 +142,25 @@ class LinesCommand:
     """``pin``/``unpin``: one item per line, parsed by the operation's own line parser, one batch."""
 
     name: str
-    parser: str
-    function: str
-    module: str = "pinfs.ops.pins"
+    parse_lines: Callable[[str], list[Any]]
+    function: Callable[[Path, str, list[Any]], dict[str, Any]]
     multiline = True
 
     def parse(self, root: Path, backend: str | None, data: bytes) -> Prepared:
         if backend is None:
             raise InvalidInput(f"{self.name} acts on one backend: use backends/<name>/.control/{self.name}")
-        text = decode_input(data, multiline=True)
-        try:
-            parse_lines = _operation(self.module, self.parser)
-        except NotImplementedError as exc:
-            missing = exc
-
-            def unavailable() -> dict[str, Any]:
-                raise missing
-
-            return Prepared(self.name, {"backend": backend}, unavailable)
-        items = parse_lines(text)
+        items = self.parse_lines(decode_input(data, multiline=True))
         if not items:
             raise InvalidInput(f"{self.name}: no lines given")
         return Prepared(
-            self.name,
-            {"backend": backend, "lines": len(items)},
-            lambda: _operation(self.module, self.function)(root, backend, items),
+            self.name, {"backend": backend, "lines": len(items)}, lambda: self.function(root, backend, items)
         )
 
     def check_lines(self, data: bytes) -> None:
         """Validate complete lines as they arrive, so a bad one fails the write that brought it."""
         text = decode_input(data, multiline=True)
         if text.strip():
-            try:
-                parse_lines = _operation(self.module, self.parser)
-            except NotImplementedError:
-                return  # checked again, and reported, when the command runs
-            parse_lines(text)
+            self.parse_lines(text)
 
 
 Command = WordsCommand | LinesCommand
@@ -199,9 +170,8 @@ COMMANDS: dict[str, Command] = {
     for command in (
         WordsCommand(
             "migrate",
-            "pinfs.ops.migrate",
-            "MigrateOptions",
-            "migrate",
+            MigrateOptions,
+            migrate,
             flags={
                 "dry-run": "dry_run",
                 "verbose": "verbose",
@@ -211,17 +181,16 @@ COMMANDS: dict[str, Command] = {
                 "verify-only": "verify_only",
             },
         ),
-        WordsCommand("regenerate-car", "pinfs.ops.carops", "RegenerateOptions", "regenerate_car"),
-        WordsCommand("sync", "pinfs.ops.sync", "SyncOptions", "sync", flags={"dry-run": "dry_run"}),
+        WordsCommand("regenerate-car", RegenerateOptions, regenerate_car),
+        WordsCommand("sync", SyncOptions, sync, flags={"dry-run": "dry_run"}),
         WordsCommand(
             "verify",
-            "pinfs.ops.verify",
-            "VerifyOptions",
-            "verify",
+            VerifyOptions,
+            verify,
             values={"older-than": ("older_than_days", _parse_days)},
         ),
-        LinesCommand("pin", "parse_pin_lines", "add_pins"),
-        LinesCommand("unpin", "parse_unpin_lines", "remove_pins"),
+        LinesCommand("pin", parse_pin_lines, add_pins),
+        LinesCommand("unpin", parse_unpin_lines, remove_pins),
     )
 }
 ROOT_COMMANDS: tuple[str, ...] = ("migrate", "regenerate-car", "sync", "verify")

@@ -43,6 +43,7 @@ from pinfs.backends import NAME_PATTERN, Backend, discover_backends, get_backend
 from pinfs.cids import is_valid_cid
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
+from pinfs.ops import reports
 from pinfs.schema import STATUSES, load_metadata
 from pinfs.store import PinSnapshot, PinStore, StoreCache
 
@@ -388,11 +389,10 @@ cannot be file names and are left out of listings.
 class PinTree:
     """The mount's tree over one data root. Blocking; see the module docstring for threading."""
 
-    def __init__(self, root: Path, cache: StoreCache, reports: Any = None) -> None:
+    def __init__(self, root: Path, cache: StoreCache) -> None:
         self.root = Path(root)
         self.cache = cache
         self.started_ns = time.time_ns()
-        self._reports = reports  # a module with health/status/insights/backend_summary (tests swap it)
         self._rendered: cachetools.TTLCache = cachetools.TTLCache(maxsize=1024, ttl=RENDER_SECONDS)
         self._rendered_lock = threading.Lock()
         # Nodes and records resolved lately (by path; by (backend, CID)), each with the monotonic time it
@@ -673,12 +673,9 @@ class PinTree:
         raise NotFound(f"/{'/'.join(path)} is not a generated file")
 
     def _report(self, name: str) -> dict[str, Any]:
-        reports = self._reports_module()
         function = {"health.json": reports.health, "status.json": reports.status, "insights.json": reports.insights}
         try:
             return function[name](self.root)
-        except NotImplementedError:
-            return {"ok": False, "error": f"{name} is not available yet in this version of pinfs"}
         except PinfsError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:  # a report must not take the mount down; the file says what went wrong
@@ -686,37 +683,9 @@ class PinTree:
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
     def summary(self, name: str) -> dict[str, Any]:
-        """summary.json: from ``reports.backend_summary``, or built here while that is not written."""
-        backend = self._backend(name)
-        try:
-            return self._reports_module().backend_summary(self.root, name)
-        except NotImplementedError:
-            pass
-        except PinfsError as exc:
-            log.info("reports.backend_summary(%s) failed (%s); building the summary here", name, exc)
-        except Exception:
-            log.exception("reports.backend_summary(%s) failed; building the summary here", name)
-        return self._fallback_summary(backend)
-
-    def _fallback_summary(self, backend: Backend) -> dict[str, Any]:
-        summary: dict[str, Any] = {
-            "backend": backend.name,
-            "type": backend.type,
-            "count": 0,
-            "by_status": dict.fromkeys(STATUSES, 0),
-            "source": "empty",
-        }
-        errors = [backend.config_error] if backend.config_error else []
-        try:
-            snapshot = PinStore(backend, self.cache).snapshot()
-            summary.update(count=snapshot.count, by_status=snapshot.count_by_status(), source=snapshot.source)
-        except (PinfsError, OSError) as exc:
-            summary["source"] = "error"
-            errors.append(str(exc))
-        summary["ok"] = not errors
-        if errors:
-            summary["error"] = "; ".join(errors)
-        return summary
+        """summary.json (``reports.backend_summary``; a bad backend's summary carries its error)."""
+        self._backend(name)  # NotFound for a name that is not a backend
+        return reports.backend_summary(self.root, name)
 
     def _car_json(self, backend: Backend) -> bytes:
         from pinfs.car import read_pin_mappings_car, to_legacy_json
@@ -726,13 +695,6 @@ class PinTree:
         except FileNotFoundError:
             raise NotFound(f"{backend.car_path} does not exist") from None
         return _pretty(to_legacy_json(car))
-
-    def _reports_module(self) -> Any:
-        if self._reports is None:
-            from pinfs.ops import reports
-
-            self._reports = reports
-        return self._reports
 
     # -- backends, snapshots and records --
 
