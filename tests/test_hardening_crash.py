@@ -474,8 +474,8 @@ print(json.dumps({"reads": reads, "errors": errors[:5], "error_count": len(error
 
 def test_four_writers_and_a_reader_lose_nothing_and_see_nothing_torn(root: Path, tmp_path: Path) -> None:
     """Two CLI writers (``pinfs pin add/rm``) and two ops writers in subprocesses share a backend while
-    another process reads its parquet and CAR in a loop. (A fifth writer through the mount's
-    ``pin``/``unpin`` control files belongs with the mount tests: tests/test_mount.py.)"""
+    another process reads its parquet and CAR in a loop. (Writers through the mount's control files:
+    tests/test_mount_concurrency.py.)"""
     make_backend(root, "shared")
     add_pins(root, "shared", [PinRequest(cid_for("before"), "stored")])
     stop = tmp_path / "stop"
