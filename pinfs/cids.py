@@ -26,7 +26,10 @@ def cid_problem(text: object) -> str | None:
         return "empty CID"
     if len(text) > MAX_CID_LENGTH:
         return f"CID longer than {MAX_CID_LENGTH} characters"
-    if text != text.strip() or any(ch.isspace() or ord(ch) < 32 for ch in text):
+    # Fast path: every multibase but base64 is ASCII letters and digits (C-speed checks).
+    if not (text.isascii() and text.isalnum()) and (
+        text != text.strip() or any(ch.isspace() or ord(ch) < 32 for ch in text)
+    ):
         return "CID contains whitespace or control characters"
     try:
         decoded = libipld.decode_cid(text)

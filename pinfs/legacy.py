@@ -116,7 +116,7 @@ def read_legacy_pins(path: Path, backend_name: str, backend_type: str) -> Legacy
     path = Path(path)
     text, mtime = _read_text(path)
     result = LegacyPins(source=path)
-    if not text.strip(_JSON_WHITESPACE):
+    if text[:1] in ("", *_JSON_WHITESPACE) and not text.strip(_JSON_WHITESPACE):  # no copy of big files
         return result
     value = _parse_document(path, text)
     default_created_at = datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="microseconds")
@@ -226,7 +226,12 @@ def _loads(text: str) -> Any:
 
     Raises ValueError for text that is not JSON and RecursionError for absurd nesting.
     """
-    return json.loads(text, parse_constant=str, parse_float=_parse_float, parse_int=_parse_int)
+    try:
+        # Integers parsed by json itself (a Python call per integer costs seconds in a 1M-pin file);
+        # only one too long for int() makes this fail, and then the hooked parse below keeps it as text.
+        return json.loads(text, parse_constant=str, parse_float=_parse_float)
+    except ValueError:
+        return json.loads(text, parse_constant=str, parse_float=_parse_float, parse_int=_parse_int)
 
 
 def _parse_float(text: str) -> float | str:
@@ -242,17 +247,25 @@ def _parse_int(text: str) -> int | str:
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether containers nest more than ``limit`` levels, walked with an explicit stack."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
+    """Whether containers nest more than ``limit`` levels, walked level by level without recursion.
+
+    Values come from ``json`` (exactly ``dict``/``list``), so ``type() in`` is enough and cheap.
+    """
+    level = [value] if type(value) in _CONTAINER_TYPES else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        below: list[Any] = []
+        for item in level:
+            children = item.values() if type(item) is dict else item
+            below += [child for child in children if type(child) in _CONTAINER_TYPES]
+        level = below
     return False
+
+
+_CONTAINER_TYPES = (dict, list)
 
 
 # -- turning entries into records --
@@ -322,7 +335,7 @@ class _Reader:
         self.result.records.append(record)
 
     def build(self, cid: str, fields: dict[str, Any]) -> dict[str, str]:
-        rest = dict(fields)
+        rest = fields  # always a fresh dict made for this entry (_split_list_entry, _map_value_fields)
         status, legacy_status = _take_status(rest)
         created_at = _take_timestamp(rest) or self.default_created_at
         car_file_path = _take_car_path(rest)
@@ -363,11 +376,12 @@ def _split_list_entry(item: Any) -> tuple[object, dict[str, Any]]:
         return item, {}
     if not isinstance(item, dict):
         raise _EntryProblem(f"entry is {_json_type(item)}, expected a CID string or an object")
-    key = next((k for k in CID_KEYS if item.get(k) is not None), None)
+    key = "cid" if item.get("cid") is not None else next((k for k in CID_KEYS if item.get(k) is not None), None)
     if key is None:
         raise _EntryProblem("object has no 'cid' or 'hash' field")
-    rest = {k: v for k, v in item.items() if k != key}
-    return _cid_field_value(key, item[key]), rest
+    rest = dict(item)
+    value = rest.pop(key)
+    return (value if type(value) is str else _cid_field_value(key, value)), rest
 
 
 def _map_value_fields(key: str, value: Any) -> dict[str, Any]:
@@ -438,6 +452,8 @@ def _merge_metadata(fields: dict[str, Any]) -> dict[str, Any]:
     nested = _as_object(fields["metadata"])
     if nested is None:
         return fields
+    if len(fields) == 1:  # only "metadata": a copy (the entry's own object may still be shown as rejected)
+        return dict(nested)
     rest = {k: v for k, v in fields.items() if k != "metadata"}
     if nested.keys() & rest.keys():
         return fields
@@ -460,7 +476,11 @@ def _as_object(value: Any) -> dict[str, Any] | None:
 
 
 def _require_utf8(record: Mapping[str, str]) -> None:
+    if all(map(str.isascii, record.values())):  # O(1) per ASCII string, which cannot hold a surrogate
+        return
     for column, text in record.items():
+        if text.isascii():  # O(1) for ASCII text, which cannot hold a surrogate
+            continue
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:

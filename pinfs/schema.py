@@ -7,6 +7,7 @@ Plain data and pure functions; no I/O. A record is a ``dict[str, str]`` holding 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -64,10 +65,20 @@ def utc_stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
+# Text already in the form normalize_timestamp returns; it only needs its ranges checked.
+_CANONICAL_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00", re.ASCII)
+
+
 def normalize_timestamp(value: object) -> str | None:
     """Turn a legacy timestamp (ISO text, or seconds since the epoch) into ISO-8601 UTC, or None."""
     if value is None or isinstance(value, bool):
         return None
+    if type(value) is str and _CANONICAL_TIMESTAMP.fullmatch(value):
+        try:
+            datetime.fromisoformat(value)  # month 13 and the like still fail
+        except ValueError:
+            return None
+        return value
     try:
         if isinstance(value, (int, float)):
             seconds = float(value) / 1000 if value > 1e11 else float(value)  # milliseconds in some files
@@ -88,6 +99,8 @@ def map_legacy_status(value: object) -> tuple[str, str | None]:
     value was not one we know, so the caller keeps it in ``metadata.legacy_status``."""
     if value is None:
         return PENDING, None
+    if type(value) is str and value in _LEGACY_STATUS_MAP:  # the usual spellings, as written
+        return _LEGACY_STATUS_MAP[value], None
     text = str(value).strip().lower()
     if text in _LEGACY_STATUS_MAP:
         return _LEGACY_STATUS_MAP[text], None
@@ -99,9 +112,31 @@ def car_path_for(backend_type: str, backend_name: str, cid: str) -> str:
     return template.format(cid=cid, backend_name=backend_name)
 
 
+_METADATA_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# The C encoder behind _METADATA_ENCODER, made once instead of per call (json.dumps builds both every
+# time). No circular-reference markers: nothing is shared between threads, and a cycle (which JSON-
+# parsed metadata cannot hold) ends in RecursionError, which falls back to json.dumps' own message.
+_C_METADATA_ENCODER = (
+    json.encoder.c_make_encoder(
+        None, _METADATA_ENCODER.default, json.encoder.encode_basestring, None, ":", ",", True, False, True
+    )
+    if json.encoder.c_make_encoder is not None
+    else None
+)
+
+
 def dump_metadata(metadata: Mapping[str, Any] | None) -> str:
     """Metadata as the compact JSON object string stored in the ``metadata`` column."""
-    return json.dumps(dict(metadata or {}), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if not metadata:
+        return "{}"
+    if type(metadata) is not dict:
+        metadata = dict(metadata)
+    if _C_METADATA_ENCODER is not None:
+        try:
+            return "".join(_C_METADATA_ENCODER(metadata, 0))
+        except RecursionError:
+            pass
+    return json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def load_metadata(text: str | None) -> dict[str, Any]:

@@ -7,6 +7,9 @@ backend's lock call ``write_car_locked``; ``regenerate_car`` takes the lock itse
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +17,12 @@ from typing import Any
 import pyarrow as pa
 
 from pinfs.backends import Backend
-from pinfs.car import read_pin_mappings_car, write_pin_mappings_car
+from pinfs.car import read_pin_mappings_car, write_pin_mappings_car_columns
 from pinfs.errors import CorruptData, PinfsError
 from pinfs.ops.common import error_entry, select_backends
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.schema import REQUIRED_COLUMNS, now_iso
-from pinfs.store import PinStore
+from pinfs.store import PinStore, Transaction, sort_by_cid
 
 
 @dataclass
@@ -29,13 +32,54 @@ class RegenerateOptions:
 
 def table_records(table: pa.Table) -> list[dict[str, str]]:
     """The six contract fields of every row, in CID order, as the CAR stores them."""
-    return table.select(list(REQUIRED_COLUMNS)).sort_by("cid").to_pylist()
+    table = sort_by_cid(table.select(list(REQUIRED_COLUMNS)))
+    columns = [table.column(name).to_pylist() for name in REQUIRED_COLUMNS]
+    return [dict(zip(REQUIRED_COLUMNS, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
-def write_car_locked(backend: Backend, table: pa.Table, created_at: str | None = None) -> dict[str, Any]:
-    """Write ``pin_mappings.car`` for ``table``. The caller holds the backend's lock."""
-    size = write_pin_mappings_car(backend.car_path, table_records(table), backend.name, created_at or now_iso())
+def write_car_locked(
+    backend: Backend,
+    table: pa.Table,
+    created_at: str | None = None,
+    before_replace: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Write ``pin_mappings.car`` for ``table``. The caller holds the backend's lock.
+
+    Encoded straight from the table's columns (no Python object per pin); a table already in CID
+    order, as every table pinfs reads and merges is, is not sorted again."""
+    table = sort_by_cid(table.select(list(REQUIRED_COLUMNS)))
+    columns = {name: table.column(name) for name in REQUIRED_COLUMNS}
+    size = write_pin_mappings_car_columns(
+        backend.car_path, columns, table.num_rows, backend.name, created_at or now_iso(), before_replace
+    )
     return {"path": str(backend.car_path), "records": table.num_rows, "bytes": size}
+
+
+def write_table_and_car_locked(backend: Backend, txn: Transaction, table: pa.Table) -> dict[str, Any]:
+    """``txn.write(table)`` then ``write_car_locked(backend, table)``, with the CAR encoded on a second
+    thread while the parquet is written. The order on disk is unchanged: the CAR's temporary file
+    replaces ``pin_mappings.car`` only after the parquet has been renamed into place, and not at all
+    if writing the parquet failed. The caller holds the backend's lock."""
+    parquet_done = threading.Event()
+    parquet_ok = False
+
+    def after_parquet() -> None:
+        parquet_done.wait()
+        if not parquet_ok:
+            raise _ParquetFailed
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pinfs-car") as pool:
+        car = pool.submit(write_car_locked, backend, table, None, after_parquet)
+        try:
+            txn.write(table)
+            parquet_ok = True
+        finally:
+            parquet_done.set()
+        return car.result()
+
+
+class _ParquetFailed(Exception):
+    """Internal: the parquet was not written, so the CAR must not replace the old one."""
 
 
 def car_agreement(backend: Backend, table: pa.Table) -> list[str]:

@@ -30,7 +30,7 @@ from pinfs.backends import REJECTED_NAME, Backend
 from pinfs.errors import CorruptData, NotFound, PinfsError
 from pinfs.fsutil import atomic_write_bytes
 from pinfs.legacy import LegacyPins, list_backups, read_legacy_pins, write_rejected
-from pinfs.ops.carops import car_agreement, table_records, write_car_locked
+from pinfs.ops.carops import car_agreement, table_records, write_car_locked, write_table_and_car_locked
 from pinfs.ops.common import discovery_problems, error_entry, select_backends
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import read_state, record_run
@@ -209,9 +209,11 @@ def _has_legacy_file(backend: Backend) -> bool:
 
 
 def _has_identical_backup(backend: Backend, source: Path) -> bool:
-    digest = _sha256(source)
     # A symlinked backup is not ours to read (it may point outside the root).
     backups = list_backups(backend.directory)
+    if not backups:
+        return False
+    digest = _sha256(source)
     return any(_sha256(path) == digest for path in backups if path.is_file() and not path.is_symlink())
 
 
@@ -272,9 +274,12 @@ def _apply(backend: Backend, txn: Transaction, plan: _Plan) -> dict[str, Any]:
         written["backup_path"] = str(backup)
     if legacy is not None and legacy.rejected and _rejected_changed(backend, legacy):
         written["rejected_path"] = str(write_rejected(backend.directory, legacy.rejected, legacy.source))
-    if plan.parquet_changes or (legacy is not None and not backend.parquet_path.exists()):
+    parquet_needed = plan.parquet_changes or (legacy is not None and not backend.parquet_path.exists())
+    if parquet_needed and plan.car_reason is not None:
+        written["car"] = write_table_and_car_locked(backend, txn, plan.merged)
+    elif parquet_needed:
         txn.write(plan.merged)
-    if plan.car_reason is not None:
+    elif plan.car_reason is not None:
         written["car"] = write_car_locked(backend, plan.merged)
     return written
 

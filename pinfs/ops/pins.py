@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from pinfs.backends import Backend, discover_backends, ensure_backend_dir, get_backend
 from pinfs.cids import validate_cid
 from pinfs.errors import InvalidInput, NotFound, PinfsError
-from pinfs.ops.carops import write_car_locked
+from pinfs.ops.carops import write_table_and_car_locked
 from pinfs.schema import REQUIRED_COLUMNS, STATUSES, dump_metadata, load_metadata, make_record
 from pinfs.store import PinStore, merge_records
 
@@ -126,8 +126,7 @@ def add_pins(root: Path, backend_name: str, requests: Sequence[PinRequest]) -> d
             (updated if old else added).append(cid)
             replacements[cid] = _apply_request(backend, request, old)
         table = merge_records(current, replacements)
-        txn.write(table)
-        write_car_locked(backend, table)
+        write_table_and_car_locked(backend, txn, table)
     return {"ok": True, "backend": backend.name, "added": added, "updated": updated, "total": table.num_rows}
 
 
@@ -172,8 +171,7 @@ def remove_pins(root: Path, backend_name: str, cids: Sequence[str]) -> dict[str,
         if missing:
             raise NotFound(f"{missing[0]} is not pinned in backend {backend.name!r}" + _and_more(missing))
         table = current.filter(pc.invert(present))
-        txn.write(table)
-        write_car_locked(backend, table)
+        write_table_and_car_locked(backend, txn, table)
     return {"ok": True, "backend": backend.name, "removed": wanted, "total": table.num_rows}
 
 
