@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ def cid_for(seed: object, version: int = 1) -> str:
     if version == 0:
         return _base58(bytes([0x12, 0x20]) + digest)
     return "b" + base64.b32encode(bytes([1, 0x55, 0x12, 0x20]) + digest).decode().lower().rstrip("=")
+
+
+def ago(**delta: float) -> str:
+    """An ISO-8601 UTC time ``delta`` (days=…, hours=…) before now, as the store writes them."""
+    return (datetime.now(timezone.utc) - timedelta(**delta)).isoformat(timespec="microseconds")
 
 
 def _base58(data: bytes) -> str:

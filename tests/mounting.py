@@ -109,6 +109,30 @@ def mounted(root: Path, mountpoint: Path, *extra: str, expected_log: tuple[str, 
     assert not unexpected, "the mount logged:\n" + "\n".join(unexpected)
 
 
+def write_errno(path: Path, data: bytes) -> int | None:
+    """Write ``data`` to a control file as ``echo data > path`` does (open O_TRUNC, one write, close)
+    with os calls, so a failing close is seen (a shell's builtin echo ignores it); return the errno
+    the write or the close failed with, or None."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, data)
+    except OSError as exc:
+        os.close(fd)
+        return exc.errno
+    try:
+        os.close(fd)
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def write_control(path: Path, text: str) -> None:
+    """Run a control command and require it to succeed (OSError with the errno otherwise)."""
+    failed = write_errno(path, text.encode())
+    if failed is not None:
+        raise OSError(failed, os.strerror(failed), str(path))
+
+
 def stop_with(mount: Mount, signum: int, timeout: float = 10.0) -> int:
     """Send ``signum`` to the mount process and return its exit status."""
     mount.process.send_signal(signum)
@@ -120,4 +144,15 @@ def sh(command: str, cwd: Path | None = None, timeout: float = 60) -> subprocess
     return subprocess.run(["sh", "-c", command], capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
-__all__ = ["Mount", "force_unmount", "mounted", "needs_fuse", "sh", "signal", "start_mount", "stop_with"]
+__all__ = [
+    "Mount",
+    "force_unmount",
+    "mounted",
+    "needs_fuse",
+    "sh",
+    "signal",
+    "start_mount",
+    "stop_with",
+    "write_control",
+    "write_errno",
+]

@@ -12,7 +12,7 @@ import pytest
 from helpers import cid_for, file_digests, make_backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mounting import mounted, needs_fuse
+from mounting import mounted, needs_fuse, write_errno
 
 from pinfs.errors import InvalidInput
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS, ControlRegistry
@@ -81,17 +81,8 @@ def test_thousands_of_pins_with_one_bad_cid_pin_nothing(tmp_path: Path) -> None:
     lines[3777] = "bafy-not-a-cid status=stored"
     with mounted(root, tmp_path / "m") as mount:
         before = file_digests(root)
-        fd = os.open(mount.path("backends", "batch", ".control", "pin"), os.O_WRONLY | os.O_TRUNC)
-        failure = None
-        try:
-            os.write(fd, ("\n".join(lines) + "\n").encode())
-        except OSError as exc:
-            failure = exc.errno
-        finally:
-            try:
-                os.close(fd)
-            except OSError as exc:
-                failure = failure or exc.errno
+        batch = ("\n".join(lines) + "\n").encode()
+        failure = write_errno(mount.path("backends", "batch", ".control", "pin"), batch)
         assert failure == errno.EINVAL
         assert {k: v for k, v in file_digests(root).items() if not k.endswith(".pinfs.lock")} == {
             k: v for k, v in before.items() if not k.endswith(".pinfs.lock")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from helpers import cid_for, file_digests, make_backend, run_pinfs
-from mounting import Mount, force_unmount, mounted, needs_fuse, sh, start_mount, stop_with
+from mounting import Mount, force_unmount, mounted, needs_fuse, sh, start_mount, stop_with, write_errno
 
 from pinfs import schema
 from pinfs.backends import get_backend
@@ -89,22 +89,6 @@ def lines(text: str) -> list[str]:
 def data_digests(root: Path) -> dict[str, str]:
     """``file_digests`` without the backends' lock files (taking a lock is not changing data)."""
     return {name: digest for name, digest in file_digests(root).items() if not name.endswith(".pinfs.lock")}
-
-
-def write_errno(path: Path, data: bytes) -> int | None:
-    """Write ``data`` to a control file as ``echo data > path`` does (open O_TRUNC, one write, close);
-    return the errno the write or the close failed with, or None."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, data)
-    except OSError as exc:
-        os.close(fd)
-        return exc.errno
-    try:
-        os.close(fd)
-    except OSError as exc:
-        return exc.errno
-    return None
 
 
 def wait_for(condition: object, timeout: float = 2.0) -> float:

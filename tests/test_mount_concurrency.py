@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from helpers import cid_for, make_backend
-from mounting import mounted, needs_fuse
+from mounting import mounted, needs_fuse, write_control
 
 from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import PinRequest, add_pins
@@ -25,15 +25,6 @@ from pinfs.ops.pins import PinRequest, add_pins
 pytestmark = [pytest.mark.mount, needs_fuse]
 
 ROUNDS = 12  # per writer; each round adds three pins and removes one of them
-
-
-def write_control(path: Path, text: str) -> None:
-    """``echo text > path`` with the close checked (bash's echo would ignore a failed close)."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
 
 
 def control_writer(control: Path, tag: str, acks: list[tuple[str, list[str]]]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from helpers import cid_for, make_backend
-from mounting import force_unmount, needs_fuse, start_mount, stop_with
+from mounting import force_unmount, needs_fuse, start_mount, stop_with, write_control
 
 from pinfs import schema
 from pinfs.backends import get_backend
@@ -57,14 +57,6 @@ def lookup_round(by_cid: Path, cids: list[str]) -> int:
     return len(cids) * (len(PER_CID_FILES) + 1)
 
 
-def control_run(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
 def test_100k_lookups_and_1000_control_runs_leave_memory_flat(tmp_path: Path) -> None:
     root = tmp_path / "ipfs_kit"
     cids = build(root, "many", PINS)
@@ -83,8 +75,8 @@ def test_100k_lookups_and_1000_control_runs_leave_memory_flat(tmp_path: Path) ->
         pin = mount.path("backends", "tiny", ".control", "pin")
         unpin = mount.path("backends", "tiny", ".control", "unpin")
         for run in range(500):
-            control_run(pin, f"{cid_for(run)}\n")
-            control_run(unpin, f"{cid_for(run)}\n")
+            write_control(pin, f"{cid_for(run)}\n")
+            write_control(unpin, f"{cid_for(run)}\n")
         after_controls = rss_kib(mount.process.pid)
         assert lookups >= 100_000
         # Allocator noise, not growth per request: had the kernel's FORGETs not freed the inode table,
@@ -107,7 +99,7 @@ def test_signal_during_a_command_unmounts_after_it_finished(tmp_path: Path, sign
 
     def regenerate() -> None:
         try:
-            control_run(mount.path("backends", "big", ".control", "regenerate-car"), "\n")
+            write_control(mount.path("backends", "big", ".control", "regenerate-car"), "\n")
             outcome.append(None)
         except OSError as exc:
             outcome.append(exc)

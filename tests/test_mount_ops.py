@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from helpers import file_digests, make_backend, run_pinfs
-from mounting import Mount, force_unmount, mounted, needs_fuse, sh, start_mount
+from mounting import Mount, force_unmount, mounted, needs_fuse, sh, start_mount, write_errno
 from s3server import (  # noqa: F401 (s3_server is a fixture)
     S3Server,
     content_car,
@@ -67,19 +67,8 @@ def now_iso(**ago: float) -> str:
 
 
 def write_control(path: Path, line: str) -> int | None:
-    """Write one line the way ``echo line > path`` does (open, one write, close) with os calls, so a
-    failing close is seen (a shell's builtin echo ignores it). Returns the errno or None."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, (line + "\n").encode())
-    except OSError as exc:
-        os.close(fd)
-        return exc.errno
-    try:
-        os.close(fd)
-    except OSError as exc:
-        return exc.errno
-    return None
+    """``echo line > path``, returning the errno the write or close failed with, or None."""
+    return write_errno(path, (line + "\n").encode())
 
 
 def control_json(path: Path) -> dict[str, Any]:
@@ -413,7 +402,8 @@ def test_sync_interval_syncs_a_pending_pin(tmp_path: Path) -> None:
         assert status_file(mount, "fs-duty", cid) == "pending\n"
         wait_for(lambda: status_file(mount, "fs-duty", cid) == "stored\n", timeout=8)
         assert (storage / "fs-duty" / "cars" / f"{cid}.car").read_bytes() == data
-        assert by_name(mount_report(mount, "status.json"))["fs-duty"]["last_sync_ok"] is True
+        # The run is recorded just after the pins are written: give status.json a moment to say so.
+        wait_for(lambda: by_name(mount_report(mount, "status.json"))["fs-duty"]["last_sync_ok"] is True, timeout=4)
 
 
 def test_verify_interval_catches_a_deleted_car(tmp_path: Path) -> None:

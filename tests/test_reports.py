@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from helpers import cid_for, make_backend, run_pinfs, run_pinfs_json
+from helpers import ago, cid_for, make_backend, run_pinfs, run_pinfs_json
 from s3server import content_car, fs_config, pin_record, put_pins
 
 from pinfs.backends import get_backend
@@ -17,10 +16,6 @@ from pinfs.errors import InvalidInput, NotFound
 from pinfs.ops import reports
 from pinfs.ops.state import record_run
 from pinfs.store import PinSnapshot
-
-
-def ago(**delta: float) -> str:
-    return (datetime.now(timezone.utc) - timedelta(**delta)).isoformat(timespec="microseconds")
 
 
 @pytest.fixture

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from helpers import cid_for, file_digests, make_backend, run_pinfs, run_pinfs_json
+from helpers import ago, cid_for, file_digests, make_backend, run_pinfs, run_pinfs_json
 from s3server import (  # noqa: F401 (s3_server is a fixture)
     S3Server,
     content_car,
@@ -27,10 +26,6 @@ from pinfs.ops.schedule import run_due_duties, seconds_until_due
 from pinfs.ops.state import record_run
 from pinfs.ops.sync import SyncOptions, sync
 from pinfs.store import Transaction
-
-
-def ago(**delta: float) -> str:
-    return (datetime.now(timezone.utc) - timedelta(**delta)).isoformat(timespec="microseconds")
 
 
 def stage(root: Path, cid: str, data: bytes) -> Path:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from helpers import cid_for, file_digests, make_backend, run_pinfs, run_pinfs_json
+from helpers import ago, cid_for, file_digests, make_backend, run_pinfs, run_pinfs_json
 from s3server import (  # noqa: F401 (s3_server is a fixture)
     S3Server,
     content_car,
@@ -22,10 +21,6 @@ from pinfs.ops import reports
 from pinfs.ops.sync import SyncOptions, sync
 from pinfs.ops.verify import VerifyOptions, verify
 from pinfs.store import Transaction
-
-
-def ago(**delta: float) -> str:
-    return (datetime.now(timezone.utc) - timedelta(**delta)).isoformat(timespec="microseconds")
 
 
 def by_name(report: dict) -> dict[str, dict]:

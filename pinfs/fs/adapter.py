@@ -24,7 +24,6 @@ import functools
 import itertools
 import logging
 import os
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -187,12 +186,6 @@ class InodeTable:
         return len(self._paths) - 1  # the root is always known
 
 
-def _warm_up_arrow() -> None:
-    import pyarrow as pa
-
-    pa.scalar("", pa.string())
-
-
 # -- handles --
 
 
@@ -257,11 +250,6 @@ class PinfsOperations(pyfuse3.Operations):
         self._next_handle = itertools.count(1)
         self._read_limiter = read_limiter or trio.CapacityLimiter(8)
         self._command_limiter = command_limiter or trio.CapacityLimiter(4)
-
-    def init(self) -> None:
-        """Called by pyfuse3 once the mount is up. pyarrow imports pandas (if installed) the first time
-        it converts a Python value, which costs the first CID lookup ~100 ms; pay it now, off the loop."""
-        threading.Thread(target=_warm_up_arrow, name="pinfs-warm-up", daemon=True).start()
 
     async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(function, *args, limiter=self._read_limiter)

@@ -216,6 +216,14 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise InvalidInput(f"{mountpoint} is already a mount point; 'pinfs umount {mountpoint}' first")
 
 
+def warm_up_arrow() -> None:
+    """pyarrow imports pandas (when it is installed) the first time it converts a Python value; that
+    cost ~100 ms on the first CID lookup after mounting. Paid once here, before the mount answers."""
+    import pyarrow as pa
+
+    pa.scalar("", pa.string())
+
+
 async def serve(config: MountConfig, ready: Callable[[], None] | None = None) -> bool:
     """Mount ``config.root`` at ``config.mountpoint`` and serve until unmounted or signalled.
 
@@ -228,6 +236,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] | None = None) ->
     if scheduled.active:
         duties.append(scheduled)
     clean = False
+    await trio.to_thread.run_sync(warm_up_arrow)
     async with contextlib.AsyncExitStack() as stack:
         try:
             pyfuse3.init(operations, str(config.mountpoint), mount_options(config))

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from pinfs.backends import Backend, discover_backends, get_backend, validate_backend_name
+from pinfs.errors import CorruptData
+from pinfs.store import PinSnapshot, PinStore
 
 
 def select_backends(root: Path, names: Sequence[str]) -> list[Backend]:
@@ -25,6 +27,17 @@ def select_backends(root: Path, names: Sequence[str]) -> list[Backend]:
 def discovery_problems(root: Path) -> list[dict[str, str]]:
     """Entries under the root that look like backends but are not usable (for reports)."""
     return [{"location": p.location, "reason": p.reason} for p in discover_backends(root)[1]]
+
+
+def usable_snapshot(backend: Backend, entry: dict[str, Any]) -> PinSnapshot | None:
+    """The backend's pins for sync and verify, or None (``entry`` then says it was skipped) when the
+    backend is disabled. Raises CorruptData for a broken config or unreadable pins."""
+    if not backend.enabled:
+        entry.update(state="skipped", reason="disabled in its config")
+        return None
+    if backend.config_error:
+        raise CorruptData(backend.config_error)
+    return PinStore(backend).snapshot()
 
 
 def error_entry(backend: Backend, error: BaseException) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from pinfs.car import verify_content_car
 from pinfs.cids import is_valid_cid
 from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
 from pinfs.ops.carops import write_car_locked
-from pinfs.ops.common import select_backends
+from pinfs.ops.common import select_backends, usable_snapshot
 from pinfs.ops.drivers import Driver, DriverError, FilesystemDriver, driver_for, has_driver, key_for
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import read_state, record_run
@@ -219,12 +219,9 @@ def _set_error(entry: dict[str, Any], message: str) -> None:
 
 
 def _sync_into(context: SyncContext, backend: Backend, entry: dict[str, Any], progress: Progress) -> None:
-    if not backend.enabled:
-        entry.update(state="skipped", reason="disabled in its config")
+    snapshot = usable_snapshot(backend, entry)
+    if snapshot is None:
         return
-    if backend.config_error:
-        raise CorruptData(backend.config_error)
-    snapshot = PinStore(backend).snapshot()
     counts = snapshot.count_by_status()
     todo = counts[PENDING] + counts[FAILED]
     entry["counts"]["skipped"] = counts[STORED]

@@ -25,13 +25,12 @@ import pyarrow.compute as pc
 from pinfs.backends import Backend
 from pinfs.car import verify_content_car
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, Unsupported
-from pinfs.ops.common import select_backends
+from pinfs.ops.common import select_backends, usable_snapshot
 from pinfs.ops.drivers import Driver, DriverError, driver_for, key_for
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import record_run
 from pinfs.ops.sync import MAX_DETAILS, PinOutcome, write_outcomes
 from pinfs.schema import FAILED, STORED, load_metadata, now_iso
-from pinfs.store import PinStore
 
 
 @dataclass
@@ -114,12 +113,9 @@ def _due(snapshot: Any, cutoff: str) -> list[dict[str, Any]]:
 def _verify_into(
     root: Path, backend: Backend, cutoff: str, options: VerifyOptions, entry: dict[str, Any], progress: Progress
 ) -> None:
-    if not backend.enabled:
-        entry.update(state="skipped", reason="disabled in its config")
+    snapshot = usable_snapshot(backend, entry)
+    if snapshot is None:
         return
-    if backend.config_error:
-        raise CorruptData(backend.config_error)
-    snapshot = PinStore(backend).snapshot()
     stored = snapshot.count_by_status()[STORED]
     if stored == 0:
         entry.update(state="skipped", reason="no stored pins")
