@@ -29,7 +29,7 @@ from typing import Any
 import libipld
 
 from pinfs.errors import CorruptData
-from pinfs.fsutil import atomic_writer
+from pinfs.fsutil import atomic_writer, read_regular_file
 from pinfs.schema import REQUIRED_COLUMNS, dump_metadata, normalize_timestamp
 
 FORMAT = "pin_mappings_car"
@@ -555,7 +555,7 @@ def write_pin_mappings_car_columns(
 def read_pin_mappings_car(path: Path) -> PinMappingsCar:
     """Read and decode ``path`` (either form). OSError propagates; bad content is CorruptData."""
     path = Path(path)
-    return decode_pin_mappings_car(path.read_bytes(), str(path))
+    return decode_pin_mappings_car(read_regular_file(path), str(path))
 
 
 def decode_pin_mappings_car(data: bytes, source: str = "<bytes>") -> PinMappingsCar:

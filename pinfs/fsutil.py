@@ -10,6 +10,7 @@ holder dies.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -17,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pinfs.errors import Busy
+from pinfs.errors import Busy, CorruptData
 
 TEMP_MARKER = ".pinfs-tmp."
 LOCK_NAME = ".pinfs.lock"
@@ -109,3 +110,26 @@ def _acquire(fd: int, backend_dir: Path, timeout: float | None) -> None:
             if time.monotonic() >= deadline:
                 raise Busy(f"{backend_dir}: another pinfs process is writing this backend") from None
             time.sleep(0.02)
+
+
+# -- reading data files without following links --
+
+
+def refuse_symlink(path: Path) -> None:
+    """CorruptData if ``path`` is a symbolic link: a data file that is a link may point outside the
+    data root, and pinfs reads and writes nothing outside it. A missing path is not an error here."""
+    if os.path.islink(path):
+        raise CorruptData(f"{path}: is a symlink; refusing to follow it")
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``, opened without following a symlink (CorruptData for one).
+    FileNotFoundError and other OSErrors propagate."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CorruptData(f"{path}: is a symlink; refusing to follow it") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from pinfs.backends import Backend
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
-from pinfs.fsutil import atomic_writer, backend_lock
+from pinfs.fsutil import atomic_writer, backend_lock, refuse_symlink
 from pinfs.schema import REQUIRED_COLUMNS, STATUSES, arrow_schema, now_iso
 
 # Rows per row group: small enough that a lookup reads little (~200 KB), large enough that a 1M-pin
@@ -242,6 +242,7 @@ def _map_stable(path: Path) -> tuple[FileIdentity, pa.MemoryMappedFile]:
     The map keeps that version readable after another process renames a new file over it. The path is
     stat-ed before and after mapping; if it changed in between, we map again.
     """
+    refuse_symlink(path)
     for _attempt in range(5):
         before = FileIdentity.of(path)
         mapped = pa.memory_map(str(path), "r")
@@ -431,6 +432,7 @@ def first_duplicate_cid(table: pa.Table) -> str | None:
 def read_whole_table(path: Path, *, sort: bool = True) -> pa.Table:
     """Read a parquet file entirely, sorted (or in file order with ``sort=False``, for checking it);
     CorruptData if it cannot be read or lacks columns."""
+    refuse_symlink(path)
     try:
         # Read through one open handle: pq.read_table(path) opens the path twice (footer, then data), so a
         # writer renaming a new version in between (verify-only and unsorted snapshots read without the

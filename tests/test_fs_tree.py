@@ -271,3 +271,14 @@ def test_reports_are_json_objects_naming_every_backend(tree: PinTree, root: Path
 
 def _node(name: str) -> Node:
     return Node((name,), NodeKind.DIRECTORY)
+
+
+def test_symlinked_parquet_is_not_served_and_the_backend_still_lists(tree: PinTree, root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.parquet"
+    outside.write_bytes(b"secret")
+    (make_backend(root, "linked") / "pin_mappings.parquet").symlink_to(outside)
+    assert "pin_mappings.parquet" not in names(tree, "backends", "linked")
+    assert "summary.json" in names(tree, "backends", "linked")
+    with pytest.raises(CorruptData, match="symlink"):
+        tree.resolve(("backends", "linked", "pin_mappings.parquet"))
+    assert "symlink" in json.loads(tree.render(("backends", "linked", "summary.json")))["error"]

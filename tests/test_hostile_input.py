@@ -399,6 +399,32 @@ def _untouched(outside: Path, contents: dict[str, bytes]) -> None:
         assert (outside / name).read_bytes() == data
 
 
+def test_symlinked_parquet_and_car_are_refused_not_read(root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    contents = _canary(outside)
+    linked = make_backend(root, "linked-files", config={"type": "filesystem", "storage_path": str(tmp_path / "st")})
+    (linked / "pin_mappings.parquet").symlink_to(outside / "pins.json")
+    (linked / "pin_mappings.car").symlink_to(outside / "canary.yaml")
+    make_backend(root, "good", pins_json=[VALID[0]])
+    run_pinfs(root, "migrate", "--backend-filter", "good", check=True)
+
+    with pytest.raises(CorruptData, match="symlink"):
+        PinStore(get_backend(root, "linked-files")).snapshot()
+    verify = run_pinfs(root, "migrate", "--verify-only")
+    assert verify.returncode == 1 and "pin_mappings.parquet: is a symlink; refusing to follow it" in verify.stdout
+    for command in (
+        ["sync", "--backend", "linked-files"],
+        ["status", "--json"],
+        ["car", "show", str(linked / "pin_mappings.car")],
+    ):
+        other = run_pinfs(root, *command)
+        assert "Traceback" not in other.stderr, command
+    copied = tmp_path / "st" / "pin_mappings" / "linked-files"
+    assert not copied.exists() or not any(copied.iterdir())  # the backup refused the links
+    assert (tmp_path / "st" / "pin_mappings" / "good" / "pin_mappings.car").is_file()  # the others were copied
+    _untouched(outside, contents)
+
+
 def test_symlinks_pointing_outside_the_root_are_reported_never_followed(root: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     contents = _canary(outside)

@@ -43,6 +43,7 @@ from pinfs.backends import NAME_PATTERN, Backend, discover_backends, get_backend
 from pinfs.cids import is_valid_cid
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
+from pinfs.fsutil import refuse_symlink
 from pinfs.ops import reports
 from pinfs.schema import STATUSES, load_metadata
 from pinfs.store import PinSnapshot, PinStore, StoreCache
@@ -159,7 +160,7 @@ class RealFileContent:
     """A real file, open for the life of the handle (an atomic replace leaves this version readable)."""
 
     def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         self.size = os.fstat(self._fd).st_size
 
     def read(self, offset: int, size: int) -> bytes:
@@ -530,6 +531,7 @@ class PinTree:
             return self._generated(path, render=render)
         if name in (PARQUET_FILE, CAR_FILE):
             real = backend.directory / name
+            refuse_symlink(real)  # CorruptData (EIO): a link could lead outside the data root
             try:
                 info = os.stat(real)
             except FileNotFoundError:
@@ -578,8 +580,8 @@ class PinTree:
             for name in names:
                 try:
                     nodes.append(self._backend_top(backend, (*path, name), name, render=False))
-                except NotFound:
-                    continue  # no parquet or CAR yet
+                except (NotFound, CorruptData):
+                    continue  # no parquet or CAR yet, or one that is not served (summary.json says why)
             return StaticListing(nodes)
         if rest == (CONTROL_DIR,):
             return StaticListing([self._control((*path, name), backend.name, name) for name in BACKEND_COMMANDS])

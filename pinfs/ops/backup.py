@@ -14,7 +14,8 @@ import json
 from typing import Any
 
 from pinfs.backends import CAR_NAME, PARQUET_NAME, Backend
-from pinfs.errors import NotFound, PinfsError, Unsupported
+from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
+from pinfs.fsutil import read_regular_file
 from pinfs.ops.sync import SyncContext
 from pinfs.schema import now_iso
 
@@ -56,8 +57,11 @@ def backup_to(context: SyncContext, target: Backend) -> dict[str, Any]:
         for name in (PARQUET_NAME, CAR_NAME):
             source = backend.directory / name
             try:
-                data = source.read_bytes()
+                data = read_regular_file(source)
             except FileNotFoundError:
+                continue
+            except CorruptData as exc:
+                errors.append(str(exc))
                 continue
             except OSError as exc:
                 errors.append(f"{source}: {exc.strerror or exc}")

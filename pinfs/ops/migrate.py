@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from pinfs.backends import REJECTED_NAME, Backend
 from pinfs.errors import CorruptData, NotFound, PinfsError
-from pinfs.fsutil import atomic_write_bytes
+from pinfs.fsutil import atomic_write_bytes, read_regular_file
 from pinfs.legacy import LegacyPins, list_backups, read_legacy_pins, write_rejected
 from pinfs.ops.carops import car_agreement, table_records, write_car_locked, write_table_and_car_locked
 from pinfs.ops.common import discovery_problems, error_entry, select_backends
@@ -327,7 +327,7 @@ def _replace_from(backend: Backend, legacy: LegacyPins) -> dict[str, Any]:
     written: dict[str, Any] = {}
     if backend.parquet_path.is_file():
         kept = backend.directory / f"{PARQUET_BACKUP_PREFIX}{utc_stamp()}"
-        atomic_write_bytes(kept, backend.parquet_path.read_bytes())
+        atomic_write_bytes(kept, read_regular_file(backend.parquet_path))
         written["previous_parquet_kept_as"] = str(kept)
     table = merge_records(empty_table(), {record["cid"]: record for record in legacy.records})
     write_table(backend.parquet_path, table)

@@ -39,6 +39,7 @@ from pinfs.backends import Backend, discover_backends
 from pinfs.car import verify_content_car
 from pinfs.cids import is_valid_cid
 from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
+from pinfs.fsutil import read_regular_file
 from pinfs.ops.carops import write_car_locked
 from pinfs.ops.common import select_backends, usable_snapshot
 from pinfs.ops.drivers import Driver, DriverError, FilesystemDriver, driver_for, has_driver, key_for
@@ -424,7 +425,10 @@ def _push_car(context: SyncContext, backend: Backend, entry: dict[str, Any]) -> 
     if not has_driver(backend) or not backend.car_path.is_file():
         return
     try:
-        data = backend.car_path.read_bytes()
+        data = read_regular_file(backend.car_path)
+    except CorruptData as exc:
+        entry["car_push"] = {"ok": False, "error": str(exc)}
+        return
     except OSError as exc:
         entry["car_push"] = {"ok": False, "error": f"{backend.car_path}: {exc}"}
         return
