@@ -45,7 +45,7 @@ ROW_GROUP_ROWS = 2048
 # Columns whose values repeat across rows; the others are written PLAIN.
 DICTIONARY_COLUMNS: tuple[str, ...] = ("backend_name", "status")
 DEFAULT_CACHE_BYTES = 256 << 20
-DEFAULT_CACHE_ENTRIES = 64  # snapshots hold a memory map each
+DEFAULT_CACHE_ENTRIES = 64  # snapshots hold an open file each
 
 
 @dataclass(frozen=True)
@@ -236,19 +236,21 @@ class UnsortedParquet(CorruptData):
     """The parquet is readable but not sorted by CID; it can still be served from memory."""
 
 
-def _map_stable(path: Path) -> tuple[FileIdentity, pa.MemoryMappedFile]:
-    """Memory-map ``path`` and return the identity of exactly the version mapped.
+def _open_stable(path: Path) -> tuple[FileIdentity, pa.NativeFile]:
+    """Open ``path`` and return the identity of exactly the version opened.
 
-    The map keeps that version readable after another process renames a new file over it. The path is
-    stat-ed before and after mapping; if it changed in between, we map again.
+    The open file keeps that version readable after another process renames a new file over it. The
+    path is stat-ed before and after opening; if it changed in between, we open again. A plain file,
+    not a memory map: pages a map touched would count in the mount's RSS for as long as the snapshot
+    lives, while reads through the page cache cost the process only the Arrow buffers it keeps.
     """
     refuse_symlink(path)
     for _attempt in range(5):
         before = FileIdentity.of(path)
-        mapped = pa.memory_map(str(path), "r")
+        opened = pa.OSFile(str(path), "r")
         if FileIdentity.of(path) == before:
-            return before, mapped
-        mapped.close()
+            return before, opened
+        opened.close()
     raise CorruptData(f"{path}: changed while being opened, five times in a row")
 
 
@@ -257,8 +259,8 @@ class ParquetSnapshot(PinSnapshot):
 
     def __init__(self, path: Path, cache: StoreCache) -> None:
         try:
-            identity, mapped = _map_stable(path)
-            self._file = pq.ParquetFile(mapped)
+            identity, opened = _open_stable(path)
+            self._file = pq.ParquetFile(opened)
             _check_schema(self._file.schema_arrow, path)
             groups = _groups_from_statistics(self._file.metadata)
         except (CorruptData, FileNotFoundError):
@@ -434,10 +436,10 @@ def read_whole_table(path: Path, *, sort: bool = True) -> pa.Table:
     CorruptData if it cannot be read or lacks columns."""
     refuse_symlink(path)
     try:
-        # Read through one open handle: pq.read_table(path) opens the path twice (footer, then data), so a
+        # Read through one open file: pq.read_table(path) opens the path twice (footer, then data), so a
         # writer renaming a new version in between (verify-only and unsorted snapshots read without the
         # lock) would mix two versions and fail with "Page was smaller than expected".
-        with pa.memory_map(str(path), "r") as source:
+        with pa.OSFile(str(path), "r") as source:
             table = pq.ParquetFile(source).read()
     except FileNotFoundError:
         raise
