@@ -455,12 +455,15 @@ while not stop.exists():
         # between the two mixes two versions -- a reader-side race, not a torn file (docs/reliability.md).
         with open(directory / "pin_mappings.parquet", "rb") as handle:
             table = pq.read_table(handle)
-        if reads % 2:  # and the path-based way, retried once, as a user of pandas.read_parquet would
-            try:
-                pq.read_table(directory / "pin_mappings.parquet")
-            except OSError:
-                path_races += 1
-                pq.read_table(directory / "pin_mappings.parquet")
+        if reads % 2:  # and the path-based way, retried as a user of pandas.read_parquet would
+            for attempt in range(10):  # each retry can meet another rename; ten in a row would be news
+                try:
+                    pq.read_table(directory / "pin_mappings.parquet")
+                    break
+                except OSError:
+                    path_races += 1
+                    if attempt == 9:
+                        raise
         cids = table.column("cid")
         assert len(cids) == len(pc.unique(cids)), "duplicate CIDs"
         assert cids.to_pylist() == sorted(cids.to_pylist()), "unsorted"
