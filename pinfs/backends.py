@@ -118,13 +118,14 @@ def backends_dir(root: Path) -> Path:
     return root / "backends"
 
 
+def _folders(root: Path) -> list[Path]:
+    """The folders backends and configs are found in, leaving out one that is a symlink (it could
+    lead outside the data root; ``discover_backends`` reports it)."""
+    return [folder for folder in (backends_dir(root), root / "backend_configs") if not folder.is_symlink()]
+
+
 def _config_candidates(root: Path, name: str) -> list[Path]:
-    return [
-        backends_dir(root) / f"{name}.yaml",
-        backends_dir(root) / f"{name}.yml",
-        root / "backend_configs" / f"{name}.yaml",
-        root / "backend_configs" / f"{name}.yml",
-    ]
+    return [folder / f"{name}{suffix}" for folder in _folders(root) for suffix in (".yaml", ".yml")]
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -208,8 +209,10 @@ def _apply_config(backend: Backend) -> None:
 def _candidate_names(root: Path) -> tuple[set[str], list[BackendProblem]]:
     names: set[str] = set()
     problems: list[BackendProblem] = []
-    folders = [(backends_dir(root), True), (root / "backend_configs", False)]
-    for folder, holds_data in folders:
+    for folder, holds_data in ((backends_dir(root), True), (root / "backend_configs", False)):
+        if folder.is_symlink():
+            problems.append(BackendProblem(str(folder), "is a symlink; refusing to follow it"))
+            continue
         try:
             entries = list(os.scandir(folder))
         except (FileNotFoundError, NotADirectoryError):
@@ -255,6 +258,8 @@ def discover_backends(root: Path) -> tuple[list[Backend], list[BackendProblem]]:
 def get_backend(root: Path, name: str) -> Backend:
     """One backend by name. Raises InvalidInput for a bad name and NotFound when it does not exist."""
     validate_backend_name(name)
+    if backends_dir(root).is_symlink():
+        raise InvalidInput(f"{backends_dir(root)}: is a symlink; refusing to follow it")
     backend = _backend_from(root, name)
     if not backend.directory.is_dir() and backend.config_path is None:
         raise NotFound(f"no backend {name!r} under {backends_dir(root)}")

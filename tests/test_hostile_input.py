@@ -504,3 +504,21 @@ def test_control_line_parsers_give_a_result_or_invalid_input(text: str) -> None:
             raise AssertionError(f"{parse.__name__} raised {type(exc).__name__}: {exc}") from None
         else:
             assert isinstance(result, list)
+
+
+def test_symlinked_backends_folder_is_reported_never_followed(tmp_path: Path) -> None:
+    root = tmp_path / "ipfs_kit"
+    outside = tmp_path / "outside"
+    contents = _canary(outside)
+    (outside / "stolen").mkdir()
+    root.mkdir()
+    (root / "backends").symlink_to(outside, target_is_directory=True)
+    (root / "backend_configs").symlink_to(outside, target_is_directory=True)
+    result = run_pinfs(root, "migrate", "--json")
+    report = json.loads(result.stdout)
+    assert report["backends"] == []
+    assert {problem["reason"] for problem in report["problems"]} == {"is a symlink; refusing to follow it"}
+    refused = run_pinfs(root, "pin", "ls", "--backend", "stolen")
+    assert refused.returncode != 0 and "symlink" in refused.stderr and "Traceback" not in refused.stderr
+    (outside / "stolen").rmdir()
+    _untouched(outside, contents)
