@@ -379,7 +379,9 @@ In backends/<b>/.control/ the same files act on that backend only, plus:
 The command runs when the file is closed: echo returns when it has finished. A failed command
 makes close() fail with EIO (/bin/echo and most programs report it; bash's built-in echo ignores
 errors at close, so check "state" in the file's JSON). A bad word or CID fails the write (EINVAL)
-and nothing runs. Reading a control file gives JSON about its last run. CIDs containing "/" (base64 multibase)
+and nothing runs. Reading a control file gives JSON about its last run.
+Mounted with --sync-interval / --verify-interval (e.g. 15m, 1d), the mount also runs sync and
+verify on that schedule; health.json and status.json show their last runs. CIDs containing "/" (base64 multibase)
 cannot be file names and are left out of listings.
 """
 
