@@ -224,6 +224,7 @@ def test_resolve_cached_keeps_a_bounded_number_of_nodes(
     root: Path, tree: PinTree, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tree_module, "FRESH_ENTRIES", 3)
+    tree = PinTree(root, tree.cache)  # the bound is fixed when the tree is made
     add_pins(root, "s3-main", [cid_for(i) for i in range(5)])
     for i in range(5):
         tree.resolve(("backends", "s3-main", "by-cid", cid_for(i)))

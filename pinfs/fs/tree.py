@@ -70,7 +70,7 @@ RENDER_SECONDS = 1.0
 # adapter's fast path, issue #6). With the kernel's own 1 s entry/attr timeouts, an outside change
 # shows within 1.5 s (CONTRACT §2: 2 s); a control command drops them at once (``forget_rendered``).
 FRESH_SECONDS = 0.5
-FRESH_ENTRIES = 4096  # nodes, and as many records; the oldest goes first
+FRESH_ENTRIES = 4096  # nodes, and as many records; the least recently used goes first
 RECORD_VALUE_FILES = ("cid", "status", "car_file_path", "backend_name", "created_at")
 RECORD_FILES = (*RECORD_VALUE_FILES, "metadata.json", "pin.json")
 
@@ -389,6 +389,11 @@ cannot be file names and are left out of listings.
 # -- the tree --
 
 
+def _fresh_cache() -> cachetools.TTLCache:
+    # The clock is looked up on each call (not bound here), so tests can move it.
+    return cachetools.TTLCache(maxsize=FRESH_ENTRIES, ttl=FRESH_SECONDS, timer=lambda: time.monotonic())
+
+
 class PinTree:
     """The mount's tree over one data root. Blocking; see the module docstring for threading."""
 
@@ -398,11 +403,11 @@ class PinTree:
         self.started_ns = time.time_ns()
         self._rendered: cachetools.TTLCache = cachetools.TTLCache(maxsize=1024, ttl=RENDER_SECONDS)
         self._rendered_lock = threading.Lock()
-        # Nodes and records resolved lately (by path; by (backend, CID)), each with the monotonic time it
-        # stops being fresh. Written on worker threads, read on the event loop: guarded by a lock held
-        # only for dictionary operations.
-        self._fresh_nodes: dict[Path_, tuple[float, Node]] = {}
-        self._fresh_records: dict[tuple[str, str], tuple[float, Mapping[str, Any], int]] = {}
+        # Nodes and records resolved lately (by path; by (backend, CID)), dropped FRESH_SECONDS after
+        # they were kept. Written on worker threads, read on the event loop: guarded by a lock held only
+        # for cache operations (a TTLCache is not thread-safe, and expires entries on access).
+        self._fresh_nodes: cachetools.TTLCache = _fresh_cache()  # path -> Node
+        self._fresh_records: cachetools.TTLCache = _fresh_cache()  # (backend, cid) -> (record, mtime_ns)
         self._fresh_lock = threading.Lock()
         # Bumped by ``forget_rendered``: a resolve that started before a control command finished must
         # not keep what it read as fresh after it (``_local.generation`` is the one it started in).
@@ -428,18 +433,17 @@ class PinTree:
         else None. Never touches disk and never raises: it may run on the event loop (issue #6). A
         per-CID file or directory is made from a fresh record, so ``stat`` of every file of a CID costs
         one indexed lookup on a worker thread, not one each."""
-        now = time.monotonic()
         record_key = None
         if len(path) in (4, 5) and path[0] == BACKENDS_DIR and path[2] == BY_CID:
             record_key = (path[1], path[3])
         with self._fresh_lock:
             found = self._fresh_nodes.get(path)
-            if found is not None and found[0] > now:
-                return found[1]
+            if found is not None:
+                return found
             record = self._fresh_records.get(record_key) if record_key is not None else None
-        if record is None or record[0] <= now:
+        if record is None:
             return None
-        _expires, fields, mtime_ns = record
+        fields, mtime_ns = record
         if len(path) == 4:
             return Node(path, NodeKind.DIRECTORY, mtime_ns=mtime_ns)
         if path[4] not in RECORD_FILES:
@@ -450,18 +454,14 @@ class PinTree:
             return None
         return Node(path, NodeKind.FILE, size=len(data), mtime_ns=mtime_ns, content=data)
 
-    def _keep_fresh(self, fresh: dict, key: Any, *value: Any) -> None:
-        expires = time.monotonic() + FRESH_SECONDS
+    def _keep_fresh(self, fresh: cachetools.TTLCache, key: Any, value: Any) -> None:
         with self._fresh_lock:
             if getattr(self._local, "generation", None) != self._generation:
                 return  # read before a control command changed the data
-            fresh.pop(key, None)  # re-inserted at the end: the oldest is first
-            if len(fresh) >= FRESH_ENTRIES:
-                del fresh[next(iter(fresh))]
-            fresh[key] = (expires, *value)
+            fresh[key] = value
 
     def _keep_record(self, backend: str, cid: str, record: Mapping[str, Any], snapshot: PinSnapshot) -> None:
-        self._keep_fresh(self._fresh_records, (backend, cid), record, self._mtime(snapshot))
+        self._keep_fresh(self._fresh_records, (backend, cid), (record, self._mtime(snapshot)))
 
     def lookup(self, parent: Path_, name: str) -> Node:
         """The entry ``name`` of the directory at ``parent``."""
