@@ -18,12 +18,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import file_digests, make_backend, run_pinfs
+from helpers import ago, file_digests, make_backend, run_pinfs
 from mounting import Mount, force_unmount, mounted, needs_fuse, sh, start_mount, write_errno
 from s3server import (  # noqa: F401 (s3_server is a fixture)
     S3Server,
@@ -60,10 +59,6 @@ def place(storage: Path, backend: str, cid: str, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
-
-
-def now_iso(**ago: float) -> str:
-    return (datetime.now(timezone.utc) - timedelta(**ago)).isoformat(timespec="microseconds")
 
 
 def write_control(path: Path, line: str) -> int | None:
@@ -239,7 +234,7 @@ def test_verify_catches_a_deleted_car_and_the_next_sync_heals_it(env: Env, ops: 
             env.root,
             name,
             [
-                pin_record(env.root, name, cid, "stored", metadata={"size": len(data)}, verified_at=now_iso())
+                pin_record(env.root, name, cid, "stored", metadata={"size": len(data)}, verified_at=ago())
                 for cid, data in pins
             ],
         )
