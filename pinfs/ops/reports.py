@@ -29,6 +29,8 @@ import pyarrow.compute as pc
 
 from pinfs.backends import Backend, discover_backends, get_backend
 from pinfs.errors import PinfsError
+from pinfs.legacy import list_backups
+from pinfs.ops.carops import car_is_current
 from pinfs.ops.drivers import DriverError, FilesystemDriver, driver_for, has_driver
 from pinfs.ops.state import read_state
 from pinfs.schema import FAILED, PENDING, STATUSES, STORED, load_metadata, now_iso
@@ -128,15 +130,9 @@ def _car_state(view: BackendView) -> str:
     backend = view.backend
     if not backend.parquet_path.is_file():
         return "n/a"
-    try:
-        from pinfs.ops.carops import car_is_current
-    except ImportError:  # pragma: no cover - carops ships with pinfs
-        car_is_current = None
     if not backend.car_path.is_file():
         return "missing"
-    if car_is_current is not None:
-        return "current" if car_is_current(backend) else "stale"
-    return "current" if backend.car_path.stat().st_mtime_ns >= backend.parquet_path.stat().st_mtime_ns else "stale"
+    return "current" if car_is_current(backend) else "stale"
 
 
 def _storage_problem(backend: Backend) -> str | None:
@@ -260,8 +256,6 @@ def _last_migration(view: BackendView) -> str | None:
     recorded = view.state.get("migrate")
     if isinstance(recorded, dict) and recorded.get("finished_at"):
         return str(recorded["finished_at"])
-    from pinfs.legacy import list_backups
-
     backups = list_backups(view.backend.directory) if view.backend.directory.is_dir() else []
     if backups:
         info = _file_info(backups[-1])
