@@ -497,20 +497,21 @@ def write_pin_mappings_car_columns(
     num_rows: int,
     backend_name: str,
     created_at: str,
-    before_replace: Callable[[], None] | None = None,
+    before_replace: Callable[[Path], None] | None = None,
 ) -> int:
     """``write_pin_mappings_car`` for records held as Arrow string columns (``pa.Array`` or
     ``pa.ChunkedArray`` per required column, rows in the order to store): the same bytes, streamed.
     Returns the number of bytes written.
 
-    ``before_replace`` is called once the temporary file is complete, before it replaces ``path``;
-    if it raises, ``path`` is left as it was (used to rename the parquet first)."""
+    ``before_replace`` is called with the temporary file once it is complete, before it replaces
+    ``path``; if it raises, ``path`` is left as it was (used to rename the parquet first, and to give
+    the CAR the time of the parquet version it was made from)."""
     if num_rows == 0:
         with atomic_writer(Path(path)) as temp, open(temp, "xb") as handle:
             parts = _pin_mappings_parts([], backend_name, created_at, DEFAULT_CHUNK_SIZE)
             handle.writelines(parts)
             if before_replace is not None:
-                before_replace()
+                before_replace(temp)
         return sum(map(len, parts))
     chunks = -(-num_rows // DEFAULT_CHUNK_SIZE)
 
@@ -545,7 +546,7 @@ def write_pin_mappings_car_columns(
         handle.write(prefix)
         handle.flush()
         if before_replace is not None:
-            before_replace()
+            before_replace(temp)
     return written
 
 

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +23,21 @@ from pinfs.errors import Busy, CorruptData
 
 TEMP_MARKER = ".pinfs-tmp."
 LOCK_NAME = ".pinfs.lock"
+# Where a sharded backend keeps its generations (``pinfs.shards``); its temporary directories are
+# cleaned like the backend's temporary files.
+SHARD_DIR = ".pin_mappings.d"
 
 
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -47,11 +59,7 @@ def atomic_writer(target: Path) -> Iterator[Path]:
     temp = temp_path_for(target)
     try:
         yield temp
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(temp)
         os.replace(temp, target)
         fsync_dir(target.parent)
     finally:
@@ -67,18 +75,39 @@ def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def remove_stale_temps(directory: Path, older_than_seconds: float = 0.0) -> list[Path]:
-    """Delete temporary files left by writers that died. Call with the directory's lock held."""
+    """Delete temporary files (and temporary links) left by writers that died. Call with the
+    directory's lock held. A temporary file of a process still alive is kept: one that writes a CAR
+    without the lock (``pinfs.ops.carops.refresh_car``) may be at work on it."""
     removed: list[Path] = []
     now = time.time()
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for entry in os.scandir(directory):
-            if TEMP_MARKER not in entry.name or not entry.is_file(follow_symlinks=False):
+            if TEMP_MARKER not in entry.name or _writer_alive(entry.name):
                 continue
             with contextlib.suppress(FileNotFoundError):
-                if now - entry.stat(follow_symlinks=False).st_mtime >= older_than_seconds:
+                if now - entry.stat(follow_symlinks=False).st_mtime < older_than_seconds:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)  # a new shard generation, never published
+                else:
                     os.unlink(entry.path)
-                    removed.append(Path(entry.path))
+                removed.append(Path(entry.path))
     return removed
+
+
+def _writer_alive(temp_name: str) -> bool:
+    """Whether the process named in a temporary name (``temp_path_for``, or a shard generation being
+    built) is still running (this one included: another of its threads may write without the lock)."""
+    pid_text = temp_name.partition(TEMP_MARKER)[2].partition(".")[0]
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")  # a zombie has finished writing for good
 
 
 @contextlib.contextmanager
@@ -92,6 +121,7 @@ def backend_lock(backend_dir: Path, timeout: float | None = None) -> Iterator[No
     try:
         _acquire(fd, backend_dir, timeout)
         remove_stale_temps(backend_dir, older_than_seconds=0.0)
+        remove_stale_temps(backend_dir / SHARD_DIR, older_than_seconds=0.0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the flock

@@ -10,8 +10,11 @@ one ``stat`` per access, so a file rewritten elsewhere is seen at once.
 A backend with no parquet yet is served read-only from its legacy ``pins.json`` (or newest backup) as an
 in-memory snapshot with the same interface.
 
-Writes (``PinStore.modify`` and the helpers built on it) hold the backend's cross-process lock, rewrite
-the whole file into a temporary file, and rename it into place (``pinfs.fsutil``).
+Writes go through a ``Transaction`` (``PinStore.transaction``), which holds the backend's cross-process
+lock. A backend of up to a few tens of thousands of pins is one file, rewritten whole into a temporary
+file and renamed into place (``pinfs.fsutil``). A bigger one is stored as sorted shards
+(``pinfs.shards``): ``Transaction.update`` rewrites only the shards holding the CIDs it changes, and
+``ShardedSnapshot`` reads them through the generation's manifest.
 
 Threading: everything here is synchronous and may block on disk; the mount calls it from worker
 threads. ``StoreCache`` guards its maps with a lock, so it may be shared by threads.
@@ -26,8 +29,10 @@ import operator
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import cachetools
 import pyarrow as pa
@@ -36,8 +41,20 @@ import pyarrow.parquet as pq
 
 from pinfs.backends import Backend
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
-from pinfs.fsutil import atomic_writer, backend_lock, refuse_symlink
+from pinfs.fsutil import atomic_writer, backend_lock, fsync_file, refuse_symlink
 from pinfs.schema import REQUIRED_COLUMNS, STATUSES, arrow_schema, now_iso
+from pinfs.shards import (
+    KeptShard,
+    Manifest,
+    ShardInfo,
+    choose_sharded,
+    collect_garbage,
+    generation_dir,
+    is_sharded,
+    publish,
+    read_manifest,
+    shard_rows,
+)
 
 # Rows per row group: small enough that a lookup reads little (~200 KB), large enough that a 1M-pin
 # file has few enough groups for its footer to stay small.
@@ -46,6 +63,8 @@ ROW_GROUP_ROWS = 2048
 DICTIONARY_COLUMNS: tuple[str, ...] = ("backend_name", "status")
 DEFAULT_CACHE_BYTES = 256 << 20
 DEFAULT_CACHE_ENTRIES = 64  # snapshots hold an open file each
+WORKER_THREADS = min(4, os.cpu_count() or 1)  # for the shards of one write
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -293,11 +312,78 @@ class ParquetSnapshot(PinSnapshot):
 
     def _load_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
         with self._read_lock:
-            return self._file.read_row_group(index, columns=list(columns) if columns else None)
+            return self._file.read_row_group(self.groups[index].index, columns=list(columns) if columns else None)
 
     def _load_columns(self, columns: Sequence[str]) -> pa.Table:
         with self._read_lock:
             return self._file.read(columns=list(columns))
+
+
+class ShardedSnapshot(PinSnapshot):
+    """A snapshot over one generation of a sharded backend (``pinfs.shards``).
+
+    The row groups of every shard, in order, come from the manifest, so a lookup opens only the shard
+    that holds its row group. Shards are opened when first read and kept open, which keeps them readable
+    after a later writer removes the generation.
+    """
+
+    def __init__(self, directory: Path, identity: FileIdentity, cache: StoreCache) -> None:
+        manifest = read_manifest(directory)
+        _check_schema(pa.schema([pa.field(name, pa.string()) for name in manifest.columns]), directory)
+        groups: list[RowGroup] = []
+        self._where: list[tuple[int, int]] = []  # per row group: shard number, row group within the shard
+        start = 0
+        for shard_number, shard in enumerate(manifest.shards):
+            for local, (rows, first, last) in enumerate(shard.groups):
+                groups.append(RowGroup(local, start, rows, first, last))
+                self._where.append((shard_number, local))
+                start += rows
+        super().__init__(identity, groups, cache)
+        self.path = directory
+        self.manifest = manifest
+        self.column_names = manifest.columns
+        self._files: dict[int, tuple[pq.ParquetFile, threading.Lock]] = {}
+        self._open_lock = threading.Lock()
+
+    def _shard(self, number: int) -> tuple[pq.ParquetFile, threading.Lock]:
+        with self._open_lock:
+            found = self._files.get(number)
+            if found is None:
+                found = self._files[number] = (_open_shard(self.path, self.manifest.shards[number]), threading.Lock())
+            return found
+
+    def _load_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
+        number, local = self._where[index]
+        shard, lock = self._shard(number)
+        with lock:
+            return shard.read_row_group(local, columns=list(columns) if columns else None)
+
+    def _load_columns(self, columns: Sequence[str]) -> pa.Table:
+        tables = []
+        for number in range(len(self.manifest.shards)):
+            shard, lock = self._shard(number)
+            with lock:
+                tables.append(shard.read(columns=list(columns)))
+        return pa.concat_tables(tables) if tables else empty_table().select(list(columns))
+
+
+def _open_shard(directory: Path, info: ShardInfo) -> pq.ParquetFile:
+    path = directory / info.file
+    try:
+        identity, opened = _open_stable(path)
+    except FileNotFoundError:
+        raise CorruptData(f"{path}: missing (the generation was removed or is incomplete)") from None
+    if identity.size != info.bytes:
+        opened.close()
+        raise CorruptData(f"{path}: is {identity.size} bytes, the manifest says {info.bytes}")
+    try:
+        shard = pq.ParquetFile(opened)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others for a bad file
+        opened.close()
+        raise CorruptData(f"{path}: not a readable parquet file ({_one_line(exc)})") from None
+    if shard.metadata.num_rows != info.rows or shard.metadata.num_row_groups != len(info.groups):
+        raise CorruptData(f"{path}: its rows or row groups differ from the manifest")
+    return shard
 
 
 class MemorySnapshot(PinSnapshot):
@@ -432,8 +518,17 @@ def first_duplicate_cid(table: pa.Table) -> str | None:
 
 
 def read_whole_table(path: Path, *, sort: bool = True) -> pa.Table:
-    """Read a parquet file entirely, sorted (or in file order with ``sort=False``, for checking it);
-    CorruptData if it cannot be read or lacks columns."""
+    """Read a backend's parquet entirely, sorted (or in file order with ``sort=False``, for checking it);
+    CorruptData if it cannot be read or lacks columns. A sharded backend's shards are read in order."""
+    if is_sharded(path):
+        directory = generation_dir(path)
+        tables = [read_whole_table(directory / shard.file, sort=sort) for shard in read_manifest(directory).shards]
+        if not tables:
+            return empty_table()
+        try:
+            return pa.concat_tables(tables)
+        except pa.ArrowInvalid as exc:
+            raise CorruptData(f"{directory}: shards differ in their columns ({_one_line(exc)})") from None
     refuse_symlink(path)
     try:
         # Read through one open file: pq.read_table(path) opens the path twice (footer, then data), so a
@@ -462,23 +557,73 @@ def empty_table() -> pa.Table:
 
 
 def write_table(path: Path, table: pa.Table) -> None:
-    """Write a normalized table atomically. The caller holds the backend lock."""
+    """Write a table as one parquet file, atomically. The caller holds the backend lock."""
+    table = _checked_for_writing(table, path)
+    with atomic_writer(path) as temp:
+        _write_parquet(table, temp)
+
+
+def _checked_for_writing(table: pa.Table, path: Path) -> pa.Table:
     table = normalize_table(table)
     duplicate = first_duplicate_cid(table)
     if duplicate is not None:
         raise InvalidInput(f"{path}: refusing to write duplicate CID {duplicate}")
-    with atomic_writer(path) as temp:
-        # sorting_columns declares the CID order, so readers need not check it (ParquetSnapshot._rows_sorted)
-        pq.write_table(
-            table,
-            temp,
-            row_group_size=ROW_GROUP_ROWS,
-            write_statistics=True,
-            # Dictionary encoding only where values repeat: CIDs, paths, times and metadata are (nearly)
-            # unique per row, so a dictionary there costs write time and bytes and saves nothing.
-            use_dictionary=[name for name in DICTIONARY_COLUMNS if name in table.column_names],
-            sorting_columns=[pq.SortingColumn(table.schema.get_field_index("cid"))],
-        )
+    return table
+
+
+def _write_parquet(table: pa.Table, target: Path | pa.NativeFile) -> None:
+    # sorting_columns declares the CID order, so readers need not check it (ParquetSnapshot._rows_sorted)
+    pq.write_table(
+        table,
+        target,
+        row_group_size=ROW_GROUP_ROWS,
+        write_statistics=True,
+        # Dictionary encoding only where values repeat: CIDs, paths, times and metadata are (nearly)
+        # unique per row, so a dictionary there costs write time and bytes and saves nothing.
+        use_dictionary=[name for name in DICTIONARY_COLUMNS if name in table.column_names],
+        sorting_columns=[pq.SortingColumn(table.schema.get_field_index("cid"))],
+    )
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` as the bytes of one parquet file, written as ``write_table`` writes it."""
+    sink = pa.BufferOutputStream()
+    _write_parquet(_checked_for_writing(table, Path("<memory>")), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def write_shard(path: Path, table: pa.Table) -> ShardInfo:
+    """Write one shard of a new generation (its directory is private until published), durably."""
+    table = _checked_for_writing(table, path)
+    _write_parquet(table, path)
+    fsync_file(path)
+    groups = tuple((group.length, group.min_cid, group.max_cid) for group in _groups_from_table(table))
+    return ShardInfo(path.name, table.num_rows, os.path.getsize(path), groups)
+
+
+def split_into_shards(table: pa.Table, *, exact: bool = False) -> list[pa.Table]:
+    """``table`` cut into shards of about ``shard_rows()`` rows: into equal pieces when it is above
+    twice that (or always, with ``exact``), else left whole; none when it is empty."""
+    target = shard_rows()
+    rows = table.num_rows
+    if rows == 0:
+        return []
+    if rows <= 2 * target and not exact:
+        return [table]
+    pieces = -(-rows // target)
+    size = -(-rows // pieces)
+    return [table.slice(start, size) for start in range(0, rows, size)]
+
+
+def write_pins(path: Path, table: pa.Table) -> None:
+    """Write a backend's whole table in the form its size calls for (``pinfs.shards.choose_sharded``):
+    one file, or a new generation of shards. The caller holds the backend lock."""
+    table = normalize_table(table)
+    if choose_sharded(table.num_rows, is_sharded(path)):
+        publish(path, split_into_shards(_checked_for_writing(table, path), exact=True), table.column_names, write_shard)
+    else:
+        write_table(path, table)
+    collect_garbage(path.parent)
 
 
 # -- the store --
@@ -493,6 +638,12 @@ class Transaction:
 
     def __init__(self, store: PinStore) -> None:
         self.store = store
+        self._table: pa.Table | None = None  # the whole table as last read or written here
+        self._shards: dict[tuple[Path, str], pa.Table] = {}  # shards read (generations never change)
+
+    @property
+    def sharded(self) -> bool:
+        return is_sharded(self.store.path)
 
     def current(self, *, allow_legacy: bool = False) -> pa.Table:
         """The table as it is on disk now, sorted (empty when there is no parquet yet).
@@ -501,6 +652,8 @@ class Transaction:
         so that writing a parquet never hides the pins that are only in pins.json; ``allow_legacy`` is
         for the migration itself.
         """
+        if self._table is not None:
+            return self._table
         if self.store.has_parquet():
             table = read_whole_table(self.store.path)
             # A file with a CID twice (written by another tool) is corrupt: say so, naming the file,
@@ -508,6 +661,7 @@ class Transaction:
             duplicate = first_duplicate_cid(table)
             if duplicate is not None:
                 raise CorruptData(f"{self.store.path}: CID {duplicate} appears more than once")
+            self._table = table
             return table
         if not allow_legacy and self.store.legacy_source() is not None:
             name = self.store.backend.name
@@ -517,7 +671,146 @@ class Transaction:
         return empty_table()
 
     def write(self, table: pa.Table) -> None:
-        write_table(self.store.path, table)
+        """Replace the whole table (``write_pins``)."""
+        table = normalize_table(table)
+        write_pins(self.store.path, table)
+        self._table = table  # what is on disk now: a CAR written next need not read it back
+
+    def records_for(self, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        """The current records of those of ``cids`` that are present. A sharded backend reads only the
+        shards that would hold them."""
+        wanted = pa.array(list(cids), pa.string())
+        if self.sharded:
+            directory, manifest = self._generation()
+            numbers = sorted(set(_shard_numbers(manifest, cids).values()))
+            tables = self._shard_tables(directory, [manifest.shards[number] for number in numbers])
+        else:
+            tables = [self.current()]
+        found: dict[str, dict[str, str | None]] = {}
+        for table in tables:
+            for row in table.filter(pc.is_in(table.column("cid"), wanted)).to_pylist():
+                found[row["cid"]] = row
+        return found
+
+    def update(self, replacements: Mapping[str, Mapping[str, str | None]], removals: Sequence[str] = ()) -> int:
+        """Remove ``removals`` and add or replace ``replacements`` (by CID, ``updated_at`` stamped), in
+        one write; returns the number of rows after it. A sharded backend rewrites only the shards that
+        hold those CIDs (issue #6: one pin into a million must not rewrite a million rows)."""
+        if not replacements and not removals:
+            return self._generation()[1].count if self.sharded else self.current().num_rows
+        if self.sharded:
+            directory, manifest = self._generation()
+            if _new_columns(replacements, manifest.columns):
+                return self._update_whole(replacements, removals)  # every shard must gain the column
+            return self._update_shards(directory, manifest, replacements, removals)
+        return self._update_whole(replacements, removals)
+
+    def _update_whole(self, replacements: Mapping[str, Mapping[str, str | None]], removals: Sequence[str]) -> int:
+        table = self.current()
+        if removals:
+            table = table.filter(pc.invert(pc.is_in(table.column("cid"), pa.array(list(removals), pa.string()))))
+        table = merge_records(table, replacements)
+        self.write(table)
+        return table.num_rows
+
+    def _update_shards(
+        self,
+        directory: Path,
+        manifest: Manifest,
+        replacements: Mapping[str, Mapping[str, str | None]],
+        removals: Sequence[str],
+    ) -> int:
+        by_shard: dict[int, list[str]] = {}
+        for cid, number in _shard_numbers(manifest, [*removals, *replacements]).items():
+            by_shard.setdefault(number, []).append(cid)
+        if not by_shard:
+            return manifest.count
+        removal_set = set(removals)
+
+        def rewritten(number: int, table: pa.Table) -> list[pa.Table]:
+            cids = by_shard[number]
+            gone = [cid for cid in cids if cid in removal_set]
+            if gone:
+                table = table.filter(pc.invert(pc.is_in(table.column("cid"), pa.array(gone, pa.string()))))
+            table = merge_records(table, {cid: replacements[cid] for cid in cids if cid in replacements})
+            return split_into_shards(table.select(list(manifest.columns)))
+
+        touched = sorted(by_shard)
+        tables = self._shard_tables(directory, [manifest.shards[number] for number in touched])
+        new_parts = dict(zip(touched, _parallel_map(rewritten, touched, tables), strict=True))
+        parts: list[KeptShard | pa.Table] = []
+        for number, shard in enumerate(manifest.shards):
+            if number in new_parts:
+                parts.extend(new_parts[number])
+            else:
+                parts.append(KeptShard(directory / shard.file, shard))
+        parts = _compact(parts, manifest.columns)
+        total = sum(part.info.rows if isinstance(part, KeptShard) else part.num_rows for part in parts)
+        if not choose_sharded(total, currently_sharded=True):
+            self.write(pa.concat_tables([_part_table(part, manifest.columns) for part in parts]))
+            return total
+        publish(self.store.path, parts, manifest.columns, write_shard)
+        collect_garbage(self.store.path.parent)
+        self._table = None
+        return total
+
+    def _generation(self) -> tuple[Path, Manifest]:
+        directory = generation_dir(self.store.path)
+        return directory, read_manifest(directory)
+
+    def _shard_tables(self, directory: Path, shards: Sequence[ShardInfo]) -> list[pa.Table]:
+        """Whole shards, read on a few threads (pyarrow reads without the GIL) and kept for the rest of
+        the transaction: ``records_for`` then ``update`` read each shard once."""
+        missing = [shard for shard in shards if (directory, shard.file) not in self._shards]
+        tables = _parallel_map(lambda shard: read_whole_table(directory / shard.file), missing)
+        for shard, table in zip(missing, tables, strict=True):
+            self._shards[directory, shard.file] = table
+        return [self._shards[directory, shard.file] for shard in shards]
+
+
+def _parallel_map(function: Callable[..., T], *iterables: Iterable[Any]) -> list[T]:
+    """``list(map(function, …))`` on ``WORKER_THREADS`` threads: shard reads, merges and writes are
+    mostly Arrow work, which runs without the GIL."""
+    with ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="pinfs-shards") as pool:
+        return list(pool.map(function, *iterables))
+
+
+def _shard_numbers(manifest: Manifest, cids: Iterable[str]) -> dict[str, int]:
+    """The shard each CID belongs in: shard i holds CIDs from its first one up to the next shard's
+    first; the first shard also holds every CID below its own first one."""
+    firsts = [shard.min_cid for shard in manifest.shards]
+    return {cid: max(bisect.bisect_right(firsts, cid) - 1, 0) for cid in cids}
+
+
+def _new_columns(replacements: Mapping[str, Mapping[str, str | None]], columns: Sequence[str]) -> bool:
+    if not replacements:
+        return False
+    names = set(itertools.chain.from_iterable(replacements.values()))
+    names.add("updated_at")  # merge_records stamps it
+    return not names.issubset(columns)
+
+
+def _part_table(part: KeptShard | pa.Table, columns: Sequence[str]) -> pa.Table:
+    table = read_whole_table(part.path) if isinstance(part, KeptShard) else part
+    return table.select(list(columns))
+
+
+def _compact(parts: list[KeptShard | pa.Table], columns: Sequence[str]) -> list[KeptShard | pa.Table]:
+    """Merge every rewritten shard smaller than a quarter of the target into a neighbour, so removals
+    do not leave a trail of tiny files."""
+    floor = shard_rows() // 4
+    parts = list(parts)
+    index = 0
+    while index < len(parts):
+        part = parts[index]
+        if not isinstance(part, pa.Table) or part.num_rows >= floor or len(parts) == 1:
+            index += 1
+            continue
+        low = index if index + 1 < len(parts) else index - 1
+        merged = pa.concat_tables([_part_table(parts[low], columns), _part_table(parts[low + 1], columns)])
+        parts[low : low + 2] = split_into_shards(merged)
+        index = low
+    return parts
 
 
 @dataclass
@@ -539,7 +832,8 @@ class PinStore:
         return self.backend.parquet_path
 
     def has_parquet(self) -> bool:
-        return self.path.is_file()
+        """Whether the backend has been migrated: a parquet file, or pinfs' link to its shards."""
+        return self.path.is_file() or is_sharded(self.path)
 
     def snapshot(self) -> PinSnapshot:
         """The current version: the parquet, else the legacy pins.json, else an empty snapshot.
@@ -547,9 +841,13 @@ class PinStore:
         Raises CorruptData when the file that should be read cannot be.
         """
         try:
-            stat = os.stat(self.path)
+            stat = os.lstat(self.path)
         except FileNotFoundError:
             return self._legacy_snapshot()
+        if is_sharded(self.path):
+            directory = generation_dir(self.path)
+            generation = FileIdentity.of(directory)
+            return self.cache.get_snapshot(generation, lambda: ShardedSnapshot(directory, generation, self.cache))
         identity = FileIdentity.of(self.path, stat)
         return self.cache.get_snapshot(identity, lambda: self._parquet_snapshot(identity))
 
@@ -591,50 +889,35 @@ class PinStore:
         if not directory.is_dir():
             raise NotFound(f"backend {self.backend.name!r} has no directory {directory}")
         with backend_lock(directory, timeout=lock_timeout):
+            collect_garbage(directory)  # like backend_lock's stale temp files: what dead writers left
             yield Transaction(self)
-
-    def modify(self, change: Callable[[pa.Table], pa.Table], *, lock_timeout: float | None = None) -> pa.Table:
-        """Under the backend lock: read the current table, apply ``change``, write the result."""
-        with self.transaction(lock_timeout=lock_timeout) as txn:
-            result = change(txn.current())
-            txn.write(result)
-            return result
 
     def upsert(self, records: Sequence[Mapping[str, str | None]], *, overwrite: bool) -> UpsertResult:
         """Add records; a CID already present is replaced only when ``overwrite``. One write."""
         outcome = UpsertResult()
-
-        def change(current: pa.Table) -> pa.Table:
-            existing = set(current.column("cid").to_pylist())
-            incoming: dict[str, Mapping[str, str | None]] = {}
-            for record in records:
-                incoming[str(record["cid"])] = record
-            keep_new = {}
+        incoming = {str(record["cid"]): record for record in records}
+        with self.transaction() as txn:
+            existing = txn.records_for(list(incoming))
+            chosen = {}
             for cid, record in incoming.items():
                 if cid not in existing:
                     outcome.added.append(cid)
-                    keep_new[cid] = record
+                    chosen[cid] = record
                 elif overwrite:
                     outcome.updated.append(cid)
-                    keep_new[cid] = record
+                    chosen[cid] = record
                 else:
                     outcome.unchanged.append(cid)
-            return merge_records(current, keep_new)
-
-        self.modify(change)
+            txn.update(chosen)
         return outcome
 
     def remove(self, cids: Iterable[str]) -> list[str]:
         """Remove CIDs; returns those that were present. One write."""
         wanted = list(dict.fromkeys(cids))
-        removed: list[str] = []
-
-        def change(current: pa.Table) -> pa.Table:
-            mask = pc.is_in(current.column("cid"), pa.array(wanted, pa.string()))
-            removed.extend(current.filter(mask).column("cid").to_pylist())
-            return current.filter(pc.invert(mask))
-
-        self.modify(change)
+        with self.transaction() as txn:
+            present = txn.records_for(wanted)
+            removed = [cid for cid in wanted if cid in present]
+            txn.update({}, removals=removed)
         return removed
 
 

@@ -3,7 +3,8 @@
 Layout of a cache entry (``.bench-cache/n<N>-k<K>-v<VERSION>/``)::
 
     root/backends/<b>.yaml
-    root/backends/<b>/pin_mappings.parquet     written by pinfs.store.write_table (the store's exact form)
+    root/backends/<b>/pin_mappings.parquet     written by pinfs.store.write_pins (the store's exact form:
+                                               shards past 64k pins)
     root/backends/<b>/pin_mappings.car         written by pinfs.ops.carops.write_car_locked
     legacy/pins.json                           backend 0's pins as a legacy list of objects
     meta.json                                  what was generated (written last: its presence = complete)
@@ -33,9 +34,9 @@ from pinfs.cids import is_valid_cid
 from pinfs.fsutil import backend_lock
 from pinfs.ops.carops import write_car_locked
 from pinfs.schema import arrow_schema, car_path_for, dump_metadata
-from pinfs.store import normalize_table, write_table
+from pinfs.store import normalize_table, write_pins
 
-VERSION = 1
+VERSION = 2  # 2: the sharded form (issue #6)
 SHARED_FRACTION = 0.1
 FAILED_FRACTION = 0.03
 PENDING_FRACTION = 0.05
@@ -142,7 +143,7 @@ def ensure_data(base: Path, n: int, k: int, seed: int = 1) -> Path:
         table = normalize_table(pa.table(columns, schema=arrow_schema(("updated_at",))))
         backend = get_backend(root, name)
         with backend_lock(backend.directory):
-            write_table(backend.parquet_path, table)
+            write_pins(backend.parquet_path, table)
             write_car_locked(backend, table, created_at="2026-11-01T00:00:00.000000+00:00")
         if index == 0:
             (partial / "legacy").mkdir()

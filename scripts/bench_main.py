@@ -46,6 +46,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bench_gen import say
 
+from pinfs.shards import data_files
+
 PROJECT = Path(__file__).resolve().parent.parent
 SCRIPTS = PROJECT / "scripts"
 PY = sys.executable
@@ -242,11 +244,12 @@ class Data:
             table = pq.read_table(path, columns=["cid", "status"])
             self.cids.append(table.column("cid").combine_chunks())
             self.statuses.append(table.column("status").combine_chunks())
-            metadata = pq.ParquetFile(path).metadata
             starts, position = [], 0
-            for index in range(metadata.num_row_groups):
-                starts.append(position)
-                position += metadata.row_group(index).num_rows
+            for data_file in data_files(path):  # the file, or a sharded backend's shards in order
+                metadata = pq.ParquetFile(data_file).metadata
+                for index in range(metadata.num_row_groups):
+                    starts.append(position)
+                    position += metadata.row_group(index).num_rows
             self.starts.append(starts + [position])
         shared = pa.array(self.meta["shared_sample"], pa.string())
         positions = [pc.index_in(shared, value_set=cids).to_pylist() for cids in self.cids]
@@ -509,10 +512,10 @@ def session_writes(data: Data, plan: Plan, mounts: Mounts, run: Path, work: Path
         res.add("migrate_reference", wall)
         reference.unlink()
     root = work / "writes"
-    (root / "backends" / name).mkdir(parents=True)
+    (root / "backends").mkdir(parents=True)
     shutil.copyfile(source / f"{name}.yaml", root / "backends" / f"{name}.yaml")
-    for file_name in ("pin_mappings.parquet", "pin_mappings.car"):
-        shutil.copyfile(source / name / file_name, root / "backends" / name / file_name)
+    # symlinks=True keeps a sharded pin_mappings.parquet what it is: pinfs' link to its generation
+    shutil.copytree(source / name, root / "backends" / name, symlinks=True)
     for index in range(plan.regen_reps):
         say(f"pinfs migrate --force-car-regeneration ({data.n} pins), run {index + 1}/{plan.regen_reps}")
         elapsed, out = run_timed([PY, "-m", "pinfs", "migrate", "--root", str(root), "--backend-filter", name,

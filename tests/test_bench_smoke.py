@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 from pathlib import Path
 
@@ -21,12 +22,14 @@ def _number(value: object) -> bool:
 
 @needs_fuse
 def test_bench_quick_json_has_every_row(tmp_path: Path) -> None:
+    # Shards of 1024 rows: the quick run's 10k pins are then stored sharded, as 1M are in a full run.
     done = subprocess.run(
         [str(PROJECT / "scripts" / "bench"), "--quick", "--json", "--cache", str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=PROJECT,
         timeout=300,
+        env={**os.environ, "PINFS_SHARD_ROWS": "1024"},
     )
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import get_backend, validate_backend_name
+from pinfs.backends import Backend, get_backend, validate_backend_name
 from pinfs.errors import Busy, InvalidInput, NotFound, PinfsError
 from pinfs.ops.carops import RegenerateOptions, regenerate_car
 from pinfs.ops.migrate import MigrateOptions, migrate
@@ -143,17 +143,21 @@ class LinesCommand:
 
     name: str
     parse_lines: Callable[[str], list[Any]]
-    function: Callable[[Path, str, list[Any]], dict[str, Any]]
+    function: Callable[..., dict[str, Any]]  # (root, backend, items, defer_car=...)
     multiline = True
 
-    def parse(self, root: Path, backend: str | None, data: bytes) -> Prepared:
+    def parse(
+        self, root: Path, backend: str | None, data: bytes, defer_car: Callable[[Backend], None] | None = None
+    ) -> Prepared:
         if backend is None:
             raise InvalidInput(f"{self.name} acts on one backend: use backends/<name>/.control/{self.name}")
         items = self.parse_lines(decode_input(data, multiline=True))
         if not items:
             raise InvalidInput(f"{self.name}: no lines given")
         return Prepared(
-            self.name, {"backend": backend, "lines": len(items)}, lambda: self.function(root, backend, items)
+            self.name,
+            {"backend": backend, "lines": len(items)},
+            lambda: self.function(root, backend, items, defer_car=defer_car),
         )
 
     def check_lines(self, data: bytes) -> None:
@@ -281,8 +285,9 @@ class ControlFile:
 class ControlRegistry:
     """Every control file of the mount, created on first use, keyed by (backend or None, command)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, defer_car: Callable[[Backend], None] | None = None) -> None:
         self.root = Path(root)
+        self.defer_car = defer_car  # pin/unpin leave a sharded backend's CAR to it (the mount's)
         self._files: dict[tuple[str | None, str], ControlFile] = {}
         self._lock = threading.Lock()
 
@@ -299,7 +304,10 @@ class ControlRegistry:
 
     def parse(self, key: tuple[str | None, str], data: bytes) -> Prepared:
         """Validate written bytes for the control file ``key``. Raises InvalidInput."""
-        return COMMANDS[key[1]].parse(self.root, key[0], data)
+        command = COMMANDS[key[1]]
+        if isinstance(command, LinesCommand):
+            return command.parse(self.root, key[0], data, self.defer_car)
+        return command.parse(self.root, key[0], data)
 
     def check_partial(self, key: tuple[str | None, str], data: bytes, checked: int) -> int:
         """Validate what has arrived so far: size, UTF-8 and every complete line after byte ``checked``

@@ -44,6 +44,7 @@ from pinfs.errors import InvalidInput, NotFound, PinfsError
 from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
 from pinfs.fs.tree import PinTree
+from pinfs.ops.carops import DEFERRED_CARS
 from pinfs.store import DEFAULT_CACHE_ENTRIES, StoreCache
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ ABANDON_GRACE = 0.5
 def build_operations(config: MountConfig, command_limiter: trio.CapacityLimiter | None = None) -> PinfsOperations:
     """The adapter over a fresh tree and control registry. Reads nothing from the data root."""
     cache = StoreCache(max_bytes=config.cache_mb << 20, max_entries=DEFAULT_CACHE_ENTRIES)
-    return PinfsOperations(PinTree(config.root, cache), ControlRegistry(config.root), command_limiter=command_limiter)
+    controls = ControlRegistry(config.root, defer_car=DEFERRED_CARS.defer)
+    return PinfsOperations(PinTree(config.root, cache), controls, command_limiter=command_limiter)
 
 
 def _enabled(interval: float | None) -> bool:
@@ -258,6 +260,8 @@ async def serve(config: MountConfig, ready: Callable[[], None] | None = None) ->
         finally:
             scheduled.close()
         nursery.cancel_scope.cancel()
+    # CARs of sharded backends whose rebuild was deferred after pin changes are written before exit.
+    await trio.to_thread.run_sync(DEFERRED_CARS.close)
     if not scheduled.active:
         return False
     return not await trio.to_thread.run_sync(scheduled.wait_idle, ABANDON_GRACE)

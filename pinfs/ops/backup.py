@@ -1,16 +1,18 @@
 """Backups of every backend's pin mappings onto a filesystem backend, done as part of sync.
 
-Syncing a filesystem backend copies each backend's ``pin_mappings.parquet`` and ``pin_mappings.car``
-to ``<storage_path>/pin_mappings/<backend>/`` -- only the files whose content changed since their last
-copy there. What was copied is remembered by content hash (sha256) in ``<storage_path>/pin_mappings/
-manifest.json``. Every file, the manifest included, is written atomically through the driver (temp +
-rename). A dry run lists what would be copied and writes nothing.
+Syncing a filesystem backend copies each backend's ``pin_mappings.parquet`` and ``pin_mappings.car`` to
+``<storage_path>/pin_mappings/<backend>/`` -- only the files whose content changed since their last copy
+there. A sharded parquet is copied as one file. What was copied is remembered by content hash (sha256)
+in ``<storage_path>/pin_mappings/manifest.json``. Every file, the manifest included, is written
+atomically through the driver (temp + rename). A dry run lists what would be copied and writes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pinfs.backends import CAR_NAME, PARQUET_NAME, Backend
@@ -18,6 +20,8 @@ from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
 from pinfs.fsutil import read_regular_file
 from pinfs.ops.sync import SyncContext
 from pinfs.schema import now_iso
+from pinfs.shards import data_files, is_sharded
+from pinfs.store import parquet_bytes, read_whole_table
 
 BACKUP_DIR = "pin_mappings"
 MANIFEST_KEY = f"{BACKUP_DIR}/manifest.json"
@@ -32,6 +36,19 @@ def _load_manifest(driver: Any) -> dict[str, Any]:
         return {}  # unreadable: copy everything again, then write a good one
     files = value.get("files") if isinstance(value, dict) else None
     return files if isinstance(files, dict) else {}
+
+
+def _content(source: Path) -> tuple[str, Callable[[], bytes]]:
+    """The content hash of a pin-mapping file and a way to get its bytes. A sharded parquet
+    (``pinfs.shards``) is hashed over its shards in order and copied as one parquet file of the whole
+    table, built only when the hash says it changed."""
+    if not is_sharded(source):
+        data = read_regular_file(source)
+        return hashlib.sha256(data).hexdigest(), lambda: data
+    digest = hashlib.sha256()
+    for shard in data_files(source):
+        digest.update(read_regular_file(shard))
+    return "shards:" + digest.hexdigest(), lambda: parquet_bytes(read_whole_table(source))
 
 
 def backup_to(context: SyncContext, target: Backend) -> dict[str, Any]:
@@ -57,7 +74,7 @@ def backup_to(context: SyncContext, target: Backend) -> dict[str, Any]:
         for name in (PARQUET_NAME, CAR_NAME):
             source = backend.directory / name
             try:
-                data = read_regular_file(source)
+                digest, data = _content(source)
             except FileNotFoundError:
                 continue
             except CorruptData as exc:
@@ -67,21 +84,21 @@ def backup_to(context: SyncContext, target: Backend) -> dict[str, Any]:
                 errors.append(f"{source}: {exc.strerror or exc}")
                 continue
             key = f"{BACKUP_DIR}/{backend.name}/{name}"
-            digest = hashlib.sha256(data).hexdigest()
             previous = manifest.get(key)
             try:
                 if isinstance(previous, dict) and previous.get("sha256") == digest and driver.exists(key):
                     report["unchanged"] += 1
                     continue
-                item = {"backend": backend.name, "file": name, "key": key, "size": len(data)}
                 if context.dry_run:
-                    report["copied"].append({**item, "dry_run": True})
+                    report["copied"].append({"backend": backend.name, "file": name, "key": key, "dry_run": True})
                     continue
-                driver.put(key, data)
+                payload = data()
+                item = {"backend": backend.name, "file": name, "key": key, "size": len(payload)}
+                driver.put(key, payload)
             except PinfsError as exc:
                 errors.append(str(exc))
                 continue
-            manifest[key] = {"sha256": digest, "size": len(data), "copied_at": now_iso()}
+            manifest[key] = {"sha256": digest, "size": len(payload), "copied_at": now_iso()}
             report["copied"].append(item)
             changed = True
     if changed:

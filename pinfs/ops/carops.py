@@ -3,11 +3,20 @@
 The CAR is a derived copy: it is rebuilt from the parquet whenever pins change through pinfs, and on
 demand (``regenerate-car``, ``migrate --force-car-regeneration``). Callers that already hold the
 backend's lock call ``write_car_locked``; ``regenerate_car`` takes the lock itself.
+
+A sharded backend (``pinfs.shards``, a million pins) is too big to re-encode on every pin: after a pin
+change its CAR is rebuilt by ``refresh_car`` without the lock, from the immutable version just written,
+and the CAR file gets that version's modification time, so ``car_is_current`` stays true to what the CAR
+holds even when a newer version lands meanwhile. The mount defers that work to ``DEFERRED_CARS``, which
+does it once writes to the backend pause; the command line does it before it returns.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,10 +28,13 @@ import pyarrow as pa
 from pinfs.backends import Backend
 from pinfs.car import read_pin_mappings_car, write_pin_mappings_car_columns
 from pinfs.errors import CorruptData, PinfsError
+from pinfs.fsutil import fsync_file
 from pinfs.ops.common import error_entry, select_backends
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.schema import REQUIRED_COLUMNS, now_iso
 from pinfs.store import PinStore, Transaction, sort_by_cid
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,9 +53,10 @@ def write_car_locked(
     backend: Backend,
     table: pa.Table,
     created_at: str | None = None,
-    before_replace: Callable[[], None] | None = None,
+    before_replace: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
-    """Write ``pin_mappings.car`` for ``table``. The caller holds the backend's lock.
+    """Write ``pin_mappings.car`` for ``table``. The caller holds the backend's lock (but see
+    ``refresh_car``).
 
     Encoded straight from the table's columns (no Python object per pin); a table already in CID
     order, as every table pinfs reads and merges is, is not sorted again."""
@@ -63,7 +76,8 @@ def write_table_and_car_locked(backend: Backend, txn: Transaction, table: pa.Tab
     parquet_done = threading.Event()
     parquet_ok = False
 
-    def after_parquet() -> None:
+    def after_parquet(temp: Path) -> None:
+        fsync_file(temp)  # now, so that after the parquet's rename only the CAR's own rename is left
         parquet_done.wait()
         if not parquet_ok:
             raise _ParquetFailed
@@ -103,7 +117,8 @@ def car_agreement(backend: Backend, table: pa.Table) -> list[str]:
 
 
 def car_is_current(backend: Backend) -> bool:
-    """Cheap check for reports: the CAR exists and is not older than the parquet."""
+    """Cheap check for reports: the CAR exists and is not older than the parquet (for a sharded backend,
+    than its current generation's directory)."""
     try:
         car_mtime = backend.car_path.stat().st_mtime_ns
         parquet_mtime = backend.parquet_path.stat().st_mtime_ns
@@ -136,3 +151,106 @@ def _regenerate_one(backend: Backend) -> dict[str, Any]:
     except PinfsError as exc:
         return error_entry(backend, exc)
     return {"backend": backend.name, "type": backend.type, "ok": True, **written}
+
+
+# -- after a pin change --
+
+
+def car_after_pin_change_locked(backend: Backend, txn: Transaction, defer: Callable[[Backend], None] | None) -> Any:
+    """Bring the CAR in line after ``txn`` changed pins. A one-file backend is small: its CAR is written
+    now, under the lock. A sharded one is handed to ``defer`` (the mount's ``DEFERRED_CARS.defer``) or,
+    without one, left for ``refresh_car`` once the lock is released (returns None then)."""
+    if not txn.sharded:
+        return write_car_locked(backend, txn.current())
+    if defer is not None:
+        defer(backend)
+        return {"path": str(backend.car_path), "deferred": True}
+    return None
+
+
+def refresh_car(backend: Backend) -> dict[str, Any]:
+    """Rebuild the CAR from the backend's current version, without holding the lock (see the module
+    docstring). Skipped when the CAR is already current."""
+    if car_is_current(backend):
+        return {"path": str(backend.car_path), "current": True}
+    snapshot = PinStore(backend).snapshot()
+    if snapshot.source != "parquet" or snapshot.identity is None:
+        return {"path": str(backend.car_path), "skipped": "no pin_mappings.parquet"}
+    version_ns = snapshot.identity.mtime_ns
+
+    def date_it(temp: Path) -> None:
+        os.utime(temp, ns=(version_ns, version_ns))
+
+    return write_car_locked(backend, snapshot.table(), before_replace=date_it)
+
+
+class CarRefresher:
+    """CAR rebuilds deferred by a long-running process: each backend's is rebuilt ``quiet`` seconds after
+    its last pin change, and at most ``at_most`` seconds after the first one still waiting, on one
+    background thread, so the pin commands themselves return as soon as the parquet is written."""
+
+    def __init__(self, quiet: float = 1.0, at_most: float = 10.0) -> None:
+        self.quiet, self.at_most = quiet, at_most
+        self._waiting: dict[Path, tuple[Backend, float, float]] = {}  # directory -> backend, first, last
+        self._running: set[Path] = set()
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def defer(self, backend: Backend) -> None:
+        now = time.monotonic()
+        with self._condition:
+            _old, first, _last = self._waiting.get(backend.directory, (backend, now, now))
+            self._waiting[backend.directory] = (backend, first, now)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="pinfs-car-refresh", daemon=True)
+                self._thread.start()
+            self._condition.notify()
+
+    def is_pending(self, backend: Backend) -> bool:
+        with self._condition:
+            return backend.directory in self._waiting or backend.directory in self._running
+
+    def close(self, timeout: float | None = None) -> None:
+        """Rebuild every CAR still waiting, now, and stop the thread (at unmount)."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        with self._condition:
+            self._thread, self._closing = None, False
+
+    def _due(self, first: float, last: float) -> float:
+        return min(last + self.quiet, first + self.at_most)
+
+    def _next(self) -> Backend | None:
+        """Wait for the next CAR that is due; None when closing with nothing left."""
+        with self._condition:
+            while True:
+                if not self._waiting:
+                    if self._closing:
+                        return None
+                    self._condition.wait()
+                    continue
+                directory, (backend, first, last) = min(self._waiting.items(), key=lambda item: self._due(*item[1][1:]))
+                delay = self._due(first, last) - time.monotonic()
+                if delay <= 0 or self._closing:
+                    del self._waiting[directory]
+                    self._running.add(directory)
+                    return backend
+                self._condition.wait(delay)
+
+    def _loop(self) -> None:
+        while (backend := self._next()) is not None:
+            try:
+                refresh_car(backend)
+            except Exception:  # logged; the next pin change, sync or regenerate-car tries again
+                log.exception("rebuilding %s failed", backend.car_path)
+            finally:
+                with self._condition:
+                    self._running.discard(backend.directory)
+
+
+DEFERRED_CARS = CarRefresher()

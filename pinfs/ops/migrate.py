@@ -35,6 +35,7 @@ from pinfs.ops.common import discovery_problems, error_entry, select_backends
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import read_state, record_run
 from pinfs.schema import REQUIRED_COLUMNS, now_iso, record_problems, utc_stamp
+from pinfs.shards import generation_problems, is_sharded
 from pinfs.store import (
     FileIdentity,
     PinStore,
@@ -43,6 +44,7 @@ from pinfs.store import (
     first_duplicate_cid,
     merge_records,
     read_whole_table,
+    write_pins,
     write_table,
 )
 
@@ -325,12 +327,16 @@ def _restore_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
 def _replace_from(backend: Backend, legacy: LegacyPins) -> dict[str, Any]:
     """Keep the current parquet as a backup, then write the backup's pins as the parquet. Lock held."""
     written: dict[str, Any] = {}
-    if backend.parquet_path.is_file():
+    if is_sharded(backend.parquet_path):  # kept as one file, like any other parquet backup
+        kept = backend.directory / f"{PARQUET_BACKUP_PREFIX}{utc_stamp()}"
+        write_table(kept, read_whole_table(backend.parquet_path))
+        written["previous_parquet_kept_as"] = str(kept)
+    elif backend.parquet_path.is_file():
         kept = backend.directory / f"{PARQUET_BACKUP_PREFIX}{utc_stamp()}"
         atomic_write_bytes(kept, read_regular_file(backend.parquet_path))
         written["previous_parquet_kept_as"] = str(kept)
     table = merge_records(empty_table(), {record["cid"]: record for record in legacy.records})
-    write_table(backend.parquet_path, table)
+    write_pins(backend.parquet_path, table)
     written["car"] = write_car_locked(backend, table)
     return written
 
@@ -344,8 +350,10 @@ def verify_backend(backend: Backend) -> dict[str, Any]:
     entry: dict[str, Any] = {"backend": backend.name, "type": backend.type}
     if backend.config_error:
         problems.append(backend.config_error)
-    if not backend.parquet_path.is_file():
+    if not PinStore(backend).has_parquet():
         problems.append(f"{backend.parquet_path}: missing (backend not migrated)")
+    elif is_sharded(backend.parquet_path) and (shard_problems := generation_problems(backend.parquet_path)):
+        problems.extend(shard_problems)  # the shards themselves are not read: they are not what pandas sees
     else:
         table = _verify_parquet(backend.parquet_path, problems)
         if table is not None:

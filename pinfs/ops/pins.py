@@ -2,25 +2,26 @@
 mount's ``pin``/``unpin`` control files.
 
 A batch is one write: every request is validated first (InvalidInput names the bad line and nothing
-changes), then the parquet is rewritten once and the CAR regenerated, both under the backend's lock.
+changes), then the parquet is written once (a sharded backend rewrites only the shards the batch
+touches) and the CAR regenerated (for a sharded backend, after the lock is released, or later by the
+mount: ``pinfs.ops.carops``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from pinfs.backends import Backend, discover_backends, ensure_backend_dir, get_backend
 from pinfs.cids import validate_cid
-from pinfs.errors import InvalidInput, NotFound, PinfsError
-from pinfs.ops.carops import write_table_and_car_locked
+from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
+from pinfs.ops.carops import car_after_pin_change_locked, refresh_car
 from pinfs.schema import REQUIRED_COLUMNS, STATUSES, dump_metadata, load_metadata, make_record
-from pinfs.store import PinStore, merge_records
+from pinfs.store import PinStore
+
+DeferCar = Callable[[Backend], None]
 
 # CONTRACT §2: one control-file line is at most 4 KiB.
 MAX_LINE_BYTES = 4096
@@ -107,9 +108,12 @@ def parse_unpin_lines(text: str) -> list[str]:
 # -- writing --
 
 
-def add_pins(root: Path, backend_name: str, requests: Sequence[PinRequest]) -> dict[str, Any]:
+def add_pins(
+    root: Path, backend_name: str, requests: Sequence[PinRequest], *, defer_car: DeferCar | None = None
+) -> dict[str, Any]:
     """Add or update pins in one backend, in one write. Existing pins keep their creation time and
-    CAR path; their status changes only if the request names one; metadata keys are merged."""
+    CAR path; their status changes only if the request names one; metadata keys are merged.
+    ``defer_car`` (the mount's) takes over rebuilding a sharded backend's CAR (``pinfs.ops.carops``)."""
     if not requests:
         raise InvalidInput("no pins given")
     backend = get_backend(root, backend_name)
@@ -118,21 +122,17 @@ def add_pins(root: Path, backend_name: str, requests: Sequence[PinRequest]) -> d
     added: list[str] = []
     updated: list[str] = []
     with PinStore(backend).transaction() as txn:
-        current = txn.current()
-        existing = _records_for(current, list(batch))
+        existing = txn.records_for(list(batch))
         replacements = {}
         for cid, request in batch.items():
             old = existing.get(cid)
             (updated if old else added).append(cid)
             replacements[cid] = _apply_request(backend, request, old)
-        table = merge_records(current, replacements)
-        write_table_and_car_locked(backend, txn, table)
-    return {"ok": True, "backend": backend.name, "added": added, "updated": updated, "total": table.num_rows}
-
-
-def _records_for(table: pa.Table, cids: list[str]) -> dict[str, dict[str, Any]]:
-    rows = table.filter(pc.is_in(table.column("cid"), pa.array(cids, pa.string())))
-    return {row["cid"]: row for row in rows.to_pylist()}
+        total = txn.update(replacements)
+        car = car_after_pin_change_locked(backend, txn, defer_car)
+    if car is None:
+        refresh_car(backend)
+    return {"ok": True, "backend": backend.name, "added": added, "updated": updated, "total": total}
 
 
 def _apply_request(backend: Backend, request: PinRequest, old: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -156,7 +156,9 @@ def _metadata_or_empty(record: Mapping[str, Any]) -> dict[str, Any]:
         return {}
 
 
-def remove_pins(root: Path, backend_name: str, cids: Sequence[str]) -> dict[str, Any]:
+def remove_pins(
+    root: Path, backend_name: str, cids: Sequence[str], *, defer_car: DeferCar | None = None
+) -> dict[str, Any]:
     """Remove pins from one backend in one write. If any CID is not pinned there, nothing changes
     and NotFound names it."""
     if not cids:
@@ -164,15 +166,15 @@ def remove_pins(root: Path, backend_name: str, cids: Sequence[str]) -> dict[str,
     backend = get_backend(root, backend_name)
     wanted = list(dict.fromkeys(cids))
     with PinStore(backend).transaction() as txn:
-        current = txn.current()
-        present = pc.is_in(current.column("cid"), pa.array(wanted, pa.string()))
-        found = set(current.filter(present).column("cid").to_pylist())
+        found = txn.records_for(wanted)
         missing = [cid for cid in wanted if cid not in found]
         if missing:
             raise NotFound(f"{missing[0]} is not pinned in backend {backend.name!r}" + _and_more(missing))
-        table = current.filter(pc.invert(present))
-        write_table_and_car_locked(backend, txn, table)
-    return {"ok": True, "backend": backend.name, "removed": wanted, "total": table.num_rows}
+        total = txn.update({}, removals=wanted)
+        car = car_after_pin_change_locked(backend, txn, defer_car)
+    if car is None:
+        refresh_car(backend)
+    return {"ok": True, "backend": backend.name, "removed": wanted, "total": total}
 
 
 def _and_more(items: Sequence[str]) -> str:
@@ -211,9 +213,12 @@ def find_cid(root: Path, cid: str, backend_name: str | None = None) -> dict[str,
             continue
         if record is not None:
             holders.append({"backend": backend.name, "type": backend.type, **public_record(record)})
+    if not holders and errors and backend_name:
+        raise CorruptData(errors[0]["error"])  # the one backend asked about cannot be read: say why
     if not holders:
         where = f"backend {backend_name!r}" if backend_name else "any backend"
-        raise NotFound(f"{cid} is not pinned in {where}")
+        unread = f" (unreadable: {'; '.join(error['error'] for error in errors)})" if errors else ""
+        raise NotFound(f"{cid} is not pinned in {where}{unread}")
     return {"ok": True, "cid": cid, "backends": holders, "errors": errors}
 
 

@@ -30,10 +30,11 @@ import pyarrow.compute as pc
 from pinfs.backends import Backend, discover_backends, get_backend
 from pinfs.errors import PinfsError
 from pinfs.legacy import list_backups
-from pinfs.ops.carops import car_is_current
+from pinfs.ops.carops import DEFERRED_CARS, car_is_current
 from pinfs.ops.drivers import DriverError, FilesystemDriver, driver_for, has_driver
 from pinfs.ops.state import read_state
 from pinfs.schema import FAILED, PENDING, STATUSES, STORED, load_metadata, now_iso
+from pinfs.shards import data_files, is_sharded
 from pinfs.store import PinSnapshot, PinStore
 
 STALE_VERIFY_DAYS = 7.0
@@ -126,13 +127,16 @@ def _true_count(mask: pa.ChunkedArray | pa.Array) -> int:
 
 
 def _car_state(view: BackendView) -> str:
-    """``current``, ``stale``, ``missing`` or ``n/a`` (no parquet)."""
+    """``current``, ``pending`` (this process rebuilds it shortly: ``DEFERRED_CARS``), ``stale``,
+    ``missing`` or ``n/a`` (no parquet)."""
     backend = view.backend
-    if not backend.parquet_path.is_file():
+    if not PinStore(backend).has_parquet():
         return "n/a"
-    if not backend.car_path.is_file():
-        return "missing"
-    return "current" if car_is_current(backend) else "stale"
+    if car_is_current(backend):
+        return "current"
+    if DEFERRED_CARS.is_pending(backend):
+        return "pending"
+    return "stale" if backend.car_path.is_file() else "missing"
 
 
 def _storage_problem(backend: Backend) -> str | None:
@@ -183,6 +187,8 @@ def _health_of(view: BackendView) -> dict[str, Any]:
     car = _car_state(view)
     if car == "missing":
         reasons.append("pin_mappings.car is missing (run 'pinfs regenerate-car' or 'pinfs migrate')")
+    elif car == "pending":
+        notes.append("pin_mappings.car is being rebuilt after recent pin changes")
     elif car == "stale":
         reasons.append(
             "pin_mappings.car is older than pin_mappings.parquet (run 'pinfs migrate "
@@ -246,10 +252,15 @@ def _safe(function: Any, view: BackendView) -> dict[str, Any]:
 def _file_info(path: Path) -> dict[str, Any] | None:
     try:
         info = path.stat()
-    except OSError:
+        shards = data_files(path) if is_sharded(path) else None
+        size = sum(shard.stat().st_size for shard in shards) if shards is not None else info.st_size
+    except (OSError, PinfsError):
         return None
     modified = datetime.fromtimestamp(info.st_mtime, timezone.utc)
-    return {"path": str(path), "size": info.st_size, "modified_at": _iso(modified)}
+    found = {"path": str(path), "size": size, "modified_at": _iso(modified)}
+    if shards is not None:
+        found["shards"] = len(shards)
+    return found
 
 
 def _last_migration(view: BackendView) -> str | None:

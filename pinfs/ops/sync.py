@@ -27,26 +27,23 @@ nothing, not even the state file.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from pinfs.backends import Backend, discover_backends
 from pinfs.car import verify_content_car
 from pinfs.cids import is_valid_cid
 from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
 from pinfs.fsutil import read_regular_file
-from pinfs.ops.carops import write_car_locked
+from pinfs.ops.carops import car_after_pin_change_locked, car_is_current, refresh_car, write_car_locked
 from pinfs.ops.common import select_backends, usable_snapshot
 from pinfs.ops.drivers import Driver, DriverError, FilesystemDriver, driver_for, has_driver, key_for
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import read_state, record_run
 from pinfs.schema import FAILED, PENDING, STORED, dump_metadata, load_metadata, now_iso
-from pinfs.store import PinSnapshot, PinStore, merge_records
+from pinfs.store import PinSnapshot, PinStore
 
 STAGING_DIR = "cars"
 CAR_KEY = "pin_mappings.car"
@@ -353,41 +350,46 @@ def _metadata(record: dict[str, Any]) -> dict[str, Any]:
         return {"unparsed_metadata": record.get("metadata")}
 
 
-def apply_outcomes(current: pa.Table, outcomes: list[Any]) -> tuple[pa.Table, int]:
-    """``current`` with each outcome applied to its CID's row as it is now; pins removed meanwhile are
-    left out, and so are pins whose status another writer changed meanwhile to one the outcome does
-    not expect (``PinOutcome.require``). Returns the new table and the number of rows changed.
-    (Shared with verify.)"""
-    by_cid = {outcome.cid: outcome for outcome in outcomes if outcome.status is not None}
-    if not by_cid:
-        return current, 0
-    mask = pc.is_in(current.column("cid"), pa.array(list(by_cid), pa.string()))
+def outcome_replacements(rows: Mapping[str, Mapping[str, Any]], outcomes: list[Any]) -> dict[str, dict[str, Any]]:
+    """The new records for ``rows`` (the outcomes' CIDs as they are now, by CID) with each outcome
+    applied; pins removed meanwhile are left out, and so are pins whose status another writer changed
+    meanwhile to one the outcome does not expect (``PinOutcome.require``). (Shared with verify.)"""
     stamp = now_iso()
     replacements: dict[str, dict[str, Any]] = {}
-    for row in current.filter(mask).to_pylist():
-        outcome = by_cid[row["cid"]]
+    for outcome in outcomes:
+        row = rows.get(outcome.cid)
+        if outcome.status is None or row is None:
+            continue
         if outcome.require is not None and row.get("status") not in outcome.require:
             continue
         metadata = _metadata(row)
         for name in outcome.drop_metadata:
             metadata.pop(name, None)
         metadata.update(outcome.metadata)
-        row.update(status=outcome.status, metadata=dump_metadata(metadata), updated_at=stamp)
+        record = dict(row)
+        record.update(status=outcome.status, metadata=dump_metadata(metadata), updated_at=stamp)
         if outcome.verified_at is not None:
-            row["verified_at"] = outcome.verified_at
-        replacements[row["cid"]] = row
-    return merge_records(current, replacements), len(replacements)
+            record["verified_at"] = outcome.verified_at
+        replacements[outcome.cid] = record
+    return replacements
 
 
 def write_outcomes(backend: Backend, outcomes: list[PinOutcome]) -> int:
-    """One store write (and CAR regeneration) for all of a backend's outcomes (sync's and verify's)."""
-    store = PinStore(backend)
-    with store.transaction() as txn:
-        table, changed = apply_outcomes(txn.current(), outcomes)
-        if changed:
-            txn.write(table)
-            write_car_locked(backend, table)
-    return changed
+    """One store write (and CAR regeneration) for all of a backend's outcomes (sync's and verify's).
+    A sharded backend rewrites only the shards holding those pins, and its CAR is rebuilt after the
+    lock is released (``refresh_car``)."""
+    wanted = [outcome.cid for outcome in outcomes if outcome.status is not None]
+    if not wanted:
+        return 0
+    with PinStore(backend).transaction() as txn:
+        replacements = outcome_replacements(txn.records_for(wanted), outcomes)
+        if not replacements:
+            return 0
+        txn.update(replacements)
+        car = car_after_pin_change_locked(backend, txn, None)
+    if car is None:
+        refresh_car(backend)
+    return len(replacements)
 
 
 # -- pin_mappings.car on the backend itself --
@@ -405,9 +407,7 @@ def _heal_stale_car(backend: Backend, entry: dict[str, Any]) -> None:
     this the stale CAR would stay (and be pushed to the backend's storage below) until the next pin
     change. Checked by mtime (one stat each), then again under the lock.
     """
-    from pinfs.ops.carops import car_is_current, write_car_locked
-
-    if not backend.parquet_path.is_file() or car_is_current(backend):
+    if not PinStore(backend).has_parquet() or car_is_current(backend):
         return
     try:
         with PinStore(backend).transaction() as txn:
