@@ -358,6 +358,9 @@ class ShardedSnapshot(PinSnapshot):
         with lock:
             return shard.read_row_group(local, columns=list(columns) if columns else None)
 
+    def table(self) -> pa.Table:
+        return read_generation(self.path)
+
     def _load_columns(self, columns: Sequence[str]) -> pa.Table:
         tables = []
         for number in range(len(self.manifest.shards)):
@@ -521,14 +524,7 @@ def read_whole_table(path: Path, *, sort: bool = True) -> pa.Table:
     """Read a backend's parquet entirely, sorted (or in file order with ``sort=False``, for checking it);
     CorruptData if it cannot be read or lacks columns. A sharded backend's shards are read in order."""
     if is_sharded(path):
-        directory = generation_dir(path)
-        tables = [read_whole_table(directory / shard.file, sort=sort) for shard in read_manifest(directory).shards]
-        if not tables:
-            return empty_table()
-        try:
-            return pa.concat_tables(tables)
-        except pa.ArrowInvalid as exc:
-            raise CorruptData(f"{directory}: shards differ in their columns ({_one_line(exc)})") from None
+        return read_generation(generation_dir(path), sort=sort)
     refuse_symlink(path)
     try:
         # Read through one open file: pq.read_table(path) opens the path twice (footer, then data), so a
@@ -550,6 +546,18 @@ def read_whole_table(path: Path, *, sort: bool = True) -> pa.Table:
         return normalize_table(table, sort=sort)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise CorruptData(f"{path}: an extra column cannot be read as text ({_one_line(exc)})") from None
+
+
+def read_generation(directory: Path, *, sort: bool = True) -> pa.Table:
+    """Every shard of one generation of a sharded backend, read in parallel, as one table."""
+    shards = read_manifest(directory).shards
+    tables = _parallel_map(lambda shard: read_whole_table(directory / shard.file, sort=sort), shards)
+    if not tables:
+        return empty_table()
+    try:
+        return pa.concat_tables(tables)
+    except pa.ArrowInvalid as exc:
+        raise CorruptData(f"{directory}: shards differ in their columns ({_one_line(exc)})") from None
 
 
 def empty_table() -> pa.Table:
