@@ -20,8 +20,9 @@ from pinfs import schema
 from pinfs.backends import get_backend
 from pinfs.fs import adapter as adapter_module
 from pinfs.fs import control as control_module
-from pinfs.fs.adapter import InodeTable, PinfsOperations
+from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
+from pinfs.fs.inodes import InodeTable, is_listing_inode
 from pinfs.fs.tree import PinTree
 from pinfs.ops import sync as sync_module
 from pinfs.store import PinStore, StoreCache
@@ -114,12 +115,13 @@ async def test_readdir_resumes_inside_and_across_batches(ops: PinfsOperations, m
     real_blocking = ops._blocking
 
     async def counting(function: Any, *args: Any) -> Any:
-        if getattr(function, "__name__", "") == "names":
+        if getattr(function, "__name__", "") == "block":
             fetched.append(args[0])
         return await real_blocking(function, *args)
 
     monkeypatch.setattr(ops, "_blocking", counting)
     accepted: list[str] = []
+    inodes: list[int] = []
     room = {"left": 0}
 
     def reply(token: object, name: bytes, attributes: pyfuse3.EntryAttributes, next_id: int) -> bool:
@@ -127,7 +129,7 @@ async def test_readdir_resumes_inside_and_across_batches(ops: PinfsOperations, m
             return False
         room["left"] -= 1
         accepted.append(name.decode())
-        assert attributes.st_ino == InodeTable.hash_path(("backends", "s3-main", "by-cid", name.decode()))
+        inodes.append(attributes.st_ino)
         assert attributes.st_mode & 0o170000 == 0o040000  # every by-cid entry is a directory
         return True
 
@@ -142,24 +144,156 @@ async def test_readdir_resumes_inside_and_across_batches(ops: PinfsOperations, m
         offset = len(accepted)
     await ops.releasedir(fh)
     assert accepted == sorted(cid_for(i) for i in range(40))
-    assert fetched == [0, 16, 32, 40]  # one hop per batch, not per request; the last finds the end
+    assert [ops.inodes.path_of(inode)[-1] for inode in inodes] == accepted
+    assert fetched == [0, 16, 32]  # one hop per block, not per request; the short last one is the end
+
+
+async def list_inodes(ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch, *path: str) -> dict[str, int]:
+    """List the directory at ``path`` as readdirplus does, the kernel taking every entry: name -> inode."""
+    given: dict[str, int] = {}
+
+    def reply(token: object, name: bytes, attributes: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        given[name.decode()] = attributes.st_ino
+        return True
+
+    monkeypatch.setattr(adapter_module.pyfuse3, "readdir_reply", reply)
+    fh = await ops.opendir(await walk(ops, *path), CTX)
+    await ops.readdir(fh, 0, None)  # type: ignore[arg-type]
+    await ops.releasedir(fh)
+    return given
+
+
+BY_CID = ("backends", "s3-main", "by-cid")
 
 
 async def test_lookup_counts_of_repeated_listings_are_honoured(
     ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(adapter_module.pyfuse3, "readdir_reply", lambda *args: True)
-    by_cid = await walk(ops, "backends", "s3-main", "by-cid")
     for _ in range(3):  # the kernel holds one more lookup on every entry each time
-        fh = await ops.opendir(by_cid, CTX)
-        await ops.readdir(fh, 0, None)  # type: ignore[arg-type]
-        await ops.releasedir(fh)
-    inode = InodeTable.hash_path(("backends", "s3-main", "by-cid", cid_for(5)))
+        inode = (await list_inodes(ops, monkeypatch, *BY_CID))[cid_for(5)]
     known = len(ops.inodes)
     await ops.forget([(inode, 2)])
     assert len(ops.inodes) == known and (await ops.getattr(inode, CTX)).st_mode & 0o040000
     await ops.forget([(inode, 1)])
     assert len(ops.inodes) == known - 1
+    await expect_errno(errno.ENOENT, ops.getattr(inode, CTX))
+
+
+# -- listing inodes (issue #6) --
+
+
+def by_cid_path(i: int) -> tuple[str, ...]:
+    return (*BY_CID, cid_for(i))
+
+
+async def test_a_listing_keeps_blocks_of_names_not_a_path_per_entry(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter_module, "READDIR_BATCH", 16)  # 40 entries: three blocks
+    await walk(ops, *BY_CID)
+    paths_before, known_before = len(ops.inodes.paths), len(ops.inodes)
+    given = await list_inodes(ops, monkeypatch, *BY_CID)
+    assert len(given) == 40 and len(ops.inodes) == known_before + 40
+    assert len(ops.inodes.paths) == paths_before  # no dictionary item per listed name
+    assert ops.inodes.listings.epochs == 1
+    epoch = ops.inodes.listings.epoch(given[cid_for(0)])
+    assert epoch is not None and epoch.blocks == 3
+    for name, inode in given.items():
+        assert is_listing_inode(inode) and 1 << 62 <= inode < 1 << 63
+        assert ops.inodes.path_of(inode) == (*BY_CID, name)
+
+
+async def test_forget_frees_the_blocks_of_a_listing_then_its_epoch(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter_module, "READDIR_BATCH", 16)
+    given = await list_inodes(ops, monkeypatch, *BY_CID)
+    last = given.pop(cid_for(39))
+    epoch = ops.inodes.listings.epoch(last)
+    await ops.forget([(inode, 1) for inode in given.values()])
+    assert epoch is not None and epoch.blocks == 1 and ops.inodes.listings.epochs == 1
+    assert (await ops.getattr(last, CTX)).st_mode & 0o040000
+    await expect_errno(errno.ENOENT, ops.getattr(given[cid_for(0)], CTX))
+    await ops.forget([(last, 1)])
+    assert ops.inodes.listings.epochs == 0
+    await expect_errno(errno.ENOENT, ops.getattr(last, CTX))
+
+
+async def test_listing_the_same_version_again_gives_the_same_numbers(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await list_inodes(ops, monkeypatch, *BY_CID)
+    assert await list_inodes(ops, monkeypatch, *BY_CID) == first
+    assert ops.inodes.listings.epochs == 1
+
+
+async def test_a_lookup_of_a_listed_name_gives_its_listing_inode_and_counts(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listed = (await list_inodes(ops, monkeypatch, *BY_CID))[cid_for(5)]
+    # The kernel revalidates a listed entry with a lookup once its timeout passed: the same number keeps it.
+    assert await walk(ops, *by_cid_path(5)) == listed
+    await ops.forget([(listed, 1)])
+    assert ops.inodes.path_of(listed) == by_cid_path(5)
+    await ops.forget([(listed, 1)])
+    await expect_errno(errno.ENOENT, ops.getattr(listed, CTX))
+    assert await walk(ops, *by_cid_path(5)) == listed  # its block is kept for the other names: the same number
+
+
+async def test_a_listed_inode_keeps_its_path_after_the_backend_is_rewritten(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch, root: Path
+) -> None:
+    old = await list_inodes(ops, monkeypatch, *BY_CID)
+    backend = get_backend(root, "s3-main")
+    records = [schema.make_record(cid_for(i), "s3-main", backend.type, status="pending") for i in range(100, 140)]
+    PinStore(backend).upsert(records, overwrite=False)  # 80 CIDs now: positions moved
+    inode = old[cid_for(7)]
+    assert ops.inodes.path_of(inode) == by_cid_path(7)
+    status = (await ops.lookup(inode, b"status", CTX)).st_ino  # a child of a listing inode
+    info = await ops.open(status, os.O_RDONLY, CTX)
+    assert await ops.read(info.fh, 0, 100) == b"stored\n"
+    await ops.release(info.fh)
+    added = (*BY_CID, cid_for(120))  # not in the listing the kernel holds: its path inode
+    assert await walk(ops, *added) == InodeTable.hash_path(added)
+    new = await list_inodes(ops, monkeypatch, *BY_CID)
+    assert len(new) == 80 and new[cid_for(7)] != inode and ops.inodes.listings.epochs == 2
+    assert ops.inodes.path_of(inode) == by_cid_path(7)  # the kernel still holds it: same path
+    assert await walk(ops, *by_cid_path(7)) == new[cid_for(7)]  # lookups give the current listing's number
+
+
+async def test_a_superseded_listing_keeps_only_the_names_the_kernel_still_holds(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch, root: Path
+) -> None:
+    old = await list_inodes(ops, monkeypatch, *BY_CID)
+    PinStore(get_backend(root, "s3-main")).remove([cid_for(3)])
+    await list_inodes(ops, monkeypatch, *BY_CID)
+    # The new listing replaced every kernel entry but the one of the CID that is gone: those are forgotten.
+    gone = old.pop(cid_for(3))
+    await ops.forget([(inode, 1) for inode in old.values()])
+    epoch = ops.inodes.listings.epoch(gone)
+    assert epoch is not None and epoch.superseded and epoch.blocks == 0  # just the one name is kept
+    assert ops.inodes.path_of(gone) == by_cid_path(3)
+    await expect_errno(errno.ENOENT, ops.getattr(gone, CTX))  # the path is gone: the kernel drops the entry
+    await ops.forget([(gone, 1)])
+    assert ops.inodes.listings.epochs == 1 and ops.inodes.listings.epoch(gone) is None
+
+
+async def test_status_and_cids_listings_give_listing_inodes_whose_children_resolve(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = await list_inodes(ops, monkeypatch, "backends", "s3-main", "by-status", "stored")
+    assert len(stored) == 40 and all(is_listing_inode(inode) for inode in stored.values())
+    assert await ops.readlink(stored[cid_for(9)], CTX) == f"../../by-cid/{cid_for(9)}".encode()
+    cids = await list_inodes(ops, monkeypatch, "cids")
+    assert len(cids) == 40 and ops.inodes.listings.epochs == 2
+    link = await ops.lookup(cids[cid_for(9)], b"s3-main", CTX)
+    assert await ops.readlink(link.st_ino, CTX) == f"../../backends/s3-main/by-cid/{cid_for(9)}".encode()
+
+
+async def test_unmount_forgets_every_listing(ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    inode = (await list_inodes(ops, monkeypatch, *BY_CID))[cid_for(1)]
+    ops.forget_all()
+    assert len(ops.inodes) == 0 and ops.inodes.listings.epochs == 0
     await expect_errno(errno.ENOENT, ops.getattr(inode, CTX))
 
 

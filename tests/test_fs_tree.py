@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from helpers import cid_for, make_backend
 
@@ -14,7 +15,16 @@ from pinfs.backends import get_backend
 from pinfs.errors import CorruptData, NotFound
 from pinfs.fs import tree as tree_module
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
-from pinfs.fs.tree import Node, NodeKind, PinTree, PositionalListing, StreamListing, merge_sorted_unique
+from pinfs.fs.tree import (
+    NameListing,
+    Node,
+    NodeKind,
+    PinTree,
+    PositionalListing,
+    StreamListing,
+    cid_column,
+    merge_sorted_unique,
+)
 from pinfs.store import ParquetSnapshot, PinStore, StoreCache
 
 
@@ -154,7 +164,7 @@ def test_listing_is_pinned_to_the_version_opened(root: Path, tree: PinTree) -> N
 
 def test_positional_listing_skips_names_with_a_slash() -> None:
     cids = ["a", "m/b", "c", "m/d", "m/e", "f"]
-    listing = PositionalListing(len(cids), lambda start, stop: cids[start:stop], lambda cid: _node(cid))
+    listing = PositionalListing(len(cids), lambda start, stop: pa.array(cids[start:stop]), lambda cid: _node(cid))
     assert [(offset, node.name) for offset, node in listing.entries(0, 2)] == [(1, "a")]
     assert [(offset, node.name) for offset, node in listing.entries(1, 2)] == [(3, "c")]
     assert [(offset, node.name) for offset, node in listing.entries(3, 2)] == [(6, "f")]
@@ -179,12 +189,14 @@ def test_stream_listing_resumes_inside_a_batch_and_restarts_backwards() -> None:
     assert listing.entries(50, 5) == []
 
 
-def test_positional_listing_names_skip_unnameable_cids_and_end_empty() -> None:
+def test_positional_listing_blocks_hold_every_name_and_list_the_nameable() -> None:
     cids = ["a", "m/b", "c", ".", "", "f"]
-    listing = PositionalListing(len(cids), lambda start, stop: cids[start:stop], _node, template=_node("dir"))
-    assert listing.names(0, 6) == ([1, 3, 6], ["a", "c", "f"])
-    assert listing.names(3, 2) == ([6], ["f"])  # past a run of unnameable CIDs
-    assert listing.names(6, 2) == ([], [])
+    listing = PositionalListing(len(cids), lambda start, stop: pa.array(cids[start:stop]), _node, template=_node("d"))
+    block = listing.block(0, 6)
+    assert (block.offsets, block.names, block.column.to_pylist()) == ([1, 3, 6], ["a", "c", "f"], cids)
+    block = listing.block(2, 3)
+    assert (block.start, block.stop, block.offsets, block.names) == (2, 5, [3], ["c"])
+    assert listing.block(6, 2).column.to_pylist() == []  # shorter than asked: the end
 
 
 def test_by_cid_and_cids_listings_give_names_and_one_template(root: Path, tree: PinTree) -> None:
@@ -193,9 +205,11 @@ def test_by_cid_and_cids_listings_give_names_and_one_template(root: Path, tree: 
     for path in (("backends", "s3-main", "by-cid"), ("cids",)):
         listing = tree.listing(path)
         assert listing.template is not None and listing.template.is_dir
-        offsets, found = listing.names(0, 20)  # type: ignore[attr-defined]
-        more_offsets, more = listing.names(offsets[-1], 20)  # type: ignore[attr-defined]
-        assert found + more == cids and offsets + more_offsets == list(range(1, 31))
+        assert isinstance(listing, NameListing) and listing.version is not None
+        first, rest = listing.block(0, 20), listing.block(20, 20)
+        assert first.names + rest.names == cids and first.offsets + rest.offsets == list(range(1, 31))
+        assert first.column.to_pylist() == first.names and len(rest.column) == 10
+        assert tree.listing(path).version == listing.version  # the same version, listed again
     assert tree.listing(("backends", "s3-main", "by-status", "pending")).template is None  # symlink sizes vary
 
 
@@ -283,3 +297,17 @@ def test_symlinked_parquet_is_not_served_and_the_backend_still_lists(tree: PinTr
     with pytest.raises(CorruptData, match="symlink"):
         tree.resolve(("backends", "linked", "pin_mappings.parquet"))
     assert "symlink" in json.loads(tree.render(("backends", "linked", "summary.json")))["error"]
+
+
+def test_by_cid_blocks_are_slices_of_the_cached_columns_and_a_rewrite_is_a_new_version(
+    root: Path, tree: PinTree
+) -> None:
+    add_pins(root, "s3-main", [cid_for(i) for i in range(30)])
+    snapshot = PinStore(get_backend(root, "s3-main"), tree.cache).snapshot()
+    column = cid_column(snapshot, 3, 9)
+    assert column.to_pylist() == snapshot.cids_range(3, 9)
+    cached = snapshot.group(0, ["cid"]).column("cid").chunk(0)
+    assert column.chunk(0).buffers()[2].address == cached.buffers()[2].address  # the same bytes, not a copy
+    listing = tree.listing(("backends", "s3-main", "by-cid"))
+    add_pins(root, "s3-main", [cid_for(30)])
+    assert tree.listing(("backends", "s3-main", "by-cid")).version != listing.version  # type: ignore[union-attr]

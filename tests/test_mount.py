@@ -250,6 +250,26 @@ def test_find_walks_a_backend(ro: Mount) -> None:
     assert len(found) == 20 * len(RECORD_FILES)
 
 
+def test_listed_entries_keep_their_inode_numbers_for_stat_find_and_cat(ro: Mount) -> None:
+    """readdir, stat and find agree on the numbers a listing gave (issue #6: listing inodes), also after
+    the entry timeout, when the kernel revalidates each name with a lookup."""
+    by_cid = ro.path("backends", "s3-main", "by-cid")
+    with os.scandir(by_cid) as entries:
+        listed = {entry.name: entry.inode() for entry in entries}
+    assert len(listed) == BIG
+    sample = [0, 1234, BIG - 1]
+    numbers = [listed[cid_for(i)] for i in sample]
+    assert [os.stat(by_cid / cid_for(i)).st_ino for i in sample] == numbers
+    time.sleep(1.3)  # past the entry timeout
+    assert [os.stat(by_cid / cid_for(i)).st_ino for i in sample] == numbers
+    assert [(by_cid / cid_for(i) / "status").read_text() for i in sample] == [
+        f"{schema.STATUSES[i % 3]}\n" for i in sample
+    ]
+    found = sh(f"find {by_cid} -maxdepth 1 -type d")
+    assert found.returncode == 0 and found.stderr == "" and len(lines(found.stdout)) == BIG + 1
+    assert lines(sh(f"find {by_cid} -maxdepth 1 -inum {numbers[1]}").stdout) == [str(by_cid / cid_for(1234))]
+
+
 def test_real_files_are_served_byte_for_byte(ro: Mount) -> None:
     for name in ("pin_mappings.parquet", "pin_mappings.car"):
         served = ro.path("backends", "s3-main", name).read_bytes()

@@ -1,9 +1,9 @@
 """The pyfuse3 Operations adapter: inodes, handles, EntryAttributes and errno over ``PinTree``.
 
 What it is for: translating kernel requests into calls on the tree model (``pinfs.fs.tree``) and the
-control files (``pinfs.fs.control``), and their answers and errors back. Inode numbers are a 63-bit
-hash of the node's path (stable for the whole mount, no table that keeps growing), with a collision
-check against the live inodes; the kernel's lookup counts are kept and ``forget`` frees them.
+control files (``pinfs.fs.control``), and their answers and errors back. Inode numbers and the
+kernel's lookup counts are kept by ``pinfs.fs.inodes`` (a hash of the path, or for the entries of big
+listings an epoch and a position); ``forget`` frees them.
 
 What it must not do: decide what exists or what a file holds (that is the tree), or let any exception
 but ``FUSEError`` leave a handler: pyfuse3 ends the main loop on any other. Domain errors become their
@@ -24,6 +24,7 @@ import functools
 import itertools
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -34,7 +35,8 @@ from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
 
 from pinfs.errors import InvalidInput, PinfsError, ReadOnly
 from pinfs.fs.control import ControlFile, ControlRegistry
-from pinfs.fs.tree import BytesContent, Content, Listing, Node, NodeKind, PinTree
+from pinfs.fs.inodes import Epoch, InodeTable
+from pinfs.fs.tree import BytesContent, Content, Listing, NameBlock, NameListing, Node, NodeKind, PinTree
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,10 @@ log = logging.getLogger(__name__)
 # second, which keeps "visible within 2 s" (CONTRACT §2) with margin.
 ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
-# Entries fetched per hop to a worker thread (issue #6: a hop costs ~100 us, the kernel takes a few
-# dozen entries per readdir request); what the kernel did not take is kept in the DirHandle.
+# Entries of a big listing fetched per hop to a worker thread (issue #6: a hop costs ~100 us, the
+# kernel takes a few dozen entries per readdir request); what the kernel did not take is kept in the
+# ListingHandle. Blocks start at multiples of it, so a listing epoch keeps each block once.
 READDIR_BATCH = 4096
-_INODE_MASK = (1 << 60) - 1  # see InodeTable
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -84,108 +86,6 @@ def _errors(handler: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# -- inodes --
-
-
-class InodeTable:
-    """Inode -> path for the nodes the kernel knows of, with their lookup counts.
-
-    The number is a hash of the path, so a path gets the same number again after ``forget`` and no
-    path -> inode table is needed. A hash that collides with a different live path is probed further
-    with a salt. Python's ``hash`` is stable within a process, which is all an inode number must be:
-    valid for the life of the mount.
-
-    Memory (issue #6): the kernel holds one entry per name a readdirplus answer gave it and forgets
-    them only under memory pressure, so a listed million-entry ``by-cid`` is a million entries here.
-    Each is one dictionary item: a number below 2**60 (a 32-byte int, where 63 bits take 40) and
-    one string, the path joined with "/" (names never hold "/"), with the count appended after a NUL
-    when it is above 1 (names never hold NUL either). A count going up replaces the string by one of
-    about the same size, so listing the directory again costs no more memory.
-    """
-
-    def __init__(self) -> None:
-        self._paths: dict[int, str] = {pyfuse3.ROOT_INODE: ""}
-
-    @staticmethod
-    def key_of(path: tuple[str, ...]) -> str:
-        return "/".join(path)
-
-    @staticmethod
-    def hash_key(key: str, salt: int = 0) -> int:
-        return hash((salt, key) if salt else key) & _INODE_MASK
-
-    @classmethod
-    def hash_path(cls, path: tuple[str, ...], salt: int = 0) -> int:
-        return cls.hash_key(cls.key_of(path), salt)
-
-    def inode_of(self, path: tuple[str, ...]) -> int:
-        """The inode for ``path``; not known to the kernel until ``remember``."""
-        return self.inode_of_key(self.key_of(path)) if path else pyfuse3.ROOT_INODE
-
-    def inode_of_key(self, key: str) -> int:
-        """As ``inode_of`` for ``key_of(path)`` of a path that is not the root."""
-        inode = hash(key) & _INODE_MASK
-        known = self._paths.get(inode)
-        if known is None or known == key:  # the common cases first: unknown, or known with count 1
-            return inode if inode > pyfuse3.ROOT_INODE else self._probe(key)
-        if known.partition("\0")[0] == key:
-            return inode
-        return self._probe(key)
-
-    def _probe(self, key: str) -> int:
-        for salt in itertools.count(1):
-            inode = self.hash_key(key, salt)
-            if inode <= pyfuse3.ROOT_INODE:
-                continue
-            known = self._paths.get(inode)
-            if known is None or known.partition("\0")[0] == key:
-                return inode
-        raise AssertionError("unreachable")
-
-    def path_of(self, inode: int) -> tuple[str, ...]:
-        key = self.key_of_inode(inode)
-        return tuple(key.split("/")) if key else ()
-
-    def key_of_inode(self, inode: int) -> str:
-        try:
-            return self._paths[inode].partition("\0")[0]
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None  # forgotten: the kernel should not ask
-
-    def remember(self, inode: int, key: str) -> None:
-        """The kernel learned of ``inode`` (path ``key``) once more (lookup, or an accepted readdirplus
-        entry). ``inode`` comes from ``inode_of`` with no await in between."""
-        if inode == pyfuse3.ROOT_INODE:
-            return
-        known = self._paths.get(inode)
-        if known is None:
-            self._paths[inode] = key
-        else:
-            _key, _nul, count = known.partition("\0")
-            self._paths[inode] = f"{key}\0{int(count or 1) + 1}"
-
-    def forget(self, inode: int, count: int) -> None:
-        if inode == pyfuse3.ROOT_INODE:
-            return
-        known = self._paths.get(inode)
-        if known is None:
-            return
-        key, _nul, held = known.partition("\0")
-        left = int(held or 1) - count
-        if left > 1:
-            self._paths[inode] = f"{key}\0{left}"
-        elif left == 1:
-            self._paths[inode] = key
-        else:
-            del self._paths[inode]
-
-    def forget_all(self) -> None:
-        self._paths = {pyfuse3.ROOT_INODE: ""}
-
-    def __len__(self) -> int:
-        return len(self._paths) - 1  # the root is always known
-
-
 # -- handles --
 
 
@@ -209,16 +109,20 @@ class ControlHandle:
 
 @dataclass
 class DirHandle:
-    path: tuple[str, ...]
+    """A small directory: every entry is in memory from ``opendir`` on; entries get path inodes."""
+
     listing: Listing
-    prefix: str  # InodeTable.key_of(path) + "/": an entry's key is prefix + name
-    # The last batch fetched, from offset ``pending_start``: next offsets ascending, names, and the
-    # nodes (None when the listing has a template node that every entry shares but for its name).
-    offsets: list[int] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-    nodes: list[Node] | None = None
-    pending_start: int = 0
-    end: int | None = None  # the offset past the last entry, once a fetch found it (the version is pinned)
+
+
+@dataclass
+class ListingHandle:
+    """A big directory (``NameListing``): entries get listing inodes of ``epoch``, held until
+    ``releasedir`` so the epoch outlives a listing whose entries the kernel has not taken yet."""
+
+    listing: NameListing
+    epoch: Epoch
+    block: NameBlock | None = None  # the last block fetched; the kernel takes it over several requests
+    end: int | None = None  # the position past the last entry, once a fetch found it (the version is pinned)
 
 
 # -- the operations --
@@ -246,7 +150,7 @@ class PinfsOperations(pyfuse3.Operations):
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.inodes = InodeTable()
-        self._handles: dict[int, FileHandle | ControlHandle | DirHandle] = {}
+        self._handles: dict[int, FileHandle | ControlHandle | DirHandle | ListingHandle] = {}
         self._next_handle = itertools.count(1)
         self._read_limiter = read_limiter or trio.CapacityLimiter(8)
         self._command_limiter = command_limiter or trio.CapacityLimiter(4)
@@ -284,12 +188,12 @@ class PinfsOperations(pyfuse3.Operations):
         attributes.st_atime_ns = attributes.st_mtime_ns = attributes.st_ctime_ns = node.mtime_ns
         return attributes
 
-    def _add_handle(self, handle: FileHandle | ControlHandle | DirHandle) -> FileHandleT:
+    def _add_handle(self, handle: FileHandle | ControlHandle | DirHandle | ListingHandle) -> FileHandleT:
         number = next(self._next_handle)
         self._handles[number] = handle
         return FileHandleT(number)
 
-    def _handle(self, fh: int) -> FileHandle | ControlHandle | DirHandle:
+    def _handle(self, fh: int) -> FileHandle | ControlHandle | DirHandle | ListingHandle:
         try:
             return self._handles[fh]
         except KeyError:
@@ -314,9 +218,11 @@ class PinfsOperations(pyfuse3.Operations):
         else:
             path = (*parent, self._name(name))
         node = await self._resolve(path)
-        inode = self.inodes.inode_of(path)  # no await from here to remember: the table stays consistent
+        # No await from here to remember: the table stays consistent. "." is the parent's own number
+        # (a listing inode has no path inode that would be the same).
+        inode = parent_inode if name == b"." else self.inodes.inode_of(path)
         attributes = self._attributes(node, inode)
-        self.inodes.remember(inode, self.inodes.key_of(path))
+        self.inodes.remember(inode, path)
         return attributes
 
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
@@ -375,65 +281,76 @@ class PinfsOperations(pyfuse3.Operations):
     async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
         path = self.inodes.path_of(inode)
         listing = await self._blocking(self.tree.listing, path)
-        prefix = self.inodes.key_of(path) + "/" if path else ""
-        return self._add_handle(DirHandle(path, listing, prefix))
+        if isinstance(listing, NameListing):
+            epoch = self.inodes.listings.open(path, listing.version, READDIR_BATCH)
+            return self._add_handle(ListingHandle(listing, epoch))
+        return self._add_handle(DirHandle(listing))
 
     @_errors
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._handle(fh)
-        if not isinstance(handle, DirHandle):
+        if isinstance(handle, ListingHandle):
+            await self._readdir_listing(handle, start_id, token)
+        elif isinstance(handle, DirHandle):
+            self._readdir_small(handle, start_id, token)
+        else:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        # Offsets are positions in the version pinned by opendir. A batch holds far more entries than
-        # one request takes; the rest is kept, so resuming inside it costs no hop to a thread.
-        position = start_id
-        template = handle.listing.template
-        shared = None if template is None else self._attributes(template, pyfuse3.ROOT_INODE)
-        inodes = self.inodes
+
+    def _readdir_small(self, handle: DirHandle, position: int, token: pyfuse3.ReaddirToken) -> None:
+        """Entries of a small directory (all in memory) with path inodes."""
+        paths = self.inodes.paths
+        for next_offset, node in handle.listing.entries(position, sys.maxsize):
+            key = paths.key_of(node.path)
+            inode = paths.inode_of_key(key)
+            attributes = self._attributes(node, inode)
+            if not pyfuse3.readdir_reply(token, FileNameT(node.name.encode()), attributes, next_offset):
+                return
+            paths.remember(inode, key)  # readdirplus: the kernel now holds a lookup on it
+
+    async def _readdir_listing(self, handle: ListingHandle, position: int, token: pyfuse3.ReaddirToken) -> None:
+        """Entries of a big listing with listing inodes. Offsets are positions in the version pinned by
+        opendir, + 1. A block holds far more entries than one request takes; it is kept, so resuming
+        inside it costs no hop to a thread."""
+        listing, epoch = handle.listing, handle.epoch
+        shared = None if listing.template is None else self._attributes(listing.template, pyfuse3.ROOT_INODE)
         while True:
-            offsets = handle.offsets
-            if offsets and handle.pending_start <= position < offsets[-1]:
-                first = bisect.bisect_right(offsets, position)
-            elif handle.end is not None and position >= handle.end:
-                return  # the end of this version, already known: no hop to a thread
-            else:
-                await self._fetch_entries(handle, position)
-                offsets, first = handle.offsets, 0
-                if not offsets:
-                    handle.end = position
+            block = handle.block
+            if block is None or not block.start <= position < block.stop:
+                if handle.end is not None and position >= handle.end:
+                    return  # the end of this version, already known: no hop to a thread
+                block = await self._fetch_block(handle, position)
+                if block is None:
                     return  # the end of this version
-            names, nodes, prefix = handle.names, handle.nodes, handle.prefix
-            for index in range(first, len(offsets)):
-                key = prefix + names[index]
-                inode = inodes.inode_of_key(key)
+            offsets, names, column = block.offsets, block.names, block.column
+            for index in range(bisect.bisect_right(offsets, position), len(offsets)):
+                next_offset = offsets[index]
+                inode = epoch.base + next_offset - 1
                 if shared is not None:
                     attributes = shared  # readdir_reply copies it: one object serves every entry
                     attributes.st_ino = InodeT(inode)
                 else:
-                    assert nodes is not None
-                    attributes = self._attributes(nodes[index], inode)
-                next_offset = offsets[index]
+                    attributes = self._attributes(listing.node(names[index]), inode)
                 if not pyfuse3.readdir_reply(token, FileNameT(names[index].encode()), attributes, next_offset):
                     return
-                inodes.remember(inode, key)  # readdirplus: the kernel now holds a lookup on it
-                position = next_offset
+                epoch.hold(next_offset - 1, column)  # readdirplus: the kernel now holds a lookup on it
+            position = block.stop  # past names that cannot be file names, too
             await trio.lowlevel.checkpoint()
 
-    async def _fetch_entries(self, handle: DirHandle, position: int) -> None:
-        """Fetch the batch of entries after ``position`` into ``handle`` (on a worker thread)."""
-        listing = handle.listing
-        if listing.template is not None:
-            offsets, names = await self._blocking(listing.names, position, READDIR_BATCH)  # type: ignore[attr-defined]
-            nodes = None
-        else:
-            entries = await self._blocking(listing.entries, position, READDIR_BATCH)
-            offsets = [offset for offset, _node in entries]
-            nodes = [node for _offset, node in entries]
-            names = [node.name for node in nodes]
-        handle.pending_start, handle.offsets, handle.names, handle.nodes = position, offsets, names, nodes
+    async def _fetch_block(self, handle: ListingHandle, position: int) -> NameBlock | None:
+        """Fetch the block holding ``position`` into ``handle`` (on a worker thread); None past the end."""
+        size = handle.epoch.block_size
+        start = position - position % size  # blocks start at multiples of the size: see READDIR_BATCH
+        block: NameBlock = await self._blocking(handle.listing.block, start, size)
+        handle.block = block
+        if len(block.column) < size:
+            handle.end = block.stop
+        return block if position < block.stop else None
 
     @_errors
     async def releasedir(self, fh: FileHandleT) -> None:
-        self._handles.pop(fh, None)
+        handle = self._handles.pop(fh, None)
+        if isinstance(handle, ListingHandle):
+            self.inodes.listings.close(handle.epoch)
 
     # -- files --
 
@@ -465,7 +382,7 @@ class PinfsOperations(pyfuse3.Operations):
     @_errors
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         handle = self._handle(fh)
-        if isinstance(handle, DirHandle):
+        if isinstance(handle, DirHandle | ListingHandle):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if isinstance(handle, ControlHandle):
             if handle.content is None:  # opened for writing only, or read+write: show the current state
@@ -581,7 +498,7 @@ class PinfsOperations(pyfuse3.Operations):
 # -- helpers --
 
 
-def _close_content(handle: FileHandle | ControlHandle | DirHandle) -> None:
+def _close_content(handle: FileHandle | ControlHandle | DirHandle | ListingHandle) -> None:
     content = getattr(handle, "content", None)
     if content is not None:
         try:

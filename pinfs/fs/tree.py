@@ -3,8 +3,9 @@
 What it is for: everything a user sees under the mount point (CONTRACT §2) is decided here, as plain
 code over ``pinfs.backends``, ``pinfs.store`` and ``pinfs.ops.reports``. A path is a tuple of names
 (``("backends", "s3-main", "by-cid", cid, "status")``); ``PinTree.resolve`` turns it into a ``Node``,
-``PinTree.listing`` pins one version of a directory for paging, ``PinTree.open_content`` gives the
-bytes of a file.
+``PinTree.listing`` pins one version of a directory for paging (a ``StaticListing`` of nodes for a
+small one, a ``NameListing`` giving Arrow blocks of names for ``by-cid``, ``by-status/<s>`` and
+``cids``), ``PinTree.open_content`` gives the bytes of a file.
 
 What it must not do: import pyfuse3, know about inodes, handles or errno, or scan a backend to answer
 a lookup. Looking up ``by-cid/<cid>`` or ``cids/<cid>`` is one indexed ``PinSnapshot.lookup`` per
@@ -13,15 +14,16 @@ per access, so a parquet rewritten by another process is seen on the next lookup
 errors from ``pinfs.errors`` (plus ``NotADirectory`` below); the adapter maps them to errno.
 
 Threading: every method that touches disk (``resolve``, ``lookup``, ``listing``, ``open_content``,
-``Listing.entries``/``names``, ``Content.read``) blocks and is meant to run on a worker thread.
+``NameListing.block``/``entries``, ``Content.read``) blocks and is meant to run on a worker thread.
 ``resolve_cached``, ``content_in_memory`` and ``forget_rendered`` never touch disk and may be called
 on the event loop. The tree's own mutable state (rendered files, fresh nodes and records) is guarded
-by locks held only for dictionary operations, and the ``StoreCache`` is thread-safe; a ``Listing``
-guards its cursor with a lock.
+by locks held only for dictionary operations, and the ``StoreCache`` is thread-safe; a
+``StreamListing`` guards its cursor with a lock.
 """
 
 from __future__ import annotations
 
+import bisect
 import errno
 import heapq
 import json
@@ -31,13 +33,14 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
 import cachetools
+import pyarrow as pa
 
 from pinfs.backends import NAME_PATTERN, Backend, discover_backends, get_backend
 from pinfs.cids import is_valid_cid
@@ -46,6 +49,7 @@ from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
 from pinfs.fsutil import refuse_symlink
 from pinfs.ops import reports
 from pinfs.schema import STATUSES, load_metadata
+from pinfs.shards import MANIFEST_NAME, SHARD_DIR, generation_dir, is_sharded, read_manifest, shard_generation
 from pinfs.store import PinSnapshot, PinStore, StoreCache
 
 log = logging.getLogger(__name__)
@@ -176,22 +180,14 @@ class RealFileContent:
 
 
 class Listing(Protocol):
-    """One pinned version of a directory. ``entries(start, limit)`` returns ``(next_offset, node)``
-    pairs: ``start`` is 0 or a ``next_offset`` returned earlier, always a position in this version.
-
-    A listing whose entries all share one node but for the name (``template`` not None) also has
-    ``names(start, limit) -> (next_offsets, names)``: a million-entry ``by-cid`` is then listed without
-    a node object per entry (issue #6)."""
-
-    template: Node | None
+    """One pinned version of a small directory. ``entries(start, limit)`` returns ``(next_offset, node)``
+    pairs: ``start`` is 0 or a ``next_offset`` returned earlier, always a position in this version."""
 
     def entries(self, start: int, limit: int) -> list[tuple[int, Node]]: ...
 
 
 class StaticListing:
     """A small directory, listed once in sorted order."""
-
-    template: Node | None = None
 
     def __init__(self, nodes: list[Node]) -> None:
         self.nodes = sorted(nodes, key=lambda node: node.name)
@@ -218,41 +214,88 @@ def _nameable_batch(first: int, cids: list[str]) -> tuple[list[int], list[str]]:
     return [position for position, _cid in kept], [cid for _position, cid in kept]
 
 
-class PositionalListing:
-    """A sorted column of CIDs with random access by position (``by-cid``, ``by-status/<s>``).
+@dataclass(frozen=True)
+class NameBlock:
+    """The entries of a big listing at positions ``start`` up to ``start + len(column)``.
 
-    ``template``, when given, is the node every entry is but for its name (``by-cid``: all directories
-    with the snapshot's mtime), so the adapter can list names without a node per entry (issue #6).
-    """
+    ``column`` holds every name there in order (Arrow; for ``by-cid`` and ``by-status`` a slice of
+    what the read cache holds, so keeping it costs no copy); ``offsets`` and ``names`` are the entries
+    that can be file names, each with its next offset (its position + 1)."""
+
+    start: int
+    column: pa.Array | pa.ChunkedArray
+    offsets: list[int]
+    names: list[str]
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.column)
+
+    @classmethod
+    def of(cls, start: int, column: pa.Array | pa.ChunkedArray) -> NameBlock:
+        offsets, names = _nameable_batch(start, column.to_pylist())
+        return cls(start, column, offsets, names)
+
+
+class NameListing:
+    """One pinned version of a big, sorted directory of CIDs (``by-cid``, ``by-status/<s>``, ``cids``),
+    read in blocks of names by position (issue #6: no node object per entry, and the adapter keeps the
+    blocks it listed instead of a path string per entry).
+
+    ``template``, when not None, is the node every entry is but for its name (``by-cid``, ``cids``: all
+    directories alike); otherwise ``node(name)`` makes each. ``version`` tells versions apart: two
+    listings of one directory with equal versions give the same names at the same positions (None:
+    cannot be told, never treated as equal)."""
+
+    template: Node | None = None
+    version: Hashable | None = None
+
+    def block(self, start: int, limit: int) -> NameBlock:
+        """The entries at positions ``start`` up to ``start + limit``; shorter only at the end."""
+        raise NotImplementedError
+
+    def node(self, name: str) -> Node:
+        raise NotImplementedError
+
+    def entries(self, start: int, limit: int) -> list[tuple[int, Node]]:
+        """As ``Listing.entries``; empty only at the end, even past a run of names that cannot be file
+        names."""
+        while True:
+            block = self.block(start, limit)
+            if block.names:
+                return [(offset, self.node(name)) for offset, name in zip(block.offsets, block.names, strict=True)]
+            if block.stop < start + limit:
+                return []
+            start = block.stop
+
+
+class PositionalListing(NameListing):
+    """A sorted column of CIDs with random access by position (``by-cid``, ``by-status/<s>``):
+    ``fetch(start, stop)`` gives the names at those positions."""
 
     def __init__(
         self,
         count: int,
-        fetch: Callable[[int, int], list[str]],
+        fetch: Callable[[int, int], pa.Array | pa.ChunkedArray],
         make_node: Callable[[str], Node],
         template: Node | None = None,
+        version: Hashable | None = None,
     ) -> None:
         self.count = count
         self._fetch = fetch
         self._make_node = make_node
         self.template = template
+        self.version = version
 
-    def names(self, start: int, limit: int) -> tuple[list[int], list[str]]:
-        """``(next_offsets, names)`` of up to ``limit`` entries from ``start``; empty only at the end."""
-        while start < self.count:  # empty only at the end, even past a run of unnameable CIDs
-            stop = min(start + limit, self.count)
-            found = _nameable_batch(start, self._fetch(start, stop))
-            if found[0]:
-                return found
-            start = stop
-        return [], []
+    def block(self, start: int, limit: int) -> NameBlock:
+        stop = min(start + limit, self.count)
+        return NameBlock.of(start, self._fetch(start, stop) if start < stop else pa.array([], pa.string()))
 
-    def entries(self, start: int, limit: int) -> list[tuple[int, Node]]:
-        offsets, names = self.names(start, limit)
-        return [(offset, self._make_node(name)) for offset, name in zip(offsets, names, strict=True)]
+    def node(self, name: str) -> Node:
+        return self._make_node(name)
 
 
-class StreamListing:
+class StreamListing(NameListing):
     """A sorted stream with no random access (``cids``: a k-way merge of every backend's CIDs).
 
     Positions count items of the stream. The cursor goes forward; the last ``RECENT`` items are kept so
@@ -267,30 +310,26 @@ class StreamListing:
         open_stream: Callable[[], Iterator[str]],
         make_node: Callable[[str], Node],
         template: Node | None = None,
+        version: Hashable | None = None,
     ) -> None:
         self._open_stream = open_stream
         self._make_node = make_node
-        self.template = template  # as for PositionalListing
+        self.template = template
+        self.version = version
         self._stream: Iterator[str] = open_stream()
         self._position = 0  # position of the next item the stream yields
         self._recent: deque[tuple[int, str]] = deque(maxlen=self.RECENT)
         self._lock = threading.Lock()
 
-    def names(self, start: int, limit: int) -> tuple[list[int], list[str]]:
-        """As ``PositionalListing.names``."""
+    def block(self, start: int, limit: int) -> NameBlock:
         with self._lock:
-            while True:  # empty only at the end, even past a run of unnameable CIDs
-                items = self._take(start, limit)
-                if not items:
-                    return [], []
-                kept = [(position + 1, cid) for position, cid in items if _nameable(cid)]
-                if kept:
-                    return [offset for offset, _cid in kept], [cid for _offset, cid in kept]
-                start = items[-1][0] + 1
+            items = self._take(start, limit)
+        # A copy into one Arrow array (~64 bytes a CID, against ~110 for a str): the merged stream
+        # has no buffer of its own to share.
+        return NameBlock.of(start, pa.array([cid for _position, cid in items], pa.string()))
 
-    def entries(self, start: int, limit: int) -> list[tuple[int, Node]]:
-        offsets, names = self.names(start, limit)
-        return [(offset, self._make_node(name)) for offset, name in zip(offsets, names, strict=True)]
+    def node(self, name: str) -> Node:
+        return self._make_node(name)
 
     def _take(self, start: int, limit: int) -> list[tuple[int, str]]:
         items: list[tuple[int, str]] = []
@@ -311,6 +350,25 @@ class StreamListing:
             self._recent.append(item)
             items.append(item)
         return items
+
+
+def cid_column(snapshot: PinSnapshot, start: int, stop: int) -> pa.ChunkedArray:
+    """The CIDs at sorted positions ``start`` up to ``stop`` of ``snapshot``, as slices of the row groups'
+    ``cid`` columns the read cache holds: no copy, so the adapter keeping them for the inodes it gave
+    costs nothing while the cache keeps them too (issue #6)."""
+    groups = snapshot.groups
+    chunks: list[pa.Array] = []
+    position = max(start, 0)
+    stop = min(stop, snapshot.count)
+    while position < stop:
+        index = bisect.bisect_right(groups, position, key=lambda group: group.start) - 1
+        group = groups[index]
+        column = snapshot.group(index, ["cid"]).column("cid")
+        offset = position - group.start
+        take = min(group.length - offset, stop - position)
+        chunks.extend(column.slice(offset, take).chunks)
+        position += take
+    return pa.chunked_array(chunks, pa.string())
 
 
 def merge_sorted_unique(streams: list[Iterator[str]]) -> Iterator[str]:
@@ -354,7 +412,9 @@ pinfs: IPFS pin mappings of the data root, one directory per storage backend.
 
   health.json  status.json  insights.json   reports over every backend
   backends/<b>/summary.json                 count, counts by status, source (parquet/legacy)
-  backends/<b>/pin_mappings.parquet         the file itself (pandas.read_parquet works on it)
+  backends/<b>/pin_mappings.parquet         the file itself (pandas.read_parquet works on it); for a
+                                            big backend, a directory of sorted shards (read it the
+                                            same way)
   backends/<b>/pin_mappings.car             the file itself (a CARv1 file)
   backends/<b>/pin_mappings.car.json        the CAR's content as JSON (json.load works on it)
   backends/<b>/by-cid/<cid>/                cid status car_file_path backend_name created_at
@@ -502,6 +562,8 @@ class PinTree:
             return self._backend_top(backend, path, name)
         if rest == (CONTROL_DIR,) and name in BACKEND_COMMANDS:
             return self._control(path, backend.name, name)
+        if rest == (PARQUET_FILE,):
+            return self._shard_node(backend, path)
         if rest == (BY_CID,):
             snapshot = self._snapshot(backend)
             record = self._record(snapshot, name)
@@ -531,6 +593,9 @@ class PinTree:
             return self._dir(path)
         if name == SUMMARY:
             return self._generated(path, render=render)
+        if name == PARQUET_FILE and is_sharded(backend.parquet_path):
+            generation = generation_dir(backend.parquet_path)  # CorruptData for a link not to pinfs' shards
+            return Node(path, NodeKind.DIRECTORY, mtime_ns=os.stat(generation).st_mtime_ns)
         if name in (PARQUET_FILE, CAR_FILE):
             real = backend.directory / name
             refuse_symlink(real)  # CorruptData (EIO): a link could lead outside the data root
@@ -543,6 +608,26 @@ class PinTree:
             return self._generated(path, render=render)
         raise NotFound(f"no entry {name!r} in backend {backend.name}")
 
+    def _shard_node(self, backend: Backend, path: Path_) -> Node:
+        """A file of a sharded ``pin_mappings.parquet``: a shard, found in the generation its name
+        carries (so a reader that listed one generation reads that one to the end, while it is kept),
+        or the current generation's manifest."""
+        name = path[-1]
+        if name == MANIFEST_NAME:
+            real = generation_dir(backend.parquet_path) / name
+        else:
+            generation = shard_generation(name)
+            if generation is None:
+                raise NotFound(f"no shard {name!r} in backend {backend.name}")
+            real = backend.directory / SHARD_DIR / generation / name
+        try:
+            info = os.lstat(real)
+        except FileNotFoundError:
+            raise NotFound(f"{real} does not exist") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise NotFound(f"{real} is not a regular file")
+        return Node(path, NodeKind.FILE, size=info.st_size, mtime_ns=info.st_mtime_ns, real_path=real)
+
     def _cids_child(self, parent: Path_, name: str) -> Node:
         if len(parent) == 1:
             if not self._holders(name):
@@ -554,7 +639,7 @@ class PinTree:
 
     # -- listing directories --
 
-    def listing(self, path: Path_) -> Listing:
+    def listing(self, path: Path_) -> Listing | NameListing:
         """One version of the directory at ``path``, to page through. Raises like ``resolve``."""
         node = self.resolve(path)
         if not node.is_dir:
@@ -573,7 +658,7 @@ class PinTree:
             return StaticListing([self._cid_link((*path, name), path[1], name) for name in self._holders(path[1])])
         return self._backend_listing(path)
 
-    def _backend_listing(self, path: Path_) -> Listing:
+    def _backend_listing(self, path: Path_) -> Listing | NameListing:
         backend = self._backend(path[1])
         rest = path[2:]
         if not rest:
@@ -589,13 +674,17 @@ class PinTree:
             return StaticListing([self._control((*path, name), backend.name, name) for name in BACKEND_COMMANDS])
         if rest == (BY_STATUS,):
             return StaticListing([self._dir((*path, status)) for status in STATUSES])
+        if rest == (PARQUET_FILE,):
+            names = [shard.file for shard in read_manifest(generation_dir(backend.parquet_path)).shards]
+            return StaticListing([self._shard_node(backend, (*path, name)) for name in [*names, MANIFEST_NAME]])
         snapshot = self._snapshot(backend)
         if rest == (BY_CID,):
             return PositionalListing(
                 snapshot.count,
-                snapshot.cids_range,
+                lambda start, stop: cid_column(snapshot, start, stop),
                 lambda cid: self._dir((*path, cid), snapshot),
                 template=self._dir(path, snapshot),
+                version=snapshot.identity,
             )
         if len(rest) == 2 and rest[0] == BY_CID:
             record = self._record(snapshot, rest[1])
@@ -608,17 +697,21 @@ class PinTree:
             column = snapshot.cids_with_status(rest[1])
             return PositionalListing(
                 len(column),
-                lambda start, stop: column.slice(start, stop - start).to_pylist(),
+                lambda start, stop: column.slice(start, stop - start),
                 lambda cid: self._status_link((*path, cid), cid, snapshot),
+                version=snapshot.identity,
             )
         raise NotADirectory(f"/{'/'.join(path)} is not a directory")
 
-    def _cids_listing(self) -> Listing:
-        snapshots = [snapshot for _backend, snapshot in self._readable_snapshots()]
+    def _cids_listing(self) -> NameListing:
+        readable = self._readable_snapshots()
+        snapshots = [snapshot for _backend, snapshot in readable]
+        version = tuple((backend.name, snapshot.identity) for backend, snapshot in readable)
         return StreamListing(
             lambda: merge_sorted_unique([snapshot.iter_cids() for snapshot in snapshots]),
             lambda cid: self._dir((CIDS_DIR, cid)),
             template=self._dir((CIDS_DIR,)),
+            version=None if any(snapshot.identity is None for snapshot in snapshots) else version,
         )
 
     # -- opening files --

@@ -1,0 +1,454 @@
+"""Inode numbers: which node each number the kernel holds stands for, and how many lookups it holds.
+
+What it is for: the adapter's table from inode numbers to paths, with the kernel's lookup counts, so
+that ``forget`` frees what the kernel let go of. There are two kinds of number, in disjoint ranges of
+the 64-bit space:
+
+- *Path inodes* (below 2**60) are a hash of the node's path, for everything looked up by name and the
+  entries of small listings. One dictionary item per inode the kernel holds; a path gets the same
+  number again after ``forget``, so no path -> inode table is needed.
+- *Listing inodes* (bit 62 set) are for the entries of big listings (``by-cid``, ``by-status/<s>``,
+  ``cids``). The number encodes (epoch, position): an ``Epoch`` is one version of one directory's
+  listing, and keeps the names it handed out as the Arrow blocks the tree read them into (for
+  ``by-cid`` and ``by-status`` the very buffers the read cache holds), with a lookup count per
+  position. Issue #6: after readdirplus the kernel holds one inode per listed name until it forgets
+  it; a path inode costs ~240 bytes each (a million names: ~240 MB), a listing inode ~4 bytes plus its
+  share of an Arrow buffer that is usually in the read cache anyway.
+
+A node keeps the number the kernel learned for it while the kernel holds that number. A lookup of a
+name the current epoch of its directory holds gives the listing inode (so the kernel's revalidation
+after the entry timeout finds the same number and keeps its entry); any other name gets its path
+inode. A name may thus have two numbers over time (listed, then looked up after its epoch let go of
+it): the kernel treats that like a file that was replaced.
+
+Memory stays proportional to what the kernel holds: a block of names is dropped when no position in it
+is held, an epoch when none of its blocks is and no directory handle lists it. When a directory is
+listed in a new version, its previous epoch is *superseded*: the kernel drops most of its entries as
+the new listing replaces them, and a block left with few held names (e.g. CIDs removed since) keeps
+just those names as strings instead of the whole block (``COMPACT_HELD``). No cap on epochs is needed:
+each costs memory only for names the kernel holds. ``forget_all`` (unmount) drops everything.
+
+What it must not do: know about the tree, pyfuse3 handles or errno other than ENOENT for a number it
+does not know (the kernel asked about something it had forgotten).
+
+Threading: used only on the event-loop thread; no locks. The Arrow blocks come from worker threads and
+are immutable.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import itertools
+from array import array
+from collections.abc import Hashable
+
+import pyarrow as pa
+import pyfuse3
+
+Path_ = tuple[str, ...]
+Names = pa.Array | pa.ChunkedArray
+
+HASH_MASK = (1 << 60) - 1  # path inodes: a 60-bit int costs 32 bytes in CPython, a 63-bit one 40
+LISTING_FLAG = 1 << 62  # listing inodes; below 2**63 for tools that read st_ino as signed
+POSITION_BITS = 36  # positions within one listing version
+EPOCH_BITS = 62 - POSITION_BITS  # epoch numbers, reused once their epoch is gone
+POSITION_MASK = (1 << POSITION_BITS) - 1
+EPOCH_MASK = (1 << EPOCH_BITS) - 1
+# A superseded epoch's block with at most this many held positions keeps only those names (as
+# strings, ~150 bytes each) instead of the whole block (~64 bytes per name of the block).
+COMPACT_HELD = 64
+
+
+def is_listing_inode(inode: int) -> bool:
+    return bool(inode & LISTING_FLAG)
+
+
+def _not_known() -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(errno.ENOENT)  # forgotten or never given: the kernel should not ask
+
+
+# -- path inodes --
+
+
+class PathInodes:
+    """Inode -> path for the path inodes the kernel knows of, with their lookup counts.
+
+    A hash that collides with a different live path is probed further with a salt. Python's ``hash`` is
+    stable within a process, which is all an inode number must be: valid for the life of the mount.
+    Each known inode is one dictionary item: the path joined with "/" (names never hold "/"), with the
+    count appended after a NUL when it is above 1 (names never hold NUL either).
+    """
+
+    def __init__(self) -> None:
+        self._paths: dict[int, str] = {pyfuse3.ROOT_INODE: ""}
+
+    @staticmethod
+    def key_of(path: Path_) -> str:
+        return "/".join(path)
+
+    @staticmethod
+    def hash_key(key: str, salt: int = 0) -> int:
+        return hash((salt, key) if salt else key) & HASH_MASK
+
+    def inode_of(self, path: Path_) -> int:
+        """The inode for ``path``; not known to the kernel until ``remember``."""
+        return self.inode_of_key(self.key_of(path)) if path else pyfuse3.ROOT_INODE
+
+    def inode_of_key(self, key: str) -> int:
+        """As ``inode_of`` for ``key_of(path)`` of a path that is not the root."""
+        inode = hash(key) & HASH_MASK
+        known = self._paths.get(inode)
+        if known is None or known == key:  # the common cases first: unknown, or known with count 1
+            return inode if inode > pyfuse3.ROOT_INODE else self._probe(key)
+        if known.partition("\0")[0] == key:
+            return inode
+        return self._probe(key)
+
+    def _probe(self, key: str) -> int:
+        for salt in itertools.count(1):
+            inode = self.hash_key(key, salt)
+            if inode <= pyfuse3.ROOT_INODE:
+                continue
+            known = self._paths.get(inode)
+            if known is None or known.partition("\0")[0] == key:
+                return inode
+        raise AssertionError("unreachable")
+
+    def key_of_inode(self, inode: int) -> str:
+        try:
+            return self._paths[inode].partition("\0")[0]
+        except KeyError:
+            raise _not_known() from None
+
+    def remember(self, inode: int, key: str) -> None:
+        """The kernel learned of ``inode`` (path ``key``) once more. ``inode`` comes from ``inode_of``
+        with no await in between."""
+        if inode == pyfuse3.ROOT_INODE:
+            return
+        known = self._paths.get(inode)
+        if known is None:
+            self._paths[inode] = key
+        else:
+            _key, _nul, count = known.partition("\0")
+            self._paths[inode] = f"{key}\0{int(count or 1) + 1}"
+
+    def forget(self, inode: int, count: int) -> None:
+        known = self._paths.get(inode)
+        if known is None or inode == pyfuse3.ROOT_INODE:
+            return
+        key, _nul, held = known.partition("\0")
+        left = int(held or 1) - count
+        if left > 1:
+            self._paths[inode] = f"{key}\0{left}"
+        elif left == 1:
+            self._paths[inode] = key
+        else:
+            del self._paths[inode]
+
+    def __len__(self) -> int:
+        return len(self._paths) - 1  # the root is always known
+
+
+# -- listing inodes --
+
+
+class _Block:
+    """The names at ``block_size`` consecutive positions of a listing, and the lookups held on each."""
+
+    __slots__ = ("names", "counts", "held")
+
+    def __init__(self, names: Names) -> None:
+        self.names = names
+        self.counts = array("I", bytes(4 * len(names)))
+        self.held = 0  # positions whose count is above 0
+
+
+class Epoch:
+    """One version of one directory's big listing, and the lookups the kernel holds on its entries.
+
+    ``version`` comes from the tree (``NameListing.version``): two listings of a directory with equal
+    versions list the same names at the same positions, so they share an epoch and their entries get
+    the same numbers (the kernel then only counts one more lookup, instead of replacing every entry).
+    """
+
+    def __init__(self, number: int, directory: Path_, version: Hashable | None, block_size: int) -> None:
+        self.number = number
+        self.base = LISTING_FLAG | (number << POSITION_BITS)  # the inode of position 0
+        self.directory = directory
+        self.version = version
+        self.block_size = block_size
+        self.handles = 0  # open directory handles listing this version
+        self.superseded = False  # the directory has since been listed in another version
+        self.held = 0  # positions held, in blocks and loose
+        self._blocks: dict[int, _Block] = {}
+        self._order: list[int] = []  # indexes of the blocks, ascending
+        self._firsts: list[str] = []  # the first name of each block in ``_order`` (names are sorted)
+        self._loose: dict[int, list] = {}  # position -> [name, count], from compacted blocks
+
+    def lists(self, version: Hashable | None, block_size: int) -> bool:
+        """Whether a listing of ``version`` in blocks of ``block_size`` gives this epoch's positions."""
+        return version is not None and version == self.version and block_size == self.block_size
+
+    # -- the kernel learns of an entry --
+
+    def hold(self, position: int, names: Names) -> int:
+        """Count one more lookup of the entry at ``position``; ``names`` are the names of its block (from
+        the block's first position), kept if the epoch has not got them yet. Returns the inode."""
+        index, offset = divmod(position, self.block_size)
+        block = self._blocks.get(index)
+        if block is None:
+            block = self._add_block(index, names)
+        if block.counts[offset] == 0:
+            block.held += 1
+            self.held += 1
+        block.counts[offset] += 1
+        return self.base + position
+
+    def _add_block(self, index: int, names: Names) -> _Block:
+        block = self._blocks[index] = _Block(names)
+        at = bisect.bisect_left(self._order, index)
+        self._order.insert(at, index)
+        self._firsts.insert(at, names[0].as_py())
+        return block
+
+    def hold_again(self, position: int) -> None:
+        """Count one more lookup of an entry the kernel holds or ``find`` gave. Raises FUSEError(ENOENT)
+        for one this epoch does not keep."""
+        block = self._blocks.get(position // self.block_size)
+        if block is not None:
+            self.hold(position, block.names)
+        elif position in self._loose:
+            self._loose[position][1] += 1
+        else:
+            raise _not_known()
+
+    def find(self, name: str) -> int | None:
+        """The position of ``name`` in a block this epoch keeps, else None."""
+        at = bisect.bisect_right(self._firsts, name) - 1
+        if at < 0:
+            return None
+        index = self._order[at]
+        names = self._blocks[index].names
+        # Binary search (names are sorted; Arrow's byte order is str order for UTF-8): ~12 scalar reads,
+        # a few microseconds on the loop where a linear pc.index over the block takes ~20.
+        low, high = 0, len(names)
+        while low < high:
+            middle = (low + high) // 2
+            if names[middle].as_py() < name:
+                low = middle + 1
+            else:
+                high = middle
+        if low < len(names) and names[low].as_py() == name:
+            return index * self.block_size + low
+        return None
+
+    # -- what an inode stands for --
+
+    def name_at(self, position: int) -> str:
+        """The name at ``position``, if the kernel holds it. Raises FUSEError(ENOENT)."""
+        index, offset = divmod(position, self.block_size)
+        block = self._blocks.get(index)
+        if block is not None and block.counts[offset]:
+            return block.names[offset].as_py()
+        loose = self._loose.get(position)
+        if loose is None:
+            raise _not_known()
+        return loose[0]
+
+    # -- the kernel lets go --
+
+    def release(self, position: int, count: int) -> None:
+        index, offset = divmod(position, self.block_size)
+        block = self._blocks.get(index)
+        if block is not None and block.counts[offset]:
+            left = max(block.counts[offset] - count, 0)
+            block.counts[offset] = left
+            if left == 0:
+                block.held -= 1
+                self.held -= 1
+                if block.held == 0:
+                    self._drop_block(index)
+                elif self.superseded and block.held <= COMPACT_HELD:
+                    self._compact(index)
+            return
+        loose = self._loose.get(position)
+        if loose is not None:
+            loose[1] -= count
+            if loose[1] <= 0:
+                del self._loose[position]
+                self.held -= 1
+
+    def supersede(self) -> None:
+        """The directory was listed in another version: the kernel drops this one's entries as the new
+        listing replaces them; blocks that keep only a few (names gone since) keep just those."""
+        self.superseded = True
+        for index in [index for index, block in self._blocks.items() if block.held <= COMPACT_HELD]:
+            self._compact(index)
+
+    def _compact(self, index: int) -> None:
+        block = self._blocks[index]
+        start = index * self.block_size
+        for offset, count in enumerate(block.counts):
+            if not count:
+                continue
+            loose = self._loose.get(start + offset)
+            if loose is None:
+                self._loose[start + offset] = [block.names[offset].as_py(), count]
+            else:  # compacted before, then listed again by a handle still open on this version
+                loose[1] += count
+                self.held -= 1  # one position, no longer counted twice
+        self._drop_block(index)
+
+    def _drop_block(self, index: int) -> None:
+        del self._blocks[index]
+        at = bisect.bisect_left(self._order, index)
+        del self._order[at]
+        del self._firsts[at]
+
+    @property
+    def unused(self) -> bool:
+        return self.held == 0 and self.handles == 0
+
+    @property
+    def blocks(self) -> int:
+        """How many blocks of names this epoch keeps (for tests and diagnostics)."""
+        return len(self._blocks)
+
+
+class ListingInodes:
+    """The live epochs: by number (for inodes the kernel holds) and the newest per directory (for
+    lookups and for listing the same version again)."""
+
+    def __init__(self) -> None:
+        self._epochs: dict[int, Epoch] = {}
+        self._current: dict[Path_, Epoch] = {}
+        self._numbers = itertools.count(1)
+
+    def open(self, directory: Path_, version: Hashable | None, block_size: int) -> Epoch:
+        """The epoch for listing ``directory`` in ``version`` (None: a version that cannot be told
+        apart from others, so never shared), held until ``close``."""
+        current = self._current.get(directory)
+        if current is not None and current.lists(version, block_size):
+            epoch = current
+        else:
+            epoch = Epoch(self._new_number(), directory, version, block_size)
+            self._epochs[epoch.number] = epoch
+            self._current[directory] = epoch
+            if current is not None:
+                current.supersede()
+                self._drop_if_unused(current)
+        epoch.handles += 1
+        return epoch
+
+    def close(self, epoch: Epoch) -> None:
+        epoch.handles -= 1
+        self._drop_if_unused(epoch)
+
+    def _new_number(self) -> int:
+        for _attempt in range(len(self._epochs) + 2):  # after a wrap: 0 and the numbers in use are skipped
+            number = next(self._numbers) & EPOCH_MASK
+            if number and number not in self._epochs:
+                return number
+        raise AssertionError("unreachable: more epochs than numbers")
+
+    def _drop_if_unused(self, epoch: Epoch) -> None:
+        if epoch.unused and self._epochs.get(epoch.number) is epoch:
+            del self._epochs[epoch.number]
+            if self._current.get(epoch.directory) is epoch:
+                del self._current[epoch.directory]
+
+    def _epoch_of(self, inode: int) -> tuple[Epoch, int]:
+        epoch = self._epochs.get((inode >> POSITION_BITS) & EPOCH_MASK)
+        if epoch is None:
+            raise _not_known()
+        return epoch, inode & POSITION_MASK
+
+    def epoch(self, inode: int) -> Epoch | None:
+        """The live epoch a listing inode belongs to (for tests and diagnostics)."""
+        return self._epochs.get((inode >> POSITION_BITS) & EPOCH_MASK)
+
+    def path_of(self, inode: int) -> Path_:
+        epoch, position = self._epoch_of(inode)
+        return (*epoch.directory, epoch.name_at(position))
+
+    def find(self, directory: Path_, name: str) -> int | None:
+        """The listing inode of ``directory/name`` in the directory's current epoch, if it keeps the name
+        (nothing is counted yet: ``hold_again``)."""
+        epoch = self._current.get(directory)
+        if epoch is None:
+            return None
+        position = epoch.find(name)
+        return None if position is None else epoch.base + position
+
+    def hold_again(self, inode: int) -> None:
+        epoch, position = self._epoch_of(inode)
+        epoch.hold_again(position)
+
+    def forget(self, inode: int, count: int) -> None:
+        epoch = self._epochs.get((inode >> POSITION_BITS) & EPOCH_MASK)
+        if epoch is not None:
+            epoch.release(inode & POSITION_MASK, count)
+            self._drop_if_unused(epoch)
+
+    def __len__(self) -> int:
+        return sum(epoch.held for epoch in self._epochs.values())
+
+    @property
+    def epochs(self) -> int:
+        return len(self._epochs)
+
+
+# -- both --
+
+
+class InodeTable:
+    """Path and listing inodes behind one interface, for the adapter."""
+
+    key_of = staticmethod(PathInodes.key_of)
+    hash_key = staticmethod(PathInodes.hash_key)
+
+    def __init__(self) -> None:
+        self.paths = PathInodes()
+        self.listings = ListingInodes()
+
+    @classmethod
+    def hash_path(cls, path: Path_, salt: int = 0) -> int:
+        return PathInodes.hash_key(PathInodes.key_of(path), salt)
+
+    def inode_of(self, path: Path_) -> int:
+        """The inode a lookup of ``path`` gives: its listing inode when the current epoch of its directory
+        keeps the name, else its path inode. Not counted until ``remember``."""
+        if path:
+            found = self.listings.find(path[:-1], path[-1])
+            if found is not None:
+                return found
+        return self.paths.inode_of(path)
+
+    def remember(self, inode: int, path: Path_) -> None:
+        """The kernel learned of ``inode`` (from ``inode_of(path)``, no await in between) once more."""
+        if is_listing_inode(inode):
+            self.listings.hold_again(inode)
+        else:
+            self.paths.remember(inode, PathInodes.key_of(path))
+
+    def path_of(self, inode: int) -> Path_:
+        """The path ``inode`` stands for. Raises FUSEError(ENOENT) for a number the kernel does not hold."""
+        if is_listing_inode(inode):
+            return self.listings.path_of(inode)
+        key = self.paths.key_of_inode(inode)
+        return tuple(key.split("/")) if key else ()
+
+    def forget(self, inode: int, count: int) -> None:
+        if is_listing_inode(inode):
+            self.listings.forget(inode, count)
+        else:
+            self.paths.forget(inode, count)
+
+    def forget_all(self) -> None:
+        self.paths = PathInodes()
+        self.listings = ListingInodes()
+
+    def __len__(self) -> int:
+        """How many inodes the kernel holds (the root aside)."""
+        return len(self.paths) + len(self.listings)
