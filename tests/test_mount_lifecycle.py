@@ -6,10 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import cid_for, make_backend
@@ -118,3 +121,22 @@ def test_signal_during_a_command_unmounts_after_it_finished(tmp_path: Path, sign
         assert migrate(root, MigrateOptions(verify_only=True))["ok"]  # the CAR it wrote is whole and current
     finally:
         force_unmount(mountpoint, mount.process)
+
+
+@pytest.mark.parametrize(("chosen", "expected"), [(None, "jemalloc"), ("system", "system")])
+def test_the_mount_gives_arrow_jemalloc_unless_the_user_chose_a_pool(chosen: str | None, expected: str) -> None:
+    """Issue #6: with mimalloc the mount's RSS sat far above its read cache (README, Performance)."""
+    if expected == "jemalloc":
+        try:
+            pa.jemalloc_memory_pool()
+        except NotImplementedError:
+            pytest.skip("this pyarrow was built without jemalloc")
+    env = {key: value for key, value in os.environ.items() if key != "ARROW_DEFAULT_MEMORY_POOL"}
+    if chosen is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
+    code = (
+        "from pinfs.fs.mount import warm_up_arrow; import pyarrow as pa; warm_up_arrow(); "
+        "print(pa.default_memory_pool().backend_name)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == expected

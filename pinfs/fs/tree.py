@@ -23,7 +23,6 @@ by locks held only for dictionary operations, and the ``StoreCache`` is thread-s
 
 from __future__ import annotations
 
-import bisect
 import errno
 import heapq
 import json
@@ -352,25 +351,6 @@ class StreamListing(NameListing):
         return items
 
 
-def cid_column(snapshot: PinSnapshot, start: int, stop: int) -> pa.ChunkedArray:
-    """The CIDs at sorted positions ``start`` up to ``stop`` of ``snapshot``, as slices of the row groups'
-    ``cid`` columns the read cache holds: no copy, so the adapter keeping them for the inodes it gave
-    costs nothing while the cache keeps them too (issue #6)."""
-    groups = snapshot.groups
-    chunks: list[pa.Array] = []
-    position = max(start, 0)
-    stop = min(stop, snapshot.count)
-    while position < stop:
-        index = bisect.bisect_right(groups, position, key=lambda group: group.start) - 1
-        group = groups[index]
-        column = snapshot.group(index, ["cid"]).column("cid")
-        offset = position - group.start
-        take = min(group.length - offset, stop - position)
-        chunks.extend(column.slice(offset, take).chunks)
-        position += take
-    return pa.chunked_array(chunks, pa.string())
-
-
 def merge_sorted_unique(streams: list[Iterator[str]]) -> Iterator[str]:
     """Every item of several sorted streams once, in order."""
     previous: str | None = None
@@ -681,7 +661,7 @@ class PinTree:
         if rest == (BY_CID,):
             return PositionalListing(
                 snapshot.count,
-                lambda start, stop: cid_column(snapshot, start, stop),
+                snapshot.cid_column,
                 lambda cid: self._dir((*path, cid), snapshot),
                 template=self._dir(path, snapshot),
                 version=snapshot.identity,
