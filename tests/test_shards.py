@@ -260,3 +260,13 @@ def test_status_reports_the_shards_size(root: Path) -> None:
     files = entry["files"]["parquet"]
     shards = list((directory / "pin_mappings.parquet").glob("*.parquet"))
     assert files["shards"] == len(shards) and files["size"] == sum(p.stat().st_size for p in shards)
+
+
+def test_windowed_columns_read_as_the_whole_table_does(root: Path) -> None:
+    """What the CAR rebuild of a sharded backend reads: a few shards at a time, the same rows."""
+    _directory, cids = _sharded_backend(root)
+    snapshot = PinStore(get_backend(root, "big")).snapshot()
+    columns = snapshot.windowed_columns(["cid", "status"])
+    for start, length in [(0, 10), (5, 30), (30, 1), (90, 10), (0, 100), (99, 1), (17, 0)]:
+        assert columns["cid"].slice(start, length).to_pylist() == cids[start : start + length]
+        assert columns["status"].slice(start, length).to_pylist() == ["pending"] * len(cids[start : start + length])

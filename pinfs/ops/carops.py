@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +32,7 @@ from pinfs.fsutil import fsync_file
 from pinfs.ops.common import error_entry, select_backends
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.schema import REQUIRED_COLUMNS, now_iso
-from pinfs.store import PinStore, Transaction, sort_by_cid
+from pinfs.store import PinStore, ShardedSnapshot, Transaction, sort_by_cid
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,20 @@ def write_car_locked(
     order, as every table pinfs reads and merges is, is not sorted again."""
     table = sort_by_cid(table.select(list(REQUIRED_COLUMNS)))
     columns = {name: table.column(name) for name in REQUIRED_COLUMNS}
+    return _write_car(backend, columns, table.num_rows, created_at, before_replace)
+
+
+def _write_car(
+    backend: Backend,
+    columns: Mapping[str, Any],
+    rows: int,
+    created_at: str | None = None,
+    before_replace: Callable[[Path], None] | None = None,
+) -> dict[str, Any]:
     size = write_pin_mappings_car_columns(
-        backend.car_path, columns, table.num_rows, backend.name, created_at or now_iso(), before_replace
+        backend.car_path, columns, rows, backend.name, created_at or now_iso(), before_replace
     )
-    return {"path": str(backend.car_path), "records": table.num_rows, "bytes": size}
+    return {"path": str(backend.car_path), "records": rows, "bytes": size}
 
 
 def write_table_and_car_locked(backend: Backend, txn: Transaction, table: pa.Table) -> dict[str, Any]:
@@ -181,6 +191,9 @@ def refresh_car(backend: Backend) -> dict[str, Any]:
     def date_it(temp: Path) -> None:
         os.utime(temp, ns=(version_ns, version_ns))
 
+    if isinstance(snapshot, ShardedSnapshot):  # a few shards in memory at a time, not a million rows
+        columns = snapshot.windowed_columns(REQUIRED_COLUMNS)
+        return _write_car(backend, columns, snapshot.count, before_replace=date_it)
     return write_car_locked(backend, snapshot.table(), before_replace=date_it)
 
 
