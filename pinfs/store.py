@@ -232,7 +232,7 @@ class PinSnapshot:
 
         def load() -> pa.ChunkedArray:
             chunks: list[pa.Array] = []
-            for table in self._scan(["cid", "status"]):
+            for table in self.scan(["cid", "status"]):
                 chunks.extend(table.filter(pc.equal(table.column("status"), status)).column("cid").chunks)
             return pa.chunked_array(chunks, pa.string())
 
@@ -240,14 +240,14 @@ class PinSnapshot:
 
     def count_by_status(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
-        for table in self._scan(["status"]):
+        for table in self.scan(["status"]):
             for item in pc.value_counts(table.column("status")).to_pylist():
                 counts[str(item["values"])] = counts.get(str(item["values"]), 0) + item["counts"]
         return counts
 
-    def _scan(self, columns: Sequence[str]) -> Iterator[pa.Table]:
+    def scan(self, columns: Sequence[str]) -> Iterator[pa.Table]:
         """The whole version in pieces (row groups; shards for a sharded one), not through the cache:
-        only what is derived from them is kept (a million CIDs' status column is ~70 MB, the 30k
+        for callers that keep only what they derive (a million CIDs' status column is ~70 MB, the 30k
         failed ones ~2 MB)."""
         for index in range(len(self.groups)):
             yield self._load_group(index, columns)
@@ -375,12 +375,12 @@ class ShardedSnapshot(PinSnapshot):
     def table(self) -> pa.Table:
         return read_generation(self.path)
 
-    def _scan(self, columns: Sequence[str]) -> Iterator[pa.Table]:
+    def scan(self, columns: Sequence[str]) -> Iterator[pa.Table]:
         for number in range(len(self.manifest.shards)):
             yield self._read_shard(number, columns)
 
     def _load_columns(self, columns: Sequence[str]) -> pa.Table:
-        tables = list(self._scan(columns))
+        tables = list(self.scan(columns))
         return pa.concat_tables(tables) if tables else empty_table().select(list(columns))
 
     def _read_shard(self, number: int, columns: Sequence[str]) -> pa.Table:

@@ -1,7 +1,8 @@
 """Health, status, insights and per-backend summaries: read-only reports over every backend.
 
-Everything is computed from the parquet files reading only the columns needed (``count_by_status``,
-``snapshot.columns([...])``, cached per file version by the store), the backend's small state file
+Everything is computed from the parquet files reading only the columns needed, a row group or shard at
+a time (``snapshot.scan([...])``: at a million pins a whole column through the read cache would flush
+it), the backend's small state file
 (``pinfs.ops.state``: last sync/verify) and ``stat`` of its files. Nothing here touches the network:
 an unreachable backend shows up through the error its last sync recorded.
 
@@ -110,15 +111,14 @@ def _verification(view: BackendView, older_than_days: float = STALE_VERIFY_DAYS)
     if "verified_at" not in snapshot.column_names:
         result["unverified"] = stored
         return result
-    table = snapshot.columns(["status", "verified_at"])
-    table = table.filter(pc.equal(table.column("status"), STORED))
-    verified_at = table.column("verified_at")
     cutoff = _iso(datetime.now(timezone.utc) - timedelta(days=older_than_days))
-    known = pc.fill_null(pc.greater(pc.utf8_length(verified_at), 0), False)
-    stale = pc.and_(known, pc.fill_null(pc.less(verified_at, cutoff), False))
-    result["unverified"] = table.num_rows - _true_count(known)
-    result["stale"] = _true_count(stale)
-    result["verified"] = table.num_rows - result["unverified"] - result["stale"]
+    for piece in snapshot.scan(["status", "verified_at"]):
+        verified_at = piece.filter(pc.equal(piece.column("status"), STORED)).column("verified_at")
+        known = pc.fill_null(pc.greater(pc.utf8_length(verified_at), 0), False)
+        stale = pc.and_(known, pc.fill_null(pc.less(verified_at, cutoff), False))
+        result["unverified"] += len(verified_at) - _true_count(known)
+        result["stale"] += _true_count(stale)
+        result["verified"] += _true_count(known) - _true_count(stale)
     return result
 
 
@@ -332,9 +332,13 @@ def _driver_description(backend: Backend) -> dict[str, Any]:
 
 
 def _oldest(snapshot: PinSnapshot, status: str) -> str | None:
-    table = snapshot.columns(["status", "created_at"])
-    table = table.filter(pc.equal(table.column("status"), status))
-    return pc.min(table.column("created_at")).as_py() if table.num_rows else None
+    oldest: str | None = None
+    for piece in snapshot.scan(["status", "created_at"]):
+        created = piece.filter(pc.equal(piece.column("status"), status)).column("created_at")
+        low = pc.min(created).as_py() if len(created) else None
+        if low is not None and (oldest is None or low < oldest):
+            oldest = low
+    return oldest
 
 
 def status(root: Path, detailed: bool = False) -> dict[str, Any]:
@@ -373,15 +377,19 @@ def status(root: Path, detailed: bool = False) -> dict[str, Any]:
 def _failure_reasons(snapshot: PinSnapshot, failed: int) -> list[dict[str, Any]]:
     if not failed:
         return []
-    table = snapshot.columns(["status", "metadata"])
-    table = table.filter(pc.equal(table.column("status"), FAILED)).slice(0, MAX_REASON_ROWS)
     reasons: Counter[str] = Counter()
-    for text in table.column("metadata").to_pylist():
-        try:
-            reason = load_metadata(text).get("last_error")
-        except ValueError:
-            reason = None
-        reasons[_reason_key(reason)] += 1
+    left = MAX_REASON_ROWS
+    for piece in snapshot.scan(["status", "metadata"]):
+        metadata = piece.filter(pc.equal(piece.column("status"), FAILED)).column("metadata").slice(0, left)
+        for text in metadata.to_pylist():
+            try:
+                reason = load_metadata(text).get("last_error")
+            except ValueError:
+                reason = None
+            reasons[_reason_key(reason)] += 1
+        left -= len(metadata)
+        if left <= 0:
+            break
     return [{"reason": reason, "count": count} for reason, count in reasons.most_common(TOP_REASONS)]
 
 
@@ -392,46 +400,58 @@ def _reason_key(reason: object) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _age_histogram(created: list[pa.ChunkedArray]) -> dict[str, Any]:
-    now = datetime.now(timezone.utc)
-    buckets = dict.fromkeys([name for name, _ in AGE_BUCKETS] + ["unknown"], 0)
-    oldest: str | None = None
-    newest: str | None = None
-    for column in created:
+class _AgeHistogram:
+    """Pins by age of ``created_at``, fed one column piece at a time."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(timezone.utc)
+        self.buckets = dict.fromkeys([name for name, _ in AGE_BUCKETS] + ["unknown"], 0)
+        self.oldest: str | None = None
+        self.newest: str | None = None
+
+    def add(self, column: pa.ChunkedArray | pa.Array) -> None:
         valid = pc.fill_null(pc.greater(pc.utf8_length(column), 0), False)
-        buckets["unknown"] += len(column) - int(pc.sum(pc.cast(valid, pa.int64())).as_py() or 0)
+        self.buckets["unknown"] += len(column) - _true_count(valid)
         values = column.filter(valid)
         if not len(values):
-            continue
+            return
         low, high = pc.min(values).as_py(), pc.max(values).as_py()
-        oldest = low if oldest is None or low < oldest else oldest
-        newest = high if newest is None or high > newest else newest
+        self.oldest = low if self.oldest is None or low < self.oldest else self.oldest
+        self.newest = high if self.newest is None or high > self.newest else self.newest
         upper: str | None = None  # values newer than this were counted in a younger bucket
         for name, age in AGE_BUCKETS:
-            lower = _iso(now - age) if age is not None else None
+            lower = _iso(self.now - age) if age is not None else None
             mask = pc.greater_equal(values, lower) if lower is not None else None
             if upper is not None:
                 older = pc.less(values, upper)
                 mask = older if mask is None else pc.and_(mask, older)
-            buckets[name] += len(values) if mask is None else int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
+            self.buckets[name] += len(values) if mask is None else _true_count(mask)
             upper = lower
-    return {"buckets": buckets, "oldest": oldest, "newest": newest}
+
+    def result(self) -> dict[str, Any]:
+        return {"buckets": self.buckets, "oldest": self.oldest, "newest": self.newest}
 
 
 def _replication(columns: list[pa.ChunkedArray]) -> dict[str, Any]:
+    """How many backends hold each CID. Counted by sorting every backend's CIDs together and measuring
+    the runs of equal ones: at 3M CIDs ~5x faster than a hash count (``value_counts``), and no table."""
+    import numpy as np
+
     chunks = [chunk for column in columns for chunk in column.chunks]
-    if not chunks:
-        return {"cids": 0, "held_by_one": 0, "held_by_several": 0, "copies": {}, "examples_several": []}
-    counts = pc.value_counts(pa.chunked_array(chunks, pa.string()).combine_chunks())
-    copies = pc.struct_field(counts, "counts")
-    distribution = {
-        str(item["values"]): item["counts"]
-        for item in sorted(pc.value_counts(copies).to_pylist(), key=lambda i: i["values"])
-    }
-    several = pc.struct_field(counts.filter(pc.greater(copies, 1)), "values")
-    examples = sorted(several.slice(0, 10_000).to_pylist())[:EXAMPLES]
+    empty = {"cids": 0, "held_by_one": 0, "held_by_several": 0, "copies": {}, "examples_several": []}
+    if not chunks or not sum(map(len, chunks)):
+        return empty
+    cids = pa.chunked_array(chunks, pa.string()).combine_chunks()
+    ordered = pc.take(cids, pc.array_sort_indices(cids))
+    changes = pc.not_equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))
+    boundaries = pc.indices_nonzero(changes).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+    starts = np.concatenate((np.zeros(1, np.int64), boundaries))
+    copies = np.diff(np.append(starts, len(ordered)))
+    distribution = {str(n): int(count) for n, count in enumerate(np.bincount(copies)) if n and count}
+    several = starts[copies > 1]
+    examples = pc.take(ordered, pa.array(several[:EXAMPLES])).to_pylist()
     return {
-        "cids": len(counts),
+        "cids": len(starts),
         "held_by_one": int(distribution.get("1", 0)),
         "held_by_several": len(several),
         "copies": distribution,
@@ -443,7 +463,7 @@ def insights(root: Path) -> dict[str, Any]:
     views, problems = _views(root)
     by_backend: dict[str, Any] = {}
     errors: list[dict[str, str]] = []
-    created: list[pa.ChunkedArray] = []
+    ages = _AgeHistogram()
     held: list[pa.ChunkedArray] = []
     stored: list[pa.ChunkedArray] = []
     reasons: Counter[str] = Counter()
@@ -455,11 +475,10 @@ def insights(root: Path) -> dict[str, Any]:
             errors.append({"backend": name, "error": view.error or "unreadable"})
             continue
         try:
-            if view.count:
-                table = view.snapshot.columns(["cid", "status", "created_at"])
-                created.append(table.column("created_at"))
-                held.append(table.column("cid"))
-                stored.append(table.filter(pc.equal(table.column("status"), STORED)).column("cid"))
+            for piece in view.snapshot.scan(["cid", "status", "created_at"]):  # not the read cache's
+                ages.add(piece.column("created_at"))
+                held.append(piece.column("cid"))
+                stored.append(piece.filter(pc.equal(piece.column("status"), STORED)).column("cid"))
             for item in _failure_reasons(view.snapshot, view.by_status.get(FAILED, 0)):
                 reasons[item["reason"]] += item["count"]
             verification = _verification(view)
@@ -475,7 +494,7 @@ def insights(root: Path) -> dict[str, Any]:
         "total_pins": sum(v.count for v in views),
         "by_status": totals,
         "by_backend": by_backend,
-        "age": _age_histogram(created),
+        "age": ages.result(),
         "failures": {
             "total": totals[FAILED],
             "top_reasons": [{"reason": r, "count": c} for r, c in reasons.most_common(TOP_REASONS)],
