@@ -270,3 +270,18 @@ def test_windowed_columns_read_as_the_whole_table_does(root: Path) -> None:
     for start, length in [(0, 10), (5, 30), (30, 1), (90, 10), (0, 100), (99, 1), (17, 0)]:
         assert columns["cid"].slice(start, length).to_pylist() == cids[start : start + length]
         assert columns["status"].slice(start, length).to_pylist() == ["pending"] * len(cids[start : start + length])
+
+
+def test_restore_from_backup_keeps_the_sharded_table_as_one_file(root: Path) -> None:
+    legacy = [cid_for(f"legacy-{n}") for n in range(5)]
+    directory = make_backend(root, "big", pins_json=legacy)
+    assert migrate(root, MigrateOptions(backends=["big"]))["ok"]  # backs pins.json up
+    cids = [cid_for(f"big-{n}") for n in range(60)]
+    _pin(root, "big", cids)
+    assert os.path.islink(directory / "pin_mappings.parquet")
+    report = run_pinfs_json(root, "migrate", "--restore-from-backup", "--backend-filter", "big")
+    kept = Path(report["backends"][0]["previous_parquet_kept_as"])
+    assert sorted(pq.read_table(kept).column("cid").to_pylist()) == sorted(cids + legacy)
+    assert (directory / "pin_mappings.parquet").is_file()  # five pins: one file again
+    assert sorted(pd.read_parquet(directory / "pin_mappings.parquet")["cid"]) == sorted(legacy)
+    assert run_pinfs_json(root, "migrate", "--verify-only", "--backend-filter", "big")["ok"]
