@@ -176,11 +176,6 @@ class PinSnapshot:
         key = ("group", self.identity, index, tuple(columns) if columns else None)
         return self._cache.get_data(key, lambda: self._load_group(index, columns))
 
-    def columns(self, columns: Sequence[str]) -> pa.Table:
-        """Whole-file read of some columns (cached)."""
-        key = ("columns", self.identity, tuple(columns))
-        return self._cache.get_data(key, lambda: self._load_columns(columns))
-
     def lookup(self, cid: str) -> dict[str, str | None] | None:
         """The record for ``cid``, or None. Reads at most one row group."""
         position = bisect.bisect_left(self._group_max, cid)

@@ -97,15 +97,16 @@ def _due(snapshot: Any, cutoff: str) -> list[dict[str, Any]]:
     """Stored pins last verified before ``cutoff`` (or never), oldest verification first."""
     names = ["cid", "status", "car_file_path", "metadata"]
     has_column = "verified_at" in snapshot.column_names
-    table = snapshot.columns([*names, "verified_at"] if has_column else names)
-    table = table.filter(pc.equal(table.column("status"), STORED))
-    if has_column:
-        verified_at = table.column("verified_at")
-        never = pc.fill_null(pc.equal(pc.utf8_length(verified_at), 0), True)
-        table = table.filter(pc.or_(never, pc.fill_null(pc.less(verified_at, cutoff), True)))
-    else:
-        table = table.append_column("verified_at", pa.nulls(table.num_rows, pa.string()))
-    rows = table.to_pylist()
+    rows: list[dict[str, Any]] = []
+    for table in snapshot.scan([*names, "verified_at"] if has_column else names):  # a piece at a time
+        table = table.filter(pc.equal(table.column("status"), STORED))
+        if has_column:
+            verified_at = table.column("verified_at")
+            never = pc.fill_null(pc.equal(pc.utf8_length(verified_at), 0), True)
+            table = table.filter(pc.or_(never, pc.fill_null(pc.less(verified_at, cutoff), True)))
+        else:
+            table = table.append_column("verified_at", pa.nulls(table.num_rows, pa.string()))
+        rows.extend(table.to_pylist())
     rows.sort(key=lambda row: (row.get("verified_at") or "", row["cid"]))
     return rows
 
