@@ -3,7 +3,7 @@
 Layout of a cache entry (``.bench-cache/n<N>-k<K>-v<VERSION>/``)::
 
     root/backends/<b>.yaml
-    root/backends/<b>/pin_mappings.parquet     written by pinfs.store.write_pins (the store's exact form:
+    root/backends/<b>/pin_mappings.parquet     written by pinfs.tables.write_pins (the store's exact form:
                                                shards past 64k pins)
     root/backends/<b>/pin_mappings.car         written by pinfs.ops.carops.write_car_locked
     legacy/pins.json                           backend 0's pins as a legacy list of objects
@@ -34,7 +34,7 @@ from pinfs.cids import is_valid_cid
 from pinfs.fsutil import backend_lock
 from pinfs.ops.carops import write_car_locked
 from pinfs.schema import arrow_schema, car_path_for, dump_metadata
-from pinfs.store import normalize_table, write_pins
+from pinfs.tables import normalize_table, write_pins
 
 VERSION = 2  # 2: the sharded form (issue #6)
 SHARED_FRACTION = 0.1

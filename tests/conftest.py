@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pinfs.store import DEFAULT_CACHE
+from pinfs.snapshots import DEFAULT_CACHE
 
 
 @pytest.fixture

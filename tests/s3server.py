@@ -141,7 +141,8 @@ def put_pins(root: Path, name: str, records: list[dict[str, Any]]) -> None:
     """Write records (``make_record`` dicts, extra keys kept) to a backend's parquet and CAR, one write."""
     from pinfs.backends import get_backend
     from pinfs.ops.carops import write_car_locked
-    from pinfs.store import PinStore, merge_records
+    from pinfs.store import PinStore
+    from pinfs.tables import merge_records
 
     backend = get_backend(root, name)
     backend.directory.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import pytest
 
 from pinfs import car
 from pinfs.schema import REQUIRED_COLUMNS
-from pinfs.store import merge_records, records_to_table, sort_by_cid
+from pinfs.tables import merge_records, records_to_table, sort_by_cid
 
 CREATED = "2026-01-01T00:00:00.000000+00:00"
 

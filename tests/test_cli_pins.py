@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import cid_for, file_digests, make_backend, run_pinfs, run_pinfs_json
 
-from pinfs import store as store_module
+from pinfs import tables as tables_module
 from pinfs.car import FORMAT
 from pinfs.cli import build_parser, main
 from pinfs.ops.pins import PinRequest, add_pins, find_cid
@@ -79,8 +79,8 @@ def test_pin_add_many_cids_with_status_and_meta(root: Path) -> None:
 def test_pin_add_many_cids_is_one_write(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_backend(root, "b1")
     writes: list[Path] = []
-    original = store_module.write_table
-    monkeypatch.setattr(store_module, "write_table", lambda path, table: writes.append(path) or original(path, table))
+    original = tables_module.write_table
+    monkeypatch.setattr(tables_module, "write_table", lambda path, table: writes.append(path) or original(path, table))
     add_pins(root, "b1", [PinRequest(cid) for cid in CIDS])
     assert len(writes) == 1
 

@@ -25,7 +25,8 @@ from pinfs.fs.control import ControlRegistry
 from pinfs.fs.inodes import InodeTable, is_listing_inode
 from pinfs.fs.tree import PinTree
 from pinfs.ops import sync as sync_module
-from pinfs.store import PinStore, StoreCache
+from pinfs.snapshots import StoreCache
+from pinfs.store import PinStore
 
 pytestmark = pytest.mark.trio
 

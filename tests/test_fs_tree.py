@@ -24,7 +24,8 @@ from pinfs.fs.tree import (
     StreamListing,
     merge_sorted_unique,
 )
-from pinfs.store import ParquetSnapshot, PinStore, StoreCache
+from pinfs.snapshots import ParquetSnapshot, StoreCache
+from pinfs.store import PinStore
 
 
 def add_pins(root: Path, name: str, cids: list[str], status: str = "pending", **extra: object) -> None:

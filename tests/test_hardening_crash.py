@@ -39,7 +39,7 @@ from pinfs.fsutil import TEMP_MARKER
 from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import PinRequest, add_pins
 from pinfs.ops.sync import SyncOptions, sync
-from pinfs.store import DEFAULT_CACHE
+from pinfs.snapshots import DEFAULT_CACHE
 
 TESTS_DIR = str(Path(__file__).parent)
 KILLS = 210

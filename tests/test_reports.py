@@ -19,7 +19,7 @@ from pinfs.errors import InvalidInput, NotFound
 from pinfs.ops import reports
 from pinfs.ops.reports import EXAMPLES, _replication
 from pinfs.ops.state import record_run
-from pinfs.store import PinSnapshot
+from pinfs.snapshots import PinSnapshot
 
 
 @pytest.fixture

@@ -27,7 +27,9 @@ from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import PinRequest, add_pins, remove_pins
 from pinfs.ops.sync import SyncOptions, sync
 from pinfs.shards import MANIFEST_NAME, SHARD_DIR, collect_garbage, generation_dir, read_manifest
-from pinfs.store import PinStore, ShardedSnapshot, read_whole_table
+from pinfs.snapshots import ShardedSnapshot
+from pinfs.store import PinStore
+from pinfs.tables import read_whole_table
 
 SHARD_ROWS = 8
 

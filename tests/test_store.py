@@ -15,12 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import cid_for, make_backend
 
-from pinfs import store as store_module
+from pinfs import tables as tables_module
 from pinfs.backends import get_backend
 from pinfs.errors import CorruptData, InvalidInput
 from pinfs.ops.pins import PinRequest, add_pins
 from pinfs.schema import REQUIRED_COLUMNS, make_record
-from pinfs.store import ParquetSnapshot, PinStore, records_to_table, write_table
+from pinfs.snapshots import ParquetSnapshot
+from pinfs.store import PinStore
+from pinfs.tables import records_to_table, write_table
 
 
 def _records(count: int, backend: str = "b1", seed: str = "") -> list[dict[str, str]]:
@@ -64,7 +66,7 @@ def test_row_groups_are_small_with_cid_statistics(root: Path) -> None:
     assert metadata.num_row_groups > 1
     for index in range(metadata.num_row_groups):
         group = metadata.row_group(index)
-        assert group.num_rows <= store_module.ROW_GROUP_ROWS
+        assert group.num_rows <= tables_module.ROW_GROUP_ROWS
         assert group.column(0).statistics.has_min_max
 
 
@@ -99,7 +101,7 @@ def _count_group_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_lookup_reads_exactly_one_row_group(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setattr(tables_module, "ROW_GROUP_ROWS", 16)
     store = _store_with(root, 200)
     calls = _count_group_loads(monkeypatch)
     snapshot = store.snapshot()
@@ -113,7 +115,7 @@ def test_lookup_reads_exactly_one_row_group(root: Path, monkeypatch: pytest.Monk
 
 
 def test_opening_a_pinfs_file_reads_no_whole_column(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setattr(tables_module, "ROW_GROUP_ROWS", 16)
     store = _store_with(root, 200)
     whole_reads: list[object] = []
     original = pq.ParquetFile.read
@@ -123,7 +125,7 @@ def test_opening_a_pinfs_file_reads_no_whole_column(root: Path, monkeypatch: pyt
 
 
 def test_lookup_of_absent_cid_reads_at_most_one_row_group(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setattr(tables_module, "ROW_GROUP_ROWS", 16)
     store = _store_with(root, 200)
     calls = _count_group_loads(monkeypatch)
     assert store.snapshot().lookup(cid_for("absent")) is None
@@ -131,7 +133,7 @@ def test_lookup_of_absent_cid_reads_at_most_one_row_group(root: Path, monkeypatc
 
 
 def test_repeated_lookup_is_served_from_cache(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setattr(tables_module, "ROW_GROUP_ROWS", 16)
     store = _store_with(root, 100)
     calls = _count_group_loads(monkeypatch)
     for _ in range(3):

@@ -45,7 +45,7 @@ from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
 from pinfs.fs.tree import PinTree
 from pinfs.ops.carops import DEFERRED_CARS
-from pinfs.store import DEFAULT_CACHE_ENTRIES, StoreCache
+from pinfs.snapshots import DEFAULT_CACHE_ENTRIES, StoreCache
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,8 @@ from pinfs.fsutil import refuse_symlink
 from pinfs.ops import reports
 from pinfs.schema import STATUSES, load_metadata
 from pinfs.shards import MANIFEST_NAME, SHARD_DIR, generation_dir, is_sharded, read_manifest, shard_generation
-from pinfs.store import PinSnapshot, PinStore, StoreCache
+from pinfs.snapshots import PinSnapshot, StoreCache
+from pinfs.store import PinStore
 
 log = logging.getLogger(__name__)
 

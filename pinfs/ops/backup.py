@@ -21,7 +21,7 @@ from pinfs.fsutil import read_regular_file
 from pinfs.ops.sync import SyncContext
 from pinfs.schema import now_iso
 from pinfs.shards import data_files, is_sharded
-from pinfs.store import parquet_bytes, read_whole_table
+from pinfs.tables import parquet_bytes, read_whole_table
 
 BACKUP_DIR = "pin_mappings"
 MANIFEST_KEY = f"{BACKUP_DIR}/manifest.json"

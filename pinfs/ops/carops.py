@@ -32,7 +32,9 @@ from pinfs.fsutil import fsync_file
 from pinfs.ops.common import error_entry, select_backends
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.schema import REQUIRED_COLUMNS, now_iso
-from pinfs.store import PinStore, ShardedSnapshot, Transaction, sort_by_cid
+from pinfs.snapshots import ShardedSnapshot
+from pinfs.store import PinStore, Transaction
+from pinfs.tables import sort_by_cid
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from pinfs.backends import Backend, discover_backends, get_backend, validate_backend_name
 from pinfs.errors import CorruptData
-from pinfs.store import PinSnapshot, PinStore
+from pinfs.snapshots import PinSnapshot
+from pinfs.store import PinStore
 
 
 def select_backends(root: Path, names: Sequence[str]) -> list[Backend]:

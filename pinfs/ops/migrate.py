@@ -36,17 +36,9 @@ from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import read_state, record_run
 from pinfs.schema import REQUIRED_COLUMNS, now_iso, record_problems, utc_stamp
 from pinfs.shards import generation_problems, is_sharded
-from pinfs.store import (
-    FileIdentity,
-    PinStore,
-    Transaction,
-    empty_table,
-    first_duplicate_cid,
-    merge_records,
-    read_whole_table,
-    write_pins,
-    write_table,
-)
+from pinfs.snapshots import FileIdentity
+from pinfs.store import PinStore, Transaction
+from pinfs.tables import empty_table, first_duplicate_cid, merge_records, read_whole_table, write_pins, write_table
 
 BACKUP_PREFIX = "pins.json.backup."
 PARQUET_BACKUP_PREFIX = "pin_mappings.parquet.backup."

@@ -36,7 +36,8 @@ from pinfs.ops.drivers import DriverError, FilesystemDriver, driver_for, has_dri
 from pinfs.ops.state import read_state
 from pinfs.schema import FAILED, PENDING, STATUSES, STORED, load_metadata, now_iso
 from pinfs.shards import data_files, is_sharded
-from pinfs.store import PinSnapshot, PinStore
+from pinfs.snapshots import PinSnapshot
+from pinfs.store import PinStore
 
 STALE_VERIFY_DAYS = 7.0
 TOP_REASONS = 10

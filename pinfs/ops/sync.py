@@ -43,7 +43,8 @@ from pinfs.ops.drivers import Driver, DriverError, FilesystemDriver, driver_for,
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import read_state, record_run
 from pinfs.schema import FAILED, PENDING, STORED, dump_metadata, load_metadata, now_iso
-from pinfs.store import PinSnapshot, PinStore
+from pinfs.snapshots import PinSnapshot
+from pinfs.store import PinStore
 
 STAGING_DIR = "cars"
 CAR_KEY = "pin_mappings.car"
