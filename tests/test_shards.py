@@ -22,7 +22,8 @@ from mounting import mounted, needs_fuse, sh, write_control
 from pinfs.backends import get_backend
 from pinfs.car import read_pin_mappings_car
 from pinfs.errors import CorruptData
-from pinfs.ops.carops import car_agreement, car_is_current
+from pinfs.ops import reports
+from pinfs.ops.carops import CarRefresher, car_agreement, car_is_current
 from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import PinRequest, add_pins, remove_pins
 from pinfs.ops.sync import SyncOptions, sync
@@ -287,3 +288,23 @@ def test_restore_from_backup_keeps_the_sharded_table_as_one_file(root: Path) -> 
     assert (directory / "pin_mappings.parquet").is_file()  # five pins: one file again
     assert sorted(pd.read_parquet(directory / "pin_mappings.parquet")["cid"]) == sorted(legacy)
     assert run_pinfs_json(root, "migrate", "--verify-only", "--backend-filter", "big")["ok"]
+
+
+def test_health_notes_a_car_being_rebuilt_and_flags_one_left_behind(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _sharded_backend(root)
+    refresher = CarRefresher(quiet=60, at_most=60)  # waits until closed: the pending state stays put
+    monkeypatch.setattr(reports, "DEFERRED_CARS", refresher)
+    add_pins(root, "big", [PinRequest(cid_for("deferred"))], defer_car=refresher.defer)
+
+    def big() -> dict:
+        return next(entry for entry in reports.health(root)["backends"] if entry["backend"] == "big")
+
+    pending = big()
+    assert pending["state"] == "ok" and any("being rebuilt" in note for note in pending["notes"]), pending
+    monkeypatch.setattr(reports, "DEFERRED_CARS", CarRefresher())  # as another process sees it
+    stale = big()
+    assert stale["state"] == "degraded" and any("older than" in reason for reason in stale["reasons"]), stale
+    refresher.close()  # what unmounting does
+    assert big()["state"] == "ok" and car_is_current(get_backend(root, "big"))
