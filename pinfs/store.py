@@ -71,6 +71,7 @@ class Transaction:
     def __init__(self, store: PinStore) -> None:
         self.store = store
         self._table: pa.Table | None = None  # the whole table as last read or written here
+        self.changed = False  # whether this transaction wrote anything
         self._shards: dict[tuple[Path, str], pa.Table] = {}  # shards read (generations never change)
 
     @property
@@ -107,6 +108,7 @@ class Transaction:
         table = normalize_table(table)
         write_pins(self.store.path, table)
         self._table = table  # what is on disk now: a CAR written next need not read it back
+        self.changed = True
 
     def records_for(self, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         """The current records of those of ``cids`` that are present. A sharded backend reads only the
@@ -182,6 +184,7 @@ class Transaction:
             self.write(pa.concat_tables([_part_table(part, manifest.columns) for part in parts]))
             return total
         publish(self.store.path, parts, manifest.columns, write_shard)
+        self.changed = True
         collect_garbage(self.store.path.parent)
         self._table = None
         return total

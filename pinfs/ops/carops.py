@@ -13,11 +13,12 @@ does it once writes to the backend pause; the command line does it before it ret
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,16 +169,23 @@ def _regenerate_one(backend: Backend) -> dict[str, Any]:
 # -- after a pin change --
 
 
-def car_after_pin_change_locked(backend: Backend, txn: Transaction, defer: Callable[[Backend], None] | None) -> Any:
-    """Bring the CAR in line after ``txn`` changed pins. A one-file backend is small: its CAR is written
-    now, under the lock. A sharded one is handed to ``defer`` (the mount's ``DEFERRED_CARS.defer``) or,
-    without one, left for ``refresh_car`` once the lock is released (returns None then)."""
-    if not txn.sharded:
-        return write_car_locked(backend, txn.current())
-    if defer is not None:
-        defer(backend)
-        return {"path": str(backend.car_path), "deferred": True}
-    return None
+@contextlib.contextmanager
+def changing_pins(backend: Backend, defer: Callable[[Backend], None] | None = None) -> Iterator[Transaction]:
+    """A transaction on ``backend``'s pins after which, if it wrote, the CAR follows: a one-file backend
+    is small, so its CAR is written at once, under the lock; a sharded one's is handed to ``defer`` (the
+    mount's ``DEFERRED_CARS.defer``) or, without one, rebuilt by ``refresh_car`` once the lock is
+    released. An exception in the body leaves the CAR alone."""
+    refresh = False
+    with PinStore(backend).transaction() as txn:
+        yield txn
+        if txn.changed and not txn.sharded:
+            write_car_locked(backend, txn.current())
+        elif txn.changed and defer is not None:
+            defer(backend)
+        else:
+            refresh = txn.changed
+    if refresh:
+        refresh_car(backend)
 
 
 def refresh_car(backend: Backend) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 from pinfs.backends import Backend, discover_backends, ensure_backend_dir, get_backend
 from pinfs.cids import validate_cid
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
-from pinfs.ops.carops import car_after_pin_change_locked, refresh_car
+from pinfs.ops.carops import changing_pins
 from pinfs.schema import REQUIRED_COLUMNS, STATUSES, dump_metadata, load_metadata, make_record
 from pinfs.store import PinStore
 
@@ -121,7 +121,7 @@ def add_pins(
     batch = {request.cid: request for request in requests}  # a repeated CID: the last line wins
     added: list[str] = []
     updated: list[str] = []
-    with PinStore(backend).transaction() as txn:
+    with changing_pins(backend, defer_car) as txn:
         existing = txn.records_for(list(batch))
         replacements = {}
         for cid, request in batch.items():
@@ -129,9 +129,6 @@ def add_pins(
             (updated if old else added).append(cid)
             replacements[cid] = _apply_request(backend, request, old)
         total = txn.update(replacements)
-        car = car_after_pin_change_locked(backend, txn, defer_car)
-    if car is None:
-        refresh_car(backend)
     return {"ok": True, "backend": backend.name, "added": added, "updated": updated, "total": total}
 
 
@@ -165,15 +162,12 @@ def remove_pins(
         raise InvalidInput("no CIDs given")
     backend = get_backend(root, backend_name)
     wanted = list(dict.fromkeys(cids))
-    with PinStore(backend).transaction() as txn:
+    with changing_pins(backend, defer_car) as txn:
         found = txn.records_for(wanted)
         missing = [cid for cid in wanted if cid not in found]
         if missing:
             raise NotFound(f"{missing[0]} is not pinned in backend {backend.name!r}" + _and_more(missing))
         total = txn.update({}, removals=wanted)
-        car = car_after_pin_change_locked(backend, txn, defer_car)
-    if car is None:
-        refresh_car(backend)
     return {"ok": True, "backend": backend.name, "removed": wanted, "total": total}
 
 

@@ -37,7 +37,7 @@ from pinfs.car import verify_content_car
 from pinfs.cids import is_valid_cid
 from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
 from pinfs.fsutil import read_regular_file
-from pinfs.ops.carops import car_after_pin_change_locked, car_is_current, refresh_car, write_car_locked
+from pinfs.ops.carops import car_is_current, changing_pins, write_car_locked
 from pinfs.ops.common import select_backends, usable_snapshot
 from pinfs.ops.drivers import Driver, DriverError, FilesystemDriver, driver_for, has_driver, key_for
 from pinfs.ops.progress import NullProgress, Progress
@@ -382,14 +382,9 @@ def write_outcomes(backend: Backend, outcomes: list[PinOutcome]) -> int:
     wanted = [outcome.cid for outcome in outcomes if outcome.status is not None]
     if not wanted:
         return 0
-    with PinStore(backend).transaction() as txn:
+    with changing_pins(backend) as txn:
         replacements = outcome_replacements(txn.records_for(wanted), outcomes)
-        if not replacements:
-            return 0
         txn.update(replacements)
-        car = car_after_pin_change_locked(backend, txn, None)
-    if car is None:
-        refresh_car(backend)
     return len(replacements)
 
 
