@@ -22,8 +22,8 @@ from mounting import mounted, needs_fuse, sh, write_control
 from pinfs.backends import get_backend
 from pinfs.car import read_pin_mappings_car
 from pinfs.errors import CorruptData
-from pinfs.ops import reports
-from pinfs.ops.carops import CarRefresher, car_agreement, car_is_current
+from pinfs.ops import carops, reports
+from pinfs.ops.carops import CarRefresher, car_agreement, car_is_current, refresh_car
 from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import PinRequest, add_pins, remove_pins
 from pinfs.ops.sync import SyncOptions, sync
@@ -308,3 +308,22 @@ def test_health_notes_a_car_being_rebuilt_and_flags_one_left_behind(
     assert stale["state"] == "degraded" and any("older than" in reason for reason in stale["reasons"]), stale
     refresher.close()  # what unmounting does
     assert big()["state"] == "ok" and car_is_current(get_backend(root, "big"))
+
+
+def test_a_late_car_rebuild_of_an_older_version_never_replaces_a_newer_car(root: Path) -> None:
+    """Writers of one backend rebuild its CAR without the lock, so two rebuilds can race."""
+    _directory, _cids = _sharded_backend(root)
+    backend = get_backend(root, "big")
+    older = PinStore(backend).snapshot()  # what a slow rebuild started from
+    add_pins(root, "big", [PinRequest(cid_for("newer"))], defer_car=lambda _backend: None)
+    assert not car_is_current(backend)
+    refresh_car(backend)  # the quick rebuild of the newer version
+    newer_car = backend.car_path.read_bytes()
+    with pytest.raises(carops.CarSuperseded):
+        carops.write_car_of_version(backend, older)  # the slow one finishes last
+    assert backend.car_path.read_bytes() == newer_car and car_is_current(backend)
+    os.unlink(backend.car_path)
+    carops.write_car_of_version(backend, older)  # no newer CAR in place: it goes in, dated as what it holds
+    assert not car_is_current(backend)
+    refresh_car(backend)
+    assert car_is_current(backend) and len(read_pin_mappings_car(backend.car_path).records) == 101

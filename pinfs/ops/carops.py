@@ -33,7 +33,7 @@ from pinfs.fsutil import fsync_file
 from pinfs.ops.common import error_entry, select_backends
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.schema import REQUIRED_COLUMNS, now_iso
-from pinfs.snapshots import ShardedSnapshot
+from pinfs.snapshots import PinSnapshot, ShardedSnapshot
 from pinfs.store import PinStore, Transaction
 from pinfs.tables import sort_by_cid
 
@@ -188,23 +188,45 @@ def changing_pins(backend: Backend, defer: Callable[[Backend], None] | None = No
         refresh_car(backend)
 
 
-def refresh_car(backend: Backend) -> dict[str, Any]:
+def refresh_car(backend: Backend, attempts: int = 3) -> dict[str, Any]:
     """Rebuild the CAR from the backend's current version, without holding the lock (see the module
-    docstring). Skipped when the CAR is already current."""
-    if car_is_current(backend):
-        return {"path": str(backend.car_path), "current": True}
-    snapshot = PinStore(backend).snapshot()
-    if snapshot.source != "parquet" or snapshot.identity is None:
-        return {"path": str(backend.car_path), "skipped": "no pin_mappings.parquet"}
-    version_ns = snapshot.identity.mtime_ns
+    docstring). Skipped when the CAR is already current. Writers of one backend may refresh at once:
+    a CAR is not put in place over one of a newer version, and when a newer version of the parquet
+    landed meanwhile the rebuild starts again (``attempts`` times at most), so the last refresh to
+    finish leaves a current CAR."""
+    written: dict[str, Any] = {"path": str(backend.car_path), "current": True}
+    for _attempt in range(attempts):
+        if car_is_current(backend):
+            break
+        snapshot = PinStore(backend).snapshot()
+        if snapshot.source != "parquet" or snapshot.identity is None:
+            return {"path": str(backend.car_path), "skipped": "no pin_mappings.parquet"}
+        try:
+            written = write_car_of_version(backend, snapshot)
+        except CarSuperseded:
+            continue
+    return written
+
+
+def write_car_of_version(backend: Backend, snapshot: PinSnapshot) -> dict[str, Any]:
+    """The CAR of ``snapshot``, dated with its version's time; CarSuperseded if a CAR of a newer version
+    was put in place meanwhile."""
+    version_ns = snapshot.identity.mtime_ns if snapshot.identity else 0
 
     def date_it(temp: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if backend.car_path.stat().st_mtime_ns > version_ns:
+                raise CarSuperseded
         os.utime(temp, ns=(version_ns, version_ns))
 
     if isinstance(snapshot, ShardedSnapshot):  # a few shards in memory at a time, not a million rows
         columns = snapshot.windowed_columns(REQUIRED_COLUMNS)
         return _write_car(backend, columns, snapshot.count, before_replace=date_it)
     return write_car_locked(backend, snapshot.table(), before_replace=date_it)
+
+
+class CarSuperseded(Exception):
+    """A CAR of a newer version is already in place (``write_car_of_version``)."""
 
 
 class CarRefresher:
