@@ -40,7 +40,6 @@ from pinfs.tables import (
     normalize_table,
     one_line,
     open_parquet,
-    read_generation,
 )
 
 DEFAULT_CACHE_BYTES = 256 << 20
@@ -182,10 +181,6 @@ class PinSnapshot:
             chunks.extend(column.slice(offset, take).chunks)
             position += take
         return pa.chunked_array(chunks, pa.string())
-
-    def cids_range(self, start: int, stop: int) -> list[str]:
-        """``cid_column`` as a list of strings."""
-        return self.cid_column(start, stop).to_pylist()
 
     def iter_cids(self) -> Iterator[str]:
         for index in range(len(self.groups)):
@@ -336,9 +331,6 @@ class ShardedSnapshot(PinSnapshot):
         shard, lock = self._shard(number)
         with lock:
             return shard.read_row_group(local, columns=list(columns) if columns else None)
-
-    def table(self) -> pa.Table:
-        return read_generation(self.path)
 
     def scan(self, columns: Sequence[str]) -> Iterator[pa.Table]:
         for number in range(len(self.manifest.shards)):

@@ -51,7 +51,6 @@ from pinfs.tables import (
     empty_table,
     first_duplicate_cid,
     merge_records,
-    normalize_table,
     parallel_map,
     read_whole_table,
     records_to_table,
@@ -105,9 +104,7 @@ class Transaction:
 
     def write(self, table: pa.Table) -> None:
         """Replace the whole table (``write_pins``)."""
-        table = normalize_table(table)
-        write_pins(self.store.path, table)
-        self._table = table  # what is on disk now: a CAR written next need not read it back
+        self._table = write_pins(self.store.path, table)  # what is on disk now: a CAR need not read it back
         self.changed = True
 
     def records_for(self, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
@@ -185,7 +182,6 @@ class Transaction:
             return total
         publish(self.store.path, parts, manifest.columns, write_shard)
         self.changed = True
-        collect_garbage(self.store.path.parent)
         self._table = None
         return total
 
@@ -317,7 +313,7 @@ class PinStore:
         if not directory.is_dir():
             raise NotFound(f"backend {self.backend.name!r} has no directory {directory}")
         with backend_lock(directory, timeout=lock_timeout):
-            collect_garbage(directory)  # like backend_lock's stale temp files: what dead writers left
+            collect_garbage(directory)  # the one place: every write of the backend is in a transaction
             yield Transaction(self)
 
     def upsert(self, records: Sequence[Mapping[str, str | None]], *, overwrite: bool) -> UpsertResult:

@@ -31,7 +31,6 @@ from pinfs.schema import REQUIRED_COLUMNS, arrow_schema, now_iso
 from pinfs.shards import (
     ShardInfo,
     choose_sharded,
-    collect_garbage,
     generation_dir,
     is_sharded,
     publish,
@@ -214,11 +213,13 @@ def read_generation(directory: Path, *, sort: bool = True) -> pa.Table:
         raise CorruptData(f"{directory}: shards differ in their columns ({one_line(exc)})") from None
 
 
-def write_table(path: Path, table: pa.Table) -> None:
-    """Write a table as one parquet file, atomically. The caller holds the backend lock."""
+def write_table(path: Path, table: pa.Table) -> pa.Table:
+    """Write a table as one parquet file, atomically; returns it as written (normalized). The caller
+    holds the backend lock."""
     table = _checked_for_writing(table, path)
     with atomic_writer(path) as temp:
         _write_parquet(table, temp)
+    return table
 
 
 def _checked_for_writing(table: pa.Table, path: Path) -> pa.Table:
@@ -273,15 +274,15 @@ def split_into_shards(table: pa.Table, *, exact: bool = False) -> list[pa.Table]
     return [table.slice(start, size) for start in range(0, rows, size)]
 
 
-def write_pins(path: Path, table: pa.Table) -> None:
+def write_pins(path: Path, table: pa.Table) -> pa.Table:
     """Write a backend's whole table in the form its size calls for (``pinfs.shards.choose_sharded``):
-    one file, or a new generation of shards. The caller holds the backend lock."""
-    table = normalize_table(table)
-    if choose_sharded(table.num_rows, is_sharded(path)):
-        publish(path, split_into_shards(_checked_for_writing(table, path), exact=True), table.column_names, write_shard)
-    else:
-        write_table(path, table)
-    collect_garbage(path.parent)
+    one file, or a new generation of shards; returns it as written (normalized). The caller holds the
+    backend lock (``PinStore.transaction``, which also removes generations no reader needs)."""
+    if not choose_sharded(table.num_rows, is_sharded(path)):
+        return write_table(path, table)
+    table = _checked_for_writing(table, path)
+    publish(path, split_into_shards(table, exact=True), table.column_names, write_shard)
+    return table
 
 
 # -- merging --
