@@ -23,6 +23,7 @@ from pinfs.errors import Busy, CorruptData
 
 TEMP_MARKER = ".pinfs-tmp."
 LOCK_NAME = ".pinfs.lock"
+EXPORT_LOCK_NAME = ".pinfs-export.lock"
 # Where a sharded backend keeps its generations (``pinfs.shards``); its temporary directories are
 # cleaned like the backend's temporary files.
 SHARD_DIR = ".pin_mappings.d"
@@ -121,10 +122,23 @@ def backend_lock(backend_dir: Path, timeout: float | None = None) -> Iterator[No
     try:
         _acquire(fd, backend_dir, timeout)
         remove_stale_temps(backend_dir, older_than_seconds=0.0)
-        remove_stale_temps(backend_dir / SHARD_DIR, older_than_seconds=0.0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+@contextlib.contextmanager
+def export_lock(backend_dir: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold the lock of the backend's exports (``pinfs.exports``): separate from ``backend_lock``, so
+    that rebuilding the exports of a million pins never holds up a writer. Take it before
+    ``backend_lock`` when both are needed, never after."""
+    backend_dir = Path(backend_dir)
+    fd = os.open(backend_dir / EXPORT_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _acquire(fd, backend_dir, timeout)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _acquire(fd: int, backend_dir: Path, timeout: float | None) -> None:

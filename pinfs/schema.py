@@ -22,8 +22,12 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "status",
     "metadata",
 )
-# Extra columns pinfs itself maintains; any other extra string column found in a file is kept as is.
+# Columns pinfs itself maintains, after the required ones. Every table and export has exactly
+# STORE_COLUMNS, in this order, from the start (issue #12: one schema everywhere, so DuckDB and pandas
+# read every backend's file together without union_by_name). A column another tool adds to a file that
+# pinfs imports is kept in the record's metadata (``pinfs.tables.EXTRA_COLUMNS_KEY``).
 OPTIONAL_COLUMNS: tuple[str, ...] = ("updated_at", "verified_at")
+STORE_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 STATUSES: tuple[str, ...] = ("stored", "pending", "failed")
 STORED, PENDING, FAILED = STATUSES
@@ -49,10 +53,13 @@ _CAR_PATH_TEMPLATES: dict[str, str] = {
 }
 
 
-def arrow_schema(extra_columns: tuple[str, ...] = ()) -> pa.Schema:
-    """The parquet schema: every column an Arrow ``string``, required columns first."""
-    names = REQUIRED_COLUMNS + tuple(c for c in extra_columns if c not in REQUIRED_COLUMNS)
-    return pa.schema([pa.field(name, pa.string(), nullable=name not in REQUIRED_COLUMNS) for name in names])
+def arrow_schema() -> pa.Schema:
+    """The schema of every table and export: ``STORE_COLUMNS``, each an Arrow ``string``; the
+    required ones are not nullable."""
+    return _SCHEMA
+
+
+_SCHEMA = pa.schema([pa.field(name, pa.string(), nullable=name not in REQUIRED_COLUMNS) for name in STORE_COLUMNS])
 
 
 def now_iso() -> str:

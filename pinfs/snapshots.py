@@ -1,13 +1,17 @@
 """Snapshots: one immutable version of a backend's pins, read through a bounded cache.
 
-A ``PinSnapshot`` is pinned to the file that was open when it was taken (an atomic replace by another
-process leaves an open file intact, so a listing in progress stays consistent), or for a sharded
-backend to one generation directory, which never changes. Rows are sorted by CID in small row groups;
-a single-CID lookup picks the one row group whose statistics cover the CID and reads only that, through
-``StoreCache`` (cachetools, bounded in bytes). Snapshots are keyed by the identity of their file or
-generation (device, inode, size, mtime), checked with one ``stat`` per access, so a version written
-elsewhere is seen at once. A backend with no parquet yet is served from its legacy ``pins.json`` as a
-``MemorySnapshot`` with the same interface.
+A ``PinSnapshot`` is a sequence of *pieces*, each a sorted, disjoint range of CIDs: the data files of
+one version of the Delta table (``pinfs.delta``; their row counts and CID ranges come from the log),
+the one file or the shards of the forms written before the table (read until the first write converts
+them), or a table in memory (a legacy ``pins.json``). A single-CID lookup is two binary searches: the
+piece whose range covers the CID, then the one row group of that piece whose footer statistics cover
+it. Only that row group is read, through ``StoreCache`` (cachetools, bounded in bytes).
+
+Data files never change once written (a write adds new files and removes old ones from the log), so
+what is cached about a file (its open reader, its row groups, its status counts) is keyed by the file
+and serves every version that still holds it: after a pin, only the one rewritten file is read again.
+A file is opened when first needed and its reader is kept by ``StoreCache`` (a bounded number of open
+files), which keeps that version readable even after vacuum removes the file from the directory.
 
 Threading: everything here is synchronous and may block on disk; the mount calls it from worker
 threads. ``StoreCache`` guards its maps with a lock, and each open parquet file has its own.
@@ -19,7 +23,7 @@ import bisect
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +34,11 @@ import pyarrow.parquet as pq
 
 from pinfs.errors import CorruptData
 from pinfs.fsutil import refuse_symlink
-from pinfs.schema import REQUIRED_COLUMNS, STATUSES
-from pinfs.shards import ShardInfo, read_manifest
+from pinfs.schema import STATUSES, STORE_COLUMNS
 from pinfs.tables import (
     RowGroup,
     check_schema,
+    checked_table,
     empty_table,
     groups_from_table,
     normalize_table,
@@ -43,8 +47,8 @@ from pinfs.tables import (
 )
 
 DEFAULT_CACHE_BYTES = 256 << 20
-
-DEFAULT_CACHE_ENTRIES = 64  # snapshots hold an open file each
+DEFAULT_CACHE_ENTRIES = 64  # snapshots
+DEFAULT_OPEN_FILES = 256  # open data-file readers (each holds a descriptor and its footer)
 
 
 @dataclass(frozen=True)
@@ -67,23 +71,29 @@ class FileIdentity:
 
 
 def _table_bytes(value: object) -> int:
-    if isinstance(value, pa.Table):
-        return max(value.nbytes, 1)
-    if isinstance(value, pa.ChunkedArray | pa.Array):
+    if isinstance(value, pa.Table | pa.ChunkedArray | pa.Array):
         return max(value.nbytes, 1)
     return 1024
 
 
 class StoreCache:
-    """Bounded caches shared by every snapshot: row groups and derived columns by bytes, snapshots by count."""
+    """Bounded caches shared by every snapshot: row groups and derived columns by bytes, snapshots and
+    open files by count, and the newest known version of each table."""
 
-    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES, max_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
+    def __init__(
+        self,
+        max_bytes: int = DEFAULT_CACHE_BYTES,
+        max_entries: int = DEFAULT_CACHE_ENTRIES,
+        max_open_files: int = DEFAULT_OPEN_FILES,
+    ) -> None:
         self.max_bytes = max_bytes
         self._data: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_bytes, getsizeof=_table_bytes)
         self._snapshots: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_entries)
+        self._files: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_open_files)
+        self.versions: dict[str, object] = {}  # table location -> newest state seen (pinfs.store)
         self._lock = threading.RLock()
 
-    def get_data(self, key: tuple, load: Callable[[], pa.Table | pa.ChunkedArray]) -> pa.Table | pa.ChunkedArray:
+    def get_data(self, key: Hashable, load: Callable[[], object]) -> object:
         with self._lock:
             found = self._data.get(key)
         if found is not None:
@@ -94,7 +104,7 @@ class StoreCache:
                 self._data[key] = value
         return value
 
-    def get_snapshot(self, identity: FileIdentity, load: Callable[[], PinSnapshot]) -> PinSnapshot:
+    def get_snapshot(self, identity: Hashable, load: Callable[[], PinSnapshot]) -> PinSnapshot:
         with self._lock:
             found = self._snapshots.get(identity)
         if found is not None:
@@ -104,53 +114,207 @@ class StoreCache:
             self._snapshots[identity] = snapshot
         return snapshot
 
+    def open_file(self, key: Hashable, opener: Callable[[], OpenParquet]) -> OpenParquet:
+        with self._lock:
+            found = self._files.get(key)
+            if found is None:
+                found = self._files[key] = opener()
+            return found
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
             self._snapshots.clear()
-
-    @property
-    def current_bytes(self) -> int:
-        with self._lock:
-            return int(self._data.currsize)
+            self._files.clear()
+            self.versions.clear()
 
 
 DEFAULT_CACHE = StoreCache()
+
+
+# -- pieces --
+
+
+class OpenParquet:
+    """An open parquet file of pins: its reader, row groups (from footer statistics) and a lock (one
+    ``ParquetFile`` is not read from two threads at once)."""
+
+    def __init__(self, path: Path, expected_size: int | None = None, expected_rows: int | None = None) -> None:
+        try:
+            identity, opened = _open_stable(path)
+        except FileNotFoundError:
+            raise CorruptData(f"{path}: missing (removed while this version was in use?)") from None
+        if expected_size is not None and identity.size != expected_size:
+            opened.close()
+            raise CorruptData(f"{path}: is {identity.size} bytes, the table's log says {expected_size}")
+        try:
+            self.file = open_parquet(opened)
+            check_schema(self.file.schema_arrow, path)
+            groups = _groups_from_statistics(self.file.metadata)
+        except CorruptData:
+            opened.close()
+            raise
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others for a bad file
+            opened.close()
+            raise CorruptData(f"{path}: not a readable parquet file ({one_line(exc)})") from None
+        if expected_rows is not None and self.file.metadata.num_rows != expected_rows:
+            raise CorruptData(f"{path}: holds {self.file.metadata.num_rows} rows, the table's log says {expected_rows}")
+        self.path = path
+        self.identity = identity
+        self.groups = groups  # None when unsorted or without statistics
+        self.lock = threading.Lock()
+
+    def sorted_within_groups(self) -> bool:
+        """Whether rows are in strictly increasing CID order (statistics only order the groups).
+
+        Files that declare the order (pinfs writes ``sorting_columns``) are trusted; others are checked
+        once, by reading the ``cid`` column."""
+        if self.groups is None:
+            return False
+        metadata = self.file.metadata
+        cid_column = self.file.schema_arrow.get_field_index("cid")
+        if all(_declares_cid_order(metadata.row_group(group.index), cid_column) for group in self.groups):
+            return True
+        with self.lock:
+            cids = self.file.read(columns=["cid"]).column("cid")
+        return len(cids) < 2 or bool(pc.all(pc.less(cids.slice(0, len(cids) - 1), cids.slice(1))).as_py())
+
+    def read_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
+        assert self.groups is not None
+        with self.lock:
+            table = self.file.read_row_group(self.groups[index].index, columns=list(columns) if columns else None)
+        return _checked_columns(table, self.path)
+
+    def read(self, columns: Sequence[str] | None) -> pa.Table:
+        with self.lock:
+            table = self.file.read(columns=list(columns) if columns else None)
+        return _checked_columns(table, self.path)
+
+
+def _checked_columns(table: pa.Table, path: Path) -> pa.Table:
+    """A table read from a pins file, in the store's types (a file of another tool may hold
+    ``large_string`` or an extra column)."""
+    if set(table.column_names) <= set(STORE_COLUMNS) and all(pa.types.is_string(t) for t in table.schema.types):
+        return table
+    if set(STORE_COLUMNS) <= set(table.column_names):
+        return checked_table(table, path, sort=False)
+    return table.cast(pa.schema([pa.field(name, pa.string()) for name in table.column_names]))
+
+
+class Piece:
+    """A sorted, disjoint range of CIDs of a snapshot. ``key`` names it in the cache."""
+
+    key: Hashable
+    rows: int
+    min_cid: str | None
+    max_cid: str | None
+
+    def row_groups(self) -> list[RowGroup]:
+        raise NotImplementedError
+
+    def read_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
+        raise NotImplementedError
+
+    def read(self, columns: Sequence[str] | None) -> pa.Table:
+        raise NotImplementedError
+
+
+class FilePiece(Piece):
+    """A parquet file of pins, opened (through the cache) when first read."""
+
+    def __init__(
+        self,
+        path: Path,
+        cache: StoreCache,
+        rows: int,
+        min_cid: str | None,
+        max_cid: str | None,
+        size: int | None = None,
+    ) -> None:
+        self.path = path
+        self.key = ("file", str(path), size)
+        self.rows, self.min_cid, self.max_cid = rows, min_cid, max_cid
+        self._size = size
+        self._cache = cache
+
+    def opened(self) -> OpenParquet:
+        def open_it() -> OpenParquet:
+            opened = OpenParquet(self.path, self._size, self.rows)
+            if opened.groups is None or not opened.sorted_within_groups():
+                raise CorruptData(f"{self.path}: rows are not sorted by cid (run 'pinfs maintain')")
+            return opened
+
+        return self._cache.open_file(self.key, open_it)
+
+    def row_groups(self) -> list[RowGroup]:
+        groups = self.opened().groups
+        assert groups is not None
+        return groups
+
+    def read_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
+        return self.opened().read_group(index, columns)
+
+    def read(self, columns: Sequence[str] | None) -> pa.Table:
+        return self.opened().read(columns)
+
+
+class MemoryPiece(Piece):
+    """A sorted table held in memory."""
+
+    def __init__(self, table: pa.Table, key: Hashable) -> None:
+        self.table = table
+        self.key = key
+        self.rows = table.num_rows
+        cids = table.column("cid")
+        self.min_cid = cids[0].as_py() if self.rows else None
+        self.max_cid = cids[-1].as_py() if self.rows else None
+        self._groups = groups_from_table(table)
+
+    def row_groups(self) -> list[RowGroup]:
+        return self._groups
+
+    def read_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
+        group = self._groups[index]
+        table = self.table.slice(group.start, group.length)
+        return table.select(list(columns)) if columns else table
+
+    def read(self, columns: Sequence[str] | None) -> pa.Table:
+        return self.table.select(list(columns)) if columns else self.table
 
 
 # -- snapshots --
 
 
 class PinSnapshot:
-    """One immutable version of a backend's pins, sorted by CID. Subclasses supply the row groups."""
+    """One immutable version of a backend's pins, sorted by CID, as pieces in order.
 
-    source = "parquet"
+    ``identity`` says which version (a ``pinfs.delta.TableVersion``, a ``FileIdentity``, or None for an
+    empty backend); ``source`` is ``table``, ``parquet`` (a form written before the table), ``legacy``
+    (pins.json) or ``empty``."""
 
-    def __init__(self, identity: FileIdentity | None, groups: list[RowGroup], cache: StoreCache) -> None:
+    def __init__(self, identity: Hashable | None, pieces: Sequence[Piece], cache: StoreCache, source: str) -> None:
         self.identity = identity
-        self.groups = groups
+        self.pieces = [piece for piece in pieces if piece.rows]
+        self.source = source
         self._cache = cache
-        self._group_max = [group.max_cid for group in groups]
-        self._group_start = [group.start for group in groups]
-        self.count = sum(group.length for group in groups)
-        self.column_names: tuple[str, ...] = REQUIRED_COLUMNS
+        self._piece_max = [piece.max_cid for piece in self.pieces]
+        self._piece_start = list(itertools.accumulate((piece.rows for piece in self.pieces), initial=0))
+        self.count = self._piece_start[-1]
+        self.column_names: tuple[str, ...] = STORE_COLUMNS
 
-    def _load_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
-        raise NotImplementedError
-
-    def _load_columns(self, columns: Sequence[str]) -> pa.Table:
-        raise NotImplementedError
-
-    def group(self, index: int, columns: Sequence[str] | None = None) -> pa.Table:
-        key = ("group", self.identity, index, tuple(columns) if columns else None)
-        return self._cache.get_data(key, lambda: self._load_group(index, columns))
+    # -- one CID --
 
     def lookup(self, cid: str) -> dict[str, str | None] | None:
         """The record for ``cid``, or None. Reads at most one row group."""
-        position = bisect.bisect_left(self._group_max, cid)
-        if position == len(self.groups) or self.groups[position].min_cid > cid:
+        index = bisect.bisect_left(self._piece_max, cid)
+        if index == len(self.pieces) or (self.pieces[index].min_cid or "") > cid:
             return None
-        table = self.group(position)
+        piece = self.pieces[index]
+        groups = piece.row_groups()
+        position = bisect.bisect_left([group.max_cid for group in groups], cid)
+        if position == len(groups) or groups[position].min_cid > cid:
+            return None
+        table = self._group(piece, position, None)
         row = pc.index(table.column("cid"), pa.scalar(cid, pa.string())).as_py()
         if row < 0:
             return None
@@ -159,11 +323,11 @@ class PinSnapshot:
     def __contains__(self, cid: str) -> bool:
         return self.lookup(cid) is not None
 
-    def cid_at(self, position: int) -> str:
-        """The CID at ``position`` in sorted order (for readdir paging within this version)."""
-        index = bisect.bisect_right(self._group_start, position) - 1
-        group = self.groups[index]
-        return self.group(index, ["cid"]).column("cid")[position - group.start].as_py()
+    def _group(self, piece: Piece, index: int, columns: Sequence[str] | None) -> pa.Table:
+        key = ("group", piece.key, index, tuple(columns) if columns else None)
+        return self._cache.get_data(key, lambda: piece.read_group(index, columns))  # type: ignore[return-value]
+
+    # -- in order --
 
     def cid_column(self, start: int, stop: int) -> pa.ChunkedArray:
         """CIDs at sorted positions ``start``..``stop`` (exclusive), reading only the row groups needed:
@@ -173,60 +337,120 @@ class PinSnapshot:
         stop = min(stop, self.count)
         position = max(start, 0)
         while position < stop:
-            index = bisect.bisect_right(self._group_start, position) - 1
-            group = self.groups[index]
-            column = self.group(index, ["cid"]).column("cid")
-            offset = position - group.start
-            take = min(group.length - offset, stop - position)
-            chunks.extend(column.slice(offset, take).chunks)
-            position += take
+            number = bisect.bisect_right(self._piece_start, position) - 1
+            piece = self.pieces[number]
+            offset = position - self._piece_start[number]
+            for index, group in enumerate(piece.row_groups()):
+                if group.start + group.length <= offset:
+                    continue
+                column = self._group(piece, index, ["cid"]).column("cid")
+                skip = max(offset - group.start, 0)
+                take = min(group.length - skip, stop - position)
+                chunks.extend(column.slice(skip, take).chunks)
+                position += take
+                offset += take
+                if position >= stop:
+                    break
         return pa.chunked_array(chunks, pa.string())
 
     def iter_cids(self) -> Iterator[str]:
-        for index in range(len(self.groups)):
-            yield from self.group(index, ["cid"]).column("cid").to_pylist()
+        for piece in self.pieces:
+            for index in range(len(piece.row_groups())):
+                yield from self._group(piece, index, ["cid"]).column("cid").to_pylist()
 
     def cids_with_status(self, status: str) -> pa.ChunkedArray:
-        """Sorted CIDs whose status is ``status``; reads only the ``cid`` and ``status`` columns."""
-        key = ("status", self.identity, status)
+        """Sorted CIDs whose status is ``status``; reads only the ``cid`` and ``status`` columns, and
+        of a new version only the pieces it does not share with one read before."""
+        chunks: list[pa.Array] = []
+        for piece in self.pieces:
 
-        def load() -> pa.ChunkedArray:
-            chunks: list[pa.Array] = []
-            for table in self.scan(["cid", "status"]):
-                chunks.extend(table.filter(pc.equal(table.column("status"), status)).column("cid").chunks)
-            return pa.chunked_array(chunks, pa.string())
+            def load(piece: Piece = piece) -> pa.ChunkedArray:
+                table = piece.read(["cid", "status"])
+                return table.filter(pc.equal(table.column("status"), status)).column("cid")
 
-        return self._cache.get_data(key, load)
+            chunks.extend(self._cache.get_data(("status", piece.key, status), load).chunks)  # type: ignore[union-attr]
+        return pa.chunked_array(chunks, pa.string())
 
     def count_by_status(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
-        for table in self.scan(["status"]):
-            for item in pc.value_counts(table.column("status")).to_pylist():
-                counts[str(item["values"])] = counts.get(str(item["values"]), 0) + item["counts"]
+        for piece in self.pieces:
+            for status, count in self._piece_counts(piece).items():
+                counts[status] = counts.get(status, 0) + count
         return counts
 
+    def _piece_counts(self, piece: Piece) -> dict[str, int]:
+        def load() -> pa.Table:
+            values = pc.value_counts(piece.read(["status"]).column("status"))
+            return pa.table({"status": values.field("values"), "count": values.field("counts")})
+
+        table = self._cache.get_data(("counts", piece.key), load)
+        return dict(zip(table.column("status").to_pylist(), table.column("count").to_pylist(), strict=True))  # type: ignore[union-attr]
+
     def scan(self, columns: Sequence[str]) -> Iterator[pa.Table]:
-        """The whole version in pieces (row groups; shards for a sharded one), not through the cache:
-        for callers that keep only what they derive (a million CIDs' status column is ~70 MB, the 30k
-        failed ones ~2 MB)."""
-        for index in range(len(self.groups)):
-            yield self._load_group(index, columns)
+        """The whole version a piece at a time, not through the cache: for callers that keep only what
+        they derive (a million CIDs' status column is ~70 MB, the 30k failed ones ~2 MB)."""
+        for piece in self.pieces:
+            yield piece.read(columns)
 
     def iter_records(self, status: str | None = None) -> Iterator[dict[str, str | None]]:
         """Every record in CID order, one row group in memory at a time."""
-        for index in range(len(self.groups)):
-            table = self._load_group(index, None)  # not cached: a full scan would flush the cache
-            if status is not None:
-                table = table.filter(pc.equal(table.column("status"), status))
-            yield from table.to_pylist()
+        for piece in self.pieces:
+            for index in range(len(piece.row_groups())):
+                table = piece.read_group(index, None)  # not cached: a full scan would flush the cache
+                if status is not None:
+                    table = table.filter(pc.equal(table.column("status"), status))
+                yield from table.to_pylist()
 
     def table(self) -> pa.Table:
         """The whole version as one table (all columns). Not cached."""
-        return self._load_columns(list(self.column_names))
+        tables = list(self.scan(list(self.column_names)))
+        return pa.concat_tables(tables) if tables else empty_table()
+
+    def windowed_columns(self, names: Sequence[str]) -> Mapping[str, WindowedColumn]:
+        """The columns ``names`` of the whole version, read a few pieces at a time as they are sliced
+        (``column.slice(start, length)``, in order): what the CAR encoder needs to encode a million
+        pins while holding a few files in memory instead of the whole table."""
+        window = _PieceWindow(self, list(names))
+        return {name: WindowedColumn(window, name) for name in names}
 
 
-class UnsortedParquet(CorruptData):
-    """The parquet is readable but not sorted by CID; it can still be served from memory."""
+class _PieceWindow:
+    """The pieces of a snapshot that the last requested range of rows covers."""
+
+    def __init__(self, snapshot: PinSnapshot, names: list[str]) -> None:
+        self._snapshot = snapshot
+        self._names = names
+        self._starts = snapshot._piece_start
+        self._start = 0
+        self._table: pa.Table | None = None
+
+    def rows(self, start: int, length: int) -> pa.Table:
+        if self._table is None or not self._start <= start <= start + length <= self._start + self._table.num_rows:
+            first = bisect.bisect_right(self._starts, start) - 1
+            last = bisect.bisect_right(self._starts, max(start + length - 1, start)) - 1
+            numbers = range(first, min(last, len(self._starts) - 2) + 1)
+            pieces = self._snapshot.pieces
+            self._table = pa.concat_tables([pieces[number].read(self._names) for number in numbers])
+            self._start = self._starts[first]
+        return self._table.slice(start - self._start, length)
+
+
+@dataclass(frozen=True)
+class WindowedColumn:
+    """One column of a ``_PieceWindow``: only ``slice`` is offered."""
+
+    window: _PieceWindow
+    name: str
+
+    def slice(self, start: int, length: int) -> pa.ChunkedArray:
+        return self.window.rows(start, length).column(self.name)
+
+
+def memory_snapshot(table: pa.Table, cache: StoreCache, identity: Hashable | None, source: str) -> PinSnapshot:
+    """A snapshot over a table held in memory (legacy pins.json, an empty backend, a file of another
+    tool that is not in CID order)."""
+    table = normalize_table(table)
+    return PinSnapshot(identity, [MemoryPiece(table, ("memory", identity, source))], cache, source)
 
 
 def _open_stable(path: Path) -> tuple[FileIdentity, pa.NativeFile]:
@@ -234,7 +458,7 @@ def _open_stable(path: Path) -> tuple[FileIdentity, pa.NativeFile]:
 
     The open file keeps that version readable after another process renames a new file over it. The
     path is stat-ed before and after opening; if it changed in between, we open again. A plain file,
-    not a memory map: pages a map touched would count in the mount's RSS for as long as the snapshot
+    not a memory map: pages a map touched would count in the mount's RSS for as long as the reader
     lives, while reads through the page cache cost the process only the Arrow buffers it keeps.
     """
     refuse_symlink(path)
@@ -245,180 +469,6 @@ def _open_stable(path: Path) -> tuple[FileIdentity, pa.NativeFile]:
             return before, opened
         opened.close()
     raise CorruptData(f"{path}: changed while being opened, five times in a row")
-
-
-class ParquetSnapshot(PinSnapshot):
-    """A snapshot over an open parquet file; the open handle keeps this version readable."""
-
-    def __init__(self, path: Path, cache: StoreCache) -> None:
-        try:
-            identity, opened = _open_stable(path)
-            self._file = open_parquet(opened)
-            check_schema(self._file.schema_arrow, path)
-            groups = _groups_from_statistics(self._file.metadata)
-        except (CorruptData, FileNotFoundError):
-            raise
-        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others for a bad file
-            raise CorruptData(f"{path}: not a readable parquet file ({one_line(exc)})") from None
-        if groups is None or not self._rows_sorted(groups):
-            raise UnsortedParquet(f"{path}: rows are not sorted by cid (or cid statistics are missing)")
-        super().__init__(identity, groups, cache)
-        self.path = path
-        self.column_names = tuple(self._file.schema_arrow.names)
-        self._read_lock = threading.Lock()  # one ParquetFile is not read from two threads at once
-
-    def _rows_sorted(self, groups: list[RowGroup]) -> bool:
-        """Whether rows are in strictly increasing CID order within each row group.
-
-        Statistics only order the groups; a file from another tool can be unsorted inside one group, and
-        listings (``iter_cids``, merged across backends) rely on the order. Files that declare the order
-        in their row-group metadata (pinfs writes ``sorting_columns``) are trusted; others are checked
-        once, by reading the ``cid`` column.
-        """
-        metadata = self._file.metadata
-        cid_column = self._file.schema_arrow.get_field_index("cid")
-        if all(_declares_cid_order(metadata.row_group(group.index), cid_column) for group in groups):
-            return True
-        cids = self._file.read(columns=["cid"]).column("cid")
-        if len(cids) < 2:
-            return True
-        return bool(pc.all(pc.less(cids.slice(0, len(cids) - 1), cids.slice(1))).as_py())
-
-    def _load_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
-        with self._read_lock:
-            return self._file.read_row_group(self.groups[index].index, columns=list(columns) if columns else None)
-
-    def _load_columns(self, columns: Sequence[str]) -> pa.Table:
-        with self._read_lock:
-            return self._file.read(columns=list(columns))
-
-
-class ShardedSnapshot(PinSnapshot):
-    """A snapshot over one generation of a sharded backend (``pinfs.shards``).
-
-    The row groups of every shard, in order, come from the manifest, so a lookup opens only the shard
-    that holds its row group. Shards are opened when first read and kept open, which keeps them readable
-    after a later writer removes the generation.
-    """
-
-    def __init__(self, directory: Path, identity: FileIdentity, cache: StoreCache) -> None:
-        manifest = read_manifest(directory)
-        check_schema(pa.schema([pa.field(name, pa.string()) for name in manifest.columns]), directory)
-        groups: list[RowGroup] = []
-        self._where: list[tuple[int, int]] = []  # per row group: shard number, row group within the shard
-        start = 0
-        for shard_number, shard in enumerate(manifest.shards):
-            for local, (rows, first, last) in enumerate(shard.groups):
-                groups.append(RowGroup(local, start, rows, first, last))
-                self._where.append((shard_number, local))
-                start += rows
-        super().__init__(identity, groups, cache)
-        self.path = directory
-        self.manifest = manifest
-        self.column_names = manifest.columns
-        self._files: dict[int, tuple[pq.ParquetFile, threading.Lock]] = {}
-        self._open_lock = threading.Lock()
-
-    def _shard(self, number: int) -> tuple[pq.ParquetFile, threading.Lock]:
-        with self._open_lock:
-            found = self._files.get(number)
-            if found is None:
-                found = self._files[number] = (_open_shard(self.path, self.manifest.shards[number]), threading.Lock())
-            return found
-
-    def _load_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
-        number, local = self._where[index]
-        shard, lock = self._shard(number)
-        with lock:
-            return shard.read_row_group(local, columns=list(columns) if columns else None)
-
-    def scan(self, columns: Sequence[str]) -> Iterator[pa.Table]:
-        for number in range(len(self.manifest.shards)):
-            yield self._read_shard(number, columns)
-
-    def _load_columns(self, columns: Sequence[str]) -> pa.Table:
-        tables = list(self.scan(columns))
-        return pa.concat_tables(tables) if tables else empty_table().select(list(columns))
-
-    def _read_shard(self, number: int, columns: Sequence[str]) -> pa.Table:
-        shard, lock = self._shard(number)
-        with lock:
-            return shard.read(columns=list(columns))
-
-    def windowed_columns(self, names: Sequence[str]) -> Mapping[str, WindowedColumn]:
-        """The columns ``names`` of the whole version, read a few shards at a time as they are sliced
-        (``column.slice(start, length)``, in order): what the CAR encoder needs to encode a million
-        pins while holding a few shards in memory instead of the whole table."""
-        window = _ShardWindow(self, list(names))
-        return {name: WindowedColumn(window, name) for name in names}
-
-
-class _ShardWindow:
-    """The shards of a ``ShardedSnapshot`` that the last requested range of rows covers."""
-
-    def __init__(self, snapshot: ShardedSnapshot, names: list[str]) -> None:
-        self._snapshot = snapshot
-        self._names = names
-        self._starts = list(itertools.accumulate((shard.rows for shard in snapshot.manifest.shards), initial=0))
-        self._start = 0
-        self._table: pa.Table | None = None
-
-    def rows(self, start: int, length: int) -> pa.Table:
-        if self._table is None or not self._start <= start <= start + length <= self._start + self._table.num_rows:
-            first = bisect.bisect_right(self._starts, start) - 1
-            last = bisect.bisect_right(self._starts, max(start + length - 1, start)) - 1
-            shards = range(first, min(last, len(self._starts) - 2) + 1)
-            self._table = pa.concat_tables([self._snapshot._read_shard(number, self._names) for number in shards])
-            self._start = self._starts[first]
-        return self._table.slice(start - self._start, length)
-
-
-@dataclass(frozen=True)
-class WindowedColumn:
-    """One column of a ``_ShardWindow``: only ``slice`` is offered."""
-
-    window: _ShardWindow
-    name: str
-
-    def slice(self, start: int, length: int) -> pa.ChunkedArray:
-        return self.window.rows(start, length).column(self.name)
-
-
-def _open_shard(directory: Path, info: ShardInfo) -> pq.ParquetFile:
-    path = directory / info.file
-    try:
-        identity, opened = _open_stable(path)
-    except FileNotFoundError:
-        raise CorruptData(f"{path}: missing (the generation was removed or is incomplete)") from None
-    if identity.size != info.bytes:
-        opened.close()
-        raise CorruptData(f"{path}: is {identity.size} bytes, the manifest says {info.bytes}")
-    try:
-        shard = open_parquet(opened)
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others for a bad file
-        opened.close()
-        raise CorruptData(f"{path}: not a readable parquet file ({one_line(exc)})") from None
-    if shard.metadata.num_rows != info.rows or shard.metadata.num_row_groups != len(info.groups):
-        raise CorruptData(f"{path}: its rows or row groups differ from the manifest")
-    return shard
-
-
-class MemorySnapshot(PinSnapshot):
-    """A snapshot over a table held in memory (legacy pins.json, or an empty backend)."""
-
-    def __init__(self, table: pa.Table, cache: StoreCache, identity: FileIdentity | None, source: str) -> None:
-        self._table = normalize_table(table)
-        super().__init__(identity, groups_from_table(self._table), cache)
-        self.source = source
-        self.column_names = tuple(self._table.column_names)
-
-    def _load_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
-        group = self.groups[index]
-        table = self._table.slice(group.start, group.length)
-        return table.select(list(columns)) if columns else table
-
-    def _load_columns(self, columns: Sequence[str]) -> pa.Table:
-        return self._table.select(list(columns))
 
 
 def _groups_from_statistics(metadata: pq.FileMetaData) -> list[RowGroup] | None:

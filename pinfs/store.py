@@ -1,10 +1,19 @@
-"""The pin-mapping store of one backend: its current snapshot, and writes under its lock.
+"""The pin-mapping store of one backend: its current snapshot, and writes as Delta commits.
 
-``PinStore.snapshot()`` is the version to read now (``pinfs.snapshots``). Writes go through a
-``Transaction`` (``PinStore.transaction``), which holds the backend's cross-process lock. A backend of
-up to a few tens of thousands of pins is one file, rewritten whole into a temporary file and renamed
-into place (``pinfs.fsutil``). A bigger one is stored as sorted shards (``pinfs.shards``):
-``Transaction.update`` rewrites only the shards holding the CIDs it changes.
+``PinStore.snapshot()`` is the version to read now (``pinfs.snapshots``): the newest version of the
+backend's Delta table (``pinfs.delta``), else the form written before the table (``pinfs.oldforms``),
+else the legacy pins.json, else nothing. Which version is newest costs one ``stat`` when nothing
+changed (is there a commit after the one we know?).
+
+Writes go through a ``Transaction`` (``PinStore.transaction``). ``Transaction.update`` rewrites only
+the data files whose CID ranges hold the CIDs it changes and commits ``remove(old) + add(new)`` as
+one Delta version; ``Transaction.write`` replaces every file. The first write to a backend still in an
+old form converts it first (version 0 holds exactly its pins). When another writer's commit removed a
+file this one replaces, the commit is refused (``CommitConflict``): if the records this write is about
+are unchanged in the newer version, the same change is applied to it; if not, ``ConcurrentChange``
+asks the caller to start again, which ``PinStore.write`` does by itself. So no writer ever loses
+another's pin, across processes and hosts, with no lock of ours in the argument. Local writers of one
+backend still take ``fsutil.backend_lock`` around a transaction, which only saves them from retrying.
 
 Threading: synchronous, may block on disk; the mount calls it from worker threads.
 """
@@ -13,217 +22,314 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import itertools
-import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pinfs.backends import Backend
-from pinfs.errors import CorruptData, NotFound, PinfsError
+from pinfs.delta import TABLE_DIR, CommitConflict, DataFile, DeltaPins, TableState, file_rows
+from pinfs.errors import Busy, CorruptData, NotFound, PinfsError
 from pinfs.fsutil import backend_lock
-from pinfs.shards import (
-    KeptShard,
-    Manifest,
-    ShardInfo,
-    choose_sharded,
-    collect_garbage,
-    generation_dir,
-    is_sharded,
-    publish,
-    read_manifest,
-    shard_rows,
-)
+from pinfs.oldforms import old_form_exists, old_form_snapshot, read_old_form
 from pinfs.snapshots import (
     DEFAULT_CACHE,
     FileIdentity,
-    MemorySnapshot,
-    ParquetSnapshot,
+    FilePiece,
     PinSnapshot,
-    ShardedSnapshot,
     StoreCache,
-    UnsortedParquet,
+    memory_snapshot,
 )
 from pinfs.tables import (
+    checked_for_writing,
     empty_table,
-    first_duplicate_cid,
     merge_records,
     parallel_map,
-    read_whole_table,
     records_to_table,
-    split_into_shards,
-    write_pins,
-    write_shard,
+    split_into_files,
 )
+
+T = TypeVar("T")
+# How often a write whose commit lost a race is tried again on the newer version before giving up.
+COMMIT_ATTEMPTS = 8
+
+_TABLES: dict[str, DeltaPins] = {}
+_TABLES_LOCK = threading.Lock()
 
 
 class NotMigrated(PinfsError):
     """A write to a backend that is still served from its legacy pins.json (exit 1; EIO in the mount)."""
 
 
+class ConcurrentChange(Busy):
+    """Another writer changed the same pins while this write was being made; nothing was written."""
+
+
+def delta_pins(backend: Backend) -> DeltaPins:
+    """The process-wide ``DeltaPins`` of a backend's table (it caches the loaded log)."""
+    directory = backend.directory / TABLE_DIR
+    with _TABLES_LOCK:
+        found = _TABLES.get(str(directory))
+        if found is None:
+            found = _TABLES[str(directory)] = DeltaPins(directory)
+        return found
+
+
+def table_snapshot(state: TableState, cache: StoreCache) -> PinSnapshot:
+    directory = Path(state.identity.location)
+    pieces = [_file_piece(directory, data_file, cache) for data_file in state.files]
+    return PinSnapshot(state.identity, pieces, cache, "table")
+
+
+def _file_piece(directory: Path, data_file: DataFile, cache: StoreCache) -> FilePiece:
+    return FilePiece(
+        directory / data_file.path, cache, data_file.rows, data_file.min_cid, data_file.max_cid, data_file.size
+    )
+
+
 class Transaction:
-    """Reads and writes of one backend while its lock is held (from ``PinStore.transaction``)."""
+    """Reads and writes of one backend from one version (from ``PinStore.transaction``)."""
 
     def __init__(self, store: PinStore) -> None:
         self.store = store
-        self._table: pa.Table | None = None  # the whole table as last read or written here
-        self.changed = False  # whether this transaction wrote anything
-        self._shards: dict[tuple[Path, str], pa.Table] = {}  # shards read (generations never change)
+        self.changed = False  # whether this transaction committed anything
+        self._state: TableState | None = None
+        self._loaded = False
 
-    @property
-    def sharded(self) -> bool:
-        return is_sharded(self.store.path)
+    # -- reading --
+
+    def state(self) -> TableState | None:
+        """The version this transaction reads and writes on (None: there is no table yet)."""
+        if not self._loaded:
+            self._state = self.store.table_state()
+            self._loaded = True
+        return self._state
 
     def current(self, *, allow_legacy: bool = False) -> pa.Table:
-        """The table as it is on disk now, sorted (empty when there is no parquet yet).
+        """The whole table as it is now, sorted (empty when there is nothing yet).
 
         A backend that has only a legacy pins.json must be migrated before anything else writes to it,
-        so that writing a parquet never hides the pins that are only in pins.json; ``allow_legacy`` is
-        for the migration itself.
-        """
-        if self._table is not None:
-            return self._table
-        if self.store.has_parquet():
-            table = read_whole_table(self.store.path)
-            # A file with a CID twice (written by another tool) is corrupt: say so, naming the file,
-            # rather than letting write_table refuse it later as if the user's input were bad (exit 2).
-            duplicate = first_duplicate_cid(table)
-            if duplicate is not None:
-                raise CorruptData(f"{self.store.path}: CID {duplicate} appears more than once")
-            self._table = table
-            return table
-        if not allow_legacy and self.store.legacy_source() is not None:
+        so that writing a table never hides the pins that are only in pins.json; ``allow_legacy`` is
+        for the migration itself."""
+        state = self.state()
+        if state is not None:
+            return table_snapshot(state, self.store.cache).table()
+        if old_form_exists(self.store.backend.parquet_path):
+            return read_old_form(self.store.backend.parquet_path)
+        if not allow_legacy:
+            self._refuse_legacy()
+        return empty_table()
+
+    def records_for(self, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        """The current records of those of ``cids`` that are present, reading only the files that
+        would hold them."""
+        state = self.state()
+        if state is None:
+            table = self.current()
+            wanted = pa.array(list(cids), pa.string())
+            return {row["cid"]: row for row in table.filter(pc.is_in(table.column("cid"), wanted)).to_pylist()}
+        return _rows_at(self.store, state, cids)
+
+    def _refuse_legacy(self) -> None:
+        if self.store.legacy_source() is not None:
             name = self.store.backend.name
             raise NotMigrated(
                 f"backend {name!r} has only a legacy pins.json; run 'pinfs migrate --backend-filter {name}' first"
             )
-        return empty_table()
 
-    def write(self, table: pa.Table) -> None:
-        """Replace the whole table (``write_pins``)."""
-        self._table = write_pins(self.store.path, table)  # what is on disk now: a CAR need not read it back
-        self.changed = True
-
-    def records_for(self, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
-        """The current records of those of ``cids`` that are present. A sharded backend reads only the
-        shards that would hold them."""
-        wanted = pa.array(list(cids), pa.string())
-        if self.sharded:
-            directory, manifest = self._generation()
-            numbers = sorted(set(_shard_numbers(manifest, cids).values()))
-            tables = self._shard_tables(directory, [manifest.shards[number] for number in numbers])
-        else:
-            tables = [self.current()]
-        found: dict[str, dict[str, str | None]] = {}
-        for table in tables:
-            for row in table.filter(pc.is_in(table.column("cid"), wanted)).to_pylist():
-                found[row["cid"]] = row
-        return found
+    # -- writing --
 
     def update(self, replacements: Mapping[str, Mapping[str, str | None]], removals: Sequence[str] = ()) -> int:
-        """Remove ``removals`` and add or replace ``replacements`` (by CID, ``updated_at`` stamped), in
-        one write; returns the number of rows after it. A sharded backend rewrites only the shards that
-        hold those CIDs (issue #6: one pin into a million must not rewrite a million rows)."""
+        """Remove ``removals`` and add or replace ``replacements`` (by CID, ``updated_at`` stamped) in one
+        commit; returns the number of pins after it. Only the files holding those CIDs are rewritten
+        (issue #12: one pin into a million rewrites ~16k rows)."""
         if not replacements and not removals:
-            return self._generation()[1].count if self.sharded else self.current().num_rows
-        if self.sharded:
-            directory, manifest = self._generation()
-            if _new_columns(replacements, manifest.columns):
-                return self._update_whole(replacements, removals)  # every shard must gain the column
-            return self._update_shards(directory, manifest, replacements, removals)
-        return self._update_whole(replacements, removals)
+            state = self.state()
+            return state.count if state is not None else self.current().num_rows
+        cids = list(dict.fromkeys([*removals, *replacements]))
+        state = self._table_for_writing()
+        if state is None:  # a backend's first pins: the table is created holding them
+            table = _patched(empty_table(), replacements, removals)
+            if self.store.create_table(table, {"operation": "create"}):
+                return self._committed(table.num_rows)
+            state = self.store.table_state(reload=True)  # another writer created it first
+            assert state is not None
+        base = _rows_at(self.store, state, cids)
+        for _attempt in range(COMMIT_ATTEMPTS):
+            if not _layout_is_sound(state):
+                return self.write(_patched(table_snapshot(state, self.store.cache).table(), replacements, removals))
+            plan = _plan_update(self.store, state, replacements, removals)
+            try:
+                self.store.table.commit(state, plan.removed, plan.added, {"operation": "update", "cids": len(cids)})
+            except CommitConflict:
+                self.store.table.discard(plan.added)
+                state = self._rebase(cids, base)
+                continue
+            return self._committed(state.count + plan.delta)
+        raise ConcurrentChange(f"backend {self.store.backend.name!r}: too many concurrent writers; nothing was written")
 
-    def _update_whole(self, replacements: Mapping[str, Mapping[str, str | None]], removals: Sequence[str]) -> int:
-        table = self.current()
-        if removals:
-            table = table.filter(pc.invert(pc.is_in(table.column("cid"), pa.array(list(removals), pa.string()))))
-        table = merge_records(table, replacements)
-        self.write(table)
-        return table.num_rows
-
-    def _update_shards(
-        self,
-        directory: Path,
-        manifest: Manifest,
-        replacements: Mapping[str, Mapping[str, str | None]],
-        removals: Sequence[str],
-    ) -> int:
-        by_shard: dict[int, list[str]] = {}
-        for cid, number in _shard_numbers(manifest, [*removals, *replacements]).items():
-            by_shard.setdefault(number, []).append(cid)
-        if not by_shard:
-            return manifest.count
-        removal_set = set(removals)
-
-        def rewritten(number: int, table: pa.Table) -> list[pa.Table]:
-            cids = by_shard[number]
-            gone = [cid for cid in cids if cid in removal_set]
-            if gone:
-                table = table.filter(pc.invert(pc.is_in(table.column("cid"), pa.array(gone, pa.string()))))
-            table = merge_records(table, {cid: replacements[cid] for cid in cids if cid in replacements})
-            return split_into_shards(table.select(list(manifest.columns)))
-
-        touched = sorted(by_shard)
-        tables = self._shard_tables(directory, [manifest.shards[number] for number in touched])
-        new_parts = dict(zip(touched, parallel_map(rewritten, touched, tables), strict=True))
-        parts: list[KeptShard | pa.Table] = []
-        for number, shard in enumerate(manifest.shards):
-            if number in new_parts:
-                parts.extend(new_parts[number])
+    def write(self, table: pa.Table) -> pa.Table:
+        """Replace the whole table with ``table`` in one commit; returns it as written (normalized)."""
+        table = checked_for_writing(table, self.store.table.directory)
+        state = self.state()
+        if state is None and old_form_exists(self.store.backend.parquet_path):
+            state = self._table_for_writing()  # converted first: the old file is then an export of version 0
+        added = _write_files(self.store.table, _files_of(table))
+        try:
+            if state is None:
+                self.store.table.create(added, {"operation": "create"})
             else:
-                parts.append(KeptShard(directory / shard.file, shard))
-        parts = _compact(parts, manifest.columns)
-        total = sum(part.info.rows if isinstance(part, KeptShard) else part.num_rows for part in parts)
-        if not choose_sharded(total, currently_sharded=True):
-            self.write(pa.concat_tables([_part_table(part, manifest.columns) for part in parts]))
-            return total
-        publish(self.store.path, parts, manifest.columns, write_shard)
+                self.store.table.commit(state, state.files, added, {"operation": "replace"})
+        except CommitConflict:
+            self.store.table.discard(added)
+            raise ConcurrentChange(
+                f"backend {self.store.backend.name!r} was changed by another writer meanwhile; nothing was written, "
+                "run the command again"
+            ) from None
+        except BaseException:
+            self.store.table.discard(added)
+            raise
+        self._committed(table.num_rows)
+        return table
+
+    def relayout(self) -> int:
+        """Split the data files that grew past twice the target, merge those under a quarter of it into a
+        neighbour, and rewrite a table whose files overlap (another tool wrote them); one commit.
+        Returns how many files were rewritten (0: nothing to do, nothing committed)."""
+        state = self.state()
+        if state is None:
+            return 0
+        ranged = [data_file for data_file in state.files if data_file.rows]
+        empties = [data_file for data_file in state.files if not data_file.rows]
+        if not _layout_is_sound(state):
+            self.write(table_snapshot(state, self.store.cache).table())
+            return len(state.files)
+        target = file_rows()
+        removed = [*empties] if ranged else []
+        parts: list[DataFile | pa.Table] = []
+        for data_file in ranged:
+            if data_file.rows > 2 * target or (data_file.rows < target // 4 and len(ranged) > 1):
+                removed.append(data_file)
+                parts.extend(split_into_files(_file_table(self.store, data_file), target))
+            else:
+                parts.append(data_file)
+        if not removed:
+            return 0
+        parts = _compact(self.store, parts, removed)
+        added = _write_files(self.store.table, [part for part in parts if isinstance(part, pa.Table)])
+        try:
+            self.store.table.commit(state, removed, added, {"operation": "relayout"})
+        except CommitConflict:
+            self.store.table.discard(added)
+            raise ConcurrentChange(f"backend {self.store.backend.name!r} changed while being laid out again") from None
+        self._committed(state.count)
+        return len(removed)
+
+    def _table_for_writing(self) -> TableState | None:
+        """The table to change; an old form is converted first. None when there is nothing yet (the
+        write creates the table); NotMigrated for a backend that has only a legacy pins.json."""
+        state = self.state()
+        if state is not None:
+            return state
+        if not old_form_exists(self.store.backend.parquet_path):
+            self._refuse_legacy()
+            return None
+        self.store.convert_old_form()
+        self._loaded = False
+        return self.state()
+
+    def _rebase(self, cids: Sequence[str], base: Mapping[str, Mapping[str, str | None]]) -> TableState:
+        """The newest version, if the records of ``cids`` in it are still ``base``; else ConcurrentChange."""
+        state = self.store.table_state(reload=True)
+        assert state is not None
+        if _rows_at(self.store, state, cids) != base:
+            raise ConcurrentChange(
+                f"backend {self.store.backend.name!r}: another writer changed the same pins meanwhile; "
+                "nothing was written"
+            )
+        self._state = state
+        return state
+
+    def _committed(self, count: int) -> int:
         self.changed = True
-        self._table = None
-        return total
-
-    def _generation(self) -> tuple[Path, Manifest]:
-        directory = generation_dir(self.store.path)
-        return directory, read_manifest(directory)
-
-    def _shard_tables(self, directory: Path, shards: Sequence[ShardInfo]) -> list[pa.Table]:
-        """Whole shards, read on a few threads (pyarrow reads without the GIL) and kept for the rest of
-        the transaction: ``records_for`` then ``update`` read each shard once."""
-        missing = [shard for shard in shards if (directory, shard.file) not in self._shards]
-        tables = parallel_map(lambda shard: read_whole_table(directory / shard.file), missing)
-        for shard, table in zip(missing, tables, strict=True):
-            self._shards[directory, shard.file] = table
-        return [self._shards[directory, shard.file] for shard in shards]
+        self._loaded = False  # the next read sees the version just committed (and any newer)
+        return count
 
 
-def _shard_numbers(manifest: Manifest, cids: Iterable[str]) -> dict[str, int]:
-    """The shard each CID belongs in: shard i holds CIDs from its first one up to the next shard's
-    first; the first shard also holds every CID below its own first one."""
-    firsts = [shard.min_cid for shard in manifest.shards]
-    return {cid: max(bisect.bisect_right(firsts, cid) - 1, 0) for cid in cids}
+@dataclass
+class _UpdatePlan:
+    removed: list[DataFile] = field(default_factory=list)
+    added: list[DataFile] = field(default_factory=list)
+    delta: int = 0  # change in the number of rows
 
 
-def _new_columns(replacements: Mapping[str, Mapping[str, str | None]], columns: Sequence[str]) -> bool:
-    if not replacements:
-        return False
-    names = set(itertools.chain.from_iterable(replacements.values()))
-    names.add("updated_at")  # merge_records stamps it
-    return not names.issubset(columns)
+def _layout_is_sound(state: TableState) -> bool:
+    """Whether the files' CID ranges are disjoint and in order (always, unless another tool wrote)."""
+    ranged = [data_file for data_file in state.files if data_file.rows]
+    return all(left.max_cid < right.min_cid for left, right in zip(ranged, ranged[1:], strict=False))  # type: ignore[operator]
 
 
-def _part_table(part: KeptShard | pa.Table, columns: Sequence[str]) -> pa.Table:
-    table = read_whole_table(part.path) if isinstance(part, KeptShard) else part
-    return table.select(list(columns))
+def _file_for(ranged: Sequence[DataFile], mins: Sequence[str], cid: str) -> int:
+    """Which file a CID belongs in: file i holds CIDs from its first one up to the next file's first;
+    the first file also holds every CID below its own first one."""
+    return max(bisect.bisect_right(mins, cid) - 1, 0) if ranged else 0
 
 
-def _compact(parts: list[KeptShard | pa.Table], columns: Sequence[str]) -> list[KeptShard | pa.Table]:
-    """Merge every rewritten shard smaller than a quarter of the target into a neighbour, so removals
-    do not leave a trail of tiny files."""
-    floor = shard_rows() // 4
-    parts = list(parts)
+def _plan_update(
+    store: PinStore,
+    state: TableState,
+    replacements: Mapping[str, Mapping[str, str | None]],
+    removals: Sequence[str],
+) -> _UpdatePlan:
+    ranged = [data_file for data_file in state.files if data_file.rows]
+    mins = [data_file.min_cid for data_file in ranged if data_file.min_cid is not None]
+    by_file: dict[int, list[str]] = {}
+    for cid in dict.fromkeys([*removals, *replacements]):
+        by_file.setdefault(_file_for(ranged, mins, cid), []).append(cid)
+    plan = _UpdatePlan()
+    if not ranged:  # an empty table: its empty file(s) go, whatever is added replaces them
+        plan.removed = list(state.files)
+        table = _patched(empty_table(), replacements, removals)
+        plan.added = _write_files(store.table, _files_of(table))
+        plan.delta = table.num_rows
+        return plan
+    removal_set = set(removals)
+    touched = sorted(by_file)
+
+    def rewritten(number: int) -> pa.Table:
+        cids = by_file[number]
+        table = _file_table(store, ranged[number])
+        return _patched(
+            table,
+            {cid: replacements[cid] for cid in cids if cid in replacements},
+            [cid for cid in cids if cid in removal_set],
+        )
+
+    new_tables = dict(zip(touched, parallel_map(rewritten, touched), strict=True))
+    parts: list[DataFile | pa.Table] = []
+    for number, data_file in enumerate(ranged):
+        if number in new_tables:
+            parts.extend(split_into_files(new_tables[number], file_rows()))
+            plan.removed.append(data_file)
+        else:
+            parts.append(data_file)
+    parts = _compact(store, parts, plan.removed)
+    new = [part for part in parts if isinstance(part, pa.Table)]
+    if not parts:
+        new = [empty_table()]  # the table stays with one empty file, which every later write removes
+    plan.added = _write_files(store.table, new)
+    plan.delta = sum(table.num_rows for table in new) - sum(data_file.rows for data_file in plan.removed)
+    return plan
+
+
+def _compact(store: PinStore, parts: list[DataFile | pa.Table], removed: list[DataFile]) -> list[DataFile | pa.Table]:
+    """Merge every rewritten piece smaller than a quarter of the target into a neighbour (which is then
+    rewritten too), so removals do not leave a trail of tiny files."""
+    floor = file_rows() // 4
     index = 0
     while index < len(parts):
         part = parts[index]
@@ -231,17 +337,67 @@ def _compact(parts: list[KeptShard | pa.Table], columns: Sequence[str]) -> list[
             index += 1
             continue
         low = index if index + 1 < len(parts) else index - 1
-        merged = pa.concat_tables([_part_table(parts[low], columns), _part_table(parts[low + 1], columns)])
-        parts[low : low + 2] = split_into_shards(merged)
+        tables = []
+        for neighbour in parts[low : low + 2]:
+            if isinstance(neighbour, DataFile):
+                removed.append(neighbour)
+                tables.append(_file_table(store, neighbour))
+            else:
+                tables.append(neighbour)
+        parts[low : low + 2] = split_into_files(pa.concat_tables(tables), file_rows())
         index = low
     return parts
 
 
-@dataclass
-class UpsertResult:
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
+def _patched(
+    table: pa.Table, replacements: Mapping[str, Mapping[str, str | None]], removals: Sequence[str]
+) -> pa.Table:
+    if removals:
+        table = table.filter(pc.invert(pc.is_in(table.column("cid"), pa.array(list(removals), pa.string()))))
+    return merge_records(table, replacements)
+
+
+def _file_table(store: PinStore, data_file: DataFile) -> pa.Table:
+    """A data file read whole, through the cache: files never change, so a writer that rewrites the
+    same range again (one pin after another) reads nothing from disk."""
+    piece = _file_piece(store.table.directory, data_file, store.cache)
+    return store.cache.get_data(("whole", piece.key), lambda: piece.read(None))  # type: ignore[return-value]
+
+
+def _files_of(table: pa.Table) -> list[pa.Table]:
+    """A whole table cut into data files; an empty table is one empty file (see ``pinfs.delta``: every
+    write must remove a file, so that two first writers of an empty table conflict)."""
+    return split_into_files(table, file_rows(), exact=True) or [empty_table()]
+
+
+def _write_files(table: DeltaPins, tables: Sequence[pa.Table]) -> list[DataFile]:
+    """New data files for ``tables`` (written on a few threads; Arrow works without the GIL)."""
+    written: list[DataFile] = []
+    try:
+        for data_file in parallel_map(table.write_file, tables):
+            written.append(data_file)
+    except BaseException:
+        table.discard(written)
+        raise
+    return written
+
+
+def _rows_at(store: PinStore, state: TableState, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+    """The records of ``cids`` present in version ``state``, reading only the files that hold them."""
+    if not cids:
+        return {}
+    ranged = [data_file for data_file in state.files if data_file.rows]
+    if not ranged:
+        return {}
+    if not _layout_is_sound(state):
+        table = table_snapshot(state, store.cache).table()
+    else:
+        mins = [data_file.min_cid for data_file in ranged if data_file.min_cid is not None]
+        numbers = sorted({_file_for(ranged, mins, cid) for cid in cids})
+        tables = [_file_table(store, ranged[number]) for number in numbers]
+        table = pa.concat_tables(tables)
+    wanted = pa.array(list(cids), pa.string())
+    return {row["cid"]: row for row in table.filter(pc.is_in(table.column("cid"), wanted)).to_pylist()}
 
 
 class PinStore:
@@ -253,38 +409,47 @@ class PinStore:
 
     @property
     def path(self) -> Path:
+        """The export (``pin_mappings.parquet``), which is also the store of the old forms."""
         return self.backend.parquet_path
 
+    @property
+    def table(self) -> DeltaPins:
+        return delta_pins(self.backend)
+
+    def has_table(self) -> bool:
+        return self.table.exists()
+
     def has_parquet(self) -> bool:
-        """Whether the backend has been migrated: a parquet file, or pinfs' link to its shards."""
-        return self.path.is_file() or is_sharded(self.path)
+        """Whether the backend has been migrated: it has a table, or a parquet of an older form."""
+        return self.has_table() or old_form_exists(self.path)
+
+    def table_state(self, *, reload: bool = False) -> TableState | None:
+        """The newest version of the table (None without one). Known versions are reused while no
+        newer commit exists: one ``stat`` of the next log entry, and one of the log directory, which
+        also changes when old entries are cleaned up."""
+        table = self.table
+        known = self.cache.versions.get(str(table.directory))
+        if isinstance(known, tuple) and not reload:
+            state, stamp = known
+            if not table.has_version(state.version + 1) and table.log_stamp() == stamp:
+                return state
+        if not table.exists():
+            return None
+        stamp = table.log_stamp()
+        state = table.load()
+        self.cache.versions[str(table.directory)] = (state, stamp)
+        return state
 
     def snapshot(self) -> PinSnapshot:
-        """The current version: the parquet, else the legacy pins.json, else an empty snapshot.
-
-        Raises CorruptData when the file that should be read cannot be.
-        """
-        try:
-            stat = os.lstat(self.path)
-        except FileNotFoundError:
-            return self._legacy_snapshot()
-        if is_sharded(self.path):
-            directory = generation_dir(self.path)
-            generation = FileIdentity.of(directory)
-            return self.cache.get_snapshot(generation, lambda: ShardedSnapshot(directory, generation, self.cache))
-        identity = FileIdentity.of(self.path, stat)
-        return self.cache.get_snapshot(identity, lambda: self._parquet_snapshot(identity))
-
-    def _parquet_snapshot(self, identity: FileIdentity) -> PinSnapshot:
-        try:
-            return ParquetSnapshot(self.path, self.cache)
-        except UnsortedParquet:
-            # Written by another tool: serve it sorted from memory; verify-only reports it.
-            table = read_whole_table(self.path)
-            duplicate = first_duplicate_cid(table)
-            if duplicate is not None:
-                raise CorruptData(f"{self.path}: CID {duplicate} appears more than once") from None
-            return MemorySnapshot(table, self.cache, identity, source="parquet")
+        """The current version: the table, else an old-form parquet, else the legacy pins.json, else an
+        empty snapshot. Raises CorruptData when what should be read cannot be."""
+        state = self.table_state()
+        if state is not None:
+            return self.cache.get_snapshot(state.identity, lambda: table_snapshot(state, self.cache))
+        old = old_form_snapshot(self.path, self.cache)
+        if old is not None:
+            return old
+        return self._legacy_snapshot()
 
     def legacy_source(self) -> Path | None:
         from pinfs.legacy import find_legacy_source
@@ -296,50 +461,65 @@ class PinStore:
 
         source = self.legacy_source()
         if source is None:
-            return MemorySnapshot(empty_table(), self.cache, None, source="empty")
+            return memory_snapshot(empty_table(), self.cache, None, source="empty")
         identity = FileIdentity.of(source)
 
         def load() -> PinSnapshot:
             pins = read_legacy_pins(source, self.backend.name, self.backend.type)
             table = records_to_table(pins.records) if pins.records else empty_table()
-            return MemorySnapshot(table, self.cache, identity, source="legacy")
+            return memory_snapshot(table, self.cache, identity, source="legacy")
 
         return self.cache.get_snapshot(identity, load)
 
+    def convert_old_form(self) -> bool:
+        """Make the table from the old-form parquet, as version 0 holding exactly its pins; False when
+        there is a table already or nothing to convert. The old file stays where it is until the
+        first export replaces it, and is recorded as an export of version 0 first (``pinfs.exports``),
+        so that it is never taken for a file another tool wrote. Killed at any instant, the old form
+        stays readable and the conversion starts again (data files without a commit are removed by
+        vacuum)."""
+        from pinfs.exports import record_converted
+
+        if self.has_table() or not old_form_exists(self.path):
+            return False
+        table = read_old_form(self.path)
+        record_converted(self.backend, FileIdentity.of(self.path))
+        return self.create_table(table, {"operation": "convert", "from": self.path.name, "pins": table.num_rows})
+
+    def create_table(self, table: pa.Table, info: dict[str, object]) -> bool:
+        """Create the table holding ``table`` (sorted, checked); False when another writer created it
+        first (theirs stands)."""
+        added = _write_files(self.table, _files_of(table))
+        try:
+            self.table.create(added, info)
+        except CommitConflict:
+            self.table.discard(added)
+            return False
+        except BaseException:
+            self.table.discard(added)
+            raise
+        return True
+
     @contextlib.contextmanager
     def transaction(self, *, lock_timeout: float | None = None) -> Iterator[Transaction]:
-        """Hold the backend's lock for a read-modify-write; see ``Transaction``."""
+        """A read-modify-write of this backend (see ``Transaction``), with local writers serialized."""
         directory = self.backend.directory
         if not directory.is_dir():
             raise NotFound(f"backend {self.backend.name!r} has no directory {directory}")
         with backend_lock(directory, timeout=lock_timeout):
-            collect_garbage(directory)  # the one place: every write of the backend is in a transaction
             yield Transaction(self)
 
-    def upsert(self, records: Sequence[Mapping[str, str | None]], *, overwrite: bool) -> UpsertResult:
-        """Add records; a CID already present is replaced only when ``overwrite``. One write."""
-        outcome = UpsertResult()
-        incoming = {str(record["cid"]): record for record in records}
-        with self.transaction() as txn:
-            existing = txn.records_for(list(incoming))
-            chosen = {}
-            for cid, record in incoming.items():
-                if cid not in existing:
-                    outcome.added.append(cid)
-                    chosen[cid] = record
-                elif overwrite:
-                    outcome.updated.append(cid)
-                    chosen[cid] = record
-                else:
-                    outcome.unchanged.append(cid)
-            txn.update(chosen)
-        return outcome
+    def write(self, body: Callable[[Transaction], T], *, attempts: int = COMMIT_ATTEMPTS) -> T:
+        """Run ``body`` in a transaction; when another writer changed the same pins meanwhile
+        (``ConcurrentChange``), run it again on the newer version."""
+        for attempt in range(attempts):
+            try:
+                with self.transaction() as txn:
+                    return body(txn)
+            except ConcurrentChange:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
-    def remove(self, cids: Iterable[str]) -> list[str]:
-        """Remove CIDs; returns those that were present. One write."""
-        wanted = list(dict.fromkeys(cids))
-        with self.transaction() as txn:
-            present = txn.records_for(wanted)
-            removed = [cid for cid in wanted if cid in present]
-            txn.update({}, removals=removed)
-        return removed
+
+__all__ = ["ConcurrentChange", "NotMigrated", "PinStore", "Transaction", "CorruptData"]

@@ -1,18 +1,21 @@
 """Arrow tables of pins and their parquet files: building, normalizing, merging, reading and writing.
 
-A backend's table is sorted by CID, one row per CID, every column a string (``normalize_table``). On
-disk it is one parquet file (``write_table``) or, for a big backend, a generation of sorted shards
-(``write_pins`` chooses; ``pinfs.shards`` keeps the layout). Row groups of ``ROW_GROUP_ROWS`` rows with
-statistics and ``sorting_columns``, so a reader finds one CID's row group from the footer alone.
+A backend's pins are one table in one schema (``pinfs.schema.arrow_schema``: the same columns in the
+same order in every backend, every table and every export, issue #12), sorted by CID, one row per CID.
+Parquet files are written with row groups of ``ROW_GROUP_ROWS`` rows, statistics and
+``sorting_columns``, so a reader finds one CID's row group from the footer alone. The canonical store
+is a Delta table of such files (``pinfs.delta``); the one-file export and the old single-file and
+sharded forms (read for the upgrade) are such files too.
 
-Everything here is a plain function over tables and paths: no cache, no lock (writers hold the
-backend's lock, ``pinfs.store``), no snapshot (``pinfs.snapshots``).
+Everything here is a plain function over tables and paths: no cache, no lock (``pinfs.store``), no
+snapshot (``pinfs.snapshots``).
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import operator
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,17 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pinfs.errors import CorruptData, InvalidInput
-from pinfs.fsutil import atomic_writer, fsync_file, refuse_symlink
-from pinfs.schema import REQUIRED_COLUMNS, arrow_schema, now_iso
-from pinfs.shards import (
-    ShardInfo,
-    choose_sharded,
-    generation_dir,
-    is_sharded,
-    publish,
-    read_manifest,
-    shard_rows,
-)
+from pinfs.fsutil import atomic_writer, refuse_symlink
+from pinfs.schema import REQUIRED_COLUMNS, STORE_COLUMNS, arrow_schema, now_iso
 
 # Rows per row group: small enough that a lookup reads little (~200 KB), large enough that a 1M-pin
 # file has few enough groups for its footer to stay small.
@@ -45,7 +39,10 @@ ROW_GROUP_ROWS = 2048
 # Columns whose values repeat across rows; the others are written PLAIN.
 DICTIONARY_COLUMNS: tuple[str, ...] = ("backend_name", "status")
 
-WORKER_THREADS = min(4, os.cpu_count() or 1)  # for the shards of one write
+WORKER_THREADS = min(4, os.cpu_count() or 1)  # for the files of one write
+# A column another tool added to a file pinfs imports is kept in the record's metadata under this key
+# (one schema everywhere, issue #12), never dropped.
+EXTRA_COLUMNS_KEY = "extra_columns"
 T = TypeVar("T")
 
 
@@ -108,15 +105,15 @@ def parallel_map(function: Callable[..., T], *iterables: Iterable[Any]) -> list[
 # -- tables --
 
 
-def records_to_table(records: Iterable[Mapping[str, str | None]], extra_columns: Sequence[str] = ()) -> pa.Table:
-    """Build a table in the store's schema from record dicts (missing optional values become null)."""
+def records_to_table(records: Iterable[Mapping[str, str | None]]) -> pa.Table:
+    """Build a table in the store's schema from record dicts (a missing optional value becomes null;
+    a key that is not a column goes into the record's metadata, ``fold_extra_columns``)."""
     rows = list(records)
     # Every key in order of first appearance, gathered at C speed (a 1M-record migration builds this).
-    seen = dict.fromkeys(itertools.chain(extra_columns, itertools.chain.from_iterable(rows)))
-    extras = tuple(name for name in seen if name not in REQUIRED_COLUMNS)
-    schema = arrow_schema(extras)
-    columns = {name: _column_values(rows, name) for name in schema.names}
-    return pa.table(columns, schema=schema)
+    seen = dict.fromkeys(itertools.chain.from_iterable(rows))
+    names = [*STORE_COLUMNS, *(name for name in seen if name not in STORE_COLUMNS)]
+    columns = {name: pa.array(_column_values(rows, name), pa.string()) for name in names}
+    return normalize_table(pa.table(columns) if rows else empty_table(), sort=False)
 
 
 def _column_values(rows: list[Mapping[str, str | None]], name: str) -> list[str | None]:
@@ -127,13 +124,48 @@ def _column_values(rows: list[Mapping[str, str | None]], name: str) -> list[str 
 
 
 def normalize_table(table: pa.Table, *, sort: bool = True) -> pa.Table:
-    """Required columns first, every column a string, rows sorted by CID (unless ``sort`` is False)."""
-    extras = tuple(name for name in table.column_names if name not in REQUIRED_COLUMNS)
-    schema = arrow_schema(extras)
-    table = table.select(list(schema.names))
+    """``table`` in the store's schema (``STORE_COLUMNS``, strings, missing optional columns null,
+    extra columns folded into metadata), rows sorted by CID (unless ``sort`` is False)."""
+    schema = arrow_schema()
     if table.schema != schema:
-        table = table.cast(schema)
+        table = fold_extra_columns(table)
+        for name in STORE_COLUMNS:
+            if name not in table.column_names:
+                table = table.append_column(pa.field(name, pa.string()), pa.nulls(table.num_rows, pa.string()))
+        table = table.select(list(STORE_COLUMNS))
+        if table.schema != schema:
+            table = table.cast(schema)
     return sort_by_cid(table) if sort else table
+
+
+def fold_extra_columns(table: pa.Table) -> pa.Table:
+    """``table`` without the columns that are not the store's, their non-null values kept in each
+    row's metadata object under ``EXTRA_COLUMNS_KEY`` (``{"extra_columns": {"name": "value"}}``)."""
+    extras = [name for name in table.column_names if name not in STORE_COLUMNS]
+    if not extras:
+        return table
+    values = {name: table.column(name).cast(pa.string()).to_pylist() for name in extras}
+    metadata = table.column("metadata").to_pylist() if "metadata" in table.column_names else ["{}"] * table.num_rows
+    folded = []
+    for index, text in enumerate(metadata):
+        kept = {name: values[name][index] for name in extras if values[name][index] is not None}
+        folded.append(_with_extra_columns(text, kept) if kept else text)
+    table = table.drop_columns(extras)
+    field = pa.field("metadata", pa.string(), nullable=False)
+    if "metadata" in table.column_names:
+        return table.set_column(table.schema.get_field_index("metadata"), field, pa.array(folded, pa.string()))
+    return table.append_column(field, pa.array(folded, pa.string()))
+
+
+def _with_extra_columns(text: str | None, kept: dict[str, str]) -> str:
+    from pinfs.schema import dump_metadata, load_metadata
+
+    try:
+        metadata = load_metadata(text)
+    except ValueError:
+        metadata = {"_unparsed": text}
+    metadata[EXTRA_COLUMNS_KEY] = {**metadata.get(EXTRA_COLUMNS_KEY, {}), **kept}
+    return dump_metadata(metadata)
 
 
 def cids_strictly_ascending(cids: pa.ChunkedArray | pa.Array) -> bool:
@@ -174,22 +206,24 @@ def empty_table() -> pa.Table:
 
 
 def read_whole_table(path: Path, *, sort: bool = True) -> pa.Table:
-    """Read a backend's parquet entirely, sorted (or in file order with ``sort=False``, for checking it);
-    CorruptData if it cannot be read or lacks columns. A sharded backend's shards are read in order."""
-    if is_sharded(path):
-        return read_generation(generation_dir(path), sort=sort)
+    """Read one parquet file of pins entirely, in the store's schema, sorted (or in file order with
+    ``sort=False``, for checking it); CorruptData if it cannot be read or lacks columns."""
     refuse_symlink(path)
     try:
         # Read through one open file: pq.read_table(path) opens the path twice (footer, then data), so a
-        # writer renaming a new version in between (verify-only and unsorted snapshots read without the
-        # lock) would mix two versions and fail with "Page was smaller than expected".
+        # writer renaming a new version in between would mix two versions ("Page was smaller than expected").
         with pa.OSFile(str(path), "r") as source:
             table = open_parquet(source).read()
     except FileNotFoundError:
         raise
     except Exception as exc:
         raise CorruptData(f"{path}: not a readable parquet file ({one_line(exc)})") from None
-    check_schema(table.schema, path)
+    return checked_table(table, path, sort=sort)
+
+
+def checked_table(table: pa.Table, path: Path | str, *, sort: bool = True) -> pa.Table:
+    """A table read from ``path``, checked (required columns, strings, no nulls) and normalized."""
+    check_schema(table.schema, Path(path))
     # Required columns are non-nullable in our schema: casting a null into one raises a bare ValueError
     # (not ArrowInvalid), which escaped as a traceback from verify-only/migrate/pin. Name them instead.
     nulls = [name for name in REQUIRED_COLUMNS if table.column(name).null_count]
@@ -201,28 +235,16 @@ def read_whole_table(path: Path, *, sort: bool = True) -> pa.Table:
         raise CorruptData(f"{path}: an extra column cannot be read as text ({one_line(exc)})") from None
 
 
-def read_generation(directory: Path, *, sort: bool = True) -> pa.Table:
-    """Every shard of one generation of a sharded backend, read in parallel, as one table."""
-    shards = read_manifest(directory).shards
-    tables = parallel_map(lambda shard: read_whole_table(directory / shard.file, sort=sort), shards)
-    if not tables:
-        return empty_table()
-    try:
-        return pa.concat_tables(tables)
-    except pa.ArrowInvalid as exc:
-        raise CorruptData(f"{directory}: shards differ in their columns ({one_line(exc)})") from None
-
-
-def write_table(path: Path, table: pa.Table) -> pa.Table:
-    """Write a table as one parquet file, atomically; returns it as written (normalized). The caller
-    holds the backend lock."""
-    table = _checked_for_writing(table, path)
+def write_table(path: Path, table: pa.Table, metadata: Mapping[str, str] | None = None) -> pa.Table:
+    """Write a table as one parquet file, atomically; returns it as written (normalized). ``metadata``
+    goes into the file's key-value metadata (an export's table version)."""
+    table = checked_for_writing(table, path)
     with atomic_writer(path) as temp:
-        _write_parquet(table, temp)
+        write_parquet(table, temp, metadata)
     return table
 
 
-def _checked_for_writing(table: pa.Table, path: Path) -> pa.Table:
+def checked_for_writing(table: pa.Table, path: Path | str) -> pa.Table:
     table = normalize_table(table)
     duplicate = first_duplicate_cid(table)
     if duplicate is not None:
@@ -230,40 +252,39 @@ def _checked_for_writing(table: pa.Table, path: Path) -> pa.Table:
     return table
 
 
-def _write_parquet(table: pa.Table, target: Path | pa.NativeFile) -> None:
-    # sorting_columns declares the CID order, so readers need not check it (ParquetSnapshot._rows_sorted)
-    pq.write_table(
-        table,
+def parquet_writer(target: Path | pa.NativeFile, metadata: Mapping[str, str] | None = None) -> pq.ParquetWriter:
+    """A writer of pins in the store's layout, for a file written piece by piece (the export)."""
+    schema = arrow_schema()
+    if metadata:
+        schema = schema.with_metadata(dict(metadata))
+    return pq.ParquetWriter(
         target,
-        row_group_size=ROW_GROUP_ROWS,
+        schema,
         write_statistics=True,
         # Dictionary encoding only where values repeat: CIDs, paths, times and metadata are (nearly)
         # unique per row, so a dictionary there costs write time and bytes and saves nothing.
-        use_dictionary=[name for name in DICTIONARY_COLUMNS if name in table.column_names],
-        sorting_columns=[pq.SortingColumn(table.schema.get_field_index("cid"))],
+        use_dictionary=list(DICTIONARY_COLUMNS),
+        # sorting_columns declares the CID order, so readers need not check it (snapshots trust it)
+        sorting_columns=[pq.SortingColumn(schema.get_field_index("cid"))],
     )
+
+
+def write_parquet(table: pa.Table, target: Path | pa.NativeFile, metadata: Mapping[str, str] | None = None) -> None:
+    """``table`` (already sorted, in the store's schema) as one parquet file at ``target``."""
+    with parquet_writer(target, metadata) as writer:
+        writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
     """``table`` as the bytes of one parquet file, written as ``write_table`` writes it."""
     sink = pa.BufferOutputStream()
-    _write_parquet(_checked_for_writing(table, Path("<memory>")), sink)
+    write_parquet(checked_for_writing(table, "<memory>"), sink)
     return sink.getvalue().to_pybytes()
 
 
-def write_shard(path: Path, table: pa.Table) -> ShardInfo:
-    """Write one shard of a new generation (its directory is private until published), durably."""
-    table = _checked_for_writing(table, path)
-    _write_parquet(table, path)
-    fsync_file(path)
-    groups = tuple((group.length, group.min_cid, group.max_cid) for group in groups_from_table(table))
-    return ShardInfo(path.name, table.num_rows, os.path.getsize(path), groups)
-
-
-def split_into_shards(table: pa.Table, *, exact: bool = False) -> list[pa.Table]:
-    """``table`` cut into shards of about ``shard_rows()`` rows: into equal pieces when it is above
-    twice that (or always, with ``exact``), else left whole; none when it is empty."""
-    target = shard_rows()
+def split_into_files(table: pa.Table, target: int, *, exact: bool = False) -> list[pa.Table]:
+    """``table`` cut into pieces of about ``target`` rows: into equal pieces when it is above twice
+    that (or always, with ``exact``), else left whole; none when it is empty."""
     rows = table.num_rows
     if rows == 0:
         return []
@@ -274,15 +295,8 @@ def split_into_shards(table: pa.Table, *, exact: bool = False) -> list[pa.Table]
     return [table.slice(start, size) for start in range(0, rows, size)]
 
 
-def write_pins(path: Path, table: pa.Table) -> pa.Table:
-    """Write a backend's whole table in the form its size calls for (``pinfs.shards.choose_sharded``):
-    one file, or a new generation of shards; returns it as written (normalized). The caller holds the
-    backend lock (``PinStore.transaction``, which also removes generations no reader needs)."""
-    if not choose_sharded(table.num_rows, is_sharded(path)):
-        return write_table(path, table)
-    table = _checked_for_writing(table, path)
-    publish(path, split_into_shards(table, exact=True), table.column_names, write_shard)
-    return table
+def metadata_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 # -- merging --
@@ -296,20 +310,17 @@ def merge_records(current: pa.Table, replacements: Mapping[str, Mapping[str, str
     """
     if not replacements:
         return current
-    extras = [name for name in current.column_names if name not in REQUIRED_COLUMNS]
-    new_table = _stamp_updated_at(records_to_table(replacements.values(), extras), now_iso())
-    new_table = sort_by_cid(new_table)
+    current = normalize_table(current, sort=False)
+    new_table = sort_by_cid(_stamp_updated_at(records_to_table(replacements.values()), now_iso()))
     if current.num_rows == 0:
-        return _align_columns(current, new_table)[1]
+        return new_table
     if not cids_strictly_ascending(current.column("cid")):
         keep = current.filter(pc.invert(pc.is_in(current.column("cid"), new_table.column("cid"))))
-        keep, new_table = _align_columns(keep, new_table)
         return pa.concat_tables([keep, new_table])
     if new_table.num_rows <= _SPLICE_MAX_ROWS:
         return _splice_sorted(current, new_table)
     replaced = pc.is_in(current.column("cid"), new_table.column("cid"))
     keep = current.filter(pc.invert(replaced)) if pc.any(replaced).as_py() else current
-    keep, new_table = _align_columns(keep, new_table)
     both = pa.concat_tables([keep, new_table])
     return take_rows(both, pc.sort_indices(both.column("cid")))
 
@@ -321,12 +332,10 @@ _SPLICE_MAX_ROWS = 64
 
 def _stamp_updated_at(table: pa.Table, stamp: str) -> pa.Table:
     """``updated_at`` set to ``stamp`` where it is null or empty."""
-    if "updated_at" not in table.column_names:
-        return table.append_column(pa.field("updated_at", pa.string()), pa.array([stamp] * table.num_rows, pa.string()))
     column = table.column("updated_at")
     missing = pc.fill_null(pc.equal(column, ""), True)
     filled = pc.if_else(missing, pa.scalar(stamp, pa.string()), column)
-    return table.set_column(table.schema.get_field_index("updated_at"), pa.field("updated_at", pa.string()), filled)
+    return table.set_column(table.schema.get_field_index("updated_at"), table.schema.field("updated_at"), filled)
 
 
 class _CidSequence(Sequence[str]):
@@ -345,7 +354,6 @@ class _CidSequence(Sequence[str]):
 def _splice_sorted(current: pa.Table, new_table: pa.Table) -> pa.Table:
     """Sorted ``current`` with the sorted rows of ``new_table`` put in place (replacing equal CIDs)."""
     cids = _CidSequence(current.column("cid"))
-    current, new_table = _align_columns(current, new_table)
     pieces: list[pa.Table] = []
     start = 0
     for index, cid in enumerate(new_table.column("cid").to_pylist()):
@@ -357,15 +365,3 @@ def _splice_sorted(current: pa.Table, new_table: pa.Table) -> pa.Table:
     if start < current.num_rows:
         pieces.append(current.slice(start))
     return pa.concat_tables(pieces)
-
-
-def _align_columns(left: pa.Table, right: pa.Table) -> tuple[pa.Table, pa.Table]:
-    names = list(dict.fromkeys(list(left.column_names) + list(right.column_names)))
-    return _with_columns(left, names), _with_columns(right, names)
-
-
-def _with_columns(table: pa.Table, names: list[str]) -> pa.Table:
-    for name in names:
-        if name not in table.column_names:
-            table = table.append_column(pa.field(name, pa.string()), pa.nulls(table.num_rows, pa.string()))
-    return table.select(names).cast(pa.schema([pa.field(name, pa.string()) for name in names]))

@@ -3,9 +3,9 @@
 Layout of a cache entry (``.bench-cache/n<N>-k<K>-v<VERSION>/``)::
 
     root/backends/<b>.yaml
-    root/backends/<b>/pin_mappings.parquet     written by pinfs.tables.write_pins (the store's exact form:
-                                               shards past 64k pins)
-    root/backends/<b>/pin_mappings.car         written by pinfs.ops.carops.write_car_locked
+    root/backends/<b>/pin_mappings.delta/      the backend's table, written through pinfs.store (one commit)
+    root/backends/<b>/pin_mappings.parquet     its exports, written by pinfs.exports
+    root/backends/<b>/pin_mappings.car
     legacy/pins.json                           backend 0's pins as a legacy list of objects
     meta.json                                  what was generated (written last: its presence = complete)
 
@@ -31,12 +31,13 @@ import yaml
 
 from pinfs.backends import get_backend
 from pinfs.cids import is_valid_cid
-from pinfs.fsutil import backend_lock
-from pinfs.ops.carops import write_car_locked
-from pinfs.schema import arrow_schema, car_path_for, dump_metadata
-from pinfs.tables import normalize_table, write_pins
+from pinfs.exports import refresh_exports
+from pinfs.schema import car_path_for, dump_metadata
+from pinfs.store import PinStore
+from pinfs.tables import normalize_table
 
-VERSION = 2  # 2: the sharded form (issue #6)
+VERSION = 3  # 3: a Delta table per backend with one-file exports (issue #12)
+CHUNK = 500_000  # records built as Python values at a time (10M at once would need ~10 GB)
 SHARED_FRACTION = 0.1
 FAILED_FRACTION = 0.03
 PENDING_FRACTION = 0.05
@@ -68,6 +69,16 @@ def random_cids(rng: random.Random, count: int) -> list[str]:
     return [
         "b" + encode(prefix + blob[i : i + 32]).decode("ascii").lower().rstrip("=") for i in range(0, len(blob), 32)
     ]
+
+
+def _table(rng: random.Random, cids: list[str], name: str, kind: str) -> pa.Table:
+    """The pins of ``cids`` (sorted) as one table, built a chunk at a time."""
+    pieces = []
+    for start in range(0, len(cids), CHUNK):
+        columns = _records(rng, cids[start : start + CHUNK], name, kind)
+        pieces.append(normalize_table(pa.table(columns), sort=False))
+        del columns
+    return pa.concat_tables(pieces)
 
 
 def _records(rng: random.Random, cids: list[str], name: str, kind: str) -> dict[str, list[str]]:
@@ -111,6 +122,10 @@ def _legacy_json(columns: dict[str, list[str]]) -> bytes:
     return json.dumps(items, separators=(",", ":")).encode()
 
 
+# Past this many pins no legacy pins.json is made (the migrate rows are measured at 1M).
+LEGACY_MAX = 2_000_000
+
+
 def cache_dir(base: Path, n: int, k: int) -> Path:
     return base / f"n{n}-k{k}-v{VERSION}"
 
@@ -139,16 +154,14 @@ def ensure_data(base: Path, n: int, k: int, seed: int = 1) -> Path:
         cids = sorted(set(shared + random_cids(rng, n - shared_count)))
         while len(cids) < n:  # a collision among 2^256: never in practice, but keep N exact
             cids = sorted(set(cids + random_cids(rng, n - len(cids))))
-        columns = _records(rng, cids, name, kind)
-        table = normalize_table(pa.table(columns, schema=arrow_schema(("updated_at",))))
+        table = _table(rng, cids, name, kind)
         backend = get_backend(root, name)
-        with backend_lock(backend.directory):
-            write_pins(backend.parquet_path, table)
-            write_car_locked(backend, table, created_at="2026-11-01T00:00:00.000000+00:00")
-        if index == 0:
+        PinStore(backend).write(lambda txn, table=table: txn.write(table))
+        refresh_exports(backend)
+        if index == 0 and n <= LEGACY_MAX:
             (partial / "legacy").mkdir()
-            (partial / "legacy" / "pins.json").write_bytes(_legacy_json(columns))
-        del table, columns, cids
+            (partial / "legacy" / "pins.json").write_bytes(_legacy_json(table.to_pydict()))
+        del table, cids
         say(f"  {name}: done ({time.perf_counter() - started:.1f} s)")
     assert all(is_valid_cid(cid) for cid in shared[:100])
     meta = {

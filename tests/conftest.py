@@ -21,3 +21,24 @@ def _fresh_cache():
     DEFAULT_CACHE.clear()
     yield
     DEFAULT_CACHE.clear()
+
+
+@pytest.fixture
+def count_commits(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every commit to a backend's table (a creation included), by the backend's directory."""
+    from pinfs.delta import DeltaPins
+
+    committed: list[Path] = []
+    original_commit, original_create = DeltaPins.commit, DeltaPins.create
+
+    def commit(self: DeltaPins, *args: object, **kwargs: object) -> None:
+        original_commit(self, *args, **kwargs)
+        committed.append(self.directory.parent)
+
+    def create(self: DeltaPins, *args: object, **kwargs: object) -> None:
+        original_create(self, *args, **kwargs)
+        committed.append(self.directory.parent)
+
+    monkeypatch.setattr(DeltaPins, "commit", commit)
+    monkeypatch.setattr(DeltaPins, "create", create)
+    return committed

@@ -78,3 +78,25 @@ def file_digests(root: Path) -> dict[str, str]:
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }
+
+
+def break_store(backend_dir: Path) -> None:
+    """Make a backend's pins unreadable: every data file of its table (or, without a table, its
+    ``pin_mappings.parquet``) overwritten with garbage of the same size."""
+    table = backend_dir / "pin_mappings.delta"
+    files = sorted(table.glob("part-*.parquet")) if table.is_dir() else [backend_dir / "pin_mappings.parquet"]
+    for path in files:
+        size = path.stat().st_size if path.exists() else 16
+        path.write_bytes((b"garbage!" * (size // 8 + 1))[:size])
+
+
+def store_records(backend: Any, records: list[dict[str, Any]]) -> None:
+    """Add ``records`` (``make_record`` dicts) that are not pinned yet, in one commit, and bring the
+    exports along: what a pin batch does."""
+    from pinfs.ops.carops import change_pins
+
+    def body(txn: Any) -> None:
+        present = txn.records_for([record["cid"] for record in records])
+        txn.update({record["cid"]: record for record in records if record["cid"] not in present})
+
+    change_pins(backend, body)

@@ -138,18 +138,17 @@ def fs_config(name: str, storage: Path, backend_type: str = "filesystem") -> dic
 
 
 def put_pins(root: Path, name: str, records: list[dict[str, Any]]) -> None:
-    """Write records (``make_record`` dicts, extra keys kept) to a backend's parquet and CAR, one write."""
+    """Write records (``make_record`` dicts, extra keys kept) to a backend's table in one commit, and
+    its exports."""
     from pinfs.backends import get_backend
-    from pinfs.ops.carops import write_car_locked
+    from pinfs.exports import refresh_exports
     from pinfs.store import PinStore
-    from pinfs.tables import merge_records
 
     backend = get_backend(root, name)
     backend.directory.mkdir(parents=True, exist_ok=True)
     with PinStore(backend).transaction() as txn:
-        table = merge_records(txn.current(), {record["cid"]: record for record in records})
-        txn.write(table)
-        write_car_locked(backend, table)
+        txn.update({record["cid"]: record for record in records})
+    refresh_exports(backend)
 
 
 def pin_record(root: Path, name: str, cid: str, status: str = "pending", **extra: Any) -> dict[str, Any]:
@@ -167,13 +166,19 @@ def pin_record(root: Path, name: str, cid: str, status: str = "pending", **extra
 
 
 def read_pin(root: Path, name: str, cid: str) -> dict[str, Any]:
-    """The current record of ``cid`` in ``name`` with its metadata parsed (bypassing caches)."""
+    """The current record of ``cid`` in ``name`` with its metadata parsed, from the table's newest version
+    and from the export (which must agree)."""
     import json as _json
 
     import pyarrow.parquet as pq
 
+    from pinfs.backends import get_backend
+    from pinfs.snapshots import StoreCache
+    from pinfs.store import PinStore
+
     table = pq.read_table(root / "backends" / name / "pin_mappings.parquet")
     rows = [row for row in table.to_pylist() if row["cid"] == cid]
+    assert PinStore(get_backend(root, name), StoreCache()).snapshot().lookup(cid) == (rows[0] if rows else None)
     assert len(rows) == 1, rows
     row = rows[0]
     row["metadata"] = _json.loads(row["metadata"])

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import cid_for, file_digests, make_backend, run_pinfs, run_pinfs_json
+from helpers import break_store, cid_for, file_digests, make_backend, run_pinfs, run_pinfs_json
 
-from pinfs import tables as tables_module
+from pinfs.backends import get_backend
 from pinfs.car import FORMAT
 from pinfs.cli import build_parser, main
 from pinfs.ops.pins import PinRequest, add_pins, find_cid
+from pinfs.store import PinStore
 
 CIDS = [cid_for(i) for i in range(4)]
 
@@ -76,13 +77,13 @@ def test_pin_add_many_cids_with_status_and_meta(root: Path) -> None:
     assert rows[CIDS[0]]["car_file_path"] == f"/b1/cars/{CIDS[0]}.car"
 
 
-def test_pin_add_many_cids_is_one_write(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pin_add_many_cids_is_one_commit(root: Path) -> None:
     make_backend(root, "b1")
-    writes: list[Path] = []
-    original = tables_module.write_table
-    monkeypatch.setattr(tables_module, "write_table", lambda path, table: writes.append(path) or original(path, table))
     add_pins(root, "b1", [PinRequest(cid) for cid in CIDS])
-    assert len(writes) == 1
+    store = PinStore(get_backend(root, "b1"))
+    assert store.table_state().version == 0  # the table was created holding the batch: one commit
+    add_pins(root, "b1", [PinRequest(cid_for(f"more{i}")) for i in range(5)])
+    assert store.table_state().version == 1
 
 
 def test_pin_add_existing_cid_keeps_created_at(root: Path) -> None:
@@ -232,7 +233,7 @@ def test_find_invalid_cid_exits_2(two_backends: Path) -> None:
 
 
 def test_find_reports_an_unreadable_backend_and_goes_on(two_backends: Path) -> None:
-    (two_backends / "backends/b1/pin_mappings.parquet").write_bytes(b"garbage")
+    break_store(two_backends / "backends/b1")
     report = find_cid(two_backends, CIDS[1])
     assert [h["backend"] for h in report["backends"]] == ["s3-b"]
     assert report["errors"][0]["backend"] == "b1"

@@ -14,7 +14,7 @@ from typing import Any
 import pyfuse3
 import pytest
 import trio
-from helpers import cid_for, make_backend
+from helpers import cid_for, make_backend, store_records
 
 from pinfs import schema
 from pinfs.backends import get_backend
@@ -25,8 +25,8 @@ from pinfs.fs.control import ControlRegistry
 from pinfs.fs.inodes import InodeTable, is_listing_inode
 from pinfs.fs.tree import PinTree
 from pinfs.ops import sync as sync_module
+from pinfs.ops.pins import remove_pins
 from pinfs.snapshots import StoreCache
-from pinfs.store import PinStore
 
 pytestmark = pytest.mark.trio
 
@@ -47,7 +47,7 @@ def ops(root: Path) -> PinfsOperations:
     make_backend(root, "s3-main")
     backend = get_backend(root, "s3-main")
     records = [schema.make_record(cid_for(i), "s3-main", backend.type, status="stored") for i in range(40)]
-    PinStore(backend).upsert(records, overwrite=False)
+    store_records(backend, records)
     return PinfsOperations(PinTree(root, StoreCache()), ControlRegistry(root))
 
 
@@ -247,7 +247,7 @@ async def test_a_listed_inode_keeps_its_path_after_the_backend_is_rewritten(
     old = await list_inodes(ops, monkeypatch, *BY_CID)
     backend = get_backend(root, "s3-main")
     records = [schema.make_record(cid_for(i), "s3-main", backend.type, status="pending") for i in range(100, 140)]
-    PinStore(backend).upsert(records, overwrite=False)  # 80 CIDs now: positions moved
+    store_records(backend, records)  # 80 CIDs now: positions moved
     inode = old[cid_for(7)]
     assert ops.inodes.path_of(inode) == by_cid_path(7)
     status = (await ops.lookup(inode, b"status", CTX)).st_ino  # a child of a listing inode
@@ -266,7 +266,7 @@ async def test_a_superseded_listing_keeps_only_the_names_the_kernel_still_holds(
     ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch, root: Path
 ) -> None:
     old = await list_inodes(ops, monkeypatch, *BY_CID)
-    PinStore(get_backend(root, "s3-main")).remove([cid_for(3)])
+    remove_pins(root, "s3-main", [cid_for(3)])
     await list_inodes(ops, monkeypatch, *BY_CID)
     # The new listing replaced every kernel entry but the one of the CID that is gone: those are forgotten.
     gone = old.pop(cid_for(3))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from helpers import cid_for, make_backend
+from helpers import cid_for, make_backend, store_records
 
 from pinfs import schema
 from pinfs.backends import get_backend
@@ -24,7 +24,7 @@ from pinfs.fs.tree import (
     StreamListing,
     merge_sorted_unique,
 )
-from pinfs.snapshots import ParquetSnapshot, StoreCache
+from pinfs.snapshots import FilePiece, StoreCache
 from pinfs.store import PinStore
 
 
@@ -32,7 +32,7 @@ def add_pins(root: Path, name: str, cids: list[str], status: str = "pending", **
     make_backend(root, name)
     backend = get_backend(root, name)
     records = [schema.make_record(cid, name, backend.type, status=status, **extra) for cid in cids]  # type: ignore[arg-type]
-    PinStore(backend).upsert(records, overwrite=False)
+    store_records(backend, records)
 
 
 def names(tree: PinTree, *path: str) -> list[str]:
@@ -139,13 +139,13 @@ def test_cid_lookup_reads_at_most_one_row_group(root: Path, monkeypatch: pytest.
     cids = [cid_for(i) for i in range(6000)]  # three row groups
     add_pins(root, "big", cids)
     reads: list[int] = []
-    original = ParquetSnapshot._load_group
+    original = FilePiece.read_group
 
-    def counting(self: ParquetSnapshot, index: int, columns: object) -> object:
+    def counting(self: FilePiece, index: int, columns: object) -> object:
         reads.append(index)
         return original(self, index, columns)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ParquetSnapshot, "_load_group", counting)
+    monkeypatch.setattr(FilePiece, "read_group", counting)
     tree = PinTree(root, StoreCache())
     tree.resolve(("backends", "big", "by-cid", cids[4321]))
     tree.resolve(("cids", cids[17]))
@@ -306,7 +306,7 @@ def test_by_cid_blocks_are_slices_of_the_cached_columns_and_a_rewrite_is_a_new_v
     snapshot = PinStore(get_backend(root, "s3-main"), tree.cache).snapshot()
     column = snapshot.cid_column(3, 9)
     assert column.to_pylist() == sorted(cid_for(i) for i in range(30))[3:9]
-    cached = snapshot.group(0, ["cid"]).column("cid").chunk(0)
+    cached = snapshot._group(snapshot.pieces[0], 0, ["cid"]).column("cid").chunk(0)
     assert column.chunk(0).buffers()[2].address == cached.buffers()[2].address  # the same bytes, not a copy
     listing = tree.listing(("backends", "s3-main", "by-cid"))
     add_pins(root, "s3-main", [cid_for(30)])

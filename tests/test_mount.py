@@ -20,14 +20,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import cid_for, file_digests, make_backend, run_pinfs
+from helpers import cid_for, file_digests, make_backend, run_pinfs, store_records
 from mounting import Mount, force_unmount, mounted, needs_fuse, sh, start_mount, stop_with, write_errno
 
 from pinfs import schema
 from pinfs.backends import get_backend
 from pinfs.car import read_pin_mappings_car, to_legacy_json, write_pin_mappings_car
 from pinfs.fs.mount import is_mounted
-from pinfs.store import PinStore
 
 pytestmark = [pytest.mark.mount, needs_fuse]
 
@@ -43,7 +42,7 @@ def add_pins(root: Path, name: str, cids: list[str], **fields: object) -> list[d
         schema.make_record(cid, name, backend.type, status=statuses[i % 3], metadata={"n": str(i)}, **fields)  # type: ignore[arg-type]
         for i, cid in enumerate(cids)
     ]
-    PinStore(backend).upsert(records, overwrite=False)
+    store_records(backend, records)
     return records
 
 
@@ -289,7 +288,7 @@ def test_summary_counts_by_status(ro: Mount) -> None:
     frame = parquet(ro.root, "s3-main")
     assert summary["backend"] == "s3-main" and summary["type"] == "s3" and summary["count"] == BIG
     assert summary["by_status"] == {s: int((frame["status"] == s).sum()) for s in ("stored", "pending", "failed")}
-    assert summary["source"] == "parquet"
+    assert summary["source"] == "table"
 
 
 def test_legacy_backend_is_served_with_source_legacy(ro: Mount) -> None:
@@ -482,7 +481,7 @@ def test_migrate_in_a_backend_control_file_migrates_that_backend(rw: Mount) -> N
     assert result.returncode == 0, result.stderr
     assert sorted(parquet(rw.root, "rw-migrate")["cid"]) == sorted(legacy["pins"])
     assert not (rw.root / "backends" / "rw-migrate-other" / "pin_mappings.parquet").exists()
-    wait_for(lambda: json.loads(rw.path("backends", "rw-migrate", "summary.json").read_text())["source"] == "parquet")
+    wait_for(lambda: json.loads(rw.path("backends", "rw-migrate", "summary.json").read_text())["source"] == "table")
     state = json.loads(rw.path("backends", "rw-migrate", ".control", "migrate").read_text())
     assert state["state"] == "succeeded" and state["args"]["backends"] == ["rw-migrate"]
 

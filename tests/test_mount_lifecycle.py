@@ -15,14 +15,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import cid_for, make_backend
+from helpers import cid_for, make_backend, store_records
 from mounting import force_unmount, needs_fuse, start_mount, stop_with, write_control
 
 from pinfs import schema
 from pinfs.backends import get_backend
 from pinfs.fs.mount import is_mounted
 from pinfs.ops.migrate import MigrateOptions, migrate
-from pinfs.store import PinStore
 
 pytestmark = [pytest.mark.mount, needs_fuse]
 
@@ -49,7 +48,7 @@ def build(root: Path, backend: str, count: int) -> list[str]:
     make_backend(root, backend)
     cids = [cid_for(f"{backend}-{i}") for i in range(count)]
     records = [schema.make_record(cid, backend, "filesystem") for cid in cids]
-    PinStore(get_backend(root, backend)).upsert(records, overwrite=False)
+    store_records(get_backend(root, backend), records)
     return cids
 
 

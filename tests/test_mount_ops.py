@@ -314,7 +314,7 @@ def test_migrate_through_the_control_file_is_the_last_migration_in_status_json(e
     wait_for(
         lambda: by_name(mount_report(ops, "status.json"))["fs-legacy"]["last_migration"] == recorded["finished_at"]
     )
-    assert by_name(mount_report(ops, "status.json"))["fs-legacy"]["source"] == "parquet"
+    assert by_name(mount_report(ops, "status.json"))["fs-legacy"]["source"] == "table"
 
 
 # -- the reports (last in the module: the tests above made the root interesting) --

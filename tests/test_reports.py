@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from pinfs.ops import reports
 from pinfs.ops.reports import EXAMPLES, _replication
 from pinfs.ops.state import record_run
 from pinfs.snapshots import PinSnapshot
+from pinfs.store import PinStore
 
 
 @pytest.fixture
@@ -82,10 +81,11 @@ def test_stale_verification_and_stale_car_degrade(root: Path, tmp_path: Path) ->
     assert entry["state"] == "degraded"
     assert any("last verified more than 7 days ago" in r for r in entry["reasons"])
     backend = get_backend(root, "fs-a")
-    old = time.time() - 100
-    os.utime(backend.car_path, (old, old))
+    with PinStore(backend).transaction() as txn:  # a commit whose exports were never made (a killed writer)
+        txn.update({cid_for(2): pin_record(root, "fs-a", cid_for(2))})
     entry = reports.health(root)["backends"][0]
-    assert any("older than pin_mappings.parquet" in r for r in entry["reasons"])
+    assert entry["exports"] == {"parquet": "stale", "car": "stale"}
+    assert any("export pending: pin_mappings.car is behind the table" in r for r in entry["reasons"])
     backend.car_path.unlink()
     entry = reports.health(root)["backends"][0]
     assert any("pin_mappings.car is missing" in r for r in entry["reasons"])
@@ -138,7 +138,7 @@ def test_status_counts_files_and_types(populated: Path) -> None:
     parquet = populated / "backends" / "fs-b" / "pin_mappings.parquet"
     assert entry["files"]["parquet"]["size"] == parquet.stat().st_size
     assert entry["files"]["car"]["size"] > 0 and entry["files"]["pins_json"] is None
-    assert entry["source"] == "parquet" and entry["last_sync"] is None
+    assert entry["source"] == "table" and entry["last_sync"] is None
 
 
 def test_status_detailed_redacts_secrets(root: Path) -> None:
@@ -177,7 +177,7 @@ def test_backend_summary_contract_keys(populated: Path) -> None:
     summary = reports.backend_summary(populated, "fs-b")
     for key in ("backend", "type", "count", "by_status", "source"):
         assert key in summary
-    assert summary["count"] == 3 and summary["source"] == "parquet" and summary["health"] == "degraded"
+    assert summary["count"] == 3 and summary["source"] == "table" and summary["health"] == "degraded"
     assert set(summary["by_status"]) == {"stored", "pending", "failed"}
     with pytest.raises(NotFound):
         reports.backend_summary(populated, "nope")
@@ -212,7 +212,7 @@ def test_cli_reports(populated: Path) -> None:
     text = run_pinfs(populated, "health")
     assert text.returncode == 0 and "fs-b (filesystem): degraded" in text.stdout
     text = run_pinfs(populated, "status")
-    assert text.returncode == 0 and "fs-a (filesystem, parquet): 2 pins" in text.stdout
+    assert text.returncode == 0 and "fs-a (filesystem, table): 2 pins" in text.stdout
     make_backend(populated, "broken")
     (populated / "backends" / "broken" / "pin_mappings.parquet").write_bytes(b"junk")
     assert run_pinfs(populated, "health", "--json").returncode == 1

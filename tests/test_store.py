@@ -1,5 +1,6 @@
-"""The parquet store (CONTRACT §1 "pin_mappings.parquet"): layout on disk, indexed lookups, freshness and
-what happens with files written by other tools."""
+"""The store (CONTRACT §1): a Delta table per backend and its one-file export, their layout on disk,
+indexed lookups, freshness, and what happens with parquet files written by other tools (served as they
+are until the first write, issue #12)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from helpers import cid_for, make_backend
 from pinfs import tables as tables_module
 from pinfs.backends import get_backend
 from pinfs.errors import CorruptData, InvalidInput
+from pinfs.exports import refresh_exports
 from pinfs.ops.pins import PinRequest, add_pins
 from pinfs.schema import REQUIRED_COLUMNS, make_record
-from pinfs.snapshots import ParquetSnapshot
+from pinfs.snapshots import FilePiece
 from pinfs.store import PinStore
 from pinfs.tables import records_to_table, write_table
 
@@ -30,12 +32,15 @@ def _records(count: int, backend: str = "b1", seed: str = "") -> list[dict[str, 
 
 
 def _store_with(root: Path, count: int, name: str = "b1") -> PinStore:
+    """A backend whose table holds ``count`` pins (given in random order), and its exports."""
     make_backend(root, name)
     backend = get_backend(root, name)
     records = _records(count, name)
     random.Random(7).shuffle(records)
-    write_table(backend.parquet_path, records_to_table(records))
-    return PinStore(backend)
+    store = PinStore(backend)
+    store.write(lambda txn: txn.write(records_to_table(records)))
+    refresh_exports(backend)
+    return store
 
 
 def _write_foreign(path: Path, records: list[dict[str, str]], **options) -> None:
@@ -88,30 +93,32 @@ def test_duckdb_reads_it(root: Path) -> None:
 # -- lookups --
 
 
-def _count_group_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    original = ParquetSnapshot._load_group
+def _count_group_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    calls: list[tuple[str, int]] = []
+    original = FilePiece.read_group
 
     def counting(self, index, columns):
-        calls.append(index)
+        calls.append((self.path.name, index))
         return original(self, index, columns)
 
-    monkeypatch.setattr(ParquetSnapshot, "_load_group", counting)
+    monkeypatch.setattr(FilePiece, "read_group", counting)
     return calls
 
 
-def test_lookup_reads_exactly_one_row_group(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lookup_reads_exactly_one_row_group_of_one_file(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tables_module, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setenv("PINFS_FILE_ROWS", "64")
     store = _store_with(root, 200)
     calls = _count_group_loads(monkeypatch)
     snapshot = store.snapshot()
-    assert len(snapshot.groups) > 10
+    assert len(snapshot.pieces) > 2
     cid = cid_for(123)
     record = snapshot.lookup(cid)
     assert record is not None and record["cid"] == cid
     assert len(calls) == 1
-    expected = next(g.index for g in snapshot.groups if g.min_cid <= cid <= g.max_cid)
-    assert calls == [expected]
+    piece = next(p for p in snapshot.pieces if p.min_cid <= cid <= p.max_cid)
+    expected = next(g.index for g in piece.row_groups() if g.min_cid <= cid <= g.max_cid)
+    assert calls == [(piece.path.name, expected)]
 
 
 def test_opening_a_pinfs_file_reads_no_whole_column(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,7 +148,7 @@ def test_repeated_lookup_is_served_from_cache(root: Path, monkeypatch: pytest.Mo
     assert len(calls) == 1
 
 
-def test_file_rewritten_by_another_process_is_seen_at_once(root: Path) -> None:
+def test_a_commit_by_another_process_is_seen_at_once(root: Path) -> None:
     store = _store_with(root, 20)
     new_cid = cid_for("from-elsewhere")
     assert store.snapshot().lookup(new_cid) is None
@@ -150,12 +157,12 @@ def test_file_rewritten_by_another_process_is_seen_at_once(root: Path) -> None:
         f"add_pins(Path(sys.argv[1]), 'b1', [PinRequest({new_cid!r}, 'stored')])"
     )
     subprocess.run([sys.executable, "-c", code, str(root)], check=True)
-    record = store.snapshot().lookup(new_cid)  # no cache clearing: the file's identity changed
+    record = store.snapshot().lookup(new_cid)  # no cache clearing: the log has a newer commit
     assert record is not None and record["status"] == "stored"
     assert store.snapshot().count == 21
 
 
-def test_open_snapshot_keeps_its_version_after_a_replace(root: Path) -> None:
+def test_open_snapshot_keeps_its_version_after_a_commit(root: Path) -> None:
     store = _store_with(root, 20)
     before = store.snapshot()
     add_pins(root, "b1", [PinRequest(cid_for("later"))])
@@ -235,13 +242,17 @@ def test_non_string_required_column_is_corrupt_data(root: Path) -> None:
 # -- writes --
 
 
-def test_write_refuses_duplicate_cids_and_leaves_file(root: Path) -> None:
+def test_write_refuses_duplicate_cids_and_changes_nothing(root: Path) -> None:
     store = _store_with(root, 3)
     before = store.path.read_bytes()
+    version = store.table_state().version
     records = _records(2)
+    with pytest.raises(InvalidInput, match="duplicate"):
+        store.write(lambda txn: txn.write(records_to_table([*records, records[0]])))
     with pytest.raises(InvalidInput, match="duplicate"):
         write_table(store.path, records_to_table([*records, records[0]]))
     assert store.path.read_bytes() == before
+    assert store.table_state(reload=True).version == version
 
 
 def test_backend_without_parquet_is_served_from_legacy_pins_json(root: Path) -> None:

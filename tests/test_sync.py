@@ -25,7 +25,6 @@ from pinfs.ops import reports
 from pinfs.ops.schedule import run_due_duties, seconds_until_due
 from pinfs.ops.state import record_run
 from pinfs.ops.sync import SyncOptions, sync
-from pinfs.store import Transaction
 
 
 def stage(root: Path, cid: str, data: bytes) -> Path:
@@ -46,34 +45,20 @@ def two_fs(root: Path, tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def count_writes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Every parquet write, by path."""
-    written: list[Path] = []
-    original = Transaction.write
-
-    def write(self: Transaction, table: object) -> None:
-        written.append(self.store.path)
-        original(self, table)
-
-    monkeypatch.setattr(Transaction, "write", write)
-    return written
-
-
 def test_staged_content_is_moved_and_marked_stored_in_one_write(
-    two_fs: Path, tmp_path: Path, count_writes: list[Path]
+    two_fs: Path, tmp_path: Path, count_commits: list[Path]
 ) -> None:
     root = two_fs
     pins = [content_car(i) for i in range(3)]
     for cid, data in pins:
         stage(root, cid, data)
     put_pins(root, "fs-a", [pin_record(root, "fs-a", cid) for cid, _ in pins])
-    count_writes.clear()
+    count_commits.clear()
     report = sync(root, SyncOptions(backends=["fs-a"]))
     assert report["ok"], report
     entry = by_name(report)["fs-a"]
     assert entry["state"] == "synced" and entry["counts"]["moved"] == 3 and entry["counts"]["failed"] == 0
-    assert count_writes == [root / "backends" / "fs-a" / "pin_mappings.parquet"]
+    assert count_commits == [root / "backends" / "fs-a"]
     for cid, data in pins:
         assert (tmp_path / "store-a" / "fs-a" / "cars" / f"{cid}.car").read_bytes() == data
         record = read_pin(root, "fs-a", cid)
@@ -84,9 +69,9 @@ def test_staged_content_is_moved_and_marked_stored_in_one_write(
     car = (root / "backends" / "fs-a" / "pin_mappings.car").read_bytes()
     assert (tmp_path / "store-a" / "pin_mappings.car").read_bytes() == car
     # nothing left to do: skipped, no write
-    count_writes.clear()
+    count_commits.clear()
     again = sync(root, SyncOptions(backends=["fs-a"]))
-    assert by_name(again)["fs-a"]["state"] == "skipped" and count_writes == []
+    assert by_name(again)["fs-a"]["state"] == "skipped" and count_commits == []
 
 
 def test_failed_first_then_oldest(two_fs: Path) -> None:

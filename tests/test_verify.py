@@ -20,7 +20,6 @@ from pinfs.errors import InvalidInput
 from pinfs.ops import reports
 from pinfs.ops.sync import SyncOptions, sync
 from pinfs.ops.verify import VerifyOptions, verify
-from pinfs.store import Transaction
 
 
 def by_name(report: dict) -> dict[str, dict]:
@@ -48,17 +47,13 @@ def stored_fs(root: Path, tmp_path: Path) -> tuple[Path, list[tuple[str, bytes]]
     return root, pins
 
 
-def test_good_pins_get_verified_at_and_are_not_due_again(stored_fs, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_good_pins_get_verified_at_and_are_not_due_again(stored_fs, count_commits: list[Path]) -> None:
     root, pins = stored_fs
-    writes: list[Path] = []
-    original = Transaction.write
-    monkeypatch.setattr(
-        Transaction, "write", lambda self, table: (writes.append(self.store.path), original(self, table))
-    )
+    count_commits.clear()
     report = verify(root, VerifyOptions())
     assert report["ok"], report
     assert report["totals"]["checked"] == 6 and report["totals"]["good"] == 6
-    assert len(writes) == 2  # one store write per backend
+    assert len(count_commits) == 2  # one commit per backend
     for cid, _ in pins:
         assert read_pin(root, "fs-a", cid)["verified_at"]
     again = verify(root, VerifyOptions())

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "pinfs.cli.pin_cmd",
     "pinfs.cli.car_cmd",
     "pinfs.cli.ops_cmd",
+    "pinfs.cli.maintain_cmd",
     "pinfs.cli.mount_cmd",
 )
 

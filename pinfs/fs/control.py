@@ -287,7 +287,7 @@ class ControlRegistry:
 
     def __init__(self, root: Path, defer_car: Callable[[Backend], None] | None = None) -> None:
         self.root = Path(root)
-        self.defer_car = defer_car  # pin/unpin leave a sharded backend's CAR to it (the mount's)
+        self.defer_car = defer_car  # pin/unpin leave a big backend's exports to it (the mount's)
         self._files: dict[tuple[str | None, str], ControlFile] = {}
         self._lock = threading.Lock()
 

@@ -44,7 +44,7 @@ from pinfs.errors import InvalidInput, NotFound, PinfsError
 from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
 from pinfs.fs.tree import PinTree
-from pinfs.ops.carops import DEFERRED_CARS
+from pinfs.ops.carops import DEFERRED_EXPORTS
 from pinfs.snapshots import DEFAULT_CACHE_ENTRIES, StoreCache
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ ABANDON_GRACE = 0.5
 def build_operations(config: MountConfig, command_limiter: trio.CapacityLimiter | None = None) -> PinfsOperations:
     """The adapter over a fresh tree and control registry. Reads nothing from the data root."""
     cache = StoreCache(max_bytes=config.cache_mb << 20, max_entries=DEFAULT_CACHE_ENTRIES)
-    controls = ControlRegistry(config.root, defer_car=DEFERRED_CARS.defer)
+    controls = ControlRegistry(config.root, defer_car=DEFERRED_EXPORTS.defer)
     return PinfsOperations(PinTree(config.root, cache), controls, command_limiter=command_limiter)
 
 
@@ -277,8 +277,8 @@ async def serve(config: MountConfig, ready: Callable[[], None] | None = None) ->
         finally:
             scheduled.close()
         nursery.cancel_scope.cancel()
-    # CARs of sharded backends whose rebuild was deferred after pin changes are written before exit.
-    await trio.to_thread.run_sync(DEFERRED_CARS.close)
+    # Exports of big backends whose refresh was deferred after pin changes are written before exit.
+    await trio.to_thread.run_sync(DEFERRED_EXPORTS.close)
     if not scheduled.active:
         return False
     return not await trio.to_thread.run_sync(scheduled.wait_idle, ABANDON_GRACE)

@@ -48,7 +48,6 @@ from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
 from pinfs.fsutil import refuse_symlink
 from pinfs.ops import reports
 from pinfs.schema import STATUSES, load_metadata
-from pinfs.shards import MANIFEST_NAME, SHARD_DIR, generation_dir, is_sharded, read_manifest, shard_generation
 from pinfs.snapshots import PinSnapshot, StoreCache
 from pinfs.store import PinStore
 
@@ -393,9 +392,8 @@ pinfs: IPFS pin mappings of the data root, one directory per storage backend.
 
   health.json  status.json  insights.json   reports over every backend
   backends/<b>/summary.json                 count, counts by status, source (parquet/legacy)
-  backends/<b>/pin_mappings.parquet         the file itself (pandas.read_parquet works on it); for a
-                                            big backend, a directory of sorted shards (read it the
-                                            same way)
+  backends/<b>/pin_mappings.parquet         the file itself (pandas.read_parquet works on it), an
+                                            export of the backend's Delta table
   backends/<b>/pin_mappings.car             the file itself (a CARv1 file)
   backends/<b>/pin_mappings.car.json        the CAR's content as JSON (json.load works on it)
   backends/<b>/by-cid/<cid>/                cid status car_file_path backend_name created_at
@@ -543,8 +541,6 @@ class PinTree:
             return self._backend_top(backend, path, name)
         if rest == (CONTROL_DIR,) and name in BACKEND_COMMANDS:
             return self._control(path, backend.name, name)
-        if rest == (PARQUET_FILE,):
-            return self._shard_node(backend, path)
         if rest == (BY_CID,):
             snapshot = self._snapshot(backend)
             record = self._record(snapshot, name)
@@ -574,9 +570,6 @@ class PinTree:
             return self._dir(path)
         if name == SUMMARY:
             return self._generated(path, render=render)
-        if name == PARQUET_FILE and is_sharded(backend.parquet_path):
-            generation = generation_dir(backend.parquet_path)  # CorruptData for a link not to pinfs' shards
-            return Node(path, NodeKind.DIRECTORY, mtime_ns=os.stat(generation).st_mtime_ns)
         if name in (PARQUET_FILE, CAR_FILE):
             real = backend.directory / name
             refuse_symlink(real)  # CorruptData (EIO): a link could lead outside the data root
@@ -588,26 +581,6 @@ class PinTree:
         if name == CAR_JSON and backend.car_path.is_file():
             return self._generated(path, render=render)
         raise NotFound(f"no entry {name!r} in backend {backend.name}")
-
-    def _shard_node(self, backend: Backend, path: Path_) -> Node:
-        """A file of a sharded ``pin_mappings.parquet``: a shard, found in the generation its name
-        carries (so a reader that listed one generation reads that one to the end, while it is kept),
-        or the current generation's manifest."""
-        name = path[-1]
-        if name == MANIFEST_NAME:
-            real = generation_dir(backend.parquet_path) / name
-        else:
-            generation = shard_generation(name)
-            if generation is None:
-                raise NotFound(f"no shard {name!r} in backend {backend.name}")
-            real = backend.directory / SHARD_DIR / generation / name
-        try:
-            info = os.lstat(real)
-        except FileNotFoundError:
-            raise NotFound(f"{real} does not exist") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise NotFound(f"{real} is not a regular file")
-        return Node(path, NodeKind.FILE, size=info.st_size, mtime_ns=info.st_mtime_ns, real_path=real)
 
     def _cids_child(self, parent: Path_, name: str) -> Node:
         if len(parent) == 1:
@@ -655,9 +628,6 @@ class PinTree:
             return StaticListing([self._control((*path, name), backend.name, name) for name in BACKEND_COMMANDS])
         if rest == (BY_STATUS,):
             return StaticListing([self._dir((*path, status)) for status in STATUSES])
-        if rest == (PARQUET_FILE,):
-            names = [shard.file for shard in read_manifest(generation_dir(backend.parquet_path)).shards]
-            return StaticListing([self._shard_node(backend, (*path, name)) for name in [*names, MANIFEST_NAME]])
         snapshot = self._snapshot(backend)
         if rest == (BY_CID,):
             return PositionalListing(

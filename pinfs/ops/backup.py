@@ -2,7 +2,7 @@
 
 Syncing a filesystem backend copies each backend's ``pin_mappings.parquet`` and ``pin_mappings.car`` to
 ``<storage_path>/pin_mappings/<backend>/`` -- only the files whose content changed since their last copy
-there. A sharded parquet is copied as one file. What was copied is remembered by content hash (sha256)
+there (the exports of each backend's table). What was copied is remembered by content hash (sha256)
 in ``<storage_path>/pin_mappings/manifest.json``. Every file, the manifest included, is written
 atomically through the driver (temp + rename). A dry run lists what would be copied and writes nothing.
 """
@@ -18,10 +18,10 @@ from typing import Any
 from pinfs.backends import CAR_NAME, PARQUET_NAME, Backend
 from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
 from pinfs.fsutil import read_regular_file
+from pinfs.oldforms import is_sharded, read_old_form
 from pinfs.ops.sync import SyncContext
 from pinfs.schema import now_iso
-from pinfs.shards import data_files, is_sharded
-from pinfs.tables import parquet_bytes, read_whole_table
+from pinfs.tables import parquet_bytes
 
 BACKUP_DIR = "pin_mappings"
 MANIFEST_KEY = f"{BACKUP_DIR}/manifest.json"
@@ -39,16 +39,13 @@ def _load_manifest(driver: Any) -> dict[str, Any]:
 
 
 def _content(source: Path) -> tuple[str, Callable[[], bytes]]:
-    """The content hash of a pin-mapping file and a way to get its bytes. A sharded parquet
-    (``pinfs.shards``) is hashed over its shards in order and copied as one parquet file of the whole
-    table, built only when the hash says it changed."""
+    """The content hash of a pin-mapping file and a way to get its bytes. A backend still in the sharded
+    form of an older release (``pinfs.oldforms``) is copied as one parquet file of the whole table."""
     if not is_sharded(source):
         data = read_regular_file(source)
         return hashlib.sha256(data).hexdigest(), lambda: data
-    digest = hashlib.sha256()
-    for shard in data_files(source):
-        digest.update(read_regular_file(shard))
-    return "shards:" + digest.hexdigest(), lambda: parquet_bytes(read_whole_table(source))
+    data = parquet_bytes(read_old_form(source))
+    return hashlib.sha256(data).hexdigest(), lambda: data
 
 
 def backup_to(context: SyncContext, target: Backend) -> dict[str, Any]:

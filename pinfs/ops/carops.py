@@ -1,43 +1,44 @@
-"""Regenerating a backend's ``pin_mappings.car`` from its parquet, and checking the two agree.
+"""Pin changes and the exports that follow them; regenerating ``pin_mappings.car``; checking it.
 
-The CAR is a derived copy: it is rebuilt from the parquet whenever pins change through pinfs, and on
-demand (``regenerate-car``, ``migrate --force-car-regeneration``). Callers that already hold the
-backend's lock call ``write_car_locked``; ``regenerate_car`` takes the lock itself.
-
-A sharded backend (``pinfs.shards``, a million pins) is too big to re-encode on every pin: after a pin
-change its CAR is rebuilt by ``refresh_car`` without the lock, from the immutable version just written,
-and the CAR file gets that version's modification time, so ``car_is_current`` stays true to what the CAR
-holds even when a newer version lands meanwhile. The mount defers that work to ``DEFERRED_CARS``, which
-does it once writes to the backend pause; the command line does it before it returns.
+Every change to a backend's pins (pin, unpin, sync and verify outcomes, migration) is a commit to its
+table (``pinfs.store``), after which the exports (``pin_mappings.parquet`` and ``pin_mappings.car``,
+``pinfs.exports``) are brought up to the new version: at once for a backend of up to
+``EXPORT_AT_ONCE_ROWS`` pins (a few tens of ms), and for a bigger one either before the command returns
+(the command line) or, in the mount, by ``ExportRefresher`` once writes to the backend pause, so that a
+pin through a control file returns as soon as it is committed. ``health`` says "export pending" meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
 from pinfs.backends import Backend
-from pinfs.car import read_pin_mappings_car, write_pin_mappings_car_columns
+from pinfs.car import read_pin_mappings_car
 from pinfs.errors import CorruptData, PinfsError
-from pinfs.fsutil import fsync_file
+from pinfs.exports import refresh_exports
 from pinfs.ops.common import error_entry, select_backends
+from pinfs.ops.maintain import maybe_maintain
 from pinfs.ops.progress import NullProgress, Progress
-from pinfs.schema import REQUIRED_COLUMNS, now_iso
-from pinfs.snapshots import PinSnapshot, ShardedSnapshot
+from pinfs.schema import REQUIRED_COLUMNS
 from pinfs.store import PinStore, Transaction
 from pinfs.tables import sort_by_cid
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+DeferExport = Callable[[Backend], None]
+
+# A backend of at most this many pins has its exports rewritten right after each change, even in the
+# mount (the CAR of 64k pins takes ~60 ms); a bigger one's wait for writes to pause.
+EXPORT_AT_ONCE_ROWS = 65536
 
 
 @dataclass
@@ -52,65 +53,8 @@ def table_records(table: pa.Table) -> list[dict[str, str]]:
     return [dict(zip(REQUIRED_COLUMNS, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
-def write_car_locked(
-    backend: Backend,
-    table: pa.Table,
-    created_at: str | None = None,
-    before_replace: Callable[[Path], None] | None = None,
-) -> dict[str, Any]:
-    """Write ``pin_mappings.car`` for ``table``. The caller holds the backend's lock (but see
-    ``refresh_car``).
-
-    Encoded straight from the table's columns (no Python object per pin); a table already in CID
-    order, as every table pinfs reads and merges is, is not sorted again."""
-    table = sort_by_cid(table.select(list(REQUIRED_COLUMNS)))
-    columns = {name: table.column(name) for name in REQUIRED_COLUMNS}
-    return _write_car(backend, columns, table.num_rows, created_at, before_replace)
-
-
-def _write_car(
-    backend: Backend,
-    columns: Mapping[str, Any],
-    rows: int,
-    created_at: str | None = None,
-    before_replace: Callable[[Path], None] | None = None,
-) -> dict[str, Any]:
-    size = write_pin_mappings_car_columns(
-        backend.car_path, columns, rows, backend.name, created_at or now_iso(), before_replace
-    )
-    return {"path": str(backend.car_path), "records": rows, "bytes": size}
-
-
-def write_table_and_car_locked(backend: Backend, txn: Transaction, table: pa.Table) -> dict[str, Any]:
-    """``txn.write(table)`` then ``write_car_locked(backend, table)``, with the CAR encoded on a second
-    thread while the parquet is written. The order on disk is unchanged: the CAR's temporary file
-    replaces ``pin_mappings.car`` only after the parquet has been renamed into place, and not at all
-    if writing the parquet failed. The caller holds the backend's lock."""
-    parquet_done = threading.Event()
-    parquet_ok = False
-
-    def after_parquet(temp: Path) -> None:
-        fsync_file(temp)  # now, so that after the parquet's rename only the CAR's own rename is left
-        parquet_done.wait()
-        if not parquet_ok:
-            raise _ParquetFailed
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pinfs-car") as pool:
-        car = pool.submit(write_car_locked, backend, table, None, after_parquet)
-        try:
-            txn.write(table)
-            parquet_ok = True
-        finally:
-            parquet_done.set()
-        return car.result()
-
-
-class _ParquetFailed(Exception):
-    """Internal: the parquet was not written, so the CAR must not replace the old one."""
-
-
 def car_agreement(backend: Backend, table: pa.Table) -> list[str]:
-    """Why the CAR does not match the parquet's table (empty when it does). Reads the whole CAR."""
+    """Why the CAR does not match ``table`` (empty when it does). Reads the whole CAR."""
     if not backend.car_path.is_file():
         return [f"{backend.car_path}: missing"]
     try:
@@ -123,25 +67,14 @@ def car_agreement(backend: Backend, table: pa.Table) -> list[str]:
     expected = table_records(table)
     if sorted(car.records, key=lambda r: r["cid"]) != expected:
         problems.append(
-            f"{backend.car_path}: holds {len(car.records)} records that do not match the parquet's "
-            f"{len(expected)}; run 'pinfs migrate --force-car-regeneration --backend-filter {backend.name}'"
+            f"{backend.car_path}: holds {len(car.records)} records that do not match the table's "
+            f"{len(expected)}; run 'pinfs car regenerate --backend {backend.name}'"
         )
     return problems
 
 
-def car_is_current(backend: Backend) -> bool:
-    """Cheap check for reports: the CAR exists and is not older than the parquet (for a sharded backend,
-    than its current generation's directory)."""
-    try:
-        car_mtime = backend.car_path.stat().st_mtime_ns
-        parquet_mtime = backend.parquet_path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return not backend.parquet_path.exists()
-    return car_mtime >= parquet_mtime
-
-
 def regenerate_car(root: Path, options: RegenerateOptions, progress: Progress | None = None) -> dict[str, Any]:
-    """Rebuild ``pin_mappings.car`` of the chosen backends from their parquet files."""
+    """Rebuild ``pin_mappings.car`` (and bring ``pin_mappings.parquet`` up to date) of the chosen backends."""
     progress = progress or NullProgress()
     backends = select_backends(root, options.backends)
     entries: list[dict[str, Any]] = []
@@ -156,83 +89,64 @@ def regenerate_car(root: Path, options: RegenerateOptions, progress: Progress | 
 def _regenerate_one(backend: Backend) -> dict[str, Any]:
     store = PinStore(backend)
     if not store.has_parquet():
-        reason = "no pin_mappings.parquet yet (run 'pinfs migrate')"
+        reason = "no pins yet (run 'pinfs migrate' or 'pinfs pin add')"
         return {"backend": backend.name, "type": backend.type, "ok": True, "skipped": reason}
     try:
-        with store.transaction() as txn:
-            written = write_car_locked(backend, txn.current())
-    except PinfsError as exc:
+        if not store.has_table():
+            with store.transaction():
+                store.convert_old_form()
+        report = refresh_exports(backend, force_car=True)
+    except (PinfsError, OSError) as exc:
         return error_entry(backend, exc)
-    return {"backend": backend.name, "type": backend.type, "ok": True, **written}
+    car = report.get("car") or {}
+    return {"backend": backend.name, "type": backend.type, "ok": True, **car, "version": report.get("version")}
 
 
 # -- after a pin change --
 
 
+def change_pins(backend: Backend, body: Callable[[Transaction], T], defer: DeferExport | None = None) -> T:
+    """Run ``body`` as a write of ``backend``'s pins (again, on a newer version, if another writer
+    changed the same pins meanwhile: ``PinStore.write``), then bring the exports along (module
+    docstring). An exception in the body leaves everything as it was."""
+    changed = False
+
+    def tracked(txn: Transaction) -> T:
+        nonlocal changed
+        result = body(txn)
+        changed = txn.changed
+        return result
+
+    result = PinStore(backend).write(tracked)
+    if changed:
+        follow_change(backend, defer)
+    return result
+
+
 @contextlib.contextmanager
-def changing_pins(backend: Backend, defer: Callable[[Backend], None] | None = None) -> Iterator[Transaction]:
-    """A transaction on ``backend``'s pins after which, if it wrote, the CAR follows: a one-file backend
-    is small, so its CAR is written at once, under the lock; a sharded one's is handed to ``defer`` (the
-    mount's ``DEFERRED_CARS.defer``) or, without one, rebuilt by ``refresh_car`` once the lock is
-    released. An exception in the body leaves the CAR alone."""
-    refresh = False
+def changing_pins(backend: Backend, defer: DeferExport | None = None) -> Iterator[Transaction]:
+    """``change_pins`` as a ``with`` block, for a body that need not run again: a write that meets a
+    concurrent change of the same pins fails with ``ConcurrentChange`` instead."""
     with PinStore(backend).transaction() as txn:
         yield txn
-        if txn.changed and not txn.sharded:
-            write_car_locked(backend, txn.current())
-        elif txn.changed and defer is not None:
-            defer(backend)
-        else:
-            refresh = txn.changed
-    if refresh:
-        refresh_car(backend)
+    if txn.changed:
+        follow_change(backend, defer)
 
 
-def refresh_car(backend: Backend, attempts: int = 3) -> dict[str, Any]:
-    """Rebuild the CAR from the backend's current version, without holding the lock (see the module
-    docstring). Skipped when the CAR is already current. Writers of one backend may refresh at once:
-    a CAR is not put in place over one of a newer version, and when a newer version of the parquet
-    landed meanwhile the rebuild starts again (``attempts`` times at most), so the last refresh to
-    finish leaves a current CAR."""
-    written: dict[str, Any] = {"path": str(backend.car_path), "current": True}
-    for _attempt in range(attempts):
-        if car_is_current(backend):
-            break
-        snapshot = PinStore(backend).snapshot()
-        if snapshot.source != "parquet" or snapshot.identity is None:
-            return {"path": str(backend.car_path), "skipped": "no pin_mappings.parquet"}
-        try:
-            written = write_car_of_version(backend, snapshot)
-        except CarSuperseded:
-            continue
-    return written
+def follow_change(backend: Backend, defer: DeferExport | None = None) -> None:
+    """Refresh the exports after a commit: now for a small table or without ``defer``, else later."""
+    state = PinStore(backend).table_state()
+    if defer is not None and state is not None and state.count > EXPORT_AT_ONCE_ROWS:
+        defer(backend)
+        return
+    refresh_exports(backend)
+    maybe_maintain(backend)
 
 
-def write_car_of_version(backend: Backend, snapshot: PinSnapshot) -> dict[str, Any]:
-    """The CAR of ``snapshot``, dated with its version's time; CarSuperseded if a CAR of a newer version
-    was put in place meanwhile."""
-    version_ns = snapshot.identity.mtime_ns if snapshot.identity else 0
-
-    def date_it(temp: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            if backend.car_path.stat().st_mtime_ns > version_ns:
-                raise CarSuperseded
-        os.utime(temp, ns=(version_ns, version_ns))
-
-    if isinstance(snapshot, ShardedSnapshot):  # a few shards in memory at a time, not a million rows
-        columns = snapshot.windowed_columns(REQUIRED_COLUMNS)
-        return _write_car(backend, columns, snapshot.count, before_replace=date_it)
-    return write_car_locked(backend, snapshot.table(), before_replace=date_it)
-
-
-class CarSuperseded(Exception):
-    """A CAR of a newer version is already in place (``write_car_of_version``)."""
-
-
-class CarRefresher:
-    """CAR rebuilds deferred by a long-running process: each backend's is rebuilt ``quiet`` seconds after
-    its last pin change, and at most ``at_most`` seconds after the first one still waiting, on one
-    background thread, so the pin commands themselves return as soon as the parquet is written."""
+class ExportRefresher:
+    """Export refreshes deferred by a long-running process: each backend's is done ``quiet`` seconds
+    after its last change, and at most ``at_most`` seconds after the first one still waiting, on one
+    background thread, so the pin commands themselves return as soon as they are committed."""
 
     def __init__(self, quiet: float = 1.0, at_most: float = 10.0) -> None:
         self.quiet, self.at_most = quiet, at_most
@@ -248,7 +162,7 @@ class CarRefresher:
             _old, first, _last = self._waiting.get(backend.directory, (backend, now, now))
             self._waiting[backend.directory] = (backend, first, now)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="pinfs-car-refresh", daemon=True)
+                self._thread = threading.Thread(target=self._loop, name="pinfs-export-refresh", daemon=True)
                 self._thread.start()
             self._condition.notify()
 
@@ -257,7 +171,7 @@ class CarRefresher:
             return backend.directory in self._waiting or backend.directory in self._running
 
     def close(self, timeout: float | None = None) -> None:
-        """Rebuild every CAR still waiting, now, and stop the thread (at unmount)."""
+        """Do every refresh still waiting, now, and stop the thread (at unmount)."""
         with self._condition:
             self._closing = True
             self._condition.notify()
@@ -271,7 +185,7 @@ class CarRefresher:
         return min(last + self.quiet, first + self.at_most)
 
     def _next(self) -> Backend | None:
-        """Wait for the next CAR that is due; None when closing with nothing left."""
+        """Wait for the next refresh that is due; None when closing with nothing left."""
         with self._condition:
             while True:
                 if not self._waiting:
@@ -290,12 +204,13 @@ class CarRefresher:
     def _loop(self) -> None:
         while (backend := self._next()) is not None:
             try:
-                refresh_car(backend)
-            except Exception:  # logged; the next pin change, sync or regenerate-car tries again
-                log.exception("rebuilding %s failed", backend.car_path)
+                refresh_exports(backend)
+                maybe_maintain(backend)
+            except Exception:  # logged; the next change, sync or regenerate-car tries again
+                log.exception("refreshing the exports of %s failed", backend.directory)
             finally:
                 with self._condition:
                     self._running.discard(backend.directory)
 
 
-DEFERRED_CARS = CarRefresher()
+DEFERRED_EXPORTS = ExportRefresher()

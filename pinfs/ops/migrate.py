@@ -28,17 +28,18 @@ import pyarrow.compute as pc
 
 from pinfs.backends import REJECTED_NAME, Backend
 from pinfs.errors import CorruptData, NotFound, PinfsError
+from pinfs.exports import export_state, refresh_exports
 from pinfs.fsutil import atomic_write_bytes, read_regular_file
 from pinfs.legacy import LegacyPins, list_backups, read_legacy_pins, write_rejected
-from pinfs.ops.carops import car_agreement, table_records, write_car_locked, write_table_and_car_locked
+from pinfs.oldforms import old_form_exists
+from pinfs.ops.carops import car_agreement, table_records
 from pinfs.ops.common import discovery_problems, error_entry, select_backends
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import read_state, record_run
 from pinfs.schema import REQUIRED_COLUMNS, now_iso, record_problems, utc_stamp
-from pinfs.shards import generation_problems, is_sharded
 from pinfs.snapshots import FileIdentity
-from pinfs.store import PinStore, Transaction
-from pinfs.tables import empty_table, first_duplicate_cid, merge_records, read_whole_table, write_pins, write_table
+from pinfs.store import PinStore, Transaction, table_snapshot
+from pinfs.tables import empty_table, first_duplicate_cid, merge_records, read_whole_table, write_table
 
 BACKUP_PREFIX = "pins.json.backup."
 PARQUET_BACKUP_PREFIX = "pin_mappings.parquet.backup."
@@ -132,6 +133,7 @@ class _Plan:
 
     legacy: LegacyPins | None
     merged: pa.Table
+    replacements: dict[str, dict[str, str]] = field(default_factory=dict)
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
@@ -146,15 +148,23 @@ class _Plan:
 
 def _migrate_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any]:
     store = PinStore(backend)
-    if options.dry_run or not (_has_legacy_file(backend) or options.force_car_regeneration):
+    convert = not store.has_table() and old_form_exists(backend.parquet_path)
+    if options.dry_run or not (_has_legacy_file(backend) or options.force_car_regeneration or convert):
         # Nothing will be written, so plan without the lock: creating its file would itself be a write
         # (a dry run writes nothing; a backend without pins.json is left alone).
         return _describe(backend, _plan(backend, Transaction(store), options), options)
     with store.transaction() as txn:
+        converted = store.convert_old_form()  # the upgrade of issue #12: the table from the old parquet
         plan = _plan(backend, txn, options)
         entry = _describe(backend, plan, options)
-        if not options.dry_run:
-            entry.update(_apply(backend, txn, plan))
+        entry.update(_apply(backend, txn, plan))
+    if converted:
+        entry["converted"] = "the table was made from the parquet of an older release"
+    if txn.changed or converted or plan.car_reason is not None:
+        # After the lock: exports take their own lock, which is never taken while holding the backend's.
+        exports = refresh_exports(backend, force_car=plan.car_reason is not None)
+        if plan.car_reason is not None and exports.get("car"):
+            entry["car"] = exports["car"]
     return entry
 
 
@@ -186,6 +196,7 @@ def _merge_legacy(plan: _Plan, current: pa.Table, legacy: LegacyPins, *, force: 
             replacements[cid] = record
         else:
             plan.unchanged.append(cid)
+    plan.replacements = replacements
     plan.merged = merge_records(current, replacements)
 
 
@@ -223,9 +234,10 @@ def _car_reason(backend: Backend, plan: _Plan, options: MigrateOptions) -> str |
         return None  # no pins.json: nothing to migrate, the backend is left alone
     if plan.parquet_changes:
         return "pins changed"
-    if not backend.car_path.is_file():
+    states = export_state(backend, PinStore(backend).table_state())
+    if states.get("car") == "missing" or not backend.car_path.is_file():
         return "missing"
-    if car_agreement(backend, plan.merged):
+    if states.get("car") != "current" and car_agreement(backend, plan.merged):
         return "out of date"
     return None
 
@@ -245,7 +257,7 @@ def _describe(backend: Backend, plan: _Plan, options: MigrateOptions) -> dict[st
         "rejected": len(legacy.rejected) if legacy else 0,
         "total": plan.merged.num_rows,
         "backup": plan.backup_needed,
-        "parquet_written": plan.parquet_changes or (legacy is not None and not backend.parquet_path.exists()),
+        "parquet_written": plan.parquet_changes or (legacy is not None and not PinStore(backend).has_parquet()),
         "car_written": plan.car_reason is not None,
         "car_reason": plan.car_reason,
     }
@@ -268,13 +280,10 @@ def _apply(backend: Backend, txn: Transaction, plan: _Plan) -> dict[str, Any]:
         written["backup_path"] = str(backup)
     if legacy is not None and legacy.rejected and _rejected_changed(backend, legacy):
         written["rejected_path"] = str(write_rejected(backend.directory, legacy.rejected, legacy.source))
-    parquet_needed = plan.parquet_changes or (legacy is not None and not backend.parquet_path.exists())
-    if parquet_needed and plan.car_reason is not None:
-        written["car"] = write_table_and_car_locked(backend, txn, plan.merged)
-    elif parquet_needed:
-        txn.write(plan.merged)
-    elif plan.car_reason is not None:
-        written["car"] = write_car_locked(backend, plan.merged)
+    if txn.state() is None and legacy is not None:
+        txn.write(plan.merged)  # the first commit creates the table
+    elif plan.parquet_changes:
+        txn.update(plan.replacements)  # only the files holding the changed CIDs are rewritten
     return written
 
 
@@ -311,25 +320,26 @@ def _restore_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
     if options.dry_run:
         entry["would_keep_current_as"] = PARQUET_BACKUP_PREFIX + "<stamp>" if store.has_parquet() else None
         return entry
-    with store.transaction():
-        entry.update(_replace_from(backend, legacy))
+    with store.transaction() as txn:
+        entry.update(_replace_from(backend, txn, legacy))
+    exports = refresh_exports(backend, force_car=True)
+    entry["car"] = exports.get("car") or {"path": str(backend.car_path)}
     return entry
 
 
-def _replace_from(backend: Backend, legacy: LegacyPins) -> dict[str, Any]:
-    """Keep the current parquet as a backup, then write the backup's pins as the parquet. Lock held."""
+def _replace_from(backend: Backend, txn: Transaction, legacy: LegacyPins) -> dict[str, Any]:
+    """Keep the current pins as one parquet file, then make the backup's pins the table. Lock held."""
     written: dict[str, Any] = {}
-    if is_sharded(backend.parquet_path):  # kept as one file, like any other parquet backup
+    store = PinStore(backend)
+    if store.has_parquet():
         kept = backend.directory / f"{PARQUET_BACKUP_PREFIX}{utc_stamp()}"
-        write_table(kept, read_whole_table(backend.parquet_path))
-        written["previous_parquet_kept_as"] = str(kept)
-    elif backend.parquet_path.is_file():
-        kept = backend.directory / f"{PARQUET_BACKUP_PREFIX}{utc_stamp()}"
-        atomic_write_bytes(kept, read_regular_file(backend.parquet_path))
+        if export_state(backend, txn.state()).get("parquet") == "current":
+            atomic_write_bytes(kept, read_regular_file(backend.parquet_path))  # the export, as it is
+        else:
+            write_table(kept, txn.current())
         written["previous_parquet_kept_as"] = str(kept)
     table = merge_records(empty_table(), {record["cid"]: record for record in legacy.records})
-    write_pins(backend.parquet_path, table)
-    written["car"] = write_car_locked(backend, table)
+    txn.write(table)
     return written
 
 
@@ -342,19 +352,76 @@ def verify_backend(backend: Backend) -> dict[str, Any]:
     entry: dict[str, Any] = {"backend": backend.name, "type": backend.type}
     if backend.config_error:
         problems.append(backend.config_error)
-    if not PinStore(backend).has_parquet():
+    store = PinStore(backend)
+    if not store.has_parquet():
         problems.append(f"{backend.parquet_path}: missing (backend not migrated)")
-    elif is_sharded(backend.parquet_path) and (shard_problems := generation_problems(backend.parquet_path)):
-        problems.extend(shard_problems)  # the shards themselves are not read: they are not what pandas sees
-    else:
-        table = _verify_parquet(backend.parquet_path, problems)
+    elif not store.has_table():
+        table = _verify_old_form(store, problems)
         if table is not None:
             entry["pins"] = table.num_rows
             problems.extend(car_agreement(backend, table))
+    else:
+        table = _verify_table(store, problems)
+        if table is not None:
+            entry["pins"] = table.num_rows
+            entry["version"] = store.table_state().version  # type: ignore[union-attr]
+            problems.extend(_export_problems(backend, table))
     entry["ok"] = not problems
     entry["problem_count"] = len(problems)
     entry["problems"] = problems[:MAX_LISTED_PROBLEMS]
     return entry
+
+
+def _verify_old_form(store: PinStore, problems: list[str]) -> pa.Table | None:
+    """An old-form parquet (a file or the sharded form), checked as the table will be made from it."""
+    if store.path.is_file():
+        return _verify_parquet(store.path, problems)
+    try:
+        table = store.snapshot().table()
+    except PinfsError as exc:
+        problems.append(str(exc))
+        return None
+    _verify_rows(store.path, table, problems)
+    return table
+
+
+def _verify_table(store: PinStore, problems: list[str]) -> pa.Table | None:
+    """The table's newest version: every data file readable, sorted, of the size and rows the log says,
+    in disjoint CID ranges, and every row sound."""
+    try:
+        state = store.table_state(reload=True)
+        assert state is not None
+        table = table_snapshot(state, store.cache).table()
+    except PinfsError as exc:
+        problems.append(str(exc))
+        return None
+    ranged = [data_file for data_file in state.files if data_file.rows]
+    for left, right in zip(ranged, ranged[1:], strict=False):
+        if left.max_cid >= right.min_cid:  # type: ignore[operator]
+            problems.append(
+                f"{store.table.directory}: files {left.path} and {right.path} overlap (run 'pinfs maintain')"
+            )
+    duplicate = first_duplicate_cid(table)
+    if duplicate is not None:
+        problems.append(f"{store.table.directory}: CID {duplicate} appears more than once")
+    _verify_rows(store.table.directory, table, problems)
+    return table
+
+
+def _export_problems(backend: Backend, table: pa.Table) -> list[str]:
+    """Whether the exports hold what the table holds (an export being refreshed is not a problem)."""
+    problems: list[str] = []
+    if not backend.parquet_path.is_file():
+        problems.append(f"{backend.parquet_path}: missing (run 'pinfs car regenerate --backend {backend.name}')")
+    else:
+        exported = _verify_parquet(backend.parquet_path, problems)
+        if exported is not None and not exported.equals(table):
+            problems.append(
+                f"{backend.parquet_path}: does not hold what the table holds; it was changed by another tool "
+                "(it is imported at the next write) or is behind (run 'pinfs car regenerate')"
+            )
+    problems.extend(car_agreement(backend, table))
+    return problems
 
 
 def _verify_parquet(path: Path, problems: list[str]) -> pa.Table | None:

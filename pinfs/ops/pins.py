@@ -2,14 +2,13 @@
 mount's ``pin``/``unpin`` control files.
 
 A batch is one write: every request is validated first (InvalidInput names the bad line and nothing
-changes), then the parquet is written once (a sharded backend rewrites only the shards the batch
-touches) and the CAR regenerated (for a sharded backend, after the lock is released, or later by the
-mount: ``pinfs.ops.carops``).
+changes), then one commit to the backend's table rewrites only the files holding the batch's CIDs, and
+the exports follow (``pinfs.ops.carops``: at once, or for a big backend in the mount, once writes pause).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,11 @@ from typing import Any
 from pinfs.backends import Backend, discover_backends, ensure_backend_dir, get_backend
 from pinfs.cids import validate_cid
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
-from pinfs.ops.carops import changing_pins
+from pinfs.ops.carops import DeferExport, change_pins
 from pinfs.schema import REQUIRED_COLUMNS, STATUSES, dump_metadata, load_metadata, make_record
-from pinfs.store import PinStore
+from pinfs.store import PinStore, Transaction
 
-DeferCar = Callable[[Backend], None]
+DeferCar = DeferExport
 
 # CONTRACT §2: one control-file line is at most 4 KiB.
 MAX_LINE_BYTES = 4096
@@ -113,23 +112,26 @@ def add_pins(
 ) -> dict[str, Any]:
     """Add or update pins in one backend, in one write. Existing pins keep their creation time and
     CAR path; their status changes only if the request names one; metadata keys are merged.
-    ``defer_car`` (the mount's) takes over rebuilding a sharded backend's CAR (``pinfs.ops.carops``)."""
+    ``defer_car`` (the mount's) takes over refreshing a big backend's exports (``pinfs.ops.carops``)."""
     if not requests:
         raise InvalidInput("no pins given")
     backend = get_backend(root, backend_name)
     ensure_backend_dir(backend)  # a backend known only from its config gets its directory on first pin
     batch = {request.cid: request for request in requests}  # a repeated CID: the last line wins
-    added: list[str] = []
-    updated: list[str] = []
-    with changing_pins(backend, defer_car) as txn:
+
+    def body(txn: Transaction) -> dict[str, Any]:
         existing = txn.records_for(list(batch))
+        added: list[str] = []
+        updated: list[str] = []
         replacements = {}
         for cid, request in batch.items():
             old = existing.get(cid)
             (updated if old else added).append(cid)
             replacements[cid] = _apply_request(backend, request, old)
         total = txn.update(replacements)
-    return {"ok": True, "backend": backend.name, "added": added, "updated": updated, "total": total}
+        return {"ok": True, "backend": backend.name, "added": added, "updated": updated, "total": total}
+
+    return change_pins(backend, body, defer_car)
 
 
 def _apply_request(backend: Backend, request: PinRequest, old: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -162,13 +164,16 @@ def remove_pins(
         raise InvalidInput("no CIDs given")
     backend = get_backend(root, backend_name)
     wanted = list(dict.fromkeys(cids))
-    with changing_pins(backend, defer_car) as txn:
+
+    def body(txn: Transaction) -> dict[str, Any]:
         found = txn.records_for(wanted)
         missing = [cid for cid in wanted if cid not in found]
         if missing:
             raise NotFound(f"{missing[0]} is not pinned in backend {backend.name!r}" + _and_more(missing))
         total = txn.update({}, removals=wanted)
-    return {"ok": True, "backend": backend.name, "removed": wanted, "total": total}
+        return {"ok": True, "backend": backend.name, "removed": wanted, "total": total}
+
+    return change_pins(backend, body, defer_car)
 
 
 def _and_more(items: Sequence[str]) -> str:

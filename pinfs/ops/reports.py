@@ -1,8 +1,8 @@
 """Health, status, insights and per-backend summaries: read-only reports over every backend.
 
-Everything is computed from the parquet files reading only the columns needed, a row group or shard at
-a time (``snapshot.scan([...])``: at a million pins a whole column through the read cache would flush
-it), the backend's small state file
+Everything is computed from the table reading only the columns needed, a data file at a time
+(``snapshot.scan([...])``: at a million pins a whole column through the read cache would flush it;
+counts by status are cached per data file), the backend's small state file
 (``pinfs.ops.state``: last sync/verify) and ``stat`` of its files. Nothing here touches the network:
 an unreachable backend shows up through the error its last sync recorded.
 
@@ -10,10 +10,11 @@ A backend whose files or config are bad shows its error in its own entry and nev
 The same dicts are printed by the CLI (``--json``) and served by the mount (``health.json``,
 ``status.json``, ``insights.json``, ``backends/<b>/summary.json``).
 
-Health per backend: ``ok``; ``degraded`` (failed pins, verification gone stale, ``pin_mappings.car``
-missing or older than the parquet, not migrated yet, storage misconfigured or missing, last sync or
-verify failed); ``error`` (config or parquet unreadable). Pins never verified are a note, not a
-degradation. Overall = the worst; the report's ``ok`` is False only when some backend is in error.
+Health per backend: ``ok``; ``degraded`` (failed pins, verification gone stale, an export missing,
+or behind the table with nobody refreshing it; not migrated yet, storage misconfigured or missing, last
+sync or verify failed); ``error`` (config or table unreadable). Pins never verified, an export being
+refreshed and a parquet replaced by another tool (imported at the next write) are notes. Overall = the
+worst; the report's ``ok`` is False only when some backend is in error.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pinfs.backends import Backend, discover_backends, get_backend
+from pinfs.delta import TableState
 from pinfs.errors import PinfsError
+from pinfs.exports import export_state
 from pinfs.legacy import list_backups
-from pinfs.ops.carops import DEFERRED_CARS, car_is_current
+from pinfs.ops.carops import DEFERRED_EXPORTS
 from pinfs.ops.drivers import DriverError, FilesystemDriver, driver_for, has_driver
 from pinfs.ops.state import read_state
 from pinfs.schema import FAILED, PENDING, STATUSES, STORED, load_metadata, now_iso
-from pinfs.shards import data_files, is_sharded
 from pinfs.snapshots import PinSnapshot
 from pinfs.store import PinStore
 
@@ -127,17 +129,29 @@ def _true_count(mask: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
 
 
+def _table_state(view: BackendView) -> TableState | None:
+    identity = view.snapshot.identity if view.snapshot is not None else None
+    return PinStore(view.backend).table_state() if identity is not None and view.source == "table" else None
+
+
+def _export_states(view: BackendView) -> dict[str, str]:
+    """Per export (``parquet``, ``car``): ``current``; ``pending`` (this process refreshes it shortly:
+    ``DEFERRED_EXPORTS``); ``stale`` (behind the table, nobody refreshing it); ``missing``; ``foreign``
+    (replaced by another tool; imported at the next write). Empty for a backend without a table."""
+    states = export_state(view.backend, _table_state(view))
+    if DEFERRED_EXPORTS.is_pending(view.backend):
+        return {kind: "pending" if state != "current" else state for kind, state in states.items()}
+    return {kind: "stale" if state == "pending" else state for kind, state in states.items()}
+
+
 def _car_state(view: BackendView) -> str:
-    """``current``, ``pending`` (this process rebuilds it shortly: ``DEFERRED_CARS``), ``stale``,
-    ``missing`` or ``n/a`` (no parquet)."""
-    backend = view.backend
-    if not PinStore(backend).has_parquet():
+    """The CAR's export state, or for a backend not yet in a table: ``n/a`` without pins, else whether a
+    CAR exists (``current`` or ``missing``)."""
+    if view.source == "table":
+        return _export_states(view).get("car", "n/a")
+    if view.source != "parquet":
         return "n/a"
-    if car_is_current(backend):
-        return "current"
-    if DEFERRED_CARS.is_pending(backend):
-        return "pending"
-    return "stale" if backend.car_path.is_file() else "missing"
+    return "current" if view.backend.car_path.is_file() else "missing"
 
 
 def _storage_problem(backend: Backend) -> str | None:
@@ -185,16 +199,20 @@ def _health_of(view: BackendView) -> dict[str, Any]:
         reasons.append(f"{verification['stale']} stored pins last verified more than {STALE_VERIFY_DAYS:g} days ago")
     if verification["unverified"] and has_driver(backend):
         notes.append(f"{verification['unverified']} stored pins never verified")
-    car = _car_state(view)
-    if car == "missing":
-        reasons.append("pin_mappings.car is missing (run 'pinfs regenerate-car' or 'pinfs migrate')")
-    elif car == "pending":
-        notes.append("pin_mappings.car is being rebuilt after recent pin changes")
-    elif car == "stale":
-        reasons.append(
-            "pin_mappings.car is older than pin_mappings.parquet (run 'pinfs migrate "
-            f"--force-car-regeneration --backend-filter {backend.name}')"
-        )
+    exports = _export_states(view) if view.source == "table" else {"car": _car_state(view)}
+    for kind, state in exports.items():
+        name = f"pin_mappings.{kind}"
+        if state == "missing":
+            reasons.append(f"{name} is missing (run 'pinfs car regenerate --backend {backend.name}')")
+        elif state == "pending":
+            notes.append(f"export pending: {name} is being rewritten after recent pin changes")
+        elif state == "stale":
+            reasons.append(
+                f"export pending: {name} is behind the table (run 'pinfs car regenerate --backend {backend.name}')"
+            )
+        elif state == "foreign":
+            notes.append(f"{name} was changed by another tool; it is imported into the table at the next write")
+    car = exports.get("car", "n/a")
     storage = _storage_problem(backend)
     if storage:
         reasons.append(f"storage: {storage}")
@@ -207,6 +225,8 @@ def _health_of(view: BackendView) -> dict[str, Any]:
     if reasons:
         entry["state"] = "degraded"
     entry.update(reasons=reasons, notes=notes, count=view.count, by_status=view.by_status, car=car)
+    if view.source == "table":
+        entry["exports"] = exports
     entry["verification"] = verification
     return entry
 
@@ -253,15 +273,24 @@ def _safe(function: Any, view: BackendView) -> dict[str, Any]:
 def _file_info(path: Path) -> dict[str, Any] | None:
     try:
         info = path.stat()
-        shards = data_files(path) if is_sharded(path) else None
-        size = sum(shard.stat().st_size for shard in shards) if shards is not None else info.st_size
-    except (OSError, PinfsError):
+    except OSError:
         return None
     modified = datetime.fromtimestamp(info.st_mtime, timezone.utc)
-    found = {"path": str(path), "size": size, "modified_at": _iso(modified)}
-    if shards is not None:
-        found["shards"] = len(shards)
-    return found
+    return {"path": str(path), "size": info.st_size, "modified_at": _iso(modified)}
+
+
+def _table_info(view: BackendView) -> dict[str, Any] | None:
+    """The Delta table behind the exports: its version, data files and their bytes."""
+    state = _table_state(view)
+    if state is None:
+        return None
+    return {
+        "path": state.identity.location,
+        "version": state.version,
+        "files": sum(1 for data_file in state.files if data_file.rows),
+        "size": sum(data_file.size for data_file in state.files),
+        "committed_at": _iso(datetime.fromtimestamp(state.identity.mtime_ns / 1e9, timezone.utc)),
+    }
 
 
 def _last_migration(view: BackendView) -> str | None:
@@ -298,6 +327,7 @@ def _status_of(view: BackendView, detailed: bool) -> dict[str, Any]:
         "count": view.count,
         "by_status": view.by_status,
         "files": {
+            "table": _table_info(view),
             "parquet": _file_info(backend.parquet_path),
             "car": _file_info(backend.car_path),
             "pins_json": _file_info(backend.legacy_path),

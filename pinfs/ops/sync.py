@@ -36,8 +36,9 @@ from pinfs.backends import Backend, discover_backends
 from pinfs.car import verify_content_car
 from pinfs.cids import is_valid_cid
 from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
+from pinfs.exports import export_state, refresh_exports
 from pinfs.fsutil import read_regular_file
-from pinfs.ops.carops import car_is_current, changing_pins, write_car_locked
+from pinfs.ops.carops import change_pins
 from pinfs.ops.common import select_backends, usable_snapshot
 from pinfs.ops.drivers import Driver, DriverError, FilesystemDriver, driver_for, has_driver, key_for
 from pinfs.ops.progress import NullProgress, Progress
@@ -376,16 +377,18 @@ def outcome_replacements(rows: Mapping[str, Mapping[str, Any]], outcomes: list[A
 
 
 def write_outcomes(backend: Backend, outcomes: list[PinOutcome]) -> int:
-    """One store write (and CAR regeneration) for all of a backend's outcomes (sync's and verify's).
-    A sharded backend rewrites only the shards holding those pins, and its CAR is rebuilt after the
-    lock is released (``refresh_car``)."""
+    """One commit (and the exports after it) for all of a backend's outcomes (sync's and verify's),
+    rewriting only the files that hold those pins."""
     wanted = [outcome.cid for outcome in outcomes if outcome.status is not None]
     if not wanted:
         return 0
-    with changing_pins(backend) as txn:
+
+    def body(txn: Any) -> int:
         replacements = outcome_replacements(txn.records_for(wanted), outcomes)
         txn.update(replacements)
-    return len(replacements)
+        return len(replacements)
+
+    return change_pins(backend, body)
 
 
 # -- pin_mappings.car on the backend itself --
@@ -396,22 +399,20 @@ def _sha256(data: bytes) -> str:
 
 
 def _heal_stale_car(backend: Backend, entry: dict[str, Any]) -> None:
-    """Rebuild pin_mappings.car when it is older than the parquet.
+    """Bring the exports up to the table when they are behind it.
 
-    Every writer renames the parquet first and the CAR second, so a writer killed between the two
-    leaves a CAR one write behind. When sync then finds nothing to do it writes nothing, so without
-    this the stale CAR would stay (and be pushed to the backend's storage below) until the next pin
-    change. Checked by mtime (one stat each), then again under the lock.
-    """
-    if not PinStore(backend).has_parquet() or car_is_current(backend):
-        return
+    A writer killed after its commit, before its exports, leaves them one version behind. When sync
+    then finds nothing to do it writes nothing, so without this the stale CAR would stay (and be pushed
+    to the backend's storage below) until the next pin change."""
+    store = PinStore(backend)
     try:
-        with PinStore(backend).transaction() as txn:
-            if not car_is_current(backend):
-                write_car_locked(backend, txn.current())
-                entry["car_regenerated"] = "it was older than the parquet (an interrupted write)"
-    except PinfsError as exc:
-        entry["car_push"] = {"ok": False, "error": f"regenerating a stale {CAR_KEY}: {exc}"}
+        states = export_state(backend, store.table_state())
+        if all(state == "current" for state in states.values()):
+            return
+        refresh_exports(backend)
+        entry["car_regenerated"] = "the exports were behind the table (an interrupted write)"
+    except (PinfsError, OSError) as exc:
+        entry["car_push"] = {"ok": False, "error": f"refreshing the exports: {exc}"}
 
 
 def _push_car(context: SyncContext, backend: Backend, entry: dict[str, Any]) -> None:

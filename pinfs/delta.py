@@ -1,0 +1,339 @@
+"""One backend's pins as a Delta Lake table: the canonical store (issue #12).
+
+On disk (CONTRACT §1)::
+
+    ROOT/backends/<b>/pin_mappings.delta/_delta_log/00000000000000000042.json …   the log (delta-rs)
+    ROOT/backends/<b>/pin_mappings.delta/part-<32 hex>.parquet …                  the data files
+
+The table engine is delta-rs (the ``deltalake`` package): it owns the log, the commit protocol
+(an atomic create-if-absent of the next log entry: rename-no-replace on a local disk, a conditional put
+on S3), conflict detection, checkpoints, log clean-up and vacuum. pinfs owns only the layout of the data
+files, which Delta leaves to the writer: each file holds a disjoint range of CIDs, sorted, about
+``file_rows()`` rows, in row groups of 2048 with statistics, so a lookup is the file whose log
+statistics (min/max ``cid``) cover the CID, then the one row group whose footer statistics do.
+
+Why every write conflicts where it must: Delta detects a conflict when two transactions remove the same
+file; two blind appends never conflict. So every pinfs write removes the file(s) whose range covers
+the CIDs it changes (a file covers from its first CID up to the next file's first), and a table with no
+pins keeps one empty data file that covers everything. Two writers touching one range therefore always
+race on one file, and delta-rs refuses the second with ``CommitFailedError``; the caller re-reads and
+redoes its change (``pinfs.store``). Writers of different ranges commit side by side.
+
+What it must not do: read data through ``DeltaTable.to_pyarrow_table()``/``to_pyarrow_dataset()``
+(delta-rs #2184: the process may abort at exit with "terminate called without an active exception").
+Data files are read with plain pyarrow from the paths in the log.
+
+Threading: synchronous; ``DeltaPins`` guards its cached ``DeltaTable`` with a lock, so one instance may
+be used from several threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pinfs.errors import CorruptData
+from pinfs.fsutil import fsync_file
+from pinfs.schema import arrow_schema
+
+TABLE_DIR = "pin_mappings.delta"
+LOG_DIR = "_delta_log"
+DEFAULT_FILE_ROWS = 16384
+DATA_FILE_PREFIX = "part-"
+
+# Table properties set at creation. Checkpoints every 16 commits keep a table load at a few ms however
+# many single-pin writes came before (issue #12 measured 62 ms after 89 commits without one, ~5 ms
+# with); a removed data file is deleted by vacuum after minutes, not delta-rs' default week, since a
+# pin rewrites a 16k-row file every time; the log keeps a day of history.
+TABLE_PROPERTIES: dict[str, str] = {
+    "delta.checkpointInterval": "16",
+    "delta.deletedFileRetentionDuration": "interval 15 minutes",
+    "delta.logRetentionDuration": "interval 1 days",
+    "delta.enableExpiredLogCleanup": "true",
+}
+VACUUM_RETENTION_MINUTES = 15
+
+
+def file_rows() -> int:
+    """Target rows per data file: ``PINFS_FILE_ROWS`` (at least 8) or 16384. A file of 16k rows is read
+    and rewritten in ~25 ms, and a 1M-pin backend has ~61 of them. (``PINFS_SHARD_ROWS``, the name of
+    the sharded form this replaced, is still read.)"""
+    raw = os.environ.get("PINFS_FILE_ROWS") or os.environ.get("PINFS_SHARD_ROWS", "")
+    return max(int(raw), 8) if raw.isdigit() else DEFAULT_FILE_ROWS
+
+
+class CommitConflict(Exception):
+    """Another writer committed a change to a file this commit replaces (or created the table first)."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One data file of a version, as the log describes it. ``min_cid``/``max_cid`` are None for the
+    empty file of a table without pins."""
+
+    path: str  # relative to the table directory, as in the log
+    size: int
+    rows: int
+    min_cid: str | None
+    max_cid: str | None
+
+
+@dataclass(frozen=True)
+class TableVersion:
+    """What identifies one version of one table (a snapshot's ``identity``). ``mtime_ns`` is when the
+    version was committed, for the mount's timestamps."""
+
+    location: str
+    table_id: str
+    version: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class TableState:
+    """One version of a table: its data files in CID order (the empty file, if any, first)."""
+
+    identity: TableVersion
+    files: tuple[DataFile, ...]
+
+    @property
+    def version(self) -> int:
+        return self.identity.version
+
+    @property
+    def count(self) -> int:
+        return sum(data_file.rows for data_file in self.files)
+
+
+def _deltalake() -> Any:
+    import deltalake  # imported when first needed: the mount must be ready before it pays for it
+
+    return deltalake
+
+
+class DeltaPins:
+    """The Delta table at ``directory`` (local for now; the log and data files are plain files)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.log_dir = self.directory / LOG_DIR
+        self._lock = threading.Lock()
+        self._table: Any = None  # a cached deltalake.DeltaTable, brought up to date on each load
+        self._table_directory: tuple[int, int] = (0, 0)  # the log directory it was loaded from
+
+    # -- reading --
+
+    def exists(self) -> bool:
+        """Whether the table has been created: its first commit is in the log."""
+        return (self.log_dir / f"{0:020d}.json").is_file() or (self.log_dir / "_last_checkpoint").is_file()
+
+    def has_version(self, version: int) -> bool:
+        """Whether commit ``version`` exists (one ``stat``): how a reader learns that its version is
+        no longer the newest without loading the log."""
+        return (self.log_dir / f"{version:020d}.json").exists()
+
+    def log_stamp(self) -> tuple[int, int, int]:
+        """The log directory's identity and modification time: changes with every commit and clean-up,
+        and when the table is deleted and made again (a new directory)."""
+        try:
+            info = os.stat(self.log_dir)
+        except FileNotFoundError:
+            return (0, 0, 0)
+        return (info.st_dev, info.st_ino, info.st_mtime_ns)
+
+    def load(self, version: int | None = None) -> TableState:
+        """The newest version (or ``version``); CorruptData if the log cannot be read."""
+        with self._lock:
+            try:
+                table = self._load_table(version)
+                # from_stream, not pa.table(): that first imports pandas (~0.7 s) to ask whether this is a frame
+                actions = pa.RecordBatchReader.from_stream(table.get_add_actions(flatten=True)).read_all()
+                identity = TableVersion(
+                    str(self.directory), table.metadata().id, table.version(), self._commit_time(table.version())
+                )
+            except CorruptData:
+                raise
+            except Exception as exc:  # delta-rs raises several exception types for a broken log
+                raise CorruptData(f"{self.directory}: not a readable Delta table ({_one_line(exc)})") from None
+        return TableState(identity, _files_from_actions(actions, self.directory))
+
+    def _load_table(self, version: int | None) -> Any:
+        deltalake = _deltalake()
+        if version is not None:
+            return deltalake.DeltaTable(str(self.directory), version=version)
+        directory = self.log_stamp()[:2]
+        if self._table is None or directory != self._table_directory:  # none yet, or the table was made again
+            self._table = deltalake.DeltaTable(str(self.directory))
+            self._table_directory = directory
+        else:
+            self._table.update_incremental()
+        return self._table
+
+    def _commit_time(self, version: int) -> int:
+        try:
+            return os.stat(self.log_dir / f"{version:020d}.json").st_mtime_ns
+        except FileNotFoundError:  # cleaned up after a checkpoint: the log directory's time will do
+            return self.log_stamp()[2]
+
+    # -- writing data files --
+
+    def write_file(self, table: pa.Table) -> DataFile:
+        """Write ``table`` (sorted by CID, in the store's schema) as a new data file, durably. It is
+        part of no version until a commit adds it."""
+        from pinfs.tables import write_parquet
+
+        self._ensure_directory()
+        name = f"{DATA_FILE_PREFIX}{secrets.token_hex(16)}.parquet"
+        path = self.directory / name
+        write_parquet(table, path)
+        fsync_file(path)
+        size = os.path.getsize(path)
+        if table.num_rows == 0:
+            return DataFile(name, size, 0, None, None)
+        cids = table.column("cid")
+        return DataFile(name, size, table.num_rows, cids[0].as_py(), cids[-1].as_py())
+
+    def _ensure_directory(self) -> None:
+        """The table's directory, made if missing; one that is a symlink is refused, never followed
+        (it could lead outside the data root)."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.directory, 0o755)
+        if not stat.S_ISDIR(os.lstat(self.directory).st_mode):
+            raise CorruptData(f"{self.directory}: is not a directory; refusing to write through it")
+
+    def discard(self, files: Sequence[DataFile]) -> None:
+        """Delete data files this process wrote for a commit that did not happen."""
+        for data_file in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / data_file.path)
+
+    # -- commits --
+
+    def create(self, files: Sequence[DataFile], info: dict[str, Any]) -> None:
+        """Create the table with ``files`` as version 0. CommitConflict if it exists already."""
+        deltalake = _deltalake()
+        from deltalake.transaction import CommitProperties, create_table_with_add_actions
+
+        with self._lock:
+            try:
+                create_table_with_add_actions(
+                    str(self.directory),
+                    deltalake.Schema.from_arrow(arrow_schema()),
+                    [_add_action(data_file) for data_file in files],
+                    mode="error",
+                    configuration=TABLE_PROPERTIES,
+                    commit_properties=CommitProperties(custom_metadata=_commit_info(info)),
+                )
+            except Exception as exc:
+                if self.exists():  # another writer created it first
+                    raise CommitConflict(str(exc)) from None
+                raise
+            self._table = None
+
+    def commit(
+        self, base: TableState, removed: Sequence[DataFile], added: Sequence[DataFile], info: dict[str, Any]
+    ) -> None:
+        """Commit ``removed`` and ``added`` as one version after ``base``. CommitConflict when another
+        writer removed one of ``removed`` first (delta-rs checks that against every commit since
+        ``base``); otherwise delta-rs commits on top of whatever else landed meanwhile."""
+        deltalake = _deltalake()
+        from deltalake.exceptions import CommitFailedError
+        from deltalake.transaction import CommitProperties
+
+        now_ms = int(time.time() * 1000)
+        actions = [_remove_action(data_file, now_ms) for data_file in removed]
+        actions += [_add_action(data_file) for data_file in added]
+        with self._lock:
+            table = deltalake.DeltaTable(str(self.directory), version=base.version)
+            try:
+                table.create_write_transaction(
+                    actions,
+                    mode="append",
+                    schema=arrow_schema(),
+                    commit_properties=CommitProperties(custom_metadata=_commit_info(info), max_commit_retries=20),
+                )
+            except CommitFailedError as exc:
+                raise CommitConflict(_one_line(exc)) from None
+
+    # -- maintenance --
+
+    def checkpoint(self) -> None:
+        with self._lock:
+            table = self._load_table(None)
+            table.create_checkpoint()
+            table.cleanup_metadata()
+
+    def vacuum(self, keep_versions: Sequence[int] = (), hours: int | None = None) -> list[str]:
+        """Delete data files no version younger than the retention needs, and files no commit names
+        that are older than it (left by writers that died before committing; delta-rs judges those by
+        their modification time, so a file being written for a commit is never taken). ``hours``
+        overrides the table's retention (``delta.deletedFileRetentionDuration``)."""
+        with self._lock:
+            table = self._load_table(None)
+            return list(
+                table.vacuum(
+                    retention_hours=hours,
+                    dry_run=False,
+                    enforce_retention_duration=hours is None,
+                    full=True,
+                    keep_versions=list(keep_versions) or None,
+                )
+            )
+
+
+def _files_from_actions(actions: pa.Table, directory: Path) -> tuple[DataFile, ...]:
+    files = []
+    names = set(actions.column_names)
+    if "min.cid" not in names and actions.num_rows:
+        raise CorruptData(f"{directory}: the log has no per-file cid statistics")
+    columns = {name: actions.column(name).to_pylist() for name in ("path", "size_bytes", "num_records")}
+    mins = actions.column("min.cid").to_pylist() if "min.cid" in names else [None] * actions.num_rows
+    maxes = actions.column("max.cid").to_pylist() if "max.cid" in names else [None] * actions.num_rows
+    for path, size, rows, low, high in zip(
+        columns["path"], columns["size_bytes"], columns["num_records"], mins, maxes, strict=True
+    ):
+        if rows is None:
+            raise CorruptData(f"{directory}: the log gives no row count for {path}")
+        if rows and (low is None or high is None):
+            raise CorruptData(f"{directory}: the log gives no cid range for {path}")
+        files.append(DataFile(str(path), int(size), int(rows), low, high))
+    files.sort(key=lambda data_file: (data_file.min_cid is not None, data_file.min_cid or ""))
+    return tuple(files)
+
+
+def _add_action(data_file: DataFile) -> Any:
+    from deltalake.transaction import AddAction
+
+    stats: dict[str, Any] = {"numRecords": data_file.rows}
+    if data_file.rows:
+        stats.update(
+            minValues={"cid": data_file.min_cid}, maxValues={"cid": data_file.max_cid}, nullCount={"cid": 0}
+        )
+    return AddAction(data_file.path, data_file.size, {}, int(time.time() * 1000), True, json.dumps(stats))
+
+
+def _remove_action(data_file: DataFile, now_ms: int) -> Any:
+    from deltalake.transaction import RemoveAction
+
+    return RemoveAction(data_file.path, True, now_ms, data_file.size)
+
+
+def _commit_info(info: dict[str, Any]) -> dict[str, str]:
+    """Commit metadata under ``pinfs.`` keys (what did it, for ``history``), as strings."""
+    return {f"pinfs.{key}": value if isinstance(value, str) else json.dumps(value) for key, value in info.items()}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

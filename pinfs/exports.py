@@ -1,0 +1,368 @@
+"""The exports of a backend's table: ``pin_mappings.parquet`` and ``pin_mappings.car`` (CONTRACT §1).
+
+Both are made from one version of the Delta table (``pinfs.store``) and say which: the parquet in its
+key-value metadata (``pinfs.table_version``, ``pinfs.table_id``), and both in the export record
+``ROOT/backends/<b>/.pinfs-exports.json``, with the identity (inode, size, mtime) of the file as
+written. An export is *current* when its record names the table's newest version and the file is still
+the one written; *pending* when the table moved on (``refresh_exports`` brings it up); *missing*; or,
+for the parquet, *foreign* when the file is not the one pinfs wrote: ipfs_kit_py writes this file
+itself, and a user may replace it by hand.
+
+A foreign parquet is never overwritten unread: ``refresh_exports`` first imports it into the table
+(``import_foreign``) by CID, as the changes it made to the version pinfs last exported: rows it added
+or changed are written (in the columns it has), rows it dropped are removed; when that version can no
+longer be read, its rows are only added or updated. A file that cannot be read is moved aside as
+``pin_mappings.parquet.rejected.<stamp>`` with its reason beside it, never lost.
+
+Writing: each export is encoded into a temporary file beside its target, then renamed over it. The
+whole refresh holds the backend's export lock (``fsutil.export_lock``, not the writers' lock), so two
+processes never both rebuild, and an export of an older version never replaces a newer one: inside
+the lock the newest version is always what is exported. Readers see the whole previous file or the
+whole new one.
+
+Threading: synchronous, slow for big tables (a million pins: ~2 s); the mount runs it off the event
+loop (``pinfs.ops.carops.ExportRefresher``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pinfs.backends import Backend
+from pinfs.car import write_pin_mappings_car_columns
+from pinfs.delta import TableState
+from pinfs.errors import CorruptData, PinfsError
+from pinfs.fsutil import atomic_write_bytes, atomic_writer, export_lock, fsync_dir, fsync_file, temp_path_for
+from pinfs.oldforms import read_old_form, remove_shard_dir
+from pinfs.schema import REQUIRED_COLUMNS, STORE_COLUMNS, now_iso, utc_stamp
+from pinfs.snapshots import FileIdentity, PinSnapshot
+from pinfs.store import PinStore, Transaction, table_snapshot
+from pinfs.tables import parquet_writer
+
+log = logging.getLogger(__name__)
+
+RECORD_NAME = ".pinfs-exports.json"
+PARQUET, CAR = "parquet", "car"
+KINDS = (PARQUET, CAR)
+REJECTED_PARQUET_PREFIX = "pin_mappings.parquet.rejected."
+MAX_RECORD_BYTES = 1 << 16
+
+
+# -- the record --
+
+
+def record_path(backend: Backend) -> Path:
+    return backend.directory / RECORD_NAME
+
+
+def read_record(backend: Backend) -> dict[str, Any]:
+    """What pinfs last exported, per kind: ``{"version", "table_id", "device", "inode", "size",
+    "mtime_ns", "exported_at"}``; ``{}`` when nothing was (or the record is unreadable)."""
+    try:
+        path = record_path(backend)
+        if path.stat().st_size > MAX_RECORD_BYTES:
+            return {}
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _write_record(backend: Backend, record: dict[str, Any]) -> None:
+    atomic_write_bytes(record_path(backend), json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def _entry(identity: FileIdentity, version: int, table_id: str | None) -> dict[str, Any]:
+    return {
+        "version": version,
+        "table_id": table_id,
+        "device": identity.device,
+        "inode": identity.inode,
+        "size": identity.size,
+        "mtime_ns": identity.mtime_ns,
+        "exported_at": now_iso(),
+    }
+
+
+def _same_file(entry: object, identity: FileIdentity) -> bool:
+    return isinstance(entry, dict) and all(
+        entry.get(key) == value
+        for key, value in (
+            ("device", identity.device),
+            ("inode", identity.inode),
+            ("size", identity.size),
+            ("mtime_ns", identity.mtime_ns),
+        )
+    )
+
+
+def record_converted(backend: Backend, identity: FileIdentity) -> None:
+    """Before an old-form parquet becomes version 0 of a new table (``PinStore.convert_old_form``):
+    record it as the export of version 0, which it is, so that it is not imported as a foreign file.
+    The caller holds the backend's lock, not the export lock (which is never taken after it): no export
+    runs on a backend that has no table yet."""
+    record = read_record(backend)
+    record[PARQUET] = {**_entry(identity, 0, None), "converted": True}  # to be exported again, in our schema
+    _write_record(backend, record)
+
+
+def _identity(path: Path) -> FileIdentity | None:
+    try:
+        return FileIdentity.of(path)
+    except FileNotFoundError:
+        return None
+
+
+# -- state --
+
+
+def export_state(backend: Backend, state: TableState | None) -> dict[str, str]:
+    """Per export: ``current``, ``pending`` (behind the table), ``missing`` or ``foreign`` (the parquet
+    is not the one pinfs wrote; it is imported before the next export). Empty without a table."""
+    if state is None:
+        return {}
+    record = read_record(backend)
+    states: dict[str, str] = {}
+    for kind, path in ((PARQUET, backend.parquet_path), (CAR, backend.car_path)):
+        identity = _identity(path)
+        entry = record.get(kind)
+        if identity is None:
+            states[kind] = "missing"
+        elif not _same_file(entry, identity):
+            states[kind] = "foreign" if kind == PARQUET else "pending"
+        elif not _is_version(entry, state) or entry.get("converted"):  # type: ignore[union-attr]
+            states[kind] = "pending"
+        else:
+            states[kind] = "current"
+    return states
+
+
+def _is_version(entry: object, state: TableState) -> bool:
+    if not isinstance(entry, dict) or entry.get("version") != state.version:
+        return False
+    return entry.get("table_id") in (None, state.identity.table_id)
+
+
+# -- refreshing --
+
+
+def refresh_exports(backend: Backend, *, force_car: bool = False, timeout: float | None = None) -> dict[str, Any]:
+    """Bring both exports up to the table's newest version (after importing a foreign parquet), and
+    return what was done: ``{"version", "parquet": {...}|None, "car": {...}|None, "imported": {...}}``.
+    Nothing is done for a backend without a table."""
+    store = PinStore(backend)
+    if not store.has_table():
+        return {"skipped": "no table yet"}
+    report: dict[str, Any] = {}
+    with export_lock(backend.directory, timeout):
+        record = read_record(backend)
+        imported = import_foreign(store, record)
+        if imported is not None:
+            report["imported"] = imported
+        state = store.table_state()
+        assert state is not None
+        snapshot = store.snapshot()
+        todo = [kind for kind in KINDS if _needs_export(backend, record, kind, state, force_car)]
+        report["version"] = state.version
+        report.update(_export(backend, snapshot, state, todo, record))
+    remove_shard_dir(backend.directory)  # the sharded form is gone once the export replaced its link
+    return report
+
+
+def _needs_export(backend: Backend, record: dict[str, Any], kind: str, state: TableState, force_car: bool) -> bool:
+    if kind == CAR and force_car:
+        return True
+    identity = _identity(backend.parquet_path if kind == PARQUET else backend.car_path)
+    entry = record.get(kind)
+    if isinstance(entry, dict) and entry.get("converted"):
+        return True
+    return identity is None or not _same_file(entry, identity) or not _is_version(entry, state)
+
+
+def _export(
+    backend: Backend, snapshot: PinSnapshot, state: TableState, kinds: Sequence[str], record: dict[str, Any]
+) -> dict[str, Any]:
+    """Encode ``kinds`` of ``snapshot`` (on two threads: Arrow and the CAR encoder drop the GIL), then
+    put each in place and record it. Called with the export lock held."""
+    builders = {PARQUET: _build_parquet, CAR: _build_car}
+    temps: dict[str, Path] = {}
+    try:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="pinfs-export") as pool:
+            futures = {kind: pool.submit(builders[kind], backend, snapshot, state) for kind in kinds}
+            for kind, future in futures.items():
+                temps[kind] = future.result()
+        done: dict[str, Any] = {}
+        for kind in kinds:
+            target = backend.parquet_path if kind == PARQUET else backend.car_path
+            os.replace(temps.pop(kind), target)
+            identity = FileIdentity.of(target)
+            record[kind] = _entry(identity, state.version, state.identity.table_id)
+            done[kind] = {"path": str(target), "bytes": identity.size, "records": snapshot.count}
+        if kinds:
+            fsync_dir(backend.directory)
+            _write_record(backend, record)
+        return done
+    finally:
+        for temp in temps.values():
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+
+
+def _build_parquet(backend: Backend, snapshot: PinSnapshot, state: TableState) -> Path:
+    """The whole version as one parquet file (one data file in memory at a time), in a temporary file."""
+    temp = temp_path_for(backend.parquet_path)
+    metadata = {"pinfs.table_version": str(state.version), "pinfs.table_id": state.identity.table_id}
+    try:
+        with parquet_writer(temp, metadata) as writer:
+            for piece in snapshot.scan(list(STORE_COLUMNS)):
+                writer.write_table(piece, row_group_size=2048)
+        fsync_file(temp)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
+    return temp
+
+
+def _build_car(backend: Backend, snapshot: PinSnapshot, state: TableState) -> Path:
+    """The whole version as a CARv1 file, in a temporary file (written atomically at its own name)."""
+    temp = temp_path_for(backend.car_path)
+    columns = snapshot.windowed_columns(REQUIRED_COLUMNS)
+    write_pin_mappings_car_columns(temp, columns, snapshot.count, backend.name, now_iso())
+    return temp
+
+
+# -- importing a parquet that someone else wrote --
+
+
+def import_foreign(store: PinStore, record: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Import ``pin_mappings.parquet`` into the table when it is not the file pinfs last exported
+    (module docstring); None when it is (or there is none). Call with the export lock held."""
+    backend = store.backend
+    record = read_record(backend) if record is None else record
+    identity = _identity(backend.parquet_path)
+    if identity is None or _same_file(record.get(PARQUET), identity):
+        return None
+    try:
+        foreign = read_old_form(backend.parquet_path)
+    except CorruptData as exc:
+        return _quarantine(backend, str(exc))
+    columns = _foreign_columns(backend.parquet_path, foreign)
+    base = _base_rows(store, record.get(PARQUET))
+    report: dict[str, Any] = {"file": str(backend.parquet_path), "base_version": None if base is None else base[0]}
+
+    def body(txn: Transaction) -> None:
+        replacements, removals = _foreign_changes(txn, foreign, columns, None if base is None else base[1])
+        txn.update(replacements, removals)
+        report.update(updated=len(replacements), removed=len(removals))
+
+    store.write(body)
+    # The file is imported: it stands as an export of nothing newer, so it is replaced next.
+    record[PARQUET] = _entry(identity, -1, None)
+    _write_record(backend, record)
+    log.warning(
+        "%s was changed by another tool: imported %d new or changed pins, removed %d",
+        backend.parquet_path,
+        report["updated"],
+        report["removed"],
+    )
+    _note_import(backend, report)
+    return report
+
+
+def _foreign_columns(path: Path, table: pa.Table) -> list[str]:
+    """The store's columns the foreign file really has (a file of ipfs_kit_py has only the six
+    required ones: the others must not be overwritten with nulls)."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = set(pq.read_schema(path).names) if path.is_file() else set(STORE_COLUMNS)
+    except Exception:  # pyarrow raises several types; the table was readable, so assume all columns
+        names = set(STORE_COLUMNS)
+    return [name for name in STORE_COLUMNS if name in names or name in REQUIRED_COLUMNS]
+
+
+def _base_rows(store: PinStore, entry: object) -> tuple[int, pa.Table] | None:
+    """The version pinfs last exported (what the foreign writer started from), if it can still be read."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("version"), int) or entry["version"] < 0:
+        return None
+    try:
+        state = store.table.load(entry["version"])
+        if entry.get("table_id") not in (None, state.identity.table_id):
+            return None
+        return entry["version"], table_snapshot(state, store.cache).table()
+    except (PinfsError, OSError):
+        return None  # cleaned up or vacuumed: only additions and changes can be imported
+
+
+def _foreign_changes(
+    txn: Transaction, foreign: pa.Table, columns: list[str], base: pa.Table | None
+) -> tuple[dict[str, dict[str, str | None]], list[str]]:
+    """What the foreign file changed: replacements (current records with the foreign file's columns
+    laid over them) and removals (CIDs of the base the file no longer has, if a base is known)."""
+    reference = base if base is not None else None
+    changed_cids = _changed_cids(foreign, columns, reference)
+    removed: list[str] = []
+    if base is not None:
+        gone = pc.invert(pc.is_in(base.column("cid"), foreign.column("cid")))
+        removed = base.filter(gone).column("cid").to_pylist()
+    wanted = list(dict.fromkeys([*changed_cids, *removed]))
+    current = txn.records_for(wanted)
+    rows = {
+        row["cid"]: row
+        for row in foreign.filter(pc.is_in(foreign.column("cid"), pa.array(changed_cids, pa.string())))
+        .select(columns)
+        .to_pylist()
+    }
+    replacements: dict[str, dict[str, str | None]] = {}
+    for cid, row in rows.items():
+        merged = {**current.get(cid, {}), **row}
+        if current.get(cid) != merged:
+            merged["updated_at"] = None  # stamped by the write
+            replacements[cid] = merged
+    return replacements, [cid for cid in removed if cid in current]
+
+
+def _changed_cids(foreign: pa.Table, columns: list[str], reference: pa.Table | None) -> list[str]:
+    """CIDs whose row in ``foreign`` differs from ``reference`` in ``columns`` (all, without one)."""
+    if reference is None or reference.num_rows == 0:
+        return foreign.column("cid").to_pylist()
+    joined = foreign.select(columns).join(
+        reference.select(columns), keys="cid", join_type="left outer", right_suffix="__base"
+    )
+    differs = pc.is_null(joined.column(f"{columns[1]}__base"))
+    for name in columns[1:]:
+        left, right = joined.column(name), joined.column(f"{name}__base")
+        same = pc.fill_null(pc.equal(left, right), False)
+        both_null = pc.and_(pc.is_null(left), pc.is_null(right))
+        differs = pc.or_(differs, pc.invert(pc.or_(same, both_null)))
+    return joined.filter(differs).column("cid").to_pylist()
+
+
+def _quarantine(backend: Backend, reason: str) -> dict[str, Any]:
+    """Move an unreadable foreign parquet aside, with its reason, so that the export can take its place."""
+    target = backend.directory / f"{REJECTED_PARQUET_PREFIX}{utc_stamp()}"
+    os.replace(backend.parquet_path, target)
+    with atomic_writer(target.with_name(target.name + ".reason")) as temp:
+        temp.write_text(f"{reason}\n", encoding="utf-8")
+    fsync_dir(backend.directory)
+    log.warning("%s could not be read and was moved to %s: %s", backend.parquet_path, target.name, reason)
+    report = {"file": str(backend.parquet_path), "quarantined_as": str(target), "reason": reason}
+    _note_import(backend, report)
+    return report
+
+
+def _note_import(backend: Backend, report: dict[str, Any]) -> None:
+    from pinfs.ops.state import record_run  # the run state lives with the operations
+
+    record_run(backend, "import", {**report, "finished_at": now_iso()})

@@ -1,0 +1,101 @@
+"""Maintenance of the backends' tables: ``pinfs maintain``, and the same by itself now and then.
+
+Per backend with a table (``pinfs.store``): data files that grew past twice the target are split and
+those under a quarter of it merged into a neighbour (one commit; writers that meet it retry on the new
+version), a log checkpoint is written and expired log entries removed (so a table loads in a few ms
+after any number of commits), and vacuum deletes data files that no version younger than the
+retention needs (``pinfs.delta``: 15 minutes; readers in flight keep their open files). The version
+the parquet export was made from is kept by vacuum, since importing a foreign parquet diffs against it.
+
+Nobody has to remember it: once a table is ``MAINTAIN_EVERY`` commits past its last maintenance (the
+run state's ``maintain`` section), the writer that notices (or, in the mount, the background export
+refresher) maintains it after its exports.
+Nothing here blocks readers, and writers only as any other commit would.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pinfs.backends import Backend
+from pinfs.errors import PinfsError
+from pinfs.exports import PARQUET, read_record
+from pinfs.ops.common import error_entry, select_backends
+from pinfs.ops.progress import NullProgress, Progress
+from pinfs.ops.state import read_state, record_run
+from pinfs.schema import now_iso
+from pinfs.store import ConcurrentChange, PinStore
+
+log = logging.getLogger(__name__)
+
+# A table is maintained once it is this many commits past its last maintenance.
+MAINTAIN_EVERY = 64
+
+
+@dataclass
+class MaintainOptions:
+    backends: list[str] = field(default_factory=list)  # empty: every backend
+    # Override of the table's retention for vacuum, in hours (0: every unreferenced file now). None
+    # keeps the table's own (delta.deletedFileRetentionDuration, 15 minutes).
+    retention_hours: int | None = None
+
+
+def maintain(root: Path, options: MaintainOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Maintain the chosen backends' tables; one report entry per backend."""
+    progress = progress or NullProgress()
+    backends = select_backends(root, options.backends)
+    entries: list[dict[str, Any]] = []
+    progress.start("maintain", len(backends))
+    for backend in backends:
+        try:
+            entries.append(maintain_backend(backend, options.retention_hours))
+        except (PinfsError, OSError) as exc:
+            entries.append(error_entry(backend, exc))
+        progress.advance()
+    progress.finish()
+    return {"ok": all(entry["ok"] for entry in entries), "backends": entries}
+
+
+def maintain_backend(backend: Backend, retention_hours: int | None = None) -> dict[str, Any]:
+    """Lay out, checkpoint and vacuum one backend's table (see the module docstring)."""
+    store = PinStore(backend)
+    entry: dict[str, Any] = {"backend": backend.name, "type": backend.type, "ok": True}
+    if not store.has_table():
+        entry["skipped"] = "no table yet (run 'pinfs migrate' or pin something)"
+        return entry
+    try:
+        entry["files_rewritten"] = store.write(lambda txn: txn.relayout())
+    except ConcurrentChange as exc:  # busy writers: the next maintenance tries again
+        entry["files_rewritten"] = 0
+        entry["note"] = str(exc)
+    store.table.checkpoint()
+    keep = _exported_version(backend)
+    entry["vacuumed"] = len(store.table.vacuum(keep_versions=[keep] if keep is not None else [], hours=retention_hours))
+    state = store.table_state(reload=True)
+    assert state is not None
+    entry.update(version=state.version, files=sum(1 for data_file in state.files if data_file.rows), pins=state.count)
+    record_run(backend, "maintain", {"version": state.version, "finished_at": now_iso(), **entry})
+    return entry
+
+
+def maybe_maintain(backend: Backend) -> None:
+    """Maintain ``backend``'s table when its newest version is due (``MAINTAIN_EVERY``); a failure is
+    logged, never raised: the commit it follows has succeeded."""
+    try:
+        state = PinStore(backend).table_state()
+        last = read_state(backend).get("maintain")
+        done = last.get("version") if isinstance(last, dict) else None
+        if state is None or state.version - (done if isinstance(done, int) else 0) < MAINTAIN_EVERY:
+            return
+        maintain_backend(backend)
+    except Exception:
+        log.exception("maintaining the table of %s failed", backend.directory)
+
+
+def _exported_version(backend: Backend) -> int | None:
+    entry = read_record(backend).get(PARQUET)
+    version = entry.get("version") if isinstance(entry, dict) else None
+    return version if isinstance(version, int) and version >= 0 else None

@@ -1,0 +1,344 @@
+"""The Delta table of each backend (issue #12): its layout, commits that never lose a pin, the one-file
+exports made from it, parquet files written by other tools, the upgrade from older releases, and
+maintenance. Run with small data files (``PINFS_FILE_ROWS``), so a few hundred pins span many files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+from helpers import cid_for, make_backend, run_pinfs, run_pinfs_json
+
+from pinfs import delta as delta_module
+from pinfs.backends import get_backend
+from pinfs.car import read_pin_mappings_car
+from pinfs.delta import TABLE_DIR
+from pinfs.exports import export_state, read_record, refresh_exports
+from pinfs.fsutil import SHARD_DIR
+from pinfs.ops.maintain import MaintainOptions, maintain
+from pinfs.ops.pins import PinRequest, add_pins, remove_pins
+from pinfs.schema import STORE_COLUMNS, make_record
+from pinfs.snapshots import StoreCache
+from pinfs.store import ConcurrentChange, PinStore, Transaction
+from pinfs.tables import records_to_table, write_table
+
+FILE_ROWS = 64
+
+
+@pytest.fixture(autouse=True)
+def _small_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PINFS_FILE_ROWS", str(FILE_ROWS))
+
+
+def _records(count: int, name: str = "b1", seed: str = "") -> list[dict[str, str]]:
+    return [make_record(cid_for(f"{seed}{i}"), name, "filesystem") for i in range(count)]
+
+
+def _backend(root: Path, count: int, name: str = "b1"):
+    make_backend(root, name)
+    add_pins(root, name, [PinRequest(record["cid"], "stored") for record in _records(count, name)])
+    return get_backend(root, name)
+
+
+def _fresh(backend) -> PinStore:
+    """The store as a new process sees it (no cache shared with the writes above)."""
+    return PinStore(backend, StoreCache())
+
+
+def _data_files(backend) -> list[str]:
+    return DeltaTable(str(backend.directory / TABLE_DIR)).file_uris()
+
+
+# -- layout --
+
+
+def test_the_table_is_a_delta_table_of_sorted_disjoint_files(root: Path) -> None:
+    backend = _backend(root, 300)
+    table = DeltaTable(str(backend.directory / TABLE_DIR))
+    actions = pa.table(table.get_add_actions(flatten=True)).sort_by("min.cid")
+    assert actions.num_rows >= 300 // (2 * FILE_ROWS)
+    assert sum(actions.column("num_records").to_pylist()) == 300
+    mins, maxes = actions.column("min.cid").to_pylist(), actions.column("max.cid").to_pylist()
+    assert all(high < low for high, low in zip(maxes, mins[1:], strict=False))  # disjoint, in order
+    for uri in table.file_uris():
+        metadata = pq.ParquetFile(uri).metadata
+        cids = pq.read_table(uri, columns=["cid"]).column("cid").to_pylist()
+        assert cids == sorted(cids) and metadata.row_group(0).sorting_columns
+        assert pq.read_schema(uri).names == list(STORE_COLUMNS)
+
+
+def test_one_pin_rewrites_one_file_and_keeps_the_others(root: Path) -> None:
+    backend = _backend(root, 300)
+    before = set(_data_files(backend))
+    add_pins(root, "b1", [PinRequest(cid_for("one more"))])
+    after = set(_data_files(backend))
+    assert len(before - after) == 1 and len(after - before) == 1
+    assert _fresh(backend).snapshot().count == 301
+
+
+def test_every_pin_is_served_by_lookup_and_listing(root: Path) -> None:
+    backend = _backend(root, 300)
+    snapshot = _fresh(backend).snapshot()
+    cids = sorted(record["cid"] for record in _records(300))
+    assert list(snapshot.iter_cids()) == cids
+    assert snapshot.cid_column(100, 180).to_pylist() == cids[100:180]
+    assert all(snapshot.lookup(cid)["cid"] == cid for cid in cids[::7])
+    assert snapshot.lookup(cid_for("absent")) is None
+
+
+# -- exports --
+
+
+def test_the_export_is_one_file_at_every_size_and_duckdb_reads_all_backends(root: Path) -> None:
+    _backend(root, 300, "b1")
+    _backend(root, 5, "b2")
+    make_backend(root, "empty")
+    add_pins(root, "empty", [PinRequest(cid_for("x"))])
+    remove_pins(root, "empty", [cid_for("x")])
+    paths = sorted(root.glob("backends/*/pin_mappings.parquet"))
+    assert len(paths) == 3 and all(path.is_file() and not path.is_symlink() for path in paths)
+    assert {tuple(pq.read_schema(path).names) for path in paths} == {STORE_COLUMNS}  # one schema everywhere
+    pattern = str(root / "backends" / "*" / "pin_mappings.parquet")
+    rows = duckdb.sql(f"SELECT backend_name, count(*) FROM read_parquet('{pattern}') GROUP BY ALL ORDER BY 1")
+    assert rows.fetchall() == [("b1", 300), ("b2", 5)]
+    frame = pd.concat([pd.read_parquet(path) for path in paths])
+    assert len(frame) == 305 and list(frame.columns) == list(STORE_COLUMNS)
+
+
+def test_the_export_is_sorted_in_small_row_groups_and_says_its_version(root: Path) -> None:
+    backend = _backend(root, 300)
+    state = _fresh(backend).table_state()
+    parquet = pq.ParquetFile(backend.parquet_path)
+    assert parquet.metadata.num_row_groups >= 1
+    assert all(parquet.metadata.row_group(i).num_rows <= 2048 for i in range(parquet.metadata.num_row_groups))
+    cids = parquet.read(columns=["cid"]).column("cid").to_pylist()
+    assert cids == sorted(cids) and len(cids) == 300
+    metadata = parquet.schema_arrow.metadata
+    assert int(metadata[b"pinfs.table_version"]) == state.version
+    assert read_record(backend)["car"]["version"] == state.version
+    assert len(read_pin_mappings_car(backend.car_path).records) == 300
+    assert export_state(backend, state) == {"parquet": "current", "car": "current"}
+
+
+def test_health_says_export_pending_while_the_export_is_behind(root: Path) -> None:
+    backend = _backend(root, 10)
+    with PinStore(backend).transaction() as txn:  # committed, exports not yet refreshed
+        txn.update({cid_for("late"): make_record(cid_for("late"), "b1", "filesystem")})
+    health = run_pinfs_json(root, "health")
+    entry = health["backends"][0]
+    assert entry["exports"] == {"parquet": "stale", "car": "stale"}
+    assert any(reason.startswith("export pending") for reason in entry["reasons"])
+    run_pinfs(root, "car", "regenerate", check=True)
+    assert run_pinfs_json(root, "health")["backends"][0]["exports"] == {"parquet": "current", "car": "current"}
+
+
+# -- writers --
+
+
+def test_two_writers_of_one_file_from_one_version_both_land(root: Path) -> None:
+    backend = _backend(root, 30)  # one data file: every CID is in the same range
+    store = PinStore(backend)
+    first, second = Transaction(store), Transaction(store)
+    first.state(), second.state()  # both read the same version
+    first.update({cid_for("a"): make_record(cid_for("a"), "b1", "filesystem")})
+    second.update({cid_for("b"): make_record(cid_for("b"), "b1", "filesystem")})  # conflicts, then rebases
+    snapshot = _fresh(backend).snapshot()
+    assert snapshot.count == 32 and cid_for("a") in snapshot and cid_for("b") in snapshot
+
+
+def test_a_writer_whose_pins_changed_meanwhile_starts_again(root: Path) -> None:
+    backend = _backend(root, 30)
+    store = PinStore(backend)
+    stale = Transaction(store)
+    stale.records_for([cid_for("0")])
+    remove_pins(root, "b1", [cid_for("0")])  # another writer removes the pin the stale one is about
+    record = {**make_record(cid_for("0"), "b1", "filesystem"), "status": "stored"}
+    with pytest.raises(ConcurrentChange):
+        stale.update({cid_for("0"): record})
+    assert cid_for("0") not in _fresh(backend).snapshot()  # never brought back by the stale write
+    attempts: list[int] = []
+
+    def body(txn: Transaction) -> None:
+        attempts.append(1)
+        present = txn.records_for([cid_for("1")])
+        if len(attempts) == 1:  # another writer (no lock of ours needed) changes the same pin meanwhile
+            other = Transaction(store)
+            other.update({cid_for("1"): {**other.records_for([cid_for("1")])[cid_for("1")], "status": "failed"}})
+        txn.update({cid_for("1"): {**present[cid_for("1")], "metadata": '{"checked":"yes"}'}})
+
+    store.write(body)
+    assert len(attempts) == 2
+    record = _fresh(backend).snapshot().lookup(cid_for("1"))
+    assert (record["status"], record["metadata"]) == ("failed", '{"checked":"yes"}')  # both changes kept
+
+
+def test_processes_pinning_at_once_lose_nothing(root: Path) -> None:
+    make_backend(root, "b1")
+    code = (
+        "import sys; from pathlib import Path; from pinfs.ops.pins import PinRequest, add_pins; "
+        "from helpers import cid_for; "
+        "[add_pins(Path(sys.argv[1]), 'b1', [PinRequest(cid_for(f'{sys.argv[2]}-{i}'))]) for i in range(15)]"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "PINFS_FILE_ROWS": str(FILE_ROWS)}
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(root), name], env=env) for name in "pqr"]
+    assert [writer.wait(timeout=120) for writer in writers] == [0, 0, 0]
+    snapshot = _fresh(get_backend(root, "b1")).snapshot()
+    expected = {cid_for(f"{name}-{i}") for name in "pqr" for i in range(15)}
+    assert set(snapshot.iter_cids()) == expected and snapshot.count == 45
+
+
+# -- files written by other tools --
+
+
+def _ipfs_kit_rewrites(backend, add: list[str], drop: list[str]) -> None:
+    """What ipfs_kit_py does: read pin_mappings.parquet with pandas, change it, write it back (six columns)."""
+    frame = pd.read_parquet(backend.parquet_path, columns=list(STORE_COLUMNS[:6]))
+    frame = frame[~frame["cid"].isin(drop)]
+    new = pd.DataFrame([make_record(cid, backend.name, "filesystem", status="stored") for cid in add])
+    pd.concat([frame, new]).to_parquet(backend.parquet_path, index=False)
+
+
+def test_a_parquet_changed_by_another_tool_is_imported_never_overwritten(root: Path) -> None:
+    backend = _backend(root, 40)
+    stamp = "2026-11-01T00:00:00.000000+00:00"
+    with PinStore(backend).transaction() as txn:  # pinfs' own column, which ipfs_kit_py does not write
+        txn.update({cid_for("2"): {**txn.records_for([cid_for("2")])[cid_for("2")], "verified_at": stamp}})
+    refresh_exports(backend)
+    _ipfs_kit_rewrites(backend, add=[cid_for("from ipfs_kit")], drop=[cid_for("1")])
+    assert export_state(backend, _fresh(backend).table_state())["parquet"] == "foreign"
+    add_pins(root, "b1", [PinRequest(cid_for("from pinfs"))])  # the next write imports it first
+    snapshot = _fresh(backend).snapshot()
+    assert cid_for("from ipfs_kit") in snapshot and cid_for("from pinfs") in snapshot
+    assert cid_for("1") not in snapshot  # removed by the other tool: removed here too
+    assert snapshot.lookup(cid_for("2"))["verified_at"] == stamp  # kept
+    exported = pq.read_table(backend.parquet_path, columns=["cid"]).column("cid").to_pylist()
+    assert cid_for("from ipfs_kit") in exported and cid_for("from pinfs") in exported
+    state = json.loads((backend.directory / ".pinfs-state.json").read_text())["import"]
+    assert state["updated"] == 1 and state["removed"] == 1
+
+
+def test_an_unreadable_parquet_from_another_tool_is_quarantined_with_its_reason(root: Path) -> None:
+    backend = _backend(root, 10)
+    backend.parquet_path.write_bytes(b"not a parquet file")
+    add_pins(root, "b1", [PinRequest(cid_for("next"))])
+    quarantined = list(backend.directory.glob("pin_mappings.parquet.rejected.*"))
+    assert len([path for path in quarantined if not path.name.endswith(".reason")]) == 1
+    reason = next(path for path in quarantined if path.name.endswith(".reason")).read_text()
+    assert "not a readable parquet file" in reason
+    assert pq.read_table(backend.parquet_path).num_rows == 11
+
+
+# -- the upgrade from older releases --
+
+
+def test_a_one_file_root_of_an_older_release_is_served_then_converted(root: Path) -> None:
+    directory = make_backend(root, "b1")
+    records = _records(100)
+    write_table(directory / "pin_mappings.parquet", records_to_table(records))
+    backend = get_backend(root, "b1")
+    assert PinStore(backend).snapshot().source == "parquet" and not (directory / TABLE_DIR).exists()
+    remove_pins(root, "b1", [cid_for("5")])  # the first write converts, then removes
+    snapshot = _fresh(backend).snapshot()
+    assert snapshot.source == "table" and snapshot.count == 99 and cid_for("5") not in snapshot
+    assert pq.read_table(backend.parquet_path).num_rows == 99  # the old file, replaced by the export
+    state = directory / ".pinfs-state.json"
+    assert not state.exists() or "import" not in json.loads(state.read_text())  # not taken for a foreign file
+
+
+def test_a_sharded_root_of_an_older_release_converts_at_migrate(root: Path) -> None:
+    directory = make_backend(root, "b1")
+    generation = directory / SHARD_DIR / "g0000000001"
+    generation.mkdir(parents=True)
+    records = sorted(_records(90), key=lambda record: record["cid"])
+    shards = []
+    for index, start in enumerate(range(0, 90, 30)):
+        name = f"part-{index:05d}-g0000000001.parquet"
+        chunk = records[start : start + 30]
+        write_table(generation / name, records_to_table(chunk))
+        size = (generation / name).stat().st_size
+        shards.append({"file": name, "rows": 30, "bytes": size, "groups": [[30, chunk[0]["cid"], chunk[-1]["cid"]]]})
+    manifest = {"format": "pinfs_shards", "version": 1, "columns": list(records[0]), "count": 90, "shards": shards}
+    (generation / "_pinfs_shards.json").write_text(json.dumps(manifest))
+    (directory / "pin_mappings.parquet").symlink_to(f"{SHARD_DIR}/g0000000001")
+    backend = get_backend(root, "b1")
+    assert PinStore(backend).snapshot().count == 90  # served as it is
+    report = run_pinfs_json(root, "migrate")
+    assert "converted" in report["backends"][0]
+    assert backend.parquet_path.is_file() and not backend.parquet_path.is_symlink()
+    assert not (directory / SHARD_DIR).exists()
+    assert sorted(pq.read_table(backend.parquet_path).column("cid").to_pylist()) == [r["cid"] for r in records]
+    assert run_pinfs(root, "migrate", "--verify-only").returncode == 0
+
+
+def test_a_conversion_killed_before_its_commit_leaves_the_old_form_and_starts_again(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = make_backend(root, "b1")
+    write_table(directory / "pin_mappings.parquet", records_to_table(_records(50)))
+    before = (directory / "pin_mappings.parquet").read_bytes()
+    backend = get_backend(root, "b1")
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # as if killed after the data files were written, before the commit
+
+    monkeypatch.setattr(delta_module.DeltaPins, "create", killed)
+    with pytest.raises(KeyboardInterrupt):
+        add_pins(root, "b1", [PinRequest(cid_for("new"))])
+    monkeypatch.undo()
+    assert (directory / "pin_mappings.parquet").read_bytes() == before
+    assert _fresh(backend).snapshot().count == 50 and not PinStore(backend).has_table()
+    add_pins(root, "b1", [PinRequest(cid_for("new"))])
+    assert _fresh(backend).snapshot().count == 51
+
+
+# -- maintenance --
+
+
+def test_maintain_checkpoints_vacuums_and_lays_out(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = _backend(root, 200)
+    for index in range(20):
+        add_pins(root, "b1", [PinRequest(cid_for(f"extra{index}"))])
+    monkeypatch.setenv("PINFS_FILE_ROWS", str(FILE_ROWS * 4))  # every file is now small: they get merged
+    files_before = len(_data_files(backend))
+    report = maintain(root, MaintainOptions(retention_hours=0))
+    entry = report["backends"][0]
+    assert report["ok"] and entry["files_rewritten"] > 0 and entry["files"] < files_before
+    assert entry["vacuumed"] > 0 and entry["pins"] == 220
+    on_disk = {path.name for path in (backend.directory / TABLE_DIR).glob("part-*.parquet")}
+    exported = DeltaTable(str(backend.directory / TABLE_DIR), version=read_record(backend)["parquet"]["version"])
+    assert on_disk == {Path(uri).name for uri in [*_data_files(backend), *exported.file_uris()]}
+    assert (backend.directory / TABLE_DIR / "_delta_log" / "_last_checkpoint").is_file()
+    assert _fresh(backend).snapshot().count == 220
+
+
+def test_every_command_exits_with_its_code_never_an_abort(root: Path) -> None:
+    """delta-rs #2184: a process that read through deltalake could abort at exit (134)."""
+    _backend(root, 100)
+    commands = [
+        (["pin", "ls"], 0),
+        (["pin", "get", cid_for("3")], 0),
+        (["find", cid_for("3")], 0),
+        (["status", "--detailed"], 0),
+        (["health"], 0),
+        (["insights"], 0),
+        (["migrate", "--verify-only"], 0),
+        (["maintain"], 0),
+        (["car", "regenerate"], 0),
+        (["pin", "rm", cid_for("3"), "--backend", "b1"], 0),
+        (["pin", "get", cid_for("3")], 1),
+        (["migrate"], 0),
+        (["sync"], 0),
+        (["verify"], 0),
+    ]
+    for args, code in commands:
+        result = run_pinfs(root, *args)
+        assert result.returncode == code, (args, result.returncode, result.stderr)
