@@ -255,7 +255,7 @@ class DeltaPins:
         actions = [_remove_action(data_file, now_ms) for data_file in removed]
         actions += [_add_action(data_file) for data_file in added]
         with self._lock:
-            table = deltalake.DeltaTable(str(self.directory), version=base.version)
+            table = self._table_at(base.version)
             try:
                 table.create_write_transaction(
                     actions,
@@ -265,6 +265,14 @@ class DeltaPins:
                 )
             except CommitFailedError as exc:
                 raise CommitConflict(_one_line(exc)) from None
+
+    def _table_at(self, version: int) -> Any:
+        """A ``DeltaTable`` loaded at ``version``: the cached one when it is there (the usual case: the
+        writer loaded the newest version just before), so a commit does not load the log again."""
+        if self._table is not None and self.log_stamp()[:2] == self._table_directory:
+            if self._table.version() == version:
+                return self._table
+        return _deltalake().DeltaTable(str(self.directory), version=version)
 
     # -- maintenance --
 

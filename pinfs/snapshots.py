@@ -48,7 +48,7 @@ from pinfs.tables import (
 
 DEFAULT_CACHE_BYTES = 256 << 20
 DEFAULT_CACHE_ENTRIES = 64  # snapshots
-DEFAULT_OPEN_FILES = 256  # open data-file readers (each holds a descriptor and its footer)
+DEFAULT_OPEN_FILES = 64  # open data-file readers (each holds a descriptor and its footer)
 
 
 @dataclass(frozen=True)

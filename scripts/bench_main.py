@@ -46,7 +46,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bench_gen import say
 
-from pinfs.shards import data_files
+from pinfs.backends import get_backend
+from pinfs.snapshots import StoreCache
+from pinfs.store import PinStore
 
 PROJECT = Path(__file__).resolve().parent.parent
 SCRIPTS = PROJECT / "scripts"
@@ -245,11 +247,11 @@ class Data:
             self.cids.append(table.column("cid").combine_chunks())
             self.statuses.append(table.column("status").combine_chunks())
             starts, position = [], 0
-            for data_file in data_files(path):  # the file, or a sharded backend's shards in order
-                metadata = pq.ParquetFile(data_file).metadata
-                for index in range(metadata.num_row_groups):
+            snapshot = PinStore(get_backend(self.root, name), StoreCache()).snapshot()
+            for piece in snapshot.pieces:  # the table's data files in CID order, and their row groups
+                for group in piece.row_groups():
                     starts.append(position)
-                    position += metadata.row_group(index).num_rows
+                    position += group.length
             self.starts.append(starts + [position])
         shared = pa.array(self.meta["shared_sample"], pa.string())
         positions = [pc.index_in(shared, value_set=cids).to_pylist() for cids in self.cids]
@@ -514,7 +516,6 @@ def session_writes(data: Data, plan: Plan, mounts: Mounts, run: Path, work: Path
     root = work / "writes"
     (root / "backends").mkdir(parents=True)
     shutil.copyfile(source / f"{name}.yaml", root / "backends" / f"{name}.yaml")
-    # symlinks=True keeps a sharded pin_mappings.parquet what it is: pinfs' link to its generation
     shutil.copytree(source / name, root / "backends" / name, symlinks=True)
     for index in range(plan.regen_reps):
         say(f"pinfs migrate --force-car-regeneration ({data.n} pins), run {index + 1}/{plan.regen_reps}")
