@@ -10,9 +10,10 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "cid",
@@ -51,6 +52,8 @@ _CAR_PATH_TEMPLATES: dict[str, str] = {
 
 def arrow_schema(extra_columns: tuple[str, ...] = ()) -> pa.Schema:
     """The parquet schema: every column an Arrow ``string``, required columns first."""
+    import pyarrow as pa  # here, not at the top: the command line imports this module for STATUSES
+
     names = REQUIRED_COLUMNS + tuple(c for c in extra_columns if c not in REQUIRED_COLUMNS)
     return pa.schema([pa.field(name, pa.string(), nullable=name not in REQUIRED_COLUMNS) for name in names])
 
