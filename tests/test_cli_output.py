@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import os
-import pty
-import struct
-import subprocess
-import sys
-import termios
 from pathlib import Path
 
 import pytest
-from helpers import cid_for, make_backend, run_pinfs
+from helpers import cid_for, make_backend, run_on_terminal, run_pinfs
 from s3server import fs_config, pin_record, put_pins
 
 from pinfs.cli import build_parser
@@ -51,31 +44,6 @@ def work(root: Path, tmp_path: Path) -> Path:
     return root
 
 
-def on_a_terminal(root: Path, *args: str) -> tuple[int, str, str]:
-    """Run pinfs with stderr on a terminal (a pty) and stdout piped: (status, stdout, terminal output)."""
-    main, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pinfs", *args],
-        stdout=subprocess.PIPE,
-        stderr=secondary,
-        env={**os.environ, "PINFS_ROOT": str(root), "COLUMNS": "100"},
-    )
-    os.close(secondary)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(main, 4096)
-        except OSError:  # EIO once the other side is closed
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(main)
-    stdout = process.stdout.read().decode() if process.stdout else ""
-    return process.wait(timeout=120), stdout, seen.decode(errors="replace")
-
-
 @pytest.mark.parametrize(
     ("args", "label"),
     [
@@ -86,12 +54,12 @@ def on_a_terminal(root: Path, *args: str) -> tuple[int, str, str]:
     ],
 )
 def test_progress_bars_on_a_terminal_only(work: Path, args: tuple[str, ...], label: str) -> None:
-    _status, stdout, terminal = on_a_terminal(work, *args)
+    _status, stdout, terminal = run_on_terminal(work, *args)
     assert f"{label}:" in terminal and "|" in terminal, terminal  # tqdm: "label:  40%|####  | 2/5"
     assert stdout.strip()  # the report itself still goes to stdout
     piped = run_pinfs(work, *args)  # a second run: it may find less to do, but reports all the same
     assert piped.stdout.strip() and piped.returncode in (0, 1)
     assert piped.stderr == ""  # no bar, no carriage returns, when stderr is not a terminal
-    _status, stdout_json, terminal_json = on_a_terminal(work, *args, "--json")
+    _status, stdout_json, terminal_json = run_on_terminal(work, *args, "--json")
     assert label not in terminal_json  # --json: for scripts, even on a terminal
     json.loads(stdout_json)

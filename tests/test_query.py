@@ -5,15 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import pty
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import cid_for, file_digests, make_backend, run_pinfs
+from helpers import cid_for, file_digests, make_backend, run_on_terminal, run_pinfs
 from s3server import fs_config, pin_record, put_pins
 
 from pinfs.backends import get_backend
@@ -97,28 +94,10 @@ def test_piped_output_is_tab_separated_with_a_header(data: Path) -> None:
 
 def test_a_terminal_gets_an_aligned_table(data: Path) -> None:
     """On a terminal: a header, a rule, aligned columns (numbers to the right) and the row count."""
-    main, secondary = pty.openpty()
-    env = {**os.environ, "PINFS_ROOT": str(data), "COLUMNS": "120"}
     sql = "SELECT backend_name, count(*) AS pins FROM pins GROUP BY ALL ORDER BY 1"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pinfs", "query", sql],
-        stdout=secondary,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    os.close(secondary)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(main, 4096)
-        except OSError:  # EIO: the other side closed
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(main)
-    assert process.wait(timeout=60) == 0
-    assert output.decode().replace("\r\n", "\n").splitlines() == [
+    status, errors, shown = run_on_terminal(data, "query", sql, terminal="stdout", columns=120)
+    assert status == 0 and errors == ""
+    assert shown.splitlines() == [
         "backend_name  pins",
         "------------  ----",
         "big             40",
