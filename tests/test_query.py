@@ -14,7 +14,7 @@ from helpers import cid_for, file_digests, make_backend, run_on_terminal, run_pi
 from s3server import fs_config, pin_record, put_pins
 
 from pinfs.backends import get_backend
-from pinfs.ops.query import pin_files
+from pinfs.ops.query import pin_files, run_query
 
 COUNT_SQL = "SELECT backend_name, status, count(*) AS n FROM pins GROUP BY ALL ORDER BY ALL"
 
@@ -68,8 +68,8 @@ def test_one_view_over_every_backend(data: Path) -> None:
 
 
 def test_columns_a_backend_lacks_are_null(data: Path) -> None:
-    result = query(data, "--json", "SELECT backend_name, verified_at FROM pins WHERE cid = '" + cid_for("shared") + "'")
-    rows = sorted(json.loads(result.stdout), key=lambda row: row["backend_name"])
+    result = run_query(data, f"SELECT backend_name, verified_at FROM pins WHERE cid = '{cid_for('shared')}'")
+    rows = sorted(result.table.to_pylist(), key=lambda row: row["backend_name"])
     assert rows == [
         {"backend_name": "big", "verified_at": None},
         {"backend_name": "fs-a", "verified_at": "2026-11-01T00:00:00.000000+00:00"},
@@ -150,9 +150,10 @@ def test_it_writes_nothing_and_reaches_no_other_file(data: Path) -> None:
 
 
 def test_changes_show_at_once(data: Path) -> None:
+    sql = "SELECT count(*) AS n FROM pins WHERE backend_name = 'fs-a'"
+    assert run_query(data, sql).table.to_pylist() == [{"n": 3}]
     put_pins(data, "fs-a", [pin_record(data, "fs-a", cid_for("new"), "pending")])
-    result = query(data, "--json", "SELECT count(*) AS n FROM pins WHERE backend_name = 'fs-a'")
-    assert json.loads(result.stdout) == [{"n": 4}]
+    assert run_query(data, sql).table.to_pylist() == [{"n": 4}]
 
 
 def test_a_backend_that_cannot_be_read_is_left_out_loudly(data: Path) -> None:
@@ -166,6 +167,6 @@ def test_a_backend_that_cannot_be_read_is_left_out_loudly(data: Path) -> None:
 
 
 def test_an_empty_root_has_an_empty_view_with_the_contract_columns(root: Path) -> None:
-    result = query(root, "--json", "SELECT count(*) AS n, count(cid), count(car_file_path), count(metadata) FROM pins")
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)[0]["n"] == 0
+    result = run_query(root, "SELECT * FROM pins")
+    assert result.table.num_rows == 0 and result.left_out == []
+    assert result.table.column_names == ["cid", "car_file_path", "backend_name", "created_at", "status", "metadata"]
