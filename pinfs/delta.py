@@ -247,7 +247,6 @@ class DeltaPins:
         """Commit ``removed`` and ``added`` as one version after ``base``. CommitConflict when another
         writer removed one of ``removed`` first (delta-rs checks that against every commit since
         ``base``); otherwise delta-rs commits on top of whatever else landed meanwhile."""
-        deltalake = _deltalake()
         from deltalake.exceptions import CommitFailedError
         from deltalake.transaction import CommitProperties
 
@@ -269,9 +268,9 @@ class DeltaPins:
     def _table_at(self, version: int) -> Any:
         """A ``DeltaTable`` loaded at ``version``: the cached one when it is there (the usual case: the
         writer loaded the newest version just before), so a commit does not load the log again."""
-        if self._table is not None and self.log_stamp()[:2] == self._table_directory:
-            if self._table.version() == version:
-                return self._table
+        cached = self._table is not None and self.log_stamp()[:2] == self._table_directory
+        if cached and self._table.version() == version:
+            return self._table
         return _deltalake().DeltaTable(str(self.directory), version=version)
 
     # -- maintenance --

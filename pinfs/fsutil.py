@@ -177,3 +177,17 @@ def read_regular_file(path: Path) -> bytes:
         raise
     with os.fdopen(fd, "rb") as handle:
         return handle.read()
+
+
+def unescape_mountinfo(field: str) -> str:
+    """A path as /proc/self/mountinfo writes it, unescaped."""
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \\ooo (octal).
+    out, index = [], 0
+    while index < len(field):
+        if field[index] == "\\" and index + 3 < len(field) and field[index + 1 : index + 4].isdigit():
+            out.append(chr(int(field[index + 1 : index + 4], 8)))
+            index += 4
+        else:
+            out.append(field[index])
+            index += 1
+    return "".join(out)

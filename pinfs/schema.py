@@ -10,9 +10,10 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "cid",
@@ -55,11 +56,18 @@ _CAR_PATH_TEMPLATES: dict[str, str] = {
 
 def arrow_schema() -> pa.Schema:
     """The schema of every table and export: ``STORE_COLUMNS``, each an Arrow ``string``; the
-    required ones are not nullable."""
+    required ones are not nullable. Made on first use: the command line imports this module for
+    STATUSES, and shell completion must not pay for importing pyarrow."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        import pyarrow as pa
+
+        fields = [pa.field(name, pa.string(), nullable=name not in REQUIRED_COLUMNS) for name in STORE_COLUMNS]
+        _SCHEMA = pa.schema(fields)
     return _SCHEMA
 
 
-_SCHEMA = pa.schema([pa.field(name, pa.string(), nullable=name not in REQUIRED_COLUMNS) for name in STORE_COLUMNS])
+_SCHEMA: pa.Schema | None = None
 
 
 def now_iso() -> str:

@@ -100,3 +100,33 @@ def store_records(backend: Any, records: list[dict[str, Any]]) -> None:
         txn.update({record["cid"]: record for record in records if record["cid"] not in present})
 
     change_pins(backend, body)
+
+
+def run_on_terminal(root: Path, *args: str, terminal: str = "stderr", columns: int = 100) -> tuple[int, str, str]:
+    """Run the real CLI with ``terminal`` ("stdout" or "stderr") on a pseudo-terminal of ``columns``
+    columns, the other stream piped. Returns (exit status, piped output, what the terminal showed)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, terminal: secondary}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pinfs", *args], env={**os.environ, "PINFS_ROOT": str(root)}, **streams
+    )
+    os.close(secondary)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO once the other side is closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    piped = process.stderr if terminal == "stdout" else process.stdout
+    text = piped.read().decode() if piped is not None else ""
+    return process.wait(timeout=120), text, shown.decode(errors="replace").replace("\r\n", "\n")

@@ -51,7 +51,7 @@ def tree(root: Path) -> PinTree:
 
 def test_root_lists_exactly_the_contract_entries(tree: PinTree) -> None:
     assert sorted(names(tree)) == sorted(
-        ["README", "health.json", "status.json", "insights.json", ".control", "backends", "cids"]
+        ["README", "health.json", "status.json", "insights.json", "insights.svg", ".control", "backends", "cids"]
     )
 
 

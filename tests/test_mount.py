@@ -115,6 +115,7 @@ def test_root_lists_exactly_the_contract_entries(ro: Mount) -> None:
         "cids",
         "health.json",
         "insights.json",
+        "insights.svg",
         "status.json",
     ]
 

@@ -171,6 +171,26 @@ def test_insights(populated: Path) -> None:
     assert replication["examples_several"] == [cid_for("shared")]
     assert replication["stored"]["held_by_several"] == 1 and replication["stored"]["cids"] == 2
     assert report["verification"]["by_backend"] == {"fs-a": 0, "fs-b": 1}
+    waiting = report["age"]["by_status"]
+    assert {name: {k: v for k, v in item["buckets"].items() if v} for name, item in waiting.items()} == {
+        "pending": {"1h-1d": 1},
+        "failed": {">365d": 1},
+    }
+    assert [(item["backend"], item["finished_at"]) for item in report["last_syncs"]] == [("fs-a", None), ("fs-b", None)]
+
+
+def test_insights_last_syncs_come_from_the_run_records(populated: Path) -> None:
+    finished = ago(hours=3)
+    record_run(get_backend(populated, "fs-b"), "sync", {"finished_at": finished, "ok": False, "error": "unreachable"})
+    last = {item["backend"]: item for item in reports.insights(populated)["last_syncs"]}
+    assert last["fs-b"] == {
+        "backend": "fs-b",
+        "finished_at": finished,
+        "ok": False,
+        "state": None,
+        "error": "unreachable",
+    }
+    assert last["fs-a"]["finished_at"] is None
 
 
 def test_backend_summary_contract_keys(populated: Path) -> None:

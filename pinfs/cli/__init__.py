@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from pinfs import __version__
+from pinfs.cli.completion_cmd import autocomplete
+from pinfs.cli.mount_helper import helper_argv
 from pinfs.errors import PinfsError
 
 # Each module defines ``register(subparsers, common)``; order is the order shown in --help.
@@ -22,7 +24,9 @@ COMMAND_MODULES = (
     "pinfs.cli.car_cmd",
     "pinfs.cli.ops_cmd",
     "pinfs.cli.maintain_cmd",
+    "pinfs.cli.query_cmd",
     "pinfs.cli.mount_cmd",
+    "pinfs.cli.completion_cmd",
 )
 
 # The seed's spellings, rewritten to ours before parsing (CONTRACT §3).
@@ -75,10 +79,21 @@ def rewrite_aliases(argv: Sequence[str]) -> list[str]:
     return words
 
 
+def command_names(parser: argparse.ArgumentParser) -> set[str]:
+    """The subcommands' names, and the first words of the seed's spellings."""
+    names = {alias[0] for alias in ALIASES}
+    for action in parser._subparsers._group_actions if parser._subparsers else ():  # argparse keeps them here
+        names.update(getattr(action, "choices", None) or ())
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = rewrite_aliases(sys.argv[1:] if argv is None else argv)
+    words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(args_list)
+    autocomplete(parser)  # only when the shell asks for completions (then it exits)
+    # mount.fuse3 runs 'pinfs ROOT MOUNTPOINT -o OPTIONS' for 'mount -t fuse.pinfs' and fstab lines.
+    helper = helper_argv(words, command_names(parser))
+    args = parser.parse_args(helper if helper is not None else rewrite_aliases(words))
     try:
         return int(args.handler(args) or 0)
     except PinfsError as exc:
@@ -91,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `pinfs pin ls | head`: the reader went away; that is not an error of ours.
         sys.stderr.close()
         return 0
+    except OSError as exc:  # what no operation expected (a disk full, a directory gone): still one line
+        print(f"pinfs {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pinfs.car import read_pin_mappings_car, to_legacy_json
 from pinfs.cli.output import emit, exit_status, make_progress, root_of
 from pinfs.errors import NotFound
-from pinfs.ops.carops import RegenerateOptions, regenerate_car
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -28,6 +26,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from pinfs.car import read_pin_mappings_car, to_legacy_json
+
     if not args.file.is_file():
         raise NotFound(f"{args.file}: no such file")
     document = to_legacy_json(read_pin_mappings_car(args.file))
@@ -37,6 +37,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_regenerate(args: argparse.Namespace) -> int:
+    from pinfs.ops.carops import RegenerateOptions, regenerate_car
+
     report = regenerate_car(root_of(args), RegenerateOptions(backends=args.backend), make_progress(args))
     emit(args, report, _describe)
     return exit_status(report)

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from pinfs.cli.output import emit, exit_status, make_progress, root_of
-from pinfs.ops.migrate import MigrateOptions, migrate
 
 DESCRIPTION = """\
 Import each backend's legacy pins.json into pin_mappings.parquet and write pin_mappings.car.
@@ -46,6 +45,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pinfs.ops.migrate import MigrateOptions, migrate
+
     options = MigrateOptions(
         backends=args.backend_filter,
         dry_run=args.dry_run,

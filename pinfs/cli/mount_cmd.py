@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pinfs.cli.mount_helper import parse_options
 from pinfs.cli.output import emit, root_of
+from pinfs.cli.systemd import notify, service_unit
 from pinfs.errors import InvalidInput, NotFound, PinfsError
 
 READY = b"ready\n"
@@ -67,6 +69,20 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="verify stored pins (those not verified for 7 days) this often (e.g. 1d; default: off)",
     )
+    mount.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPTIONS",
+        help="mount options as in fstab, comma-separated: allow_other, cache_mb=N, sync_interval=T, "
+        "verify_interval=T, debug, ro, noexec; mount(8)'s own (defaults, _netdev, nofail, x-*) are ignored",
+    )
+    mount.add_argument(
+        "--print-systemd-unit",
+        action="store_true",
+        help="print a systemd service that serves this mount (with these options) and exit",
+    )
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     mount.set_defaults(handler=handle_mount)
 
@@ -77,15 +93,42 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     umount.set_defaults(handler=handle_umount)
 
 
+def apply_options(args: argparse.Namespace) -> list[str]:
+    """Fold ``-o`` into the flags it spells (``-o cache_mb=512`` is ``--cache-mb 512``); returns the
+    kernel options to pass on. Raises InvalidInput for an unknown or malformed option."""
+    options = parse_options(args.options)
+    args.allow_other = args.allow_other or options.allow_other
+    args.debug = args.debug or options.debug
+    if options.cache_mb is not None:
+        args.cache_mb = options.cache_mb
+    for name in ("sync_interval", "verify_interval"):
+        text = getattr(options, name)
+        if text is not None:
+            try:
+                setattr(args, name, parse_interval(text))
+            except argparse.ArgumentTypeError as exc:
+                raise InvalidInput(f"mount option {name}: {exc}") from None
+    if args.cache_mb < 1:
+        raise InvalidInput("--cache-mb must be 1 or more")
+    args.kernel_options = options.kernel
+    return options.kernel
+
+
+def _mountpoint(args: argparse.Namespace) -> Path:
+    from pinfs.fs.mount import is_fd_mountpoint
+
+    given = Path(args.mountpoint)
+    return given if is_fd_mountpoint(given) else Path(os.path.abspath(given))
+
+
 def _config(args: argparse.Namespace) -> Any:
     from pinfs.fs.mount import MountConfig, check_mountpoint
 
+    kernel_options = apply_options(args)
     root = Path(root_of(args))
     if not root.is_dir():
         raise NotFound(f"data root {root} does not exist")
-    if args.cache_mb < 1:
-        raise InvalidInput("--cache-mb must be 1 or more")
-    mountpoint = Path(os.path.abspath(args.mountpoint))
+    mountpoint = _mountpoint(args)
     check_mountpoint(mountpoint)
     return MountConfig(
         root=root,
@@ -95,7 +138,21 @@ def _config(args: argparse.Namespace) -> Any:
         debug=args.debug,
         sync_interval=args.sync_interval,
         verify_interval=args.verify_interval,
+        kernel_options=tuple(kernel_options),
     )
+
+
+def _mount_words(args: argparse.Namespace) -> list[str]:
+    """The options of ``pinfs mount`` that reproduce this one (for the detached copy and the unit);
+    after ``apply_options``."""
+    words = ["--cache-mb", str(args.cache_mb)]
+    words += ["--allow-other"] * args.allow_other + ["--debug"] * args.debug
+    for option, seconds in (("--sync-interval", args.sync_interval), ("--verify-interval", args.verify_interval)):
+        if seconds is not None:
+            words += [option, f"{seconds:g}"]
+    if args.kernel_options:
+        words += ["-o", ",".join(args.kernel_options)]
+    return words
 
 
 def handle_mount(args: argparse.Namespace) -> int:
@@ -105,13 +162,30 @@ def handle_mount(args: argparse.Namespace) -> int:
     )
     if args.ready_fd is not None:
         return _serve_detached(args)
+    if args.print_systemd_unit:
+        return _print_unit(args)
     config = _config(args)
     if args.background:
         return _start_background(args, config.mountpoint)
     from pinfs.fs.mount import run
 
-    if run(config):
+    def ready() -> None:  # under systemd (Type=notify): the units ordered after this one may start
+        notify(f"READY=1\nSTATUS=serving {config.root} at {config.mountpoint}")
+
+    abandoned = run(config, ready)
+    notify("STOPPING=1")
+    if abandoned:
         _exit_now(0)
+    return 0
+
+
+def _print_unit(args: argparse.Namespace) -> int:
+    import getpass
+
+    apply_options(args)  # an option the mount would refuse is refused now, not at boot
+    user = None if os.geteuid() == 0 else getpass.getuser()
+    unit = service_unit(Path(root_of(args)), _mountpoint(args), _mount_words(args), user)
+    emit(args, {"ok": True, "unit": unit}, lambda report: report["unit"].rstrip("\n"))
     return 0
 
 
@@ -128,17 +202,17 @@ def _exit_now(status: int) -> None:
 
 def _start_background(args: argparse.Namespace, mountpoint: Path) -> int:
     """Start a detached copy of this command and wait until it says its mount is ready."""
+    from pinfs.fs.mount import is_fd_mountpoint
+
     read_end, write_end = os.pipe()
     command = [sys.executable, "-m", "pinfs", "mount", str(mountpoint), "--ready-fd", str(write_end)]
-    command += ["--root", str(root_of(args)), "--cache-mb", str(args.cache_mb)]
-    command += ["--allow-other"] * args.allow_other + ["--debug"] * args.debug
-    for option, seconds in (("--sync-interval", args.sync_interval), ("--verify-interval", args.verify_interval)):
-        if seconds is not None:
-            command += [option, repr(seconds)]
+    command += ["--root", str(root_of(args)), *_mount_words(args)]
+    # A /dev/fd/N mount point (mount.fuse3 -o drop_privileges) is a descriptor the copy must inherit.
+    inherited = (int(mountpoint.name),) if is_fd_mountpoint(mountpoint) else ()
     with open(os.devnull, "rb") as stdin, open(os.devnull, "wb") as devnull:
         subprocess.Popen(
             command,
-            pass_fds=(write_end,),
+            pass_fds=(write_end, *inherited),
             stdin=stdin,
             stdout=devnull,
             stderr=None if args.debug else devnull,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+from pathlib import Path
 from typing import Any
 
 from pinfs.cli.output import emit, exit_status, make_progress, root_of
-from pinfs.errors import InvalidInput
+from pinfs.errors import InvalidInput, PinfsError
+from pinfs.fsutil import atomic_write_bytes
 
 
 def _days(text: str) -> float:
@@ -62,7 +65,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "insights",
         parents=[common],
         help="pin distribution, age, failures, replication",
-        description="Insights over every backend.",
+        description="Insights over every backend: pins by status, age, failures, replication, last syncs.",
+    )
+    insights.add_argument(
+        "--svg",
+        metavar="FILE",
+        help="also draw them as an SVG picture into FILE ('-': standard output), like MOUNT/insights.svg",
     )
     insights.set_defaults(handler=run_insights)
 
@@ -109,8 +117,24 @@ def run_insights(args: argparse.Namespace) -> int:
     from pinfs.ops.reports import insights
 
     report = insights(root_of(args))
-    emit(args, report, _insights_text)
+    if args.svg is None:
+        emit(args, report, _insights_text)
+    elif args.svg == "-":
+        sys.stdout.buffer.write(_svg(report))
+    else:
+        target = Path(args.svg)
+        try:
+            atomic_write_bytes(target, _svg(report))
+        except OSError as exc:
+            raise PinfsError(f"cannot write {target}: {exc.strerror or exc}") from None
+        emit(args, {**report, "svg": str(target)}, lambda _r: f"insights drawn in {target}")
     return exit_status(report)
+
+
+def _svg(report: dict[str, Any]) -> bytes:
+    from pinfs.ops.insights_svg import render_svg
+
+    return render_svg(report)
 
 
 # -- human text --

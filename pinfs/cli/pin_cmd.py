@@ -7,9 +7,7 @@ import json
 import sys
 from typing import Any
 
-from pinfs.cids import validate_cid
 from pinfs.cli.output import emit, root_of
-from pinfs.ops.pins import PinRequest, add_pins, find_cid, iter_pins, parse_meta, parse_status, remove_pins
 from pinfs.schema import STATUSES
 
 
@@ -45,6 +43,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    from pinfs.cids import validate_cid
+    from pinfs.ops.pins import PinRequest, add_pins, parse_meta, parse_status
+
     metadata = dict(parse_meta(item, "--meta: ") for item in args.meta)
     status = parse_status(args.status) if args.status else None
     requests = [PinRequest(validate_cid(cid), status, dict(metadata)) for cid in args.cids]
@@ -58,6 +59,9 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
+    from pinfs.cids import validate_cid
+    from pinfs.ops.pins import remove_pins
+
     cids = [validate_cid(cid) for cid in args.cids]
     report = remove_pins(root_of(args), args.backend, cids)
     emit(args, report, lambda r: f"{r['backend']}: {len(r['removed'])} removed; {r['total']} pins")
@@ -65,6 +69,8 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from pinfs.ops.pins import iter_pins
+
     count = 0
     for record in iter_pins(root_of(args), args.backend, args.status):
         if args.json:
@@ -80,6 +86,9 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_get(args: argparse.Namespace) -> int:
+    from pinfs.cids import validate_cid
+    from pinfs.ops.pins import find_cid
+
     report = find_cid(root_of(args), validate_cid(args.cid), args.backend)
     emit(args, report, _describe_holders)
     return 0

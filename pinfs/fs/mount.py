@@ -29,7 +29,9 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -44,6 +46,7 @@ from pinfs.errors import InvalidInput, NotFound, PinfsError
 from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
 from pinfs.fs.tree import PinTree
+from pinfs.fsutil import unescape_mountinfo
 from pinfs.ops.carops import DEFERRED_EXPORTS
 from pinfs.snapshots import DEFAULT_CACHE_ENTRIES, StoreCache
 
@@ -64,17 +67,28 @@ class MountConfig:
     duties: Sequence[Duty] = field(default_factory=tuple)
     sync_interval: float | None = None  # seconds between scheduled syncs; None/<=0: off
     verify_interval: float | None = None  # seconds between scheduled verifies; None/<=0: off
+    kernel_options: Sequence[str] = ()  # passed on as given (``-o ro``…: ``pinfs.cli.mount_helper``)
 
 
 def mount_options(config: MountConfig) -> set[str]:
     """FUSE options. Without --allow-other only the mounting user can enter (the kernel's default);
-    with it, the kernel checks modes (default_permissions) so 0600 control files stay the owner's."""
-    options = {"fsname=pinfs", "subtype=pinfs", "noatime"}
+    with it, the kernel checks modes (default_permissions) so 0600 control files stay the owner's.
+    The mount's source (``findmnt``, ``df``) is the data root, as a disk's is its device."""
+    options = {f"fsname={fsname(config.root)}", "subtype=pinfs", "noatime", *config.kernel_options}
     if config.allow_other:
         options |= {"allow_other", "default_permissions"}
     if config.debug:
         options.add("debug")
     return options
+
+
+def fsname(root: Path) -> str:
+    """The data root when FUSE can carry it (pyfuse3 passes options as ASCII, and a comma or backslash
+    would end or escape the option), else ``pinfs``."""
+    text = str(root)
+    if text.isascii() and text.isprintable() and not any(char in text for char in ", \\"):
+        return text
+    return "pinfs"
 
 
 # Worker threads for control commands and scheduled duties together (reads have their own).
@@ -210,12 +224,24 @@ def _log_duty(name: str, report: dict) -> None:
             log.warning("scheduled %s: backup to %s failed: %s", name, backup.get("target"), backup.get("error"))
 
 
+def is_fd_mountpoint(mountpoint: Path) -> bool:
+    """``/dev/fd/N``: a FUSE device already mounted by the caller (mount.fuse3 -o drop_privileges)."""
+    return re.fullmatch(r"/dev/fd/\d+", str(mountpoint)) is not None
+
+
 def check_mountpoint(mountpoint: Path) -> None:
     """Raise NotFound / InvalidInput when ``mountpoint`` cannot be mounted on."""
-    if not mountpoint.is_dir():
-        raise NotFound(f"mount point {mountpoint} is not an existing directory")
-    if os.path.ismount(mountpoint) or is_mounted(mountpoint):
+    if is_fd_mountpoint(mountpoint):
+        return
+    # The mount table first: stat of a mount whose process died fails (ENOTCONN).
+    if is_mounted(mountpoint) or os.path.ismount(mountpoint):
         raise InvalidInput(f"{mountpoint} is already a mount point; 'pinfs umount {mountpoint}' first")
+    try:
+        is_dir = stat.S_ISDIR(os.stat(mountpoint).st_mode)
+    except OSError:
+        is_dir = False
+    if not is_dir:
+        raise NotFound(f"mount point {mountpoint} is not an existing directory")
 
 
 def warm_up_arrow() -> None:
@@ -302,25 +328,12 @@ def run(config: MountConfig, ready: Callable[[], None] | None = None) -> bool:
 # -- unmounting --
 
 
-def _unescape(field: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as \\ooo (octal).
-    out, index = [], 0
-    while index < len(field):
-        if field[index] == "\\" and index + 3 < len(field) and field[index + 1 : index + 4].isdigit():
-            out.append(chr(int(field[index + 1 : index + 4], 8)))
-            index += 4
-        else:
-            out.append(field[index])
-            index += 1
-    return "".join(out)
-
-
 def is_mounted(mountpoint: Path) -> bool:
     """Whether ``mountpoint`` is in the mount table (true also for a dead FUSE endpoint)."""
     target = os.path.abspath(mountpoint)
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-            return any(_unescape(line.split()[4]) == target for line in table if len(line.split()) > 4)
+            return any(unescape_mountinfo(line.split()[4]) == target for line in table if len(line.split()) > 4)
     except OSError:
         return os.path.ismount(target)
 

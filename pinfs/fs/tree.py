@@ -66,7 +66,8 @@ SUMMARY = "summary.json"
 PARQUET_FILE = "pin_mappings.parquet"
 CAR_FILE = "pin_mappings.car"
 CAR_JSON = "pin_mappings.car.json"
-REPORT_FILES = ("health.json", "status.json", "insights.json")
+INSIGHTS_SVG = "insights.svg"
+REPORT_FILES = ("health.json", "status.json", "insights.json", INSIGHTS_SVG)
 # How long a generated file's bytes are reused: short, so outside changes show within 2 s (CONTRACT §2).
 RENDER_SECONDS = 1.0
 # How long a node resolved on a worker thread may answer again from memory, on the event loop (the
@@ -391,6 +392,7 @@ README_TEXT = """\
 pinfs: IPFS pin mappings of the data root, one directory per storage backend.
 
   health.json  status.json  insights.json   reports over every backend
+  insights.svg                              insights.json drawn: open it in a browser
   backends/<b>/summary.json                 count, counts by status, source (parquet/legacy)
   backends/<b>/pin_mappings.parquet         the file itself (pandas.read_parquet works on it), an
                                             export of the backend's Delta table
@@ -712,6 +714,8 @@ class PinTree:
 
     def render(self, path: Path_) -> bytes:
         """Make a generated file: reports, a backend's summary, the CAR as legacy JSON."""
+        if path == (INSIGHTS_SVG,):
+            return self._insights_svg()
         if len(path) == 1 and path[0] in REPORT_FILES:
             return _pretty(self._report(path[0]))
         if len(path) == 3 and path[0] == BACKENDS_DIR and path[2] == SUMMARY:
@@ -729,6 +733,11 @@ class PinTree:
         except Exception as exc:  # a report must not take the mount down; the file says what went wrong
             log.exception("making %s failed", name)
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+
+    def _insights_svg(self) -> bytes:
+        from pinfs.ops.insights_svg import render_svg  # matplotlib: imported on first read, not at mount
+
+        return render_svg(self._report("insights.json"))
 
     def summary(self, name: str) -> dict[str, Any]:
         """summary.json (``reports.backend_summary``; a bad backend's summary carries its error)."""

@@ -495,6 +495,7 @@ def insights(root: Path) -> dict[str, Any]:
     by_backend: dict[str, Any] = {}
     errors: list[dict[str, str]] = []
     ages = _AgeHistogram()
+    waiting = {status_name: _AgeHistogram() for status_name in (PENDING, FAILED)}  # how long pins wait
     held: list[pa.ChunkedArray] = []
     stored: list[pa.ChunkedArray] = []
     reasons: Counter[str] = Counter()
@@ -508,6 +509,8 @@ def insights(root: Path) -> dict[str, Any]:
         try:
             for piece in view.snapshot.scan(["cid", "status", "created_at"]):  # not the read cache's
                 ages.add(piece.column("created_at"))
+                for status_name, histogram in waiting.items():
+                    histogram.add(piece.filter(pc.equal(piece.column("status"), status_name)).column("created_at"))
                 held.append(piece.column("cid"))
                 stored.append(piece.filter(pc.equal(piece.column("status"), STORED)).column("cid"))
             for item in _failure_reasons(view.snapshot, view.by_status.get(FAILED, 0)):
@@ -525,7 +528,7 @@ def insights(root: Path) -> dict[str, Any]:
         "total_pins": sum(v.count for v in views),
         "by_status": totals,
         "by_backend": by_backend,
-        "age": ages.result(),
+        "age": {**ages.result(), "by_status": {name: histogram.result() for name, histogram in waiting.items()}},
         "failures": {
             "total": totals[FAILED],
             "top_reasons": [{"reason": r, "count": c} for r, c in reasons.most_common(TOP_REASONS)],
@@ -536,8 +539,21 @@ def insights(root: Path) -> dict[str, Any]:
             "needing": sum(needing.values()),
             "by_backend": needing,
         },
+        "last_syncs": [_last_sync(view) for view in views],
         "errors": errors,
         "problems": problems,
+    }
+
+
+def _last_sync(view: BackendView) -> dict[str, Any]:
+    """What the backend's run record says of its last sync (``finished_at`` None: never synced)."""
+    recorded = view.state.get("sync") if isinstance(view.state.get("sync"), dict) else {}
+    return {
+        "backend": view.backend.name,
+        "finished_at": recorded.get("finished_at"),
+        "ok": recorded.get("ok"),
+        "state": recorded.get("state"),
+        "error": recorded.get("error"),
     }
 
 

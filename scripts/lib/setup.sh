@@ -35,6 +35,20 @@ ensure_system_packages() {
     fi
 }
 
+ensure_test_system_packages() {
+    # What only the tests need: chromium renders insights.svg to a PNG, zsh runs the zsh completion,
+    # systemd-analyze checks the printed unit.
+    local missing=()
+    for package in chromium zsh systemd; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing Debian packages for the tests: ${missing[*]}"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
 ensure_venv() {
     local stamp="$VENV/.pinfs-installed" want
     want=$(sha256sum "$PROJECT_DIR/pyproject.toml" | cut -d' ' -f1)
