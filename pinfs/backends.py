@@ -20,6 +20,7 @@ import cachetools
 import yaml
 
 from pinfs.errors import InvalidInput, NotFound
+from pinfs.rootfs import S3Path, parse_root
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use with fullmatch: "$" would admit a trailing newline
 DEFAULT_ROOT = "~/.ipfs_kit"
@@ -93,9 +94,10 @@ class BackendProblem:
 
 
 def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """The data root: ``root`` if given, else ``$PINFS_ROOT``, else ``~/.ipfs_kit``."""
+    """The data root: ``root`` if given, else ``$PINFS_ROOT``, else ``~/.ipfs_kit``. A root
+    ``s3://bucket/prefix`` is an ``S3Path`` (``pinfs.rootfs``), which the layers above use like a Path."""
     chosen = root if root is not None else os.environ.get("PINFS_ROOT") or DEFAULT_ROOT
-    return Path(os.path.expanduser(os.fspath(chosen))).resolve()
+    return parse_root(os.fspath(chosen))  # type: ignore[return-value]
 
 
 def validate_backend_name(name: str) -> str:
@@ -214,7 +216,7 @@ def _candidate_names(root: Path) -> tuple[set[str], list[BackendProblem]]:
             problems.append(BackendProblem(str(folder), "is a symlink; refusing to follow it"))
             continue
         try:
-            entries = list(os.scandir(folder))
+            entries = _entries(folder)
         except (FileNotFoundError, NotADirectoryError):
             continue
         for entry in entries:
@@ -233,11 +235,40 @@ def _candidate_names(root: Path) -> tuple[set[str], list[BackendProblem]]:
     return names, problems
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """A folder entry as ``os.DirEntry`` describes one, for a local folder or an S3 prefix."""
+
+    name: str
+    path: str
+    folder: bool
+    file: bool
+    link: bool = False
+
+    def is_dir(self, follow_symlinks: bool = True) -> bool:
+        return self.folder
+
+    def is_file(self) -> bool:
+        return self.file
+
+    def is_symlink(self) -> bool:
+        return self.link
+
+
+def _entries(folder: Path | S3Path) -> list[_Entry]:
+    if isinstance(folder, S3Path):
+        return [_Entry(name, str(folder / name), is_folder, not is_folder) for name, is_folder in folder.entries()]
+    return [
+        _Entry(entry.name, entry.path, entry.is_dir(follow_symlinks=False), entry.is_file(), entry.is_symlink())
+        for entry in os.scandir(folder)
+    ]
+
+
 def _is_config_name(name: str) -> bool:
     return name.endswith((".yaml", ".yml"))
 
 
-def _name_of(entry: os.DirEntry[str], holds_data: bool) -> str | None:
+def _name_of(entry: _Entry, holds_data: bool) -> str | None:
     """The backend name an entry stands for, or None when it is not a backend entry at all."""
     if entry.name.startswith("."):
         return None

@@ -44,7 +44,8 @@ from typing import Any
 import pyarrow as pa
 
 from pinfs.errors import CorruptData
-from pinfs.fsutil import fsync_file
+from pinfs.fsutil import fsync_file, local_temp_for
+from pinfs.rootfs import S3Path, keep_local, put_object
 from pinfs.schema import arrow_schema
 
 TABLE_DIR = "pin_mappings.delta"
@@ -123,10 +124,11 @@ def _deltalake() -> Any:
 
 
 class DeltaPins:
-    """The Delta table at ``directory`` (local for now; the log and data files are plain files)."""
+    """The Delta table at ``directory``: a local directory, or a prefix on S3 (``pinfs.rootfs``), where
+    delta-rs commits with conditional puts and pinfs puts its data files as whole objects."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
+    def __init__(self, directory: Path | S3Path) -> None:
+        self.directory = directory
         self.log_dir = self.directory / LOG_DIR
         self._lock = threading.Lock()
         self._table: Any = None  # a cached deltalake.DeltaTable, brought up to date on each load
@@ -145,7 +147,10 @@ class DeltaPins:
 
     def log_stamp(self) -> tuple[int, int, int]:
         """The log directory's identity and modification time: changes with every commit and clean-up,
-        and when the table is deleted and made again (a new directory)."""
+        and when the table is deleted and made again (a new directory). S3 has no such thing: there,
+        only the next commit's appearance says that a version is superseded."""
+        if isinstance(self.log_dir, S3Path):
+            return (0, 0, 0)
         try:
             info = os.stat(self.log_dir)
         except FileNotFoundError:
@@ -182,7 +187,7 @@ class DeltaPins:
 
     def _commit_time(self, version: int) -> int:
         try:
-            return os.stat(self.log_dir / f"{version:020d}.json").st_mtime_ns
+            return (self.log_dir / f"{version:020d}.json").stat().st_mtime_ns
         except FileNotFoundError:  # cleaned up after a checkpoint: the log directory's time will do
             return self.log_stamp()[2]
 
@@ -196,9 +201,12 @@ class DeltaPins:
         self._ensure_directory()
         name = f"{DATA_FILE_PREFIX}{secrets.token_hex(16)}.parquet"
         path = self.directory / name
-        write_parquet(table, path)
-        fsync_file(path)
-        size = os.path.getsize(path)
+        if isinstance(path, S3Path):
+            size = _put_data_file(table, path)
+        else:
+            write_parquet(table, path)
+            fsync_file(path)
+            size = os.path.getsize(path)
         if table.num_rows == 0:
             return DataFile(name, size, 0, None, None)
         cids = table.column("cid")
@@ -207,6 +215,8 @@ class DeltaPins:
     def _ensure_directory(self) -> None:
         """The table's directory, made if missing; one that is a symlink is refused, never followed
         (it could lead outside the data root)."""
+        if isinstance(self.directory, S3Path):
+            return  # a prefix: it exists once something is put under it
         with contextlib.suppress(FileExistsError):
             os.mkdir(self.directory, 0o755)
         if not stat.S_ISDIR(os.lstat(self.directory).st_mode):
@@ -216,7 +226,7 @@ class DeltaPins:
         """Delete data files this process wrote for a commit that did not happen."""
         for data_file in files:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.directory / data_file.path)
+                (self.directory / data_file.path).unlink()
 
     # -- commits --
 
@@ -299,7 +309,23 @@ class DeltaPins:
             )
 
 
-def _files_from_actions(actions: pa.Table, directory: Path) -> tuple[DataFile, ...]:
+def _put_data_file(table: pa.Table, path: S3Path) -> int:
+    """Write a data file to S3: encoded into a local temporary file, put in one PUT that must create the
+    object (its name is new), and kept in the local read cache, so this host never downloads it."""
+    from pinfs.tables import write_parquet
+
+    temp = local_temp_for(path)
+    try:
+        write_parquet(table, temp)
+        etag = put_object(path, temp, if_absent=True)
+        keep_local(path, temp, etag)
+        return os.path.getsize(temp)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+
+
+def _files_from_actions(actions: pa.Table, directory: Path | S3Path) -> tuple[DataFile, ...]:
     files = []
     names = set(actions.column_names)
     if "min.cid" not in names and actions.num_rows:

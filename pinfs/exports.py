@@ -42,8 +42,9 @@ from pinfs.backends import Backend
 from pinfs.car import write_pin_mappings_car_columns
 from pinfs.delta import TableState
 from pinfs.errors import CorruptData, PinfsError
-from pinfs.fsutil import atomic_write_bytes, atomic_writer, export_lock, fsync_dir, fsync_file, temp_path_for
+from pinfs.fsutil import atomic_write_bytes, atomic_writer, export_lock, fsync_dir, fsync_file, local_temp_for
 from pinfs.oldforms import read_old_form, remove_shard_dir
+from pinfs.rootfs import PreconditionFailed, S3Path, forget_metadata, local_copy, put_object
 from pinfs.schema import REQUIRED_COLUMNS, STORE_COLUMNS, now_iso, utc_stamp
 from pinfs.snapshots import FileIdentity, PinSnapshot
 from pinfs.store import PinStore, Transaction, table_snapshot
@@ -165,18 +166,56 @@ def refresh_exports(backend: Backend, *, force_car: bool = False, timeout: float
         return {"skipped": "no table yet"}
     report: dict[str, Any] = {}
     with export_lock(backend.directory, timeout):
-        record = read_record(backend)
-        imported = import_foreign(store, record)
-        if imported is not None:
-            report["imported"] = imported
-        state = store.table_state()
-        assert state is not None
-        snapshot = store.snapshot()
-        todo = [kind for kind in KINDS if _needs_export(backend, record, kind, state, force_car)]
-        report["version"] = state.version
-        report.update(_export(backend, snapshot, state, todo, record))
+        for attempt in range(EXPORT_ATTEMPTS):
+            record = read_record(backend)
+            imported = import_foreign(store, record)
+            if imported is not None:
+                report.setdefault("imported", imported)
+            state = store.table_state()
+            assert state is not None
+            snapshot = store.snapshot()
+            todo = [kind for kind in KINDS if _needs_export(backend, record, kind, state, force_car)]
+            report["version"] = state.version
+            try:
+                report.update(_export(backend, snapshot, state, todo, record))
+                break
+            except (PreconditionFailed, _ForeignAppeared):
+                # On S3, another host put an export (or another tool a parquet) meanwhile: look again.
+                if attempt == EXPORT_ATTEMPTS - 1:
+                    raise
     remove_shard_dir(backend.directory)  # the sharded form is gone once the export replaced its link
     return report
+
+
+EXPORT_ATTEMPTS = 4
+
+
+class _ForeignAppeared(Exception):
+    """Internal: the file to replace is no longer the one recorded (someone else wrote it)."""
+
+
+def _put_in_place(temp: Path, target: Path | S3Path, entry: object, state: TableState) -> bool:
+    """Replace ``target`` with ``temp``. Locally a rename (the export lock serializes this host's
+    exporters). On S3 a conditional put: only over the object the record names (``If-Match``), or where
+    there is none (``If-None-Match``), and never over an export of a newer version; another host's
+    export or another tool's file in between raises, and the caller looks again. False when a newer
+    export was left in place."""
+    if not isinstance(target, S3Path):
+        os.replace(temp, target)
+        return True
+    forget_metadata(target)
+    try:
+        current = target.stat()
+    except FileNotFoundError:
+        put_object(target, temp, if_absent=True)
+        return True
+    if not _same_file(entry, FileIdentity.of(target, current)):
+        raise _ForeignAppeared
+    ours = isinstance(entry, dict) and entry.get("table_id") == state.identity.table_id
+    if ours and isinstance(entry.get("version"), int) and entry["version"] > state.version:  # type: ignore[union-attr]
+        return False  # a newer export is in place: this older one never replaces it
+    put_object(target, temp, if_match=current.etag)
+    return True
 
 
 def _needs_export(backend: Backend, record: dict[str, Any], kind: str, state: TableState, force_car: bool) -> bool:
@@ -204,7 +243,8 @@ def _export(
         done: dict[str, Any] = {}
         for kind in kinds:
             target = backend.parquet_path if kind == PARQUET else backend.car_path
-            os.replace(temps.pop(kind), target)
+            if not _put_in_place(temps[kind], target, record.get(kind), state):
+                continue
             identity = FileIdentity.of(target)
             record[kind] = _entry(identity, state.version, state.identity.table_id)
             done[kind] = {"path": str(target), "bytes": identity.size, "records": snapshot.count}
@@ -220,7 +260,7 @@ def _export(
 
 def _build_parquet(backend: Backend, snapshot: PinSnapshot, state: TableState) -> Path:
     """The whole version as one parquet file (one data file in memory at a time), in a temporary file."""
-    temp = temp_path_for(backend.parquet_path)
+    temp = local_temp_for(backend.parquet_path)
     metadata = {"pinfs.table_version": str(state.version), "pinfs.table_id": state.identity.table_id}
     try:
         with parquet_writer(temp, metadata) as writer:
@@ -236,7 +276,7 @@ def _build_parquet(backend: Backend, snapshot: PinSnapshot, state: TableState) -
 
 def _build_car(backend: Backend, snapshot: PinSnapshot, state: TableState) -> Path:
     """The whole version as a CARv1 file, in a temporary file (written atomically at its own name)."""
-    temp = temp_path_for(backend.car_path)
+    temp = local_temp_for(backend.car_path)
     columns = snapshot.windowed_columns(REQUIRED_COLUMNS)
     write_pin_mappings_car_columns(temp, columns, snapshot.count, backend.name, now_iso())
     return temp
@@ -286,7 +326,7 @@ def _foreign_columns(path: Path, table: pa.Table) -> list[str]:
     import pyarrow.parquet as pq
 
     try:
-        names = set(pq.read_schema(path).names) if path.is_file() else set(STORE_COLUMNS)
+        names = set(pq.read_schema(local_copy(path)).names) if path.is_file() else set(STORE_COLUMNS)
     except Exception:  # pyarrow raises several types; the table was readable, so assume all columns
         names = set(STORE_COLUMNS)
     return [name for name in STORE_COLUMNS if name in names or name in REQUIRED_COLUMNS]
@@ -352,7 +392,11 @@ def _changed_cids(foreign: pa.Table, columns: list[str], reference: pa.Table | N
 def _quarantine(backend: Backend, reason: str) -> dict[str, Any]:
     """Move an unreadable foreign parquet aside, with its reason, so that the export can take its place."""
     target = backend.directory / f"{REJECTED_PARQUET_PREFIX}{utc_stamp()}"
-    os.replace(backend.parquet_path, target)
+    if isinstance(target, S3Path):
+        put_object(target, backend.parquet_path.read_bytes(), if_absent=True)
+        backend.parquet_path.unlink()
+    else:
+        os.replace(backend.parquet_path, target)
     with atomic_writer(target.with_name(target.name + ".reason")) as temp:
         temp.write_text(f"{reason}\n", encoding="utf-8")
     fsync_dir(backend.directory)

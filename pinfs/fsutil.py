@@ -1,10 +1,14 @@
-"""Crash-safe file replacement and cross-process locks.
+"""Crash-safe file replacement and cross-process locks, for a root on a local disk or on S3.
 
 Every file pinfs writes goes through ``atomic_writer``/``atomic_write_bytes``: a temporary file in the
 same directory, fsync, rename over the target, fsync of the directory. A crash at any instant leaves
-either the old or the new file. Writers to one backend serialize on ``backend_lock`` (``fcntl.flock``
-on ``<backend dir>/.pinfs.lock``), which works across processes and is released by the kernel if the
-holder dies.
+either the old or the new file. On an S3 root (``pinfs.rootfs.S3Path``) the same calls make one PUT of
+the whole object, which S3 makes atomic, from a local temporary file.
+
+Writers to one backend serialize on ``backend_lock`` (``fcntl.flock`` on ``<backend dir>/.pinfs.lock``),
+which works across processes and is released by the kernel if the holder dies. For an S3 root the lock
+file is in the local cache directory: it serializes the processes of one host, which saves them retries;
+correctness across hosts never rests on it (Delta commits and conditional puts, ``pinfs.store``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import secrets
 import shutil
@@ -20,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pinfs.errors import Busy, CorruptData
+from pinfs.rootfs import S3Path, cache_root, put_object
 
 TEMP_MARKER = ".pinfs-tmp."
 LOCK_NAME = ".pinfs.lock"
@@ -29,7 +35,9 @@ EXPORT_LOCK_NAME = ".pinfs-export.lock"
 SHARD_DIR = ".pin_mappings.d"
 
 
-def fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path | S3Path) -> None:
+    if isinstance(directory, S3Path):
+        return  # an S3 PUT is durable when it returns
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -51,11 +59,15 @@ def temp_path_for(target: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_writer(target: Path) -> Iterator[Path]:
+def atomic_writer(target: Path | S3Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``target`` atomically and durably.
 
-    If the body raises, the temporary file is removed and ``target`` is untouched.
-    """
+    If the body raises, the temporary file is removed and ``target`` is untouched. On S3 the temporary
+    file is local and the object is put in one PUT."""
+    if isinstance(target, S3Path):
+        with _s3_writer(target) as temp:
+            yield temp
+        return
     target = Path(target)
     temp = temp_path_for(target)
     try:
@@ -68,18 +80,43 @@ def atomic_writer(target: Path) -> Iterator[Path]:
             temp.unlink()
 
 
-def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o644) -> None:
+@contextlib.contextmanager
+def _s3_writer(target: S3Path) -> Iterator[Path]:
+    temp = local_temp_for(target)
+    try:
+        yield temp
+        put_object(target, temp)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+
+
+def local_temp_for(target: Path | S3Path) -> Path:
+    """A fresh temporary file name: beside a local target, in the local cache for an S3 one."""
+    if isinstance(target, S3Path):
+        directory = cache_root() / "tmp"
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"{target.name}{TEMP_MARKER}{os.getpid()}.{secrets.token_hex(4)}"
+    return temp_path_for(target)
+
+
+def atomic_write_bytes(target: Path | S3Path, data: bytes, mode: int = 0o644) -> None:
+    if isinstance(target, S3Path):
+        put_object(target, data)
+        return
     with atomic_writer(target) as temp:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
 
 
-def remove_stale_temps(directory: Path, older_than_seconds: float = 0.0) -> list[Path]:
+def remove_stale_temps(directory: Path | S3Path, older_than_seconds: float = 0.0) -> list[Path]:
     """Delete temporary files (and temporary links) left by writers that died. Call with the
     directory's lock held. A temporary file of a process still alive is kept: one that writes a CAR
     without the lock (``pinfs.ops.carops.refresh_car``) may be at work on it."""
     removed: list[Path] = []
+    if isinstance(directory, S3Path):
+        return removed  # nothing temporary is ever put on S3
     now = time.time()
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for entry in os.scandir(directory):
@@ -111,14 +148,22 @@ def _writer_alive(temp_name: str) -> bool:
     return state not in (b"Z", b"X")  # a zombie has finished writing for good
 
 
+def _lock_file(backend_dir: Path | S3Path, name: str) -> Path:
+    if isinstance(backend_dir, S3Path):
+        digest = hashlib.sha256(str(backend_dir).encode()).hexdigest()[:32]
+        directory = cache_root() / "locks"
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"{digest}{name}"
+    return Path(backend_dir) / name
+
+
 @contextlib.contextmanager
-def backend_lock(backend_dir: Path, timeout: float | None = None) -> Iterator[None]:
+def backend_lock(backend_dir: Path | S3Path, timeout: float | None = None) -> Iterator[None]:
     """Hold the backend's exclusive write lock. ``timeout`` None waits forever; on expiry raise Busy.
 
     Stale temporary files are removed once the lock is taken: whoever left them is gone or finished.
     """
-    backend_dir = Path(backend_dir)
-    fd = os.open(backend_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(_lock_file(backend_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         _acquire(fd, backend_dir, timeout)
         remove_stale_temps(backend_dir, older_than_seconds=0.0)
@@ -128,12 +173,11 @@ def backend_lock(backend_dir: Path, timeout: float | None = None) -> Iterator[No
 
 
 @contextlib.contextmanager
-def export_lock(backend_dir: Path, timeout: float | None = None) -> Iterator[None]:
+def export_lock(backend_dir: Path | S3Path, timeout: float | None = None) -> Iterator[None]:
     """Hold the lock of the backend's exports (``pinfs.exports``): separate from ``backend_lock``, so
     that rebuilding the exports of a million pins never holds up a writer. Take it before
     ``backend_lock`` when both are needed, never after."""
-    backend_dir = Path(backend_dir)
-    fd = os.open(backend_dir / EXPORT_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(_lock_file(backend_dir, EXPORT_LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         _acquire(fd, backend_dir, timeout)
         yield
@@ -141,7 +185,7 @@ def export_lock(backend_dir: Path, timeout: float | None = None) -> Iterator[Non
         os.close(fd)
 
 
-def _acquire(fd: int, backend_dir: Path, timeout: float | None) -> None:
+def _acquire(fd: int, backend_dir: Path | S3Path, timeout: float | None) -> None:
     if timeout is None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         return
@@ -159,16 +203,18 @@ def _acquire(fd: int, backend_dir: Path, timeout: float | None) -> None:
 # -- reading data files without following links --
 
 
-def refuse_symlink(path: Path) -> None:
+def refuse_symlink(path: Path | S3Path) -> None:
     """CorruptData if ``path`` is a symbolic link: a data file that is a link may point outside the
     data root, and pinfs reads and writes nothing outside it. A missing path is not an error here."""
-    if os.path.islink(path):
+    if isinstance(path, Path) and os.path.islink(path):
         raise CorruptData(f"{path}: is a symlink; refusing to follow it")
 
 
-def read_regular_file(path: Path) -> bytes:
+def read_regular_file(path: Path | S3Path) -> bytes:
     """The bytes of ``path``, opened without following a symlink (CorruptData for one).
     FileNotFoundError and other OSErrors propagate."""
+    if isinstance(path, S3Path):
+        return path.read_bytes()
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:

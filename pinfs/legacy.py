@@ -57,6 +57,7 @@ from typing import Any
 from pinfs.cids import cid_problem
 from pinfs.errors import CorruptData, NotFound
 from pinfs.fsutil import atomic_write_bytes
+from pinfs.rootfs import S3Path, S3Stat
 from pinfs.schema import PENDING, make_record, map_legacy_status, normalize_timestamp, now_iso
 
 LEGACY_NAME = "pins.json"
@@ -169,6 +170,8 @@ def write_rejected(backend_dir: Path, rejected: list[Rejected], source: Path) ->
 
 def _read_text(path: Path) -> tuple[str, float]:
     """The file's text and modification time, bounded and without blocking on odd files."""
+    if isinstance(path, S3Path):
+        return _read_object_text(path)
     try:
         # O_NONBLOCK: a FIFO named pins.json must not hang us; it is refused below.
         # O_NOFOLLOW: a pins.json (or backup) that is a symlink may point outside the data root; it is
@@ -199,7 +202,20 @@ def _read_text(path: Path) -> tuple[str, float]:
         raise CorruptData(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
-def _require_readable_size(path: Path, info: os.stat_result) -> None:
+def _read_object_text(path: S3Path) -> tuple[str, float]:
+    """``_read_text`` of an object on an S3 root (it has no links, FIFOs or odd files)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise NotFound(f"{path}: no such object") from None
+    _require_readable_size(path, info)
+    try:
+        return path.read_bytes().decode("utf-8-sig"), info.st_mtime
+    except UnicodeDecodeError as exc:
+        raise CorruptData(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
+def _require_readable_size(path: Path | S3Path, info: os.stat_result | S3Stat) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise CorruptData(f"{path}: not a regular file")
     if info.st_size > MAX_FILE_BYTES:

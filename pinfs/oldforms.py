@@ -76,7 +76,7 @@ def shard_generation(name: str) -> str | None:
 
 
 def is_sharded(parquet_path: Path) -> bool:
-    return os.path.islink(parquet_path)
+    return isinstance(parquet_path, Path) and os.path.islink(parquet_path)  # S3 has no links
 
 
 def generation_dir(parquet_path: Path) -> Path:
@@ -184,7 +184,7 @@ def old_form_snapshot(parquet_path: Path, cache: StoreCache) -> PinSnapshot | No
     """The pins of the old form at ``parquet_path``, or None when there is none. CorruptData when it
     cannot be read."""
     try:
-        info = os.lstat(parquet_path)
+        info = parquet_path.lstat()
     except FileNotFoundError:
         return None
     if is_sharded(parquet_path):

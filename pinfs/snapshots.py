@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from pinfs.errors import CorruptData
 from pinfs.fsutil import refuse_symlink
+from pinfs.rootfs import S3Path, S3Stat, local_copy
 from pinfs.schema import STATUSES, STORE_COLUMNS
 from pinfs.tables import (
     RowGroup,
@@ -62,8 +63,9 @@ class FileIdentity:
     mtime_ns: int
 
     @classmethod
-    def of(cls, path: Path, stat: os.stat_result | None = None) -> FileIdentity:
-        stat = stat or os.stat(path)
+    def of(cls, path: Path | S3Path, stat: os.stat_result | S3Stat | None = None) -> FileIdentity:
+        """The identity of ``path`` as it is now (following a link; on S3, from the object's ETag)."""
+        stat = stat or path.stat()
         return cls(str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
@@ -462,6 +464,9 @@ def _open_stable(path: Path) -> tuple[FileIdentity, pa.NativeFile]:
     lives, while reads through the page cache cost the process only the Arrow buffers it keeps.
     """
     refuse_symlink(path)
+    if isinstance(path, S3Path):  # read from the local copy of exactly this version of the object
+        info = path.stat()
+        return FileIdentity.of(path, info), pa.OSFile(str(local_copy(path, info.etag)), "r")
     for _attempt in range(5):
         before = FileIdentity.of(path)
         opened = pa.OSFile(str(path), "r")

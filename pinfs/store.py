@@ -36,6 +36,7 @@ from pinfs.delta import TABLE_DIR, CommitConflict, DataFile, DeltaPins, TableSta
 from pinfs.errors import Busy, CorruptData, NotFound, PinfsError
 from pinfs.fsutil import backend_lock
 from pinfs.oldforms import old_form_exists, old_form_snapshot, read_old_form
+from pinfs.rootfs import S3Path, as_location, require_writable
 from pinfs.snapshots import (
     DEFAULT_CACHE,
     FileIdentity,
@@ -80,7 +81,7 @@ def delta_pins(backend: Backend) -> DeltaPins:
 
 
 def table_snapshot(state: TableState, cache: StoreCache) -> PinSnapshot:
-    directory = Path(state.identity.location)
+    directory = as_location(state.identity.location)
     pieces = [_file_piece(directory, data_file, cache) for data_file in state.files]
     return PinSnapshot(state.identity, pieces, cache, "table")
 
@@ -504,7 +505,9 @@ class PinStore:
     def transaction(self, *, lock_timeout: float | None = None) -> Iterator[Transaction]:
         """A read-modify-write of this backend (see ``Transaction``), with local writers serialized."""
         directory = self.backend.directory
-        if not directory.is_dir():
+        if isinstance(directory, S3Path):
+            require_writable(directory)  # a store that ignores conditional puts could lose commits
+        elif not directory.is_dir():
             raise NotFound(f"backend {self.backend.name!r} has no directory {directory}")
         with backend_lock(directory, timeout=lock_timeout):
             yield Transaction(self)

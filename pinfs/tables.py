@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from pinfs.errors import CorruptData, InvalidInput
 from pinfs.fsutil import atomic_writer, refuse_symlink
+from pinfs.rootfs import local_copy
 from pinfs.schema import REQUIRED_COLUMNS, STORE_COLUMNS, arrow_schema, now_iso
 
 # Rows per row group: small enough that a lookup reads little (~200 KB), large enough that a 1M-pin
@@ -212,7 +213,7 @@ def read_whole_table(path: Path, *, sort: bool = True) -> pa.Table:
     try:
         # Read through one open file: pq.read_table(path) opens the path twice (footer, then data), so a
         # writer renaming a new version in between would mix two versions ("Page was smaller than expected").
-        with pa.OSFile(str(path), "r") as source:
+        with pa.OSFile(str(local_copy(path)), "r") as source:
             table = open_parquet(source).read()
     except FileNotFoundError:
         raise

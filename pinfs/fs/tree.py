@@ -47,6 +47,7 @@ from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
 from pinfs.fsutil import refuse_symlink
 from pinfs.ops import reports
+from pinfs.rootfs import local_copy
 from pinfs.schema import STATUSES, load_metadata
 from pinfs.snapshots import PinSnapshot, StoreCache
 from pinfs.store import PinStore
@@ -164,7 +165,8 @@ class RealFileContent:
     """A real file, open for the life of the handle (an atomic replace leaves this version readable)."""
 
     def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # A file on an S3 root is read from its copy in the local read cache.
+        self._fd = os.open(local_copy(path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         self.size = os.fstat(self._fd).st_size
 
     def read(self, offset: int, size: int) -> bytes:
@@ -576,7 +578,7 @@ class PinTree:
             real = backend.directory / name
             refuse_symlink(real)  # CorruptData (EIO): a link could lead outside the data root
             try:
-                info = os.stat(real)
+                info = real.stat()
             except FileNotFoundError:
                 raise NotFound(f"{real} does not exist") from None
             return Node(path, NodeKind.FILE, size=info.st_size, mtime_ns=info.st_mtime_ns, real_path=real)

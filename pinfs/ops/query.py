@@ -32,6 +32,7 @@ import pyarrow as pa
 from pinfs.backends import Backend, discover_backends
 from pinfs.errors import CorruptData, InvalidInput, PinfsError
 from pinfs.oldforms import data_files, old_form_exists
+from pinfs.rootfs import as_location, local_copy
 from pinfs.schema import arrow_schema
 from pinfs.store import PinStore
 
@@ -44,7 +45,7 @@ def pin_files(backend: Backend) -> list[Path]:
     store = PinStore(backend)
     state = store.table_state()
     if state is not None:
-        directory = Path(state.identity.location)
+        directory = as_location(state.identity.location)
         return [directory / data_file.path for data_file in state.files if data_file.rows]
     if old_form_exists(backend.parquet_path):
         return data_files(backend.parquet_path)
@@ -59,7 +60,7 @@ def backend_source(backend: Backend) -> Any:
     files = pin_files(backend)
     if files:
         try:
-            return ds.dataset([str(path) for path in files], format="parquet")
+            return ds.dataset([str(local_copy(path)) for path in files], format="parquet")  # S3: the read cache
         except (pa.ArrowException, OSError) as exc:
             raise CorruptData(f"{files[0]}: {exc}") from None
     return PinStore(backend).snapshot().table()

