@@ -54,10 +54,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from pinfs.cids import cid_problem
 from pinfs.errors import CorruptData, NotFound
 from pinfs.fsutil import atomic_write_bytes
 from pinfs.schema import PENDING, make_record, map_legacy_status, normalize_timestamp, now_iso
+from pinfs.tables import empty_table, records_to_table
 
 LEGACY_NAME = "pins.json"
 BACKUP_PREFIX = "pins.json.backup."
@@ -76,7 +79,11 @@ TIMESTAMP_KEYS: tuple[str, ...] = ("created_at", "pinned_at", "timestamp", "adde
 CONTAINER_KEYS: tuple[str, ...] = ("pins", "Keys")
 
 # Backup stamps: ours (schema.utc_stamp) and ipfs_kit_py's (``%Y%m%d_%H%M%S``, local time).
-_STAMP_FORMATS: tuple[str, ...] = ("%Y%m%dT%H%M%S.%fZ", "%Y%m%dT%H%M%SZ", "%Y%m%d_%H%M%S")
+_STAMP_FORMATS: tuple[tuple[str, bool], ...] = (
+    ("%Y%m%dT%H%M%S.%fZ", True),
+    ("%Y%m%dT%H%M%SZ", True),
+    ("%Y%m%d_%H%M%S", False),
+)
 _JSON_WHITESPACE = " \t\r\n"
 
 
@@ -98,6 +105,10 @@ class LegacyPins:
     rejected: list[Rejected] = field(default_factory=list)
     shape: str = "empty"
 
+    def table(self) -> pa.Table:
+        """The records as a table in the store's schema, in file order."""
+        return records_to_table(self.records) if self.records else empty_table()
+
 
 class _EntryProblem(Exception):
     """Internal: why one entry is rejected."""
@@ -107,19 +118,42 @@ class _EntryProblem(Exception):
 
 
 def read_legacy_pins(path: Path, backend_name: str, backend_type: str) -> LegacyPins:
-    """Read a legacy pins file into records and rejects.
+    """Read a legacy pins file into records and rejects (``read_legacy_bytes`` then ``parse_legacy``).
 
     Raises ``NotFound`` if ``path`` does not exist and ``CorruptData("<path>: <reason>")`` when the
     file as a whole is unusable: not a regular file, too big, not UTF-8, not JSON, nested deeper
     than ``MAX_DEPTH`` or a top-level value that is neither a list nor an object.
     """
-    path = Path(path)
-    text, mtime = _read_text(path)
-    result = LegacyPins(source=path)
+    data, mtime = read_legacy_bytes(path)
+    return parse_legacy(data, Path(path), backend_name, backend_type, default_created_at=mtime_iso(mtime))
+
+
+def read_legacy_bytes(path: Path) -> tuple[bytes, float]:
+    """The bytes of a legacy file and its modification time, read once, bounded, never following a
+    symlink or blocking on a FIFO (migration backs up exactly these bytes). Raises as ``read_legacy_pins``."""
+    return _read_bytes(Path(path))
+
+
+def mtime_iso(mtime: float) -> str:
+    """The ``created_at`` of entries without a usable timestamp: the file's modification time (the pin
+    existed by then at the latest, and reading the same file twice gives the same records)."""
+    return datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="microseconds")
+
+
+def parse_legacy(
+    data: bytes, source: Path, backend_name: str, backend_type: str, *, default_created_at: str
+) -> LegacyPins:
+    """Parse the bytes of a legacy file (read from ``source``, named in locations and errors).
+
+    ``default_created_at`` is the ``created_at`` of entries without a usable timestamp; migration
+    gives a file and the backup it is compared with the same one, so that such entries compare equal.
+    Raises ``CorruptData`` as ``read_legacy_pins`` does.
+    """
+    text = _decode_text(source, data)
+    result = LegacyPins(source=source)
     if text[:1] in ("", *_JSON_WHITESPACE) and not text.strip(_JSON_WHITESPACE):  # no copy of big files
         return result
-    value = _parse_document(path, text)
-    default_created_at = datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="microseconds")
+    value = _parse_document(source, text)
     reader = _Reader(result, backend_name, backend_type, default_created_at)
     result.shape = reader.read_top(value)
     return result
@@ -128,8 +162,8 @@ def read_legacy_pins(path: Path, backend_name: str, backend_type: str) -> Legacy
 def find_legacy_source(backend_dir: Path) -> Path | None:
     """``backend_dir/pins.json`` if it exists, else the newest ``pins.json.backup.<stamp>``, else None.
 
-    Backups are ordered by the time in their stamp (ours or ipfs_kit_py's), then by name; a
-    backup whose stamp is in neither form ranks below every dated one.
+    Backups are ordered by the time in their stamp (ours in UTC, ipfs_kit_py's in local time), then by
+    modification time, then by name; a backup whose stamp is in neither form ranks below every dated one.
     """
     backend_dir = Path(backend_dir)
     current = backend_dir / LEGACY_NAME
@@ -143,6 +177,20 @@ def list_backups(backend_dir: Path) -> list[Path]:
     """Every ``pins.json.backup.<stamp>`` of a backend, oldest first (ordered as in find_legacy_source)."""
     backups = [p for p in Path(backend_dir).glob(BACKUP_PREFIX + "*") if len(p.name) > len(BACKUP_PREFIX)]
     return sorted(backups, key=_backup_sort_key)
+
+
+def is_own_backup(path: Path) -> bool:
+    """Whether a backup's stamp is pinfs' own (UTC), as opposed to ipfs_kit_py's (local time)."""
+    stamp = path.name[len(BACKUP_PREFIX) :]
+    return any(in_utc and _parses(stamp, pattern) for pattern, in_utc in _STAMP_FORMATS)
+
+
+def _parses(stamp: str, pattern: str) -> bool:
+    try:
+        datetime.strptime(stamp, pattern)
+    except ValueError:
+        return False
+    return True
 
 
 def write_rejected(backend_dir: Path, rejected: list[Rejected], source: Path) -> Path | None:
@@ -167,8 +215,8 @@ def write_rejected(backend_dir: Path, rejected: list[Rejected], source: Path) ->
 # -- reading and parsing the file --
 
 
-def _read_text(path: Path) -> tuple[str, float]:
-    """The file's text and modification time, bounded and without blocking on odd files."""
+def _read_bytes(path: Path) -> tuple[bytes, float]:
+    """The file's bytes and modification time, bounded and without blocking on odd files."""
     try:
         # O_NONBLOCK: a FIFO named pins.json must not hang us; it is refused below.
         # O_NOFOLLOW: a pins.json (or backup) that is a symlink may point outside the data root; it is
@@ -193,8 +241,12 @@ def _read_text(path: Path) -> tuple[str, float]:
             raise CorruptData(f"{path}: cannot read ({exc.strerror})") from None
     if len(data) > MAX_FILE_BYTES:
         raise CorruptData(f"{path}: more than the {MAX_FILE_BYTES} bytes accepted")
+    return data, info.st_mtime
+
+
+def _decode_text(path: Path, data: bytes) -> str:
     try:
-        return data.decode("utf-8-sig"), info.st_mtime
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CorruptData(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
 
@@ -531,11 +583,30 @@ def _encode_json(document: Mapping[str, Any]) -> bytes:
         return (json.dumps(document, indent=2) + "\n").encode("ascii")
 
 
-def _backup_sort_key(path: Path) -> tuple[datetime, str]:
+def _backup_sort_key(path: Path) -> tuple[datetime, int, str]:
+    """When a backup was made: the time in its stamp (ours is UTC; ipfs_kit_py's ``%Y%m%d_%H%M%S`` is
+    local time, issue #14), then its modification time for equal stamps, then its name. A stamp in
+    neither form ranks below every dated one."""
     stamp = path.name[len(BACKUP_PREFIX) :]
-    for pattern in _STAMP_FORMATS:
+    try:
+        mtime_ns = path.lstat().st_mtime_ns
+    except OSError:
+        mtime_ns = 0
+    for pattern, in_utc in _STAMP_FORMATS:
         try:
-            return datetime.strptime(stamp, pattern), path.name
+            moment = datetime.strptime(stamp, pattern)
         except ValueError:
             continue
-    return datetime.min, path.name
+        try:
+            # astimezone() on a naive time reads it as local time, DST included.
+            return (
+                moment.replace(tzinfo=timezone.utc) if in_utc else moment.astimezone(timezone.utc),
+                mtime_ns,
+                path.name,
+            )
+        except (OverflowError, OSError, ValueError):  # year 1 in a zone east of UTC, and the like
+            break
+    return _UNDATED, mtime_ns, path.name
+
+
+_UNDATED = datetime.min.replace(tzinfo=timezone.utc)
