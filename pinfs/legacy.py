@@ -104,6 +104,7 @@ class LegacyPins:
     records: list[dict[str, str]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     shape: str = "empty"
+    default_created_at: str = ""  # given to entries without a usable timestamp
 
     def table(self) -> pa.Table:
         """The records as a table in the store's schema, in file order."""
@@ -150,7 +151,7 @@ def parse_legacy(
     Raises ``CorruptData`` as ``read_legacy_pins`` does.
     """
     text = _decode_text(source, data)
-    result = LegacyPins(source=source)
+    result = LegacyPins(source=source, default_created_at=default_created_at)
     if text[:1] in ("", *_JSON_WHITESPACE) and not text.strip(_JSON_WHITESPACE):  # no copy of big files
         return result
     value = _parse_document(source, text)

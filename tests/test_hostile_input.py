@@ -367,6 +367,12 @@ def test_bad_backend_names_are_usage_errors_in_one_line(root: Path, name: str) -
         ["pin", "ls", f"--backend={name}"],
     ):
         result = run_pinfs(root, *args)
+        if args[0] == "migrate" and name == "-x":  # a filter may be part of a name (s3-x): it matches none
+            assert (result.returncode, result.stderr) == (
+                1,
+                "pinfs migrate: error: no backend matches '-x' (backends: good)\n",
+            )
+            continue
         assert result.returncode == 2, (args, result.stderr)
         assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
         assert "invalid backend name" in result.stderr and "Traceback" not in result.stderr

@@ -42,7 +42,7 @@ def match_backends(root: Path, filters: Sequence[str]) -> list[Backend]:
         return discover_backends(root)[0]
     for text in filters:
         if not _FILTER_PATTERN.fullmatch(text):
-            raise InvalidInput(f"--backend-filter {text[:80]!r}: not part of a backend name (letters, digits, - and _)")
+            raise InvalidInput(f"invalid backend name or part of one: {text[:80]!r} (letters, digits, - and _)")
     backends = discover_backends(root)[0]
     chosen: dict[str, Backend] = {}
     for text in filters:

@@ -381,11 +381,15 @@ def _against(legacy: pa.Table, previous: pa.Table) -> tuple[pa.Array, pa.Array]:
 def _force_updates(plan: _Plan, rows: pa.Table) -> None:
     """``--force`` on entries already in the store: re-imported, keeping the pin's car_file_path and
     pinfs' own fields (issue #14, item 3)."""
+    assert plan.legacy is not None
     records = rows.to_pylist()
     existing = _store_records(plan.current, [record["cid"] for record in records])
     replacements: dict[str, dict[str, Any]] = {}
     for record in records:
         old = existing[record["cid"]]
+        if record["created_at"] == plan.legacy.default_created_at and old.get("created_at"):
+            # No timestamp of its own (it got the file's mtime): the store's is as good, and older.
+            record["created_at"] = old["created_at"]
         new = _forced(old, record)
         if any(new[column] != old.get(column) for column in REQUIRED_COLUMNS):
             replacements[record["cid"]] = new
