@@ -43,12 +43,13 @@ it, its caller does.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import json
 import math
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,8 +60,9 @@ import pyarrow as pa
 from pinfs.cids import cid_problem
 from pinfs.errors import CorruptData, NotFound
 from pinfs.fsutil import atomic_write_bytes
+from pinfs.legacy_columns import BATCH_ENTRIES, RowCollector, add_plain_batch, decode_batch, join, split_document
 from pinfs.schema import PENDING, make_record, map_legacy_status, normalize_timestamp, now_iso
-from pinfs.tables import empty_table, records_to_table
+from pinfs.tables import empty_table
 
 LEGACY_NAME = "pins.json"
 BACKUP_PREFIX = "pins.json.backup."
@@ -85,6 +87,7 @@ _STAMP_FORMATS: tuple[tuple[str, bool], ...] = (
     ("%Y%m%d_%H%M%S", False),
 )
 _JSON_WHITESPACE = " \t\r\n"
+_JSON_WHITESPACE_BYTES = (b" ", b"\t", b"\r", b"\n")
 
 
 @dataclass
@@ -98,17 +101,22 @@ class Rejected:
 
 @dataclass
 class LegacyPins:
-    """Everything read from one legacy file."""
+    """Everything read from one legacy file: the pins as a table in the store's schema (file order),
+    what was rejected, and the document's shape."""
 
     source: Path
-    records: list[dict[str, str]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     shape: str = "empty"
     default_created_at: str = ""  # given to entries without a usable timestamp
+    pins: pa.Table = field(default_factory=empty_table)
 
     def table(self) -> pa.Table:
-        """The records as a table in the store's schema, in file order."""
-        return records_to_table(self.records) if self.records else empty_table()
+        return self.pins
+
+    @property
+    def records(self) -> list[dict[str, str]]:
+        """The pins as record dicts (the six contract fields), in file order."""
+        return self.pins.to_pylist()
 
 
 class _EntryProblem(Exception):
@@ -149,14 +157,26 @@ def parse_legacy(
     ``default_created_at`` is the ``created_at`` of entries without a usable timestamp; migration
     gives a file and the backup it is compared with the same one, so that such entries compare equal.
     Raises ``CorruptData`` as ``read_legacy_pins`` does.
+
+    The document is split by msgspec and read a batch of entries at a time (``pinfs.legacy_columns``);
+    one msgspec cannot split (NaN, a scalar at the top, not JSON) is parsed whole by json, as before.
     """
-    text = _decode_text(source, data)
+    if not data.isascii():  # ASCII is UTF-8; anything else is decoded once to find a bad byte
+        _decode_text(source, data)
+    body = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
     result = LegacyPins(source=source, default_created_at=default_created_at)
-    if text[:1] in ("", *_JSON_WHITESPACE) and not text.strip(_JSON_WHITESPACE):  # no copy of big files
-        return result
-    value = _parse_document(source, text)
+    if body[:1] in (b"", *_JSON_WHITESPACE_BYTES) and not body.strip(_JSON_WHITESPACE.encode()):
+        return result  # (only a file that starts with whitespace is copied by strip)
     reader = _Reader(result, backend_name, backend_type, default_created_at)
-    result.shape = reader.read_top(value)
+    try:
+        top = split_document(body)
+    except RecursionError:
+        raise CorruptData(f"{source}: JSON nested deeper than {MAX_DEPTH} levels") from None
+    if top is None:
+        reader.read_top(_parse_document(source, _decode_text(source, data)))
+    else:
+        reader.read_split(top)
+    reader.finish()
     return result
 
 
@@ -324,68 +344,160 @@ _CONTAINER_TYPES = (dict, list)
 # -- turning entries into records --
 
 
+class _ListItems:
+    """The entries of a list (or the values of an object), a batch at a time: raw JSON split by msgspec,
+    or values json already parsed."""
+
+    def __init__(self, path: Path, raws: list[Any] | None = None, values: list[Any] | None = None, outer: int = 0):
+        self.path, self.raws, self.values = path, raws, values
+        self.limit = MAX_DEPTH - outer  # the batch stands for the container: its depth counts
+
+    def __len__(self) -> int:
+        return len(self.raws if self.raws is not None else self.values or [])
+
+    def batch(self, start: int, stop: int, *, plain: bool) -> tuple[list[Any], bool]:
+        """Entries ``start:stop`` and whether they were decoded as plain entries (see legacy_columns)."""
+        if self.raws is None:
+            return (self.values or [])[start:stop], False
+        raws = self.raws[start:stop]
+        if plain and (items := decode_batch(raws, plain=True)) is not None:
+            return items, True
+        return self._parsed(join(raws)), False
+
+    def item(self, index: int) -> Any:
+        if self.raws is None:
+            return (self.values or [])[index]
+        return self._parsed(join(self.raws[index : index + 1]))[0]
+
+    def _parsed(self, text: bytes) -> list[Any]:
+        try:
+            items = _loads(text.decode("utf-8"))
+        except RecursionError:
+            items = None
+        if items is None or _depth_exceeds(items, self.limit):
+            raise CorruptData(f"{self.path}: JSON nested deeper than {MAX_DEPTH} levels")
+        return items
+
+
 class _Reader:
-    """Fills one LegacyPins, keeping the CIDs already seen (first one wins)."""
+    """Fills one LegacyPins: entries become rows (``legacy_columns.RowCollector``) or rejects; a CID
+    accepted twice is a duplicate (the first one wins)."""
 
     def __init__(self, result: LegacyPins, backend_name: str, backend_type: str, default_created_at: str):
         self.result = result
         self.backend_name = backend_name
         self.backend_type = backend_type
         self.default_created_at = default_created_at
-        self.seen: set[str] = set()
         self.name = result.source.name
+        self.path = result.source
+        self.rows = RowCollector(backend_name, backend_type)
+        self._entry: Callable[[int], tuple[Any, str]] = lambda index: (None, "")
 
-    def read_top(self, value: list[Any] | dict[str, Any]) -> str:
-        """Read the whole document; returns its shape."""
+    def finish(self) -> None:
+        def duplicate(index: int) -> Rejected:
+            item, location = self._entry(index)
+            return Rejected(entry=_preview(item), reason="duplicate CID", location=location)
+
+        self.result.pins, self.result.rejected = self.rows.finish(duplicate)
+
+    # -- the document --
+
+    def read_top(self, value: list[Any] | dict[str, Any]) -> None:
+        """Read a document json parsed whole."""
         if isinstance(value, list):
-            self.read_list(value, "")
-            return _list_shape(value)
-        if not value:
-            return "empty"
-        container = next((key for key in CONTAINER_KEYS if key in value), None)
-        if container is None:
-            self.read_map(value, "")
-            return "cid-map"
-        self.read_container(container, value[container])
-        return "pins-object"
+            self.result.shape = self.read_list(_ListItems(self.path, values=value), "")
+        elif not value:
+            self.result.shape = "empty"
+        elif (container := next((key for key in CONTAINER_KEYS if key in value), None)) is None:
+            self.read_map(list(value), _ListItems(self.path, values=list(value.values())), "")
+            self.result.shape = "cid-map"
+        else:
+            self.read_container(container, value[container])
+            self.result.shape = "pins-object"
+
+    def read_split(self, top: list[Any] | dict[str, Any]) -> None:
+        """Read a document msgspec split into raw values."""
+        if isinstance(top, list):
+            self.result.shape = self.read_list(_ListItems(self.path, raws=top), "")
+        elif not top:
+            self.result.shape = "empty"
+        elif (container := next((key for key in CONTAINER_KEYS if key in top), None)) is None:
+            self.read_map(list(top), _ListItems(self.path, raws=list(top.values())), "")
+            self.result.shape = "cid-map"
+        else:
+            self.result.shape = "pins-object"
+            inner = split_document(bytes(top[container]))
+            if isinstance(inner, list):
+                self.read_list(_ListItems(self.path, raws=inner, outer=1), f"{container} ")
+            elif isinstance(inner, dict):
+                self.read_map(list(inner), _ListItems(self.path, raws=list(inner.values()), outer=1), f"{container} ")
+            else:
+                self.read_container(container, _ListItems(self.path, raws=[top[container]]).item(0))
 
     def read_container(self, key: str, inner: Any) -> None:
         if isinstance(inner, list):
-            self.read_list(inner, f"{key} ")
+            self.read_list(_ListItems(self.path, values=inner), f"{key} ")
         elif isinstance(inner, dict):
-            self.read_map(inner, f"{key} ")
+            self.read_map(list(inner), _ListItems(self.path, values=list(inner.values())), f"{key} ")
         elif inner is not None:
             reason = f"'{key}' is {_json_type(inner)}, expected a list or an object"
-            self.reject(inner, reason, f"{self.name}: key {_show_key(key)}")
+            self.rows.reject(0, Rejected(_preview(inner), reason, f"{self.name}: key {_show_key(key)}"))
 
-    def read_list(self, items: list[Any], prefix: str) -> None:
-        for index, item in enumerate(items):
-            location = f"{self.name}: {prefix}entry {index}"
-            try:
-                cid, fields = _split_list_entry(item)
-                self.add(cid, fields)
-            except _EntryProblem as problem:
-                self.reject(item, str(problem), location)
+    def read_list(self, items: _ListItems, prefix: str) -> str:
+        """Read every entry of a list; returns the list's shape."""
+        self._entry = lambda index: (items.item(index), f"{self.name}: {prefix}entry {index}")
+        kinds: set[type] = set()
+        for start in range(0, len(items), BATCH_ENTRIES):
+            batch, plain = items.batch(start, start + BATCH_ENTRIES, plain=True)
+            kinds.update(map(type, batch))
+            if plain:
+                add_plain_batch(
+                    batch, start, self.rows, self.default_created_at, lambda i, item: self.read_entry(i, item, prefix)
+                )
+            else:
+                for offset, item in enumerate(batch):
+                    self.read_entry(start + offset, item, prefix)
+            self.rows.flush()
+        return _list_shape(kinds)
 
-    def read_map(self, mapping: dict[str, Any], prefix: str) -> None:
-        for key, item in mapping.items():
-            location = f"{self.name}: {prefix}key {_show_key(key)}"
-            try:
-                self.add(key, _map_value_fields(key, item))
-            except _EntryProblem as problem:
-                self.reject({key: item}, str(problem), location)
+    def read_entry(self, index: int, item: Any, prefix: str) -> None:
+        location = f"{self.name}: {prefix}entry {index}"
+        try:
+            cid, fields = _split_list_entry(item)
+            self.add(index, cid, fields, item, location)
+        except _EntryProblem as problem:
+            self.rows.reject(index, Rejected(_preview(item), str(problem), location))
 
-    def add(self, cid: object, fields: dict[str, Any]) -> None:
-        """Validate and append one record; raises _EntryProblem instead."""
+    def read_map(self, keys: list[str], values: _ListItems, prefix: str) -> None:
+        self._entry = lambda index: (
+            {keys[index]: values.item(index)},
+            f"{self.name}: {prefix}key {_show_key(keys[index])}",
+        )
+        for start in range(0, len(keys), BATCH_ENTRIES):
+            batch, _plain = values.batch(start, start + BATCH_ENTRIES, plain=False)
+            for offset, item in enumerate(batch):
+                index = start + offset
+                key = keys[index]
+                location = f"{self.name}: {prefix}key {_show_key(key)}"
+                try:
+                    self.add(index, key, _map_value_fields(key, item), {key: item}, location)
+                except _EntryProblem as problem:
+                    self.rows.reject(index, Rejected(_preview({key: item}), str(problem), location))
+            self.rows.flush()
+
+    def add(self, index: int, cid: object, fields: dict[str, Any], item: Any, location: str) -> None:
+        """Validate and keep one entry; raises _EntryProblem instead. A valid CID whose record cannot
+        be built is rejected as a duplicate if that CID was accepted before (``RowCollector``)."""
         problem = cid_problem(cid)
         if problem is not None:
             raise _EntryProblem(f"invalid CID: {problem}")
         assert isinstance(cid, str)
-        if cid in self.seen:
-            raise _EntryProblem("duplicate CID")
-        record = self.build(cid, fields)
-        self.seen.add(cid)
-        self.result.records.append(record)
+        try:
+            record = self.build(cid, fields)
+        except _EntryProblem as failure:
+            self.rows.build_failed(index, cid, Rejected(_preview(item), str(failure), location))
+            return
+        self.rows.record(index, record)
 
     def build(self, cid: str, fields: dict[str, Any]) -> dict[str, str]:
         rest = fields  # always a fresh dict made for this entry (_split_list_entry, _map_value_fields)
@@ -409,16 +521,13 @@ class _Reader:
         _require_utf8(record)
         return record
 
-    def reject(self, entry: object, reason: str, location: str) -> None:
-        self.result.rejected.append(Rejected(entry=_preview(entry), reason=reason, location=location))
 
-
-def _list_shape(items: list[Any]) -> str:
-    if not items:
+def _list_shape(kinds: set[type]) -> str:
+    if not kinds:
         return "empty"
-    if all(isinstance(item, str) for item in items):
+    if kinds == {str}:
         return "list-of-strings"
-    if all(isinstance(item, dict) for item in items):
+    if kinds == {dict}:
         return "list-of-objects"
     return "mixed"
 

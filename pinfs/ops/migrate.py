@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,20 +261,23 @@ class _Plan:
     source: _Source | None = None
     baseline: _Baseline | None = None  # what the comparison was made with (None: everything is new)
     existing_backup: Path | None = None  # a backup holding the source's bytes already
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    removed_in_pinfs: list[str] = field(default_factory=list)  # in the last import, not in the store
-    changed_in_legacy: list[str] = field(default_factory=list)  # changed since, not applied (no --force)
-    gone_from_legacy: list[str] = field(default_factory=list)  # in the last import, not in the source now
+    added: Sequence[str] = field(default_factory=list)
+    updated: Sequence[str] = field(default_factory=list)
+    unchanged: Sequence[str] = field(default_factory=list)
+    removed_in_pinfs: Sequence[str] = field(default_factory=list)  # in the last import, not in the store
+    changed_in_legacy: Sequence[str] = field(default_factory=list)  # changed since, not applied (no --force)
+    gone_from_legacy: Sequence[str] = field(default_factory=list)  # in the last import, not in the source now
     replacements: dict[str, dict[str, Any]] = field(default_factory=dict)  # rows --force re-imports
     car_reason: str | None = None
     note: str | None = None
     total: int | None = None  # pins in the store, when no table was read
 
+    written_backup: Path | None = None  # the backup this run made of the source
+    sha256: str | None = None  # of the source's bytes
+
     @property
     def parquet_changes(self) -> bool:
-        return bool(self.added or self.updated)
+        return len(self.added) + len(self.updated) > 0
 
     @property
     def backup_needed(self) -> bool:
@@ -311,11 +315,18 @@ def _plan(backend: Backend, txn: Transaction, path: Path | None, options: Migrat
     plan = _Plan(current=current, merged=current)
     if path is not None:
         plan.source = _read_source(path)
+        plan.sha256 = plan.source.sha256
         plan.legacy = plan.source.parse(backend)
         if not options.force:
             plan.baseline = _baseline(backend, txn.store)
         plan.existing_backup = _backup_for(backend, plan.source, plan.baseline)
+        if plan.existing_backup is None and not options.dry_run:
+            # Backed up first (CONTRACT §1), exactly the bytes that were parsed; then they are let go,
+            # so a big pins.json is not held in memory while the store is written.
+            plan.written_backup = backend.directory / f"{BACKUP_PREFIX}{utc_stamp()}"
+            atomic_write_bytes(plan.written_backup, plan.source.data)
         _compare(backend, plan, force=options.force)
+        plan.source.data = b""
     plan.car_reason = _car_reason(backend, plan, options)
     return plan
 
@@ -333,18 +344,19 @@ def _compare(backend: Backend, plan: _Plan, *, force: bool) -> None:
     else:
         in_last, changed = _against(legacy, previous)
         gone = pc.invert(pc.is_in(previous.column("cid"), value_set=cids.combine_chunks()))
-        plan.gone_from_legacy = previous.column("cid").filter(gone).to_pylist()
+        plan.gone_from_legacy = previous.column("cid").filter(gone)
     new = pc.invert(in_last)
     # New entries not yet in the store are added; with force, every entry not in the store.
     add = pc.and_(pc.invert(in_store), pa.scalar(True) if force else new)
-    plan.added = cids.filter(add).to_pylist()
+    everything = bool(pc.all(add).as_py()) if len(add) else False  # a first migration: no copies
+    plan.added = cids if everything else cids.filter(add)
     if force:
         _force_updates(plan, legacy.filter(in_store))
     else:
-        plan.unchanged = cids.filter(pc.and_(in_store, pc.or_(new, pc.invert(changed)))).to_pylist()
-        plan.changed_in_legacy = cids.filter(pc.and_(in_store, changed)).to_pylist()
-        plan.removed_in_pinfs = cids.filter(pc.and_(in_last, pc.invert(in_store))).to_pylist()
-    plan.merged = _merged(plan, legacy.filter(add))
+        plan.unchanged = cids.filter(pc.and_(in_store, pc.or_(new, pc.invert(changed))))
+        plan.changed_in_legacy = cids.filter(pc.and_(in_store, changed))
+        plan.removed_in_pinfs = cids.filter(pc.and_(in_last, pc.invert(in_store)))
+    plan.merged = _merged(plan, legacy if everything else legacy.filter(add))
 
 
 def _previous_import(backend: Backend, plan: _Plan) -> pa.Table | None:
@@ -385,6 +397,8 @@ def _force_updates(plan: _Plan, rows: pa.Table) -> None:
     records = rows.to_pylist()
     existing = _store_records(plan.current, [record["cid"] for record in records])
     replacements: dict[str, dict[str, Any]] = {}
+    updated: list[str] = []
+    unchanged: list[str] = []
     for record in records:
         old = existing[record["cid"]]
         if record["created_at"] == plan.legacy.default_created_at and old.get("created_at"):
@@ -393,10 +407,10 @@ def _force_updates(plan: _Plan, rows: pa.Table) -> None:
         new = _forced(old, record)
         if any(new[column] != old.get(column) for column in REQUIRED_COLUMNS):
             replacements[record["cid"]] = new
-            plan.updated.append(record["cid"])
+            updated.append(record["cid"])
         else:
-            plan.unchanged.append(record["cid"])
-    plan.replacements = replacements
+            unchanged.append(record["cid"])
+    plan.replacements, plan.updated, plan.unchanged = replacements, updated, unchanged
 
 
 def _store_records(table: pa.Table, cids: list[str]) -> dict[str, dict[str, Any]]:
@@ -466,7 +480,7 @@ def _describe(backend: Backend, plan: _Plan, options: MigrateOptions) -> dict[st
         "source": str(legacy.source) if legacy else None,
         "since": plan.baseline.path.name if plan.baseline else None,
         "legacy_shape": legacy.shape if legacy else None,
-        "found": len(legacy.records) + len(legacy.rejected) if legacy else 0,
+        "found": legacy.pins.num_rows + len(legacy.rejected) if legacy else 0,
         "added": len(plan.added),
         "updated": len(plan.updated),
         "unchanged": len(plan.unchanged),
@@ -486,7 +500,8 @@ def _describe(backend: Backend, plan: _Plan, options: MigrateOptions) -> dict[st
         entry["warning"] = backend.config_error
     if options.verbose:
         for key in ("added", "updated", "removed_in_pinfs", "changed_in_legacy", "gone_from_legacy"):
-            entry[f"{key}_cids"] = getattr(plan, key)
+            cids = getattr(plan, key)
+            entry[f"{key}_cids"] = cids.to_pylist() if isinstance(cids, (pa.Array, pa.ChunkedArray)) else list(cids)
         entry["rejected_entries"] = [asdict(item) for item in legacy.rejected] if legacy else []
     return entry
 
@@ -496,29 +511,33 @@ def _apply(backend: Backend, txn: Transaction, plan: _Plan) -> dict[str, Any]:
     The caller holds the lock."""
     written: dict[str, Any] = {}
     source, legacy = plan.source, plan.legacy
-    backup = plan.existing_backup
-    if source is not None and backup is None:
-        backup = backend.directory / f"{BACKUP_PREFIX}{utc_stamp()}"
-        atomic_write_bytes(backup, source.data)  # exactly the bytes that were parsed
-        written["backup_path"] = str(backup)
+    backup = plan.existing_backup or plan.written_backup  # written by _plan, before anything else
+    if plan.written_backup is not None:
+        written["backup_path"] = str(plan.written_backup)
     if legacy is not None and legacy.rejected and _rejected_changed(backend, legacy):
         written["rejected_path"] = str(write_rejected(backend.directory, legacy.rejected, legacy.source))
-    parquet_needed = plan.parquet_changes or (legacy is not None and not txn.store.has_parquet())
+    first = not txn.store.has_parquet()
+    if source is not None and backup is not None and first:
+        # A first import: no record is read without a store, so recording it first is safe, and a
+        # record left by a store since deleted can never outlive the pins it describes.
+        _remember_import(backend, backup, source.sha256)
+    parquet_needed = plan.parquet_changes or (legacy is not None and first)
     if parquet_needed and plan.car_reason is not None:
         written["car"] = write_table_and_car_locked(backend, txn, plan.merged)
     elif parquet_needed:
         txn.write(plan.merged)
     elif plan.car_reason is not None:
         written["car"] = write_car_locked(backend, plan.merged)
-    if source is not None and backup is not None:
+    if source is not None and backup is not None and not first:
         _remember_import(backend, backup, source.sha256)
     return written
 
 
 def _remember_import(backend: Backend, backup: Path, sha256: str) -> None:
-    """Record ``backup`` as what was last imported (after the pins are written: a crash in between
-    leaves the previous record, so the next run compares with the older import and adds nothing a
-    user removed since, because there is no "since" yet). The caller holds the lock."""
+    """Record ``backup`` as what was last imported. Into an existing store, after the pins are written:
+    a crash in between leaves the previous record, and the next run compares with that older import,
+    which brings back nothing removed since (what was added since is in the store already). The caller
+    holds the lock."""
     record = read_state(backend).get(IMPORT_SECTION)
     if isinstance(record, dict) and record.get("backup") == backup.name and record.get("sha256") == sha256:
         return  # a second run changes no file
@@ -553,7 +572,7 @@ def _restore_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
         "ok": True,
         "restored_from": str(newest),
         "backups_available": len(backups),
-        "pins": len(legacy.records),
+        "pins": legacy.pins.num_rows,
         "rejected": len(legacy.rejected),
     }
     if options.dry_run:
