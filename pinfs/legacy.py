@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pinfs.cids import cid_problem
 from pinfs.errors import CorruptData, NotFound
@@ -101,22 +102,35 @@ class Rejected:
 
 @dataclass
 class LegacyPins:
-    """Everything read from one legacy file: the pins as a table in the store's schema (file order),
+    """Everything read from one legacy file: the pins (``table()``, in the store's schema, file order),
     what was rejected, and the document's shape."""
 
     source: Path
     rejected: list[Rejected] = field(default_factory=list)
     shape: str = "empty"
     default_created_at: str = ""  # given to entries without a usable timestamp
+    # The pins as read: a car_file_path that is the backend's template is null until ``table()`` (a
+    # big file's ~90 bytes a pin are then made after its bytes could be let go).
     pins: pa.Table = field(default_factory=empty_table)
+    template: tuple[str, str] = ("", "")  # (prefix, suffix) around the CID
+
+    @property
+    def count(self) -> int:
+        return self.pins.num_rows
 
     def table(self) -> pa.Table:
+        cars = self.pins.column("car_file_path")
+        if cars.null_count:
+            filled = pc.coalesce(
+                cars, pc.binary_join_element_wise(self.template[0], self.pins.column("cid"), self.template[1], "")
+            )
+            self.pins = self.pins.set_column(1, pa.field("car_file_path", pa.string(), nullable=False), filled)
         return self.pins
 
     @property
     def records(self) -> list[dict[str, str]]:
         """The pins as record dicts (the six contract fields), in file order."""
-        return self.pins.to_pylist()
+        return self.table().to_pylist()
 
 
 class _EntryProblem(Exception):
@@ -391,7 +405,7 @@ class _Reader:
         self.name = result.source.name
         self.path = result.source
         self.rows = RowCollector(backend_name, backend_type)
-        self._entry: Callable[[int], tuple[Any, str]] = lambda index: (None, "")
+        self._entry: Callable[[int], tuple[Any, str]] = _no_entry
 
     def finish(self) -> None:
         def duplicate(index: int) -> Rejected:
@@ -399,6 +413,10 @@ class _Reader:
             return Rejected(entry=_preview(item), reason="duplicate CID", location=location)
 
         self.result.pins, self.result.rejected = self.rows.finish(duplicate)
+        self.result.template = self.rows.template
+        # The entry finder holds the raw entries, and so the file's bytes, in a cycle through self:
+        # break it, so that they go as soon as the caller lets the bytes go, not at the next GC.
+        self._entry = _no_entry
 
     # -- the document --
 
@@ -520,6 +538,10 @@ class _Reader:
         )
         _require_utf8(record)
         return record
+
+
+def _no_entry(index: int) -> tuple[Any, str]:
+    return None, ""
 
 
 def _list_shape(kinds: set[type]) -> str:

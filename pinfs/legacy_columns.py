@@ -124,15 +124,10 @@ class RowCollector:
         lists = self.lists
         if not lists["index"]:
             return
-        cids = pa.array(lists["cid"], pa.string())
-        cars = pa.array(lists["car_file_path"], pa.string())
-        if cars.null_count:
-            template = pc.binary_join_element_wise(self.template[0], cids, self.template[1], "")
-            cars = pc.coalesce(cars, template)
         columns = {
             "index": pa.array(lists["index"], pa.int64()),
-            "cid": cids,
-            "car_file_path": cars,
+            "cid": pa.array(lists["cid"], pa.string()),
+            "car_file_path": pa.array(lists["car_file_path"], pa.string()),  # null: the template's
             "created_at": pa.array(lists["created_at"], pa.string()),
             "status": pa.array(lists["status"], pa.string()),
             "metadata": pa.array(lists["metadata"], pa.string()),
@@ -142,8 +137,9 @@ class RowCollector:
             values.clear()
 
     def finish(self, duplicate: Callable[[int], Any]) -> tuple[pa.Table, list[Any]]:
-        """The table of accepted pins in the store's schema (file order) and the rejected entries in
-        file order. ``duplicate(index)`` makes the Rejected of a later entry with an accepted CID."""
+        """The table of accepted pins in the store's columns (file order; a car_file_path that is the
+        template's is null, see ``template``) and the rejected entries in file order.
+        ``duplicate(index)`` makes the Rejected of a later entry with an accepted CID."""
         self.flush()
         table = pa.concat_tables(self._chunks) if self._chunks else _EMPTY_ROWS
         self._chunks = []
@@ -268,13 +264,12 @@ def valid_cid_mask(values: Sequence[Any]) -> np.ndarray:
     lowercase base32 with a one-byte codec and a sha2-256 multihash, its padding bits zero. False
     says nothing (the caller asks ``cid_problem``). All checked at once with numpy."""
     result = np.zeros(len(values), dtype=bool)
-    positions = [i for i, value in enumerate(values) if type(value) is str and len(value) == _CIDV1_LENGTH]
+    positions = [
+        i for i, value in enumerate(values) if type(value) is str and len(value) == _CIDV1_LENGTH and value.isascii()
+    ]
     if not positions:
         return result
-    try:
-        text = "".join([values[i] for i in positions]).encode("ascii")
-    except UnicodeEncodeError:
-        return result
+    text = "".join([values[i] for i in positions]).encode("ascii")
     chars = np.frombuffer(text, dtype=np.uint8).reshape(len(positions), _CIDV1_LENGTH)
     digits = _BASE32[chars[:, 1:]]
     ok = (chars[:, 0] == ord("b")) & (digits != 255).all(axis=1)

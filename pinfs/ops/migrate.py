@@ -33,9 +33,11 @@ no file); a failed one records its error but keeps the time of the last migratio
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,7 +167,7 @@ class _Source:
     path: Path
     data: bytes
     mtime: float
-    sha256: str
+    sha256: str = ""  # set by _secure (on a second thread, while the bytes are parsed)
 
     @property
     def is_backup(self) -> bool:
@@ -187,6 +189,11 @@ def _source_path(backend: Backend) -> Path | None:
 def _read_source(path: Path) -> _Source:
     data, mtime = read_legacy_bytes(path)
     return _Source(path, data, mtime, hashlib.sha256(data).hexdigest())
+
+
+def _read_unhashed(path: Path) -> _Source:
+    data, mtime = read_legacy_bytes(path)
+    return _Source(path, data, mtime)
 
 
 @dataclass
@@ -314,21 +321,39 @@ def _plan(backend: Backend, txn: Transaction, path: Path | None, options: Migrat
     current = txn.current(allow_legacy=True)
     plan = _Plan(current=current, merged=current)
     if path is not None:
-        plan.source = _read_source(path)
-        plan.sha256 = plan.source.sha256
-        plan.legacy = plan.source.parse(backend)
+        plan.source = _read_unhashed(path)
         if not options.force:
             plan.baseline = _baseline(backend, txn.store)
-        plan.existing_backup = _backup_for(backend, plan.source, plan.baseline)
-        if plan.existing_backup is None and not options.dry_run:
-            # Backed up first (CONTRACT §1), exactly the bytes that were parsed; then they are let go,
-            # so a big pins.json is not held in memory while the store is written.
-            plan.written_backup = backend.directory / f"{BACKUP_PREFIX}{utc_stamp()}"
-            atomic_write_bytes(plan.written_backup, plan.source.data)
+        # Hashing and backing up the bytes (a write and an fsync of a file as big as pins.json) run on
+        # a second thread while this one parses them: both release the GIL.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pinfs-backup") as pool:
+            secured = pool.submit(_secure, backend, plan, write=not options.dry_run)
+            try:
+                plan.legacy = plan.source.parse(backend)
+            except BaseException:
+                # A source that cannot be parsed leaves no backup made of it: a failed run writes
+                # nothing (and pins.json itself is never touched).
+                with contextlib.suppress(Exception):
+                    secured.result()
+                if plan.written_backup is not None:
+                    plan.written_backup.unlink(missing_ok=True)
+                raise
+            secured.result()
+        plan.source.data = b""  # let a big pins.json go before the store is written
         _compare(backend, plan, force=options.force)
-        plan.source.data = b""
     plan.car_reason = _car_reason(backend, plan, options)
     return plan
+
+
+def _secure(backend: Backend, plan: _Plan, *, write: bool) -> None:
+    """Hash the source's bytes and, unless a backup holds them already, back them up (CONTRACT §1:
+    backed up first, exactly the bytes that are parsed)."""
+    assert plan.source is not None
+    plan.source.sha256 = plan.sha256 = hashlib.sha256(plan.source.data).hexdigest()
+    plan.existing_backup = _backup_for(backend, plan.source, plan.baseline)
+    if plan.existing_backup is None and write:
+        plan.written_backup = backend.directory / f"{BACKUP_PREFIX}{utc_stamp()}"
+        atomic_write_bytes(plan.written_backup, plan.source.data)
 
 
 def _compare(backend: Backend, plan: _Plan, *, force: bool) -> None:
@@ -480,7 +505,7 @@ def _describe(backend: Backend, plan: _Plan, options: MigrateOptions) -> dict[st
         "source": str(legacy.source) if legacy else None,
         "since": plan.baseline.path.name if plan.baseline else None,
         "legacy_shape": legacy.shape if legacy else None,
-        "found": legacy.pins.num_rows + len(legacy.rejected) if legacy else 0,
+        "found": legacy.count + len(legacy.rejected) if legacy else 0,
         "added": len(plan.added),
         "updated": len(plan.updated),
         "unchanged": len(plan.unchanged),
@@ -572,7 +597,7 @@ def _restore_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
         "ok": True,
         "restored_from": str(newest),
         "backups_available": len(backups),
-        "pins": legacy.pins.num_rows,
+        "pins": legacy.count,
         "rejected": len(legacy.rejected),
     }
     if options.dry_run:
