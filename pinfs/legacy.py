@@ -35,6 +35,11 @@ Choices worth knowing:
   column) is merged with its unknown keys when no key collides; otherwise it is kept as is under
   ``metadata``. A ``backend_name`` equal to the backend's own is dropped as redundant.
 - Text that cannot be written as UTF-8 (lone surrogates from ``\\udXXX`` escapes) rejects the entry.
+- A CID accepted twice is a duplicate: the first accepted entry wins (checked once, over the CID
+  column, at the end). An entry that is both a duplicate and unbuildable is rejected as a duplicate.
+- Speed (issue #14): the document is split by msgspec and read a batch of entries at a time; plain
+  entries go straight into Arrow columns (``pinfs.legacy_columns``), every other one through the
+  per-entry rules here, which decide everything. A document msgspec cannot split is parsed whole.
 
 Threading: plain synchronous functions over local files, no shared state; call them from a worker
 thread under trio. Writers serialize on ``fsutil.backend_lock``: ``write_rejected`` does not take
@@ -374,7 +379,7 @@ class _ListItems:
         if self.raws is None:
             return (self.values or [])[start:stop], False
         raws = self.raws[start:stop]
-        if plain and (items := decode_batch(raws, plain=True)) is not None:
+        if plain and (items := decode_batch(raws)) is not None:
             return items, True
         return self._parsed(join(raws)), False
 

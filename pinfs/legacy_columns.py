@@ -73,7 +73,7 @@ def join(raws: Sequence[msgspec.Raw]) -> bytes:
     return b"[" + b",".join(raws) + b"]"
 
 
-def decode_batch(raws: Sequence[msgspec.Raw], plain: bool = True) -> list[Any] | None:
+def decode_batch(raws: Sequence[msgspec.Raw]) -> list[Any] | None:
     """The values of ``raws`` as plain entries, decoded by msgspec, or None when one is not plain or
     msgspec cannot decode it exactly as json would (the caller then uses json)."""
     try:

@@ -128,7 +128,7 @@ entry = st.one_of(
 def _read(document: Any, *, batches: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
     with monkeypatch.context() as patched:
         if not batches:
-            patched.setattr(legacy, "decode_batch", lambda raws, plain=True: None)
+            patched.setattr(legacy, "decode_batch", lambda raws: None)
         result = parse_legacy(
             json.dumps(document).encode(), Path("pins.json"), "s3-main", "s3", default_created_at=DEFAULT
         )
