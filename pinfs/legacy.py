@@ -66,7 +66,16 @@ import pyarrow.compute as pc
 from pinfs.cids import cid_problem
 from pinfs.errors import CorruptData, NotFound
 from pinfs.fsutil import atomic_write_bytes
-from pinfs.legacy_columns import BATCH_ENTRIES, RowCollector, add_plain_batch, decode_batch, join, split_document
+from pinfs.legacy_columns import (
+    BATCH_ENTRIES,
+    RowCollector,
+    add_object_batch,
+    add_plain_batch,
+    decode_batch,
+    decode_objects,
+    join,
+    split_document,
+)
 from pinfs.schema import PENDING, make_record, map_legacy_status, normalize_timestamp, now_iso
 from pinfs.tables import empty_table
 
@@ -374,14 +383,17 @@ class _ListItems:
     def __len__(self) -> int:
         return len(self.raws if self.raws is not None else self.values or [])
 
-    def batch(self, start: int, stop: int, *, plain: bool) -> tuple[list[Any], bool]:
-        """Entries ``start:stop`` and whether they were decoded as plain entries (see legacy_columns)."""
+    def batch(self, start: int, stop: int, *, plain: bool) -> tuple[list[Any], str]:
+        """Entries ``start:stop`` and how they were decoded (see legacy_columns): ``objects`` (all
+        ``PlainObject``s), ``plain`` (plain entries) or ``json`` (as json parses them)."""
         if self.raws is None:
-            return (self.values or [])[start:stop], False
+            return (self.values or [])[start:stop], "json"
         raws = self.raws[start:stop]
+        if plain and (objects := decode_objects(raws)) is not None:
+            return objects, "objects"
         if plain and (items := decode_batch(raws)) is not None:
-            return items, True
-        return self._parsed(join(raws)), False
+            return items, "plain"
+        return self._parsed(join(raws)), "json"
 
     def item(self, index: int) -> Any:
         if self.raws is None:
@@ -471,9 +483,19 @@ class _Reader:
         self._entry = lambda index: (items.item(index), f"{self.name}: {prefix}entry {index}")
         kinds: set[type] = set()
         for start in range(0, len(items), BATCH_ENTRIES):
-            batch, plain = items.batch(start, start + BATCH_ENTRIES, plain=True)
+            batch, decoded = items.batch(start, start + BATCH_ENTRIES, plain=True)
+            if decoded == "objects":
+                kinds.add(dict)
+                add_object_batch(
+                    batch,
+                    start,
+                    self.rows,
+                    self.default_created_at,
+                    lambda i: self.read_entry(i, items.item(i), prefix),
+                )
+                continue
             kinds.update(map(type, batch))
-            if plain:
+            if decoded == "plain":
                 add_plain_batch(
                     batch, start, self.rows, self.default_created_at, lambda i, item: self.read_entry(i, item, prefix)
                 )
@@ -497,7 +519,7 @@ class _Reader:
             f"{self.name}: {prefix}key {_show_key(keys[index])}",
         )
         for start in range(0, len(keys), BATCH_ENTRIES):
-            batch, _plain = values.batch(start, start + BATCH_ENTRIES, plain=False)
+            batch, _decoded = values.batch(start, start + BATCH_ENTRIES, plain=False)
             for offset, item in enumerate(batch):
                 index = start + offset
                 key = keys[index]

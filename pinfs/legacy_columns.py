@@ -53,6 +53,22 @@ _PLAIN_BATCH = msgspec.json.Decoder(list[_PlainEntry])
 _TOP = msgspec.json.Decoder(list[msgspec.Raw] | dict[str, msgspec.Raw])
 # Sorted keys, compact, UTF-8: for strings, integers, booleans and null, the text of dump_metadata.
 _ENCODER = msgspec.json.Encoder(order="sorted")
+_UNSET: Any = msgspec.UNSET
+
+
+class PlainObject(msgspec.Struct, forbid_unknown_fields=True):
+    """A list entry that is an object of the five fields pinfs itself writes, of the plainest types:
+    decoded without a dict per entry, and read column by column (``add_object_batch``). A batch with
+    any other key or type is not decoded this way."""
+
+    cid: str
+    status: str | None | msgspec.UnsetType = msgspec.UNSET
+    created_at: str | msgspec.UnsetType = msgspec.UNSET
+    car_file_path: str | None | msgspec.UnsetType = msgspec.UNSET
+    metadata: dict[str, _Scalar] | msgspec.UnsetType = msgspec.UNSET
+
+
+_OBJECT_BATCH = msgspec.json.Decoder(list[PlainObject])
 
 
 # -- splitting and decoding --
@@ -71,6 +87,14 @@ def split_document(body: bytes) -> list[msgspec.Raw] | dict[str, msgspec.Raw] | 
 def join(raws: Sequence[msgspec.Raw]) -> bytes:
     """Raw values as the text of one JSON list."""
     return b"[" + b",".join(raws) + b"]"
+
+
+def decode_objects(raws: Sequence[msgspec.Raw]) -> list[PlainObject] | None:
+    """The values of ``raws`` as ``PlainObject``s, or None when one is not one."""
+    try:
+        return _OBJECT_BATCH.decode(join(raws))
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
 
 
 def decode_batch(raws: Sequence[msgspec.Raw]) -> list[Any] | None:
@@ -120,6 +144,12 @@ class RowCollector:
         accepted before it (as the per-entry rules check duplicates first), else ``rejected``."""
         self.failed_builds.append((index, cid, rejected))
 
+    def add_chunk(self, table: pa.Table) -> None:
+        """Rows already in columns (``index`` first, then the five of ``row``), after what was flushed;
+        their order among other rows is restored by index at ``finish``."""
+        self.flush()
+        self._chunks.append(table)
+
     def flush(self) -> None:
         lists = self.lists
         if not lists["index"]:
@@ -143,6 +173,9 @@ class RowCollector:
         self.flush()
         table = pa.concat_tables(self._chunks) if self._chunks else _EMPTY_ROWS
         self._chunks = []
+        indexes = table.column("index")
+        if len(indexes) > 1 and not pc.all(pc.less(indexes.slice(0, len(indexes) - 1), indexes.slice(1))).as_py():
+            table = table.take(pc.sort_indices(indexes))  # a batch's slow entries came after its others
         table = self._without_duplicates(table, duplicate)
         self._resolve_failed_builds(table, duplicate)
         backend = pa.array([self.backend_name] * table.num_rows, pa.string())
@@ -239,6 +272,71 @@ def add_plain_batch(
         add_created(when)
         add_status(status)
         add_metadata(text)
+
+
+def add_object_batch(
+    items: list[PlainObject], start: int, rows: RowCollector, default_created_at: str, slow: Callable[[int], None]
+) -> None:
+    """Add a batch of ``PlainObject`` entries numbered from ``start``, column by column: each check is
+    one pass over a column (most of them in Arrow or numpy), and an entry any check is unsure of goes
+    through ``slow(index)`` (the caller decodes it again, exactly, for the rules)."""
+    count = len(items)
+    cids = [item.cid for item in items]
+    ok = valid_cid_mask(cids)
+    for offset in np.flatnonzero(~ok).tolist():
+        ok[offset] = cid_problem(cids[offset]) is None  # CIDv0 and the rest: libipld decides
+    # Unknown (None here) is left to the rules: they keep the original in metadata.legacy_status.
+    statuses = [_STATUSES.get(item.status) if item.status is not _UNSET else PENDING for item in items]
+    ok &= np.array([status is not None for status in statuses], dtype=bool)
+    created = _created_column([item.created_at for item in items], default_created_at, ok)
+    encode = _ENCODER.encode
+    metadata = [b"{}" if item.metadata is _UNSET or not item.metadata else encode(item.metadata) for item in items]
+    cid_array = pa.array(cids, pa.string())
+    cars = pa.array([item.car_file_path or None for item in items], pa.string())  # "" and null: the template
+    template = pc.binary_join_element_wise(rows.template[0], cid_array, rows.template[1], "")
+    cars = pc.if_else(pc.fill_null(pc.equal(cars, template), False), pa.scalar(None, pa.string()), cars)
+    table = pa.table(
+        {
+            "index": pa.array(np.arange(start, start + count, dtype=np.int64)),
+            "cid": cid_array,
+            "car_file_path": cars,
+            "created_at": pa.array(created, pa.string()),
+            "status": pa.array(statuses, pa.string()),
+            "metadata": pa.array(metadata, pa.string()),
+        }
+    )
+    if ok.all():
+        rows.add_chunk(table)
+        return
+    rows.add_chunk(table.filter(pa.array(ok)))
+    for offset in np.flatnonzero(~ok).tolist():
+        slow(start + offset)
+
+
+def _created_column(values: list[Any], default: str, ok: np.ndarray) -> list[Any]:
+    """The created_at of each entry as the rules make it (absent: ``default``); an entry whose value the
+    rules would leave in metadata is marked not ``ok``."""
+    shaped = canonical_shape_mask(values)
+    fromisoformat = datetime.fromisoformat
+    if shaped.all():
+        try:
+            list(map(fromisoformat, values))  # as normalize_timestamp: month 13 and the like fail
+            return values
+        except ValueError:
+            pass
+    created = list(values)
+    for offset, value in enumerate(values):
+        if value is _UNSET:
+            created[offset] = default
+        elif shaped[offset]:
+            try:
+                fromisoformat(value)
+            except ValueError:
+                ok[offset] = False
+        else:
+            created[offset] = _normalized(value)
+            ok[offset] &= created[offset] is not None  # None: the rules leave it in metadata
+    return created
 
 
 # legacy_status_exact as a lookup: absent or null is pending; any other non-string misses.

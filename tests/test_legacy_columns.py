@@ -92,18 +92,17 @@ V1 = "bafyreigdmqpykrgxyaxtlafqpqhzrb7qy2rh75nldvfd4tucqmqqme5yje"
 V1_RAW = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 cids = st.sampled_from([V0, V1, V1_RAW, "QmNotACid", "", V1.upper(), V1_RAW[:-1] + "v"])
 statuses = st.sampled_from(["pinned", "queued", "stored", "failed", "Pinned", " pinning ", "weird", "", None, 3, True])
-times = st.sampled_from(
-    [
-        "2026-11-27T10:24:59.703189+00:00",
-        "2026-11-27T10:24:59Z",
-        "2026-13-01T00:00:00.000000+00:00",
-        "0001-01-01T00:00:00.000000+00:00",
-        "yesterday",
-        1764000000,
-        1764000000000,
-        None,
-    ]
-)
+TIMES = [
+    "2026-11-27T10:24:59.703189+00:00",
+    "2026-11-27T10:24:59Z",
+    "2026-13-01T00:00:00.000000+00:00",
+    "0001-01-01T00:00:00.000000+00:00",
+    "yesterday",
+    1764000000,
+    1764000000000,
+    None,
+]
+times = st.sampled_from(TIMES)
 small = st.one_of(st.text(max_size=8), st.integers(-5, 5), st.booleans(), st.none())
 metadata = st.one_of(st.dictionaries(st.sampled_from(["name", "size", "legacy_status", "é"]), small, max_size=3), small)
 keys = {
@@ -129,6 +128,7 @@ def _read(document: Any, *, batches: bool, monkeypatch: pytest.MonkeyPatch) -> t
     with monkeypatch.context() as patched:
         if not batches:
             patched.setattr(legacy, "decode_batch", lambda raws: None)
+            patched.setattr(legacy, "decode_objects", lambda raws: None)
         result = parse_legacy(
             json.dumps(document).encode(), Path("pins.json"), "s3-main", "s3", default_created_at=DEFAULT
         )
@@ -145,6 +145,28 @@ def test_documents_read_through_batches_as_through_the_rules(
     fast = _read(document, batches=True, monkeypatch=monkeypatch)
 
     assert fast == _read(document, batches=False, monkeypatch=monkeypatch)
+
+
+plain_object = st.fixed_dictionaries(
+    {"cid": cids},
+    optional={
+        "status": st.sampled_from(["pinned", "queued", "stored", "failed", "Pinned", "weird", "", None]),
+        "created_at": st.sampled_from([time for time in TIMES if isinstance(time, str)]),
+        "car_file_path": st.sampled_from(["", None, "/x/y.car", f"/s3-bucket/cars/{V1}.car"]),
+        "metadata": st.dictionaries(st.sampled_from(["name", "size", "legacy_status", "é"]), small, max_size=3),
+    },
+)
+
+
+@given(entries=st.lists(plain_object, max_size=30))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_objects_read_column_by_column_as_through_the_rules(
+    entries: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Objects of the five fields pinfs writes, of plain types: decoded as PlainObject, read by columns.
+    fast = _read(entries, batches=True, monkeypatch=monkeypatch)
+
+    assert fast == _read(entries, batches=False, monkeypatch=monkeypatch)
 
 
 def test_a_batch_with_a_float_or_a_lone_surrogate_is_read_by_the_rules() -> None:
