@@ -35,6 +35,11 @@ Choices worth knowing:
   column) is merged with its unknown keys when no key collides; otherwise it is kept as is under
   ``metadata``. A ``backend_name`` equal to the backend's own is dropped as redundant.
 - Text that cannot be written as UTF-8 (lone surrogates from ``\\udXXX`` escapes) rejects the entry.
+- A CID accepted twice is a duplicate: the first accepted entry wins (checked once, over the CID
+  column, at the end). An entry that is both a duplicate and unbuildable is rejected as a duplicate.
+- Speed (issue #14): the document is split by msgspec and read a batch of entries at a time; plain
+  entries go straight into Arrow columns (``pinfs.legacy_columns``), every other one through the
+  per-entry rules here, which decide everything. A document msgspec cannot split is parsed whole.
 
 Threading: plain synchronous functions over local files, no shared state; call them from a worker
 thread under trio. Writers serialize on ``fsutil.backend_lock``: ``write_rejected`` does not take
@@ -43,22 +48,37 @@ it, its caller does.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import json
 import math
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pinfs.cids import cid_problem
 from pinfs.errors import CorruptData, NotFound
 from pinfs.fsutil import atomic_write_bytes
+from pinfs.legacy_columns import (
+    BATCH_ENTRIES,
+    RowCollector,
+    add_object_batch,
+    add_plain_batch,
+    decode_batch,
+    decode_objects,
+    join,
+    split_document,
+)
 from pinfs.rootfs import S3Path, S3Stat
 from pinfs.schema import PENDING, make_record, map_legacy_status, normalize_timestamp, now_iso
+from pinfs.tables import empty_table
 
 LEGACY_NAME = "pins.json"
 BACKUP_PREFIX = "pins.json.backup."
@@ -77,8 +97,13 @@ TIMESTAMP_KEYS: tuple[str, ...] = ("created_at", "pinned_at", "timestamp", "adde
 CONTAINER_KEYS: tuple[str, ...] = ("pins", "Keys")
 
 # Backup stamps: ours (schema.utc_stamp) and ipfs_kit_py's (``%Y%m%d_%H%M%S``, local time).
-_STAMP_FORMATS: tuple[str, ...] = ("%Y%m%dT%H%M%S.%fZ", "%Y%m%dT%H%M%SZ", "%Y%m%d_%H%M%S")
+_STAMP_FORMATS: tuple[tuple[str, bool], ...] = (
+    ("%Y%m%dT%H%M%S.%fZ", True),
+    ("%Y%m%dT%H%M%SZ", True),
+    ("%Y%m%d_%H%M%S", False),
+)
 _JSON_WHITESPACE = " \t\r\n"
+_JSON_WHITESPACE_BYTES = (b" ", b"\t", b"\r", b"\n")
 
 
 @dataclass
@@ -92,12 +117,35 @@ class Rejected:
 
 @dataclass
 class LegacyPins:
-    """Everything read from one legacy file."""
+    """Everything read from one legacy file: the pins (``table()``, in the store's schema, file order),
+    what was rejected, and the document's shape."""
 
     source: Path
-    records: list[dict[str, str]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     shape: str = "empty"
+    default_created_at: str = ""  # given to entries without a usable timestamp
+    # The pins as read: a car_file_path that is the backend's template is null until ``table()`` (a
+    # big file's ~90 bytes a pin are then made after its bytes could be let go).
+    pins: pa.Table = field(default_factory=empty_table)
+    template: tuple[str, str] = ("", "")  # (prefix, suffix) around the CID
+
+    @property
+    def count(self) -> int:
+        return self.pins.num_rows
+
+    def table(self) -> pa.Table:
+        cars = self.pins.column("car_file_path")
+        if cars.null_count:
+            filled = pc.coalesce(
+                cars, pc.binary_join_element_wise(self.template[0], self.pins.column("cid"), self.template[1], "")
+            )
+            self.pins = self.pins.set_column(1, pa.field("car_file_path", pa.string(), nullable=False), filled)
+        return self.pins
+
+    @property
+    def records(self) -> list[dict[str, str]]:
+        """The pins as record dicts (the six contract fields), in file order."""
+        return self.table().to_pylist()
 
 
 class _EntryProblem(Exception):
@@ -108,29 +156,64 @@ class _EntryProblem(Exception):
 
 
 def read_legacy_pins(path: Path, backend_name: str, backend_type: str) -> LegacyPins:
-    """Read a legacy pins file into records and rejects.
+    """Read a legacy pins file into records and rejects (``read_legacy_bytes`` then ``parse_legacy``).
 
     Raises ``NotFound`` if ``path`` does not exist and ``CorruptData("<path>: <reason>")`` when the
     file as a whole is unusable: not a regular file, too big, not UTF-8, not JSON, nested deeper
     than ``MAX_DEPTH`` or a top-level value that is neither a list nor an object.
     """
-    path = Path(path)
-    text, mtime = _read_text(path)
-    result = LegacyPins(source=path)
-    if text[:1] in ("", *_JSON_WHITESPACE) and not text.strip(_JSON_WHITESPACE):  # no copy of big files
-        return result
-    value = _parse_document(path, text)
-    default_created_at = datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="microseconds")
+    data, mtime = read_legacy_bytes(path)
+    return parse_legacy(data, Path(path), backend_name, backend_type, default_created_at=mtime_iso(mtime))
+
+
+def read_legacy_bytes(path: Path) -> tuple[bytes, float]:
+    """The bytes of a legacy file and its modification time, read once, bounded, never following a
+    symlink or blocking on a FIFO (migration backs up exactly these bytes). Raises as ``read_legacy_pins``."""
+    return _read_bytes(Path(path))
+
+
+def mtime_iso(mtime: float) -> str:
+    """The ``created_at`` of entries without a usable timestamp: the file's modification time (the pin
+    existed by then at the latest, and reading the same file twice gives the same records)."""
+    return datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="microseconds")
+
+
+def parse_legacy(
+    data: bytes, source: Path, backend_name: str, backend_type: str, *, default_created_at: str
+) -> LegacyPins:
+    """Parse the bytes of a legacy file (read from ``source``, named in locations and errors).
+
+    ``default_created_at`` is the ``created_at`` of entries without a usable timestamp; migration
+    gives a file and the backup it is compared with the same one, so that such entries compare equal.
+    Raises ``CorruptData`` as ``read_legacy_pins`` does.
+
+    The document is split by msgspec and read a batch of entries at a time (``pinfs.legacy_columns``);
+    one msgspec cannot split (NaN, a scalar at the top, not JSON) is parsed whole by json, as before.
+    """
+    if not data.isascii():  # ASCII is UTF-8; anything else is decoded once to find a bad byte
+        _decode_text(source, data)
+    body = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+    result = LegacyPins(source=source, default_created_at=default_created_at)
+    if body[:1] in (b"", *_JSON_WHITESPACE_BYTES) and not body.strip(_JSON_WHITESPACE.encode()):
+        return result  # (only a file that starts with whitespace is copied by strip)
     reader = _Reader(result, backend_name, backend_type, default_created_at)
-    result.shape = reader.read_top(value)
+    try:
+        top = split_document(body)
+    except RecursionError:
+        raise CorruptData(f"{source}: JSON nested deeper than {MAX_DEPTH} levels") from None
+    if top is None:
+        reader.read_top(_parse_document(source, _decode_text(source, data)))
+    else:
+        reader.read_split(top)
+    reader.finish()
     return result
 
 
 def find_legacy_source(backend_dir: Path) -> Path | None:
     """``backend_dir/pins.json`` if it exists, else the newest ``pins.json.backup.<stamp>``, else None.
 
-    Backups are ordered by the time in their stamp (ours or ipfs_kit_py's), then by name; a
-    backup whose stamp is in neither form ranks below every dated one.
+    Backups are ordered by the time in their stamp (ours in UTC, ipfs_kit_py's in local time), then by
+    modification time, then by name; a backup whose stamp is in neither form ranks below every dated one.
     """
     backend_dir = Path(backend_dir)
     current = backend_dir / LEGACY_NAME
@@ -144,6 +227,20 @@ def list_backups(backend_dir: Path) -> list[Path]:
     """Every ``pins.json.backup.<stamp>`` of a backend, oldest first (ordered as in find_legacy_source)."""
     backups = [p for p in Path(backend_dir).glob(BACKUP_PREFIX + "*") if len(p.name) > len(BACKUP_PREFIX)]
     return sorted(backups, key=_backup_sort_key)
+
+
+def is_own_backup(path: Path) -> bool:
+    """Whether a backup's stamp is pinfs' own (UTC), as opposed to ipfs_kit_py's (local time)."""
+    stamp = path.name[len(BACKUP_PREFIX) :]
+    return any(in_utc and _parses(stamp, pattern) for pattern, in_utc in _STAMP_FORMATS)
+
+
+def _parses(stamp: str, pattern: str) -> bool:
+    try:
+        datetime.strptime(stamp, pattern)
+    except ValueError:
+        return False
+    return True
 
 
 def write_rejected(backend_dir: Path, rejected: list[Rejected], source: Path) -> Path | None:
@@ -168,10 +265,10 @@ def write_rejected(backend_dir: Path, rejected: list[Rejected], source: Path) ->
 # -- reading and parsing the file --
 
 
-def _read_text(path: Path) -> tuple[str, float]:
-    """The file's text and modification time, bounded and without blocking on odd files."""
+def _read_bytes(path: Path | S3Path) -> tuple[bytes, float]:
+    """The file's bytes and modification time, bounded and without blocking on odd files."""
     if isinstance(path, S3Path):
-        return _read_object_text(path)
+        return _read_object_bytes(path)
     try:
         # O_NONBLOCK: a FIFO named pins.json must not hang us; it is refused below.
         # O_NOFOLLOW: a pins.json (or backup) that is a symlink may point outside the data root; it is
@@ -196,23 +293,24 @@ def _read_text(path: Path) -> tuple[str, float]:
             raise CorruptData(f"{path}: cannot read ({exc.strerror})") from None
     if len(data) > MAX_FILE_BYTES:
         raise CorruptData(f"{path}: more than the {MAX_FILE_BYTES} bytes accepted")
+    return data, info.st_mtime
+
+
+def _decode_text(path: Path, data: bytes) -> str:
     try:
-        return data.decode("utf-8-sig"), info.st_mtime
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CorruptData(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
-def _read_object_text(path: S3Path) -> tuple[str, float]:
-    """``_read_text`` of an object on an S3 root (it has no links, FIFOs or odd files)."""
+def _read_object_bytes(path: S3Path) -> tuple[bytes, float]:
+    """``_read_bytes`` of an object on an S3 root (it has no links, FIFOs or odd files)."""
     try:
         info = path.stat()
     except FileNotFoundError:
         raise NotFound(f"{path}: no such object") from None
     _require_readable_size(path, info)
-    try:
-        return path.read_bytes().decode("utf-8-sig"), info.st_mtime
-    except UnicodeDecodeError as exc:
-        raise CorruptData(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    return path.read_bytes(), info.st_mtime
 
 
 def _require_readable_size(path: Path | S3Path, info: os.stat_result | S3Stat) -> None:
@@ -287,68 +385,177 @@ _CONTAINER_TYPES = (dict, list)
 # -- turning entries into records --
 
 
+class _ListItems:
+    """The entries of a list (or the values of an object), a batch at a time: raw JSON split by msgspec,
+    or values json already parsed."""
+
+    def __init__(self, path: Path, raws: list[Any] | None = None, values: list[Any] | None = None, outer: int = 0):
+        self.path, self.raws, self.values = path, raws, values
+        self.limit = MAX_DEPTH - outer  # the batch stands for the container: its depth counts
+
+    def __len__(self) -> int:
+        return len(self.raws if self.raws is not None else self.values or [])
+
+    def batch(self, start: int, stop: int, *, plain: bool) -> tuple[list[Any], str]:
+        """Entries ``start:stop`` and how they were decoded (see legacy_columns): ``objects`` (all
+        ``PlainObject``s), ``plain`` (plain entries) or ``json`` (as json parses them)."""
+        if self.raws is None:
+            return (self.values or [])[start:stop], "json"
+        raws = self.raws[start:stop]
+        if plain and (objects := decode_objects(raws)) is not None:
+            return objects, "objects"
+        if plain and (items := decode_batch(raws)) is not None:
+            return items, "plain"
+        return self._parsed(join(raws)), "json"
+
+    def item(self, index: int) -> Any:
+        if self.raws is None:
+            return (self.values or [])[index]
+        return self._parsed(join(self.raws[index : index + 1]))[0]
+
+    def _parsed(self, text: bytes) -> list[Any]:
+        try:
+            items = _loads(text.decode("utf-8"))
+        except RecursionError:
+            items = None
+        if items is None or _depth_exceeds(items, self.limit):
+            raise CorruptData(f"{self.path}: JSON nested deeper than {MAX_DEPTH} levels")
+        return items
+
+
 class _Reader:
-    """Fills one LegacyPins, keeping the CIDs already seen (first one wins)."""
+    """Fills one LegacyPins: entries become rows (``legacy_columns.RowCollector``) or rejects; a CID
+    accepted twice is a duplicate (the first one wins)."""
 
     def __init__(self, result: LegacyPins, backend_name: str, backend_type: str, default_created_at: str):
         self.result = result
         self.backend_name = backend_name
         self.backend_type = backend_type
         self.default_created_at = default_created_at
-        self.seen: set[str] = set()
         self.name = result.source.name
+        self.path = result.source
+        self.rows = RowCollector(backend_name, backend_type)
+        self._entry: Callable[[int], tuple[Any, str]] = _no_entry
 
-    def read_top(self, value: list[Any] | dict[str, Any]) -> str:
-        """Read the whole document; returns its shape."""
+    def finish(self) -> None:
+        def duplicate(index: int) -> Rejected:
+            item, location = self._entry(index)
+            return Rejected(entry=_preview(item), reason="duplicate CID", location=location)
+
+        self.result.pins, self.result.rejected = self.rows.finish(duplicate)
+        self.result.template = self.rows.template
+        # The entry finder holds the raw entries, and so the file's bytes, in a cycle through self:
+        # break it, so that they go as soon as the caller lets the bytes go, not at the next GC.
+        self._entry = _no_entry
+
+    # -- the document --
+
+    def read_top(self, value: list[Any] | dict[str, Any]) -> None:
+        """Read a document json parsed whole."""
         if isinstance(value, list):
-            self.read_list(value, "")
-            return _list_shape(value)
-        if not value:
-            return "empty"
-        container = next((key for key in CONTAINER_KEYS if key in value), None)
-        if container is None:
-            self.read_map(value, "")
-            return "cid-map"
-        self.read_container(container, value[container])
-        return "pins-object"
+            self.result.shape = self.read_list(_ListItems(self.path, values=value), "")
+        elif not value:
+            self.result.shape = "empty"
+        elif (container := next((key for key in CONTAINER_KEYS if key in value), None)) is None:
+            self.read_map(list(value), _ListItems(self.path, values=list(value.values())), "")
+            self.result.shape = "cid-map"
+        else:
+            self.read_container(container, value[container])
+            self.result.shape = "pins-object"
+
+    def read_split(self, top: list[Any] | dict[str, Any]) -> None:
+        """Read a document msgspec split into raw values."""
+        if isinstance(top, list):
+            self.result.shape = self.read_list(_ListItems(self.path, raws=top), "")
+        elif not top:
+            self.result.shape = "empty"
+        elif (container := next((key for key in CONTAINER_KEYS if key in top), None)) is None:
+            self.read_map(list(top), _ListItems(self.path, raws=list(top.values())), "")
+            self.result.shape = "cid-map"
+        else:
+            self.result.shape = "pins-object"
+            inner = split_document(bytes(top[container]))
+            if isinstance(inner, list):
+                self.read_list(_ListItems(self.path, raws=inner, outer=1), f"{container} ")
+            elif isinstance(inner, dict):
+                self.read_map(list(inner), _ListItems(self.path, raws=list(inner.values()), outer=1), f"{container} ")
+            else:
+                self.read_container(container, _ListItems(self.path, raws=[top[container]]).item(0))
 
     def read_container(self, key: str, inner: Any) -> None:
         if isinstance(inner, list):
-            self.read_list(inner, f"{key} ")
+            self.read_list(_ListItems(self.path, values=inner), f"{key} ")
         elif isinstance(inner, dict):
-            self.read_map(inner, f"{key} ")
+            self.read_map(list(inner), _ListItems(self.path, values=list(inner.values())), f"{key} ")
         elif inner is not None:
             reason = f"'{key}' is {_json_type(inner)}, expected a list or an object"
-            self.reject(inner, reason, f"{self.name}: key {_show_key(key)}")
+            self.rows.reject(0, Rejected(_preview(inner), reason, f"{self.name}: key {_show_key(key)}"))
 
-    def read_list(self, items: list[Any], prefix: str) -> None:
-        for index, item in enumerate(items):
-            location = f"{self.name}: {prefix}entry {index}"
-            try:
-                cid, fields = _split_list_entry(item)
-                self.add(cid, fields)
-            except _EntryProblem as problem:
-                self.reject(item, str(problem), location)
+    def read_list(self, items: _ListItems, prefix: str) -> str:
+        """Read every entry of a list; returns the list's shape."""
+        self._entry = lambda index: (items.item(index), f"{self.name}: {prefix}entry {index}")
+        kinds: set[type] = set()
+        for start in range(0, len(items), BATCH_ENTRIES):
+            batch, decoded = items.batch(start, start + BATCH_ENTRIES, plain=True)
+            if decoded == "objects":
+                kinds.add(dict)
+                add_object_batch(
+                    batch,
+                    start,
+                    self.rows,
+                    self.default_created_at,
+                    lambda i: self.read_entry(i, items.item(i), prefix),
+                )
+                continue
+            kinds.update(map(type, batch))
+            if decoded == "plain":
+                add_plain_batch(
+                    batch, start, self.rows, self.default_created_at, lambda i, item: self.read_entry(i, item, prefix)
+                )
+            else:
+                for offset, item in enumerate(batch):
+                    self.read_entry(start + offset, item, prefix)
+            self.rows.flush()
+        return _list_shape(kinds)
 
-    def read_map(self, mapping: dict[str, Any], prefix: str) -> None:
-        for key, item in mapping.items():
-            location = f"{self.name}: {prefix}key {_show_key(key)}"
-            try:
-                self.add(key, _map_value_fields(key, item))
-            except _EntryProblem as problem:
-                self.reject({key: item}, str(problem), location)
+    def read_entry(self, index: int, item: Any, prefix: str) -> None:
+        location = f"{self.name}: {prefix}entry {index}"
+        try:
+            cid, fields = _split_list_entry(item)
+            self.add(index, cid, fields, item, location)
+        except _EntryProblem as problem:
+            self.rows.reject(index, Rejected(_preview(item), str(problem), location))
 
-    def add(self, cid: object, fields: dict[str, Any]) -> None:
-        """Validate and append one record; raises _EntryProblem instead."""
+    def read_map(self, keys: list[str], values: _ListItems, prefix: str) -> None:
+        self._entry = lambda index: (
+            {keys[index]: values.item(index)},
+            f"{self.name}: {prefix}key {_show_key(keys[index])}",
+        )
+        for start in range(0, len(keys), BATCH_ENTRIES):
+            batch, _decoded = values.batch(start, start + BATCH_ENTRIES, plain=False)
+            for offset, item in enumerate(batch):
+                index = start + offset
+                key = keys[index]
+                location = f"{self.name}: {prefix}key {_show_key(key)}"
+                try:
+                    self.add(index, key, _map_value_fields(key, item), {key: item}, location)
+                except _EntryProblem as problem:
+                    self.rows.reject(index, Rejected(_preview({key: item}), str(problem), location))
+            self.rows.flush()
+
+    def add(self, index: int, cid: object, fields: dict[str, Any], item: Any, location: str) -> None:
+        """Validate and keep one entry; raises _EntryProblem instead. A valid CID whose record cannot
+        be built is rejected as a duplicate if that CID was accepted before (``RowCollector``)."""
         problem = cid_problem(cid)
         if problem is not None:
             raise _EntryProblem(f"invalid CID: {problem}")
         assert isinstance(cid, str)
-        if cid in self.seen:
-            raise _EntryProblem("duplicate CID")
-        record = self.build(cid, fields)
-        self.seen.add(cid)
-        self.result.records.append(record)
+        try:
+            record = self.build(cid, fields)
+        except _EntryProblem as failure:
+            self.rows.build_failed(index, cid, Rejected(_preview(item), str(failure), location))
+            return
+        self.rows.record(index, record)
 
     def build(self, cid: str, fields: dict[str, Any]) -> dict[str, str]:
         rest = fields  # always a fresh dict made for this entry (_split_list_entry, _map_value_fields)
@@ -372,16 +579,17 @@ class _Reader:
         _require_utf8(record)
         return record
 
-    def reject(self, entry: object, reason: str, location: str) -> None:
-        self.result.rejected.append(Rejected(entry=_preview(entry), reason=reason, location=location))
+
+def _no_entry(index: int) -> tuple[Any, str]:
+    return None, ""
 
 
-def _list_shape(items: list[Any]) -> str:
-    if not items:
+def _list_shape(kinds: set[type]) -> str:
+    if not kinds:
         return "empty"
-    if all(isinstance(item, str) for item in items):
+    if kinds == {str}:
         return "list-of-strings"
-    if all(isinstance(item, dict) for item in items):
+    if kinds == {dict}:
         return "list-of-objects"
     return "mixed"
 
@@ -547,11 +755,30 @@ def _encode_json(document: Mapping[str, Any]) -> bytes:
         return (json.dumps(document, indent=2) + "\n").encode("ascii")
 
 
-def _backup_sort_key(path: Path) -> tuple[datetime, str]:
+def _backup_sort_key(path: Path) -> tuple[datetime, int, str]:
+    """When a backup was made: the time in its stamp (ours is UTC; ipfs_kit_py's ``%Y%m%d_%H%M%S`` is
+    local time, issue #14), then its modification time for equal stamps, then its name. A stamp in
+    neither form ranks below every dated one."""
     stamp = path.name[len(BACKUP_PREFIX) :]
-    for pattern in _STAMP_FORMATS:
+    try:
+        mtime_ns = path.lstat().st_mtime_ns
+    except OSError:
+        mtime_ns = 0
+    for pattern, in_utc in _STAMP_FORMATS:
         try:
-            return datetime.strptime(stamp, pattern), path.name
+            moment = datetime.strptime(stamp, pattern)
         except ValueError:
             continue
-    return datetime.min, path.name
+        try:
+            # astimezone() on a naive time reads it as local time, DST included.
+            return (
+                moment.replace(tzinfo=timezone.utc) if in_utc else moment.astimezone(timezone.utc),
+                mtime_ns,
+                path.name,
+            )
+        except (OverflowError, OSError, ValueError):  # year 1 in a zone east of UTC, and the like
+            break
+    return _UNDATED, mtime_ns, path.name
+
+
+_UNDATED = datetime.min.replace(tzinfo=timezone.utc)

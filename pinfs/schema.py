@@ -43,6 +43,8 @@ _LEGACY_STATUS_MAP: dict[str, str] = {
     "failed": FAILED,
 }
 
+LEGACY_STATUS_NAMES: tuple[str, ...] = tuple(_LEGACY_STATUS_MAP)
+
 # CONTRACT §1: where a pin's CAR lives on each type of backend.
 _CAR_PATH_TEMPLATES: dict[str, str] = {
     "s3": "/s3-bucket/cars/{cid}.car",
@@ -120,6 +122,14 @@ def map_legacy_status(value: object) -> tuple[str, str | None]:
     if text in _LEGACY_STATUS_MAP:
         return _LEGACY_STATUS_MAP[text], None
     return PENDING, str(value)
+
+
+def legacy_status_exact(value: object) -> str | None:
+    """Our status for a legacy status spelled exactly as in the map (or absent: ``pending``), else
+    None (``map_legacy_status`` decides). The batch reader's cheap case."""
+    if value is None:
+        return PENDING
+    return _LEGACY_STATUS_MAP.get(value) if type(value) is str else None
 
 
 def car_path_for(backend_type: str, backend_name: str, cid: str) -> str:

@@ -42,8 +42,14 @@ SHARED_FRACTION = 0.1
 FAILED_FRACTION = 0.03
 PENDING_FRACTION = 0.05
 # (name, type) of the backends, in order; more than listed cycle with a number appended.
-BACKEND_KINDS = [("s3-main", "s3"), ("local-fs", "filesystem"), ("github-mirror", "github"),
-                 ("sshfs-archive", "sshfs"), ("storacha-main", "storacha"), ("hf-models", "huggingface")]
+BACKEND_KINDS = [
+    ("s3-main", "s3"),
+    ("local-fs", "filesystem"),
+    ("github-mirror", "github"),
+    ("sshfs-archive", "sshfs"),
+    ("storacha-main", "storacha"),
+    ("hf-models", "huggingface"),
+]
 _RAW_SHA256_PREFIX = bytes([0x01, 0x55, 0x12, 0x20])
 _BASE_TIME = datetime(2026, 11, 1, tzinfo=timezone.utc).timestamp()
 _LEGACY_STATUS = {"stored": "pinned", "pending": "queued", "failed": "failed"}
@@ -88,16 +94,21 @@ def _records(rng: random.Random, cids: list[str], name: str, kind: str) -> dict[
     metadata = []
     for index in range(n):
         roll = rng.random()
-        statuses.append("failed" if roll < FAILED_FRACTION else "pending" if roll < FAILED_FRACTION + PENDING_FRACTION
-                        else "stored")
+        statuses.append(
+            "failed" if roll < FAILED_FRACTION else "pending" if roll < FAILED_FRACTION + PENDING_FRACTION else "stored"
+        )
         moment = datetime.fromtimestamp(_BASE_TIME - rng.random() * 3e7, timezone.utc)
         created.append(moment.isoformat(timespec="microseconds"))
-        metadata.append(dump_metadata({
-            "name": f"dataset-{rng.randrange(10**6):06d}/part-{index % 100000:05d}.bin",
-            "size": rng.randrange(10**9),
-            "source": "pinfs-bench",
-            "replicas": 1 + rng.randrange(3),
-        }))
+        metadata.append(
+            dump_metadata(
+                {
+                    "name": f"dataset-{rng.randrange(10**6):06d}/part-{index % 100000:05d}.bin",
+                    "size": rng.randrange(10**9),
+                    "source": "pinfs-bench",
+                    "replicas": 1 + rng.randrange(3),
+                }
+            )
+        )
     return {
         "cid": cids,
         "car_file_path": [car_path_for(kind, name, cid) for cid in cids],
@@ -112,10 +123,19 @@ def _records(rng: random.Random, cids: list[str], name: str, kind: str) -> dict[
 def _legacy_json(columns: dict[str, list[str]]) -> bytes:
     """The same pins as ipfs_kit_py's legacy list of objects (statuses in their legacy spelling)."""
     items = [
-        {"cid": cid, "status": _LEGACY_STATUS[status], "created_at": created, "car_file_path": car,
-         "metadata": json.loads(meta)}
+        {
+            "cid": cid,
+            "status": _LEGACY_STATUS[status],
+            "created_at": created,
+            "car_file_path": car,
+            "metadata": json.loads(meta),
+        }
         for cid, status, created, car, meta in zip(
-            columns["cid"], columns["status"], columns["created_at"], columns["car_file_path"], columns["metadata"],
+            columns["cid"],
+            columns["status"],
+            columns["created_at"],
+            columns["car_file_path"],
+            columns["metadata"],
             strict=True,
         )
     ]
@@ -165,7 +185,10 @@ def ensure_data(base: Path, n: int, k: int, seed: int = 1) -> Path:
         say(f"  {name}: done ({time.perf_counter() - started:.1f} s)")
     assert all(is_valid_cid(cid) for cid in shared[:100])
     meta = {
-        "n": n, "k": k, "seed": seed, "version": VERSION,
+        "n": n,
+        "k": k,
+        "seed": seed,
+        "version": VERSION,
         "backends": [{"name": name, "type": kind} for name, kind in names],
         "shared_sample": rng.sample(shared, min(len(shared), 5000)),
         "generated_in_seconds": round(time.perf_counter() - started, 1),

@@ -17,7 +17,7 @@ Method, in short:
   disk) for pinfs and for every baseline alike.
 * Baselines A and B run in a fresh process each; their figure is the work alone (imports and
   interpreter start excluded), which favours them. Migrate and its reference are whole-process wall
-  times (both start an interpreter).
+  times (both start an interpreter), each with its own peak RSS (``wait4``), run in turn.
 * Every mount this process starts is unmounted in ``finally`` (``fusermount3 -u``, then ``-uz``), also
   on Ctrl-C and SIGTERM.
 """
@@ -34,6 +34,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,10 +74,30 @@ class Plan:
     floor_sample: int  # entries of the tmpfs tree (baseline D)
 
 
-QUICK = Plan(mounts=2, cold_per_mount=4, warm_reps=60, listing_runs=2, baseline_reps=2, migrate_reps=1,
-             regen_reps=1, batch_reps=1, single_reps=2, floor_sample=200_000)
-FULL = Plan(mounts=5, cold_per_mount=8, warm_reps=300, listing_runs=3, baseline_reps=3, migrate_reps=2,
-            regen_reps=2, batch_reps=2, single_reps=3, floor_sample=200_000)
+QUICK = Plan(
+    mounts=2,
+    cold_per_mount=4,
+    warm_reps=60,
+    listing_runs=2,
+    baseline_reps=2,
+    migrate_reps=1,
+    regen_reps=1,
+    batch_reps=1,
+    single_reps=2,
+    floor_sample=200_000,
+)
+FULL = Plan(
+    mounts=5,
+    cold_per_mount=8,
+    warm_reps=300,
+    listing_runs=3,
+    baseline_reps=3,
+    migrate_reps=2,
+    regen_reps=2,
+    batch_reps=2,
+    single_reps=3,
+    floor_sample=200_000,
+)
 
 
 # -- statistics and formatting --
@@ -110,8 +131,9 @@ class Mounts:
     def __init__(self) -> None:
         self.active: list[tuple[Path, subprocess.Popen[bytes]]] = []
 
-    def start(self, command: list[str], mountpoint: Path, log_path: Path, timeout: float = 60) -> tuple[
-            subprocess.Popen[bytes], float]:
+    def start(
+        self, command: list[str], mountpoint: Path, log_path: Path, timeout: float = 60
+    ) -> tuple[subprocess.Popen[bytes], float]:
         """Start a mount process; return it and the seconds until the mount point answered ``ls``."""
         mountpoint.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
@@ -217,6 +239,24 @@ def t_write(path: Path, data: bytes) -> float:
     return time.perf_counter() - started
 
 
+def run_measured(command: list[str]) -> tuple[float, str, float]:
+    """``run_timed``, and the child's own peak RSS in MB (its rusage, from ``wait4``: the figure of
+    that process alone, not of every child this one has had)."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, cwd=PROJECT)
+        assert process.stdout is not None
+        out = process.stdout.read()
+        _pid, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        elapsed = time.perf_counter() - started
+        if process.returncode != 0:
+            errors.seek(0)
+            stderr = errors.read().decode(errors="replace")
+            raise RuntimeError(f"{' '.join(command[:6])} exited {process.returncode}:\n{stderr[-3000:]}")
+    return elapsed, out.decode(), usage.ru_maxrss / 1024
+
+
 def run_timed(command: list[str], timeout: float = 3600) -> tuple[float, str]:
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT, timeout=timeout)
@@ -287,8 +327,7 @@ class Data:
     def pick_shared(self, touched: set[tuple[int, int]]) -> str:
         """A CID every backend holds, each from a row group not in ``touched``."""
         candidates = [
-            (cid, groups) for cid, groups in self.shared
-            if not any((b, g) in touched for b, g in enumerate(groups))
+            (cid, groups) for cid, groups in self.shared if not any((b, g) in touched for b, g in enumerate(groups))
         ]
         cid, groups = self.rng.choice(candidates or self.shared)
         touched.update(enumerate(groups))
@@ -334,8 +373,9 @@ def session_pinfs(data: Data, plan: Plan, mounts: Mounts, run: Path, res: Result
     for round_index in range(plan.mounts):
         mountpoint = run / f"pinfs-{round_index}"
         say(f"pinfs mount {round_index + 1}/{plan.mounts}: cold lookups")
-        process, ready = mounts.start(pinfs_mount_command(mountpoint, data.root, cache_mb), mountpoint,
-                                      run / "pinfs-mount.log")
+        process, ready = mounts.start(
+            pinfs_mount_command(mountpoint, data.root, cache_mb), mountpoint, run / "pinfs-mount.log"
+        )
         res.add("ready", ready)
         if round_index == 0:
             res.notes["rss_mb_mount_ready"] = round(rss_mb(process.pid), 1)
@@ -343,8 +383,13 @@ def session_pinfs(data: Data, plan: Plan, mounts: Mounts, run: Path, res: Result
         backends = mountpoint / "backends"
         catted: list[tuple[int, str]] = []
 
-        def cold_cat(backend: int, key: str, touched: set[tuple[int, int]] = touched,
-                     backends: Path = backends, catted: list[tuple[int, str]] = catted) -> None:
+        def cold_cat(
+            backend: int,
+            key: str,
+            touched: set[tuple[int, int]] = touched,
+            backends: Path = backends,
+            catted: list[tuple[int, str]] = catted,
+        ) -> None:
             cid, status = data.pick(backend, touched)
             elapsed, content = t_cat(backends / data.names[backend] / "by-cid" / cid / "status")
             res.check(content == f"{status}\n".encode(), f"cat status of {cid}: {content!r}, expected {status}")
@@ -385,8 +430,14 @@ def session_pinfs(data: Data, plan: Plan, mounts: Mounts, run: Path, res: Result
         mounts.stop(mountpoint)
 
 
-def _listing_and_rss(data: Data, plan: Plan, process: subprocess.Popen[bytes], mountpoint: Path,
-                     touched: set[tuple[int, int]], res: Results) -> None:
+def _listing_and_rss(
+    data: Data,
+    plan: Plan,
+    process: subprocess.Popen[bytes],
+    mountpoint: Path,
+    touched: set[tuple[int, int]],
+    res: Results,
+) -> None:
     """Full ``ls by-cid`` runs, each after cold lookups in every backend; the mount's RSS after each."""
     by_cid = mountpoint / "backends" / data.names[0] / "by-cid"
     readings = []
@@ -449,8 +500,11 @@ def session_tmpfs(data: Data, plan: Plan, res: Results) -> None:
     try:
         by_cid = tree / "by-cid"
         by_cid.mkdir(parents=True)
-        cids = data.cids[0].slice(0, sample).to_pylist() if sample == data.n else data.rng.sample(
-            data.cids[0].to_pylist(), sample)
+        cids = (
+            data.cids[0].slice(0, sample).to_pylist()
+            if sample == data.n
+            else data.rng.sample(data.cids[0].to_pylist(), sample)
+        )
         for index, cid in enumerate(cids):
             entry = by_cid / cid
             entry.mkdir()
@@ -490,8 +544,7 @@ def session_fresh_baselines(data: Data, plan: Plan, res: Results) -> None:
             res.add(f"{key}_process", wall)
 
 
-def session_writes(data: Data, plan: Plan, mounts: Mounts, run: Path, work: Path, res: Results,
-                   cache_mb: int) -> None:
+def session_writes(data: Data, plan: Plan, mounts: Mounts, run: Path, work: Path, res: Results, cache_mb: int) -> None:
     """Migrate, CAR regeneration and control-file pins, on copies of backend 0 (the cache stays pristine)."""
     name = data.names[0]
     source = data.root / "backends"
@@ -503,15 +556,18 @@ def session_writes(data: Data, plan: Plan, mounts: Mounts, run: Path, work: Path
         shutil.copyfile(legacy, root / "backends" / name / "pins.json")
         say(f"pinfs migrate of {data.n} legacy pins, run {index + 1}/{plan.migrate_reps}")
         command = [PY, "-m", "pinfs", "migrate", "--root", str(root), "--backend-filter", name, "--json"]
-        elapsed, out = run_timed(command)
+        elapsed, out, rss = run_measured(command)
         report = json.loads(out)
         entry = report["backends"][0]
         res.check(report["ok"] and entry["added"] == data.n, f"migrate: {json.dumps(entry)[:300]}")
         res.add("migrate", elapsed)
+        res.add("migrate_rss", rss)
         shutil.rmtree(root)
         reference = work / "reference.parquet"
-        wall, _out = run_timed([PY, str(SCRIPTS / "bench_probe.py"), "jsonwrite", str(legacy), str(reference)])
+        probe = [PY, str(SCRIPTS / "bench_probe.py"), "jsonwrite", str(legacy), str(reference)]
+        wall, _out, reference_rss = run_measured(probe)
         res.add("migrate_reference", wall)
+        res.add("migrate_reference_rss", reference_rss)
         reference.unlink()
     root = work / "writes"
     (root / "backends").mkdir(parents=True)
@@ -519,8 +575,20 @@ def session_writes(data: Data, plan: Plan, mounts: Mounts, run: Path, work: Path
     shutil.copytree(source / name, root / "backends" / name, symlinks=True)
     for index in range(plan.regen_reps):
         say(f"pinfs migrate --force-car-regeneration ({data.n} pins), run {index + 1}/{plan.regen_reps}")
-        elapsed, out = run_timed([PY, "-m", "pinfs", "migrate", "--root", str(root), "--backend-filter", name,
-                                  "--force-car-regeneration", "--json"])
+        elapsed, out = run_timed(
+            [
+                PY,
+                "-m",
+                "pinfs",
+                "migrate",
+                "--root",
+                str(root),
+                "--backend-filter",
+                name,
+                "--force-car-regeneration",
+                "--json",
+            ]
+        )
         report = json.loads(out)
         res.check(report["ok"] and report["backends"][0]["car_written"], f"regenerate: {out[:300]}")
         res.add("regen", elapsed)
@@ -570,38 +638,128 @@ def row_specs(k: int, cache_mb: int) -> list[RowSpec]:
     cids_limit = 0.020 + 0.005 * k
     rss_limit = cache_mb + 200
     return [
-        RowSpec("ready", "mount ready (mountpoint answers ls)", "C_ready", "C mount ready", "<= 1 s",
-                lambda m, r: m <= 1.0),
-        RowSpec("cat_cold_first", "cat by-cid/<cid>/status, cold, first after mount", "A", "A pandas",
-                "<= 20 ms, >= 25x faster", lambda m, r: m <= 0.020 and r is not None and r <= 1 / 25,
-                "D_cat_cold"),
-        RowSpec("cat_cold_first", "  same, vs B", "B", "B json.load", "<= 20 ms, >= 100x faster",
-                lambda m, r: m <= 0.020 and r is not None and r <= 1 / 100, "D_cat_cold"),
-        RowSpec("cat_cold_more", "cat status, cold, new row group, same mount", "A", "A pandas",
-                "<= 20 ms, >= 25x faster", lambda m, r: m <= 0.020 and r is not None and r <= 1 / 25,
-                "D_cat_cold"),
-        RowSpec("cat_cold_more", "  same, vs B", "B", "B json.load", "<= 20 ms, >= 100x faster",
-                lambda m, r: m <= 0.020 and r is not None and r <= 1 / 100, "D_cat_cold"),
-        RowSpec("cat_warm", "cat status, warm (repeated)", "C_cat_warm", "C pyfuse3 floor", "<= 1.5x C",
-                lambda m, r: r is not None and r <= 1.5, "D_cat_warm"),
-        RowSpec("stat_warm", "stat of a per-CID file, warm", "C_stat_warm", "C pyfuse3 floor", "<= 1.5x C",
-                lambda m, r: r is not None and r <= 1.5, "D_stat_warm"),
-        RowSpec("cids_cold_first", f"ls cids/<cid>, cold, {k} backends, first after mount", None, "-",
-                f"<= {cids_limit * 1e3:.0f} ms", lambda m, r: m <= cids_limit),
-        RowSpec("cids_cold_more", f"ls cids/<cid>, cold, {k} backends, same mount", None, "-",
-                f"<= {cids_limit * 1e3:.0f} ms", lambda m, r: m <= cids_limit),
+        RowSpec(
+            "ready", "mount ready (mountpoint answers ls)", "C_ready", "C mount ready", "<= 1 s", lambda m, r: m <= 1.0
+        ),
+        RowSpec(
+            "cat_cold_first",
+            "cat by-cid/<cid>/status, cold, first after mount",
+            "A",
+            "A pandas",
+            "<= 20 ms, >= 25x faster",
+            lambda m, r: m <= 0.020 and r is not None and r <= 1 / 25,
+            "D_cat_cold",
+        ),
+        RowSpec(
+            "cat_cold_first",
+            "  same, vs B",
+            "B",
+            "B json.load",
+            "<= 20 ms, >= 100x faster",
+            lambda m, r: m <= 0.020 and r is not None and r <= 1 / 100,
+            "D_cat_cold",
+        ),
+        RowSpec(
+            "cat_cold_more",
+            "cat status, cold, new row group, same mount",
+            "A",
+            "A pandas",
+            "<= 20 ms, >= 25x faster",
+            lambda m, r: m <= 0.020 and r is not None and r <= 1 / 25,
+            "D_cat_cold",
+        ),
+        RowSpec(
+            "cat_cold_more",
+            "  same, vs B",
+            "B",
+            "B json.load",
+            "<= 20 ms, >= 100x faster",
+            lambda m, r: m <= 0.020 and r is not None and r <= 1 / 100,
+            "D_cat_cold",
+        ),
+        RowSpec(
+            "cat_warm",
+            "cat status, warm (repeated)",
+            "C_cat_warm",
+            "C pyfuse3 floor",
+            "<= 1.5x C",
+            lambda m, r: r is not None and r <= 1.5,
+            "D_cat_warm",
+        ),
+        RowSpec(
+            "stat_warm",
+            "stat of a per-CID file, warm",
+            "C_stat_warm",
+            "C pyfuse3 floor",
+            "<= 1.5x C",
+            lambda m, r: r is not None and r <= 1.5,
+            "D_stat_warm",
+        ),
+        RowSpec(
+            "cids_cold_first",
+            f"ls cids/<cid>, cold, {k} backends, first after mount",
+            None,
+            "-",
+            f"<= {cids_limit * 1e3:.0f} ms",
+            lambda m, r: m <= cids_limit,
+        ),
+        RowSpec(
+            "cids_cold_more",
+            f"ls cids/<cid>, cold, {k} backends, same mount",
+            None,
+            "-",
+            f"<= {cids_limit * 1e3:.0f} ms",
+            lambda m, r: m <= cids_limit,
+        ),
         RowSpec("ls_failed_cold", "ls by-status/failed, first in mount", None, "-", "<= 1 s", lambda m, r: m <= 1.0),
         RowSpec("ls_failed_warm", "ls by-status/failed, repeated", None, "-", "<= 1 s", lambda m, r: m <= 1.0),
-        RowSpec("ls_by_cid_first", "ls by-cid (all entries), first in mount", "C_ls_by_cid_first",
-                "C pyfuse3 floor", "<= 2x C", lambda m, r: r is not None and r <= 2.0, "D_ls_by_cid"),
-        RowSpec("ls_by_cid", "ls by-cid (all entries), repeated", "C_ls_by_cid", "C pyfuse3 floor", "<= 2x C",
-                lambda m, r: r is not None and r <= 2.0, "D_ls_by_cid"),
-        RowSpec("rss", "mount RSS after lookups in all backends + ls by-cid", "C_rss", "C RSS",
-                f"<= {rss_limit} MB", lambda m, r: m <= rss_limit, unit="MB"),
-        RowSpec("rss_growth", "mount RSS growth over repeated runs", None, "-", "<= 32 MB",
-                lambda m, r: m <= 32, unit="MB"),
-        RowSpec("migrate", "pinfs migrate of pins.json (whole process)", "migrate_reference",
-                "json.load + pyarrow write", "<= 3x ref", lambda m, r: r is not None and r <= 3.0),
+        RowSpec(
+            "ls_by_cid_first",
+            "ls by-cid (all entries), first in mount",
+            "C_ls_by_cid_first",
+            "C pyfuse3 floor",
+            "<= 2x C",
+            lambda m, r: r is not None and r <= 2.0,
+            "D_ls_by_cid",
+        ),
+        RowSpec(
+            "ls_by_cid",
+            "ls by-cid (all entries), repeated",
+            "C_ls_by_cid",
+            "C pyfuse3 floor",
+            "<= 2x C",
+            lambda m, r: r is not None and r <= 2.0,
+            "D_ls_by_cid",
+        ),
+        RowSpec(
+            "rss",
+            "mount RSS after lookups in all backends + ls by-cid",
+            "C_rss",
+            "C RSS",
+            f"<= {rss_limit} MB",
+            lambda m, r: m <= rss_limit,
+            unit="MB",
+        ),
+        RowSpec(
+            "rss_growth", "mount RSS growth over repeated runs", None, "-", "<= 32 MB", lambda m, r: m <= 32, unit="MB"
+        ),
+        RowSpec(
+            "migrate",
+            "pinfs migrate of pins.json (whole process)",
+            "migrate_reference",
+            "json.load + pyarrow write",
+            "<= 1x ref",
+            lambda m, r: r is not None and r <= 1.0,
+        ),
+        RowSpec(
+            "migrate_rss",
+            "  same, peak RSS",
+            "migrate_reference_rss",
+            "json.load + pyarrow write",
+            "<= 1024 MB",
+            lambda m, r: m <= 1024,
+            unit="MB",
+        ),
         RowSpec("regen", "pinfs migrate --force-car-regeneration", None, "-", "<= 10 s", lambda m, r: m <= 10.0),
         RowSpec("pin_batch", "echo '<10k pins>' > .control/pin", None, "-", "<= 2 s", lambda m, r: m <= 2.0),
         RowSpec("pin_single", "echo '<1 pin>' > .control/pin", None, "-", "<= 100 ms", lambda m, r: m <= 0.100),
@@ -615,11 +773,19 @@ def build_rows(res: Results, k: int, cache_mb: int) -> list[dict[str, Any]]:
         if not values:
             continue
         row: dict[str, Any] = {
-            "key": spec.key, "what": spec.what, "unit": spec.unit,
-            "median": median(values), "p95": p95(values), "n": len(values),
+            "key": spec.key,
+            "what": spec.what,
+            "unit": spec.unit,
+            "median": median(values),
+            "p95": p95(values),
+            "n": len(values),
             "baseline": spec.baseline_name if spec.baseline else None,
-            "baseline_median": None, "baseline_p95": None, "baseline_n": 0, "ratio": None,
-            "target": spec.target, "floor_tmpfs_median": None,
+            "baseline_median": None,
+            "baseline_p95": None,
+            "baseline_n": 0,
+            "ratio": None,
+            "target": spec.target,
+            "floor_tmpfs_median": None,
         }
         base = res.samples.get(spec.baseline or "", [])
         if base:
@@ -634,8 +800,7 @@ def build_rows(res: Results, k: int, cache_mb: int) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ["what", "pinfs median", "p95", "n", "baseline", "baseline median", "ratio", "target", "met?",
-              "D tmpfs"]
+    header = ["what", "pinfs median", "p95", "n", "baseline", "baseline median", "ratio", "target", "met?", "D tmpfs"]
     lines = [header]
     for row in rows:
         ratio = row["ratio"]
@@ -645,11 +810,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             ratio_text = f"{ratio:.3g} ({1 / ratio:.0f}x faster)" if ratio < 0.5 else f"{ratio:.2f}"
         else:
             ratio_text = f"{ratio:.2f}"
-        lines.append([
-            row["what"], fmt_value(row["median"], row["unit"]), fmt_value(row["p95"], row["unit"]), str(row["n"]),
-            row["baseline"] or "-", fmt_value(row["baseline_median"], row["unit"]), ratio_text, row["target"],
-            "yes" if row["met"] else "NO", fmt_value(row["floor_tmpfs_median"], row["unit"]),
-        ])
+        lines.append(
+            [
+                row["what"],
+                fmt_value(row["median"], row["unit"]),
+                fmt_value(row["p95"], row["unit"]),
+                str(row["n"]),
+                row["baseline"] or "-",
+                fmt_value(row["baseline_median"], row["unit"]),
+                ratio_text,
+                row["target"],
+                "yes" if row["met"] else "NO",
+                fmt_value(row["floor_tmpfs_median"], row["unit"]),
+            ]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []
     for index, line in enumerate(lines):
@@ -712,9 +886,16 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(run, ignore_errors=True)
     rows = build_rows(res, args.backends, args.cache_mb)
     report = {
-        "params": {"pins": args.pins, "backends": args.backends, "quick": args.quick, "cache_mb": args.cache_mb,
-                   "plan": plan.__dict__, "data": str(cache), "generation_seconds": round(generated, 1),
-                   "bench_seconds": round(time.perf_counter() - started, 1)},
+        "params": {
+            "pins": args.pins,
+            "backends": args.backends,
+            "quick": args.quick,
+            "cache_mb": args.cache_mb,
+            "plan": plan.__dict__,
+            "data": str(cache),
+            "generation_seconds": round(generated, 1),
+            "bench_seconds": round(time.perf_counter() - started, 1),
+        },
         "rows": rows,
         "notes": res.notes,
         "problems": res.problems,

@@ -46,30 +46,47 @@ def build(root: Path) -> None:
     storage = root / "storage"
 
     # A filesystem backend with a list of objects (ipfs_kit_py's usual shape).
-    write_config(root, "local-fs", {"type": "filesystem", "enabled": True,
-                                    "config": {"storage_path": str(storage / "local-fs")}})
-    write_json(root / "backends/local-fs/pins.json", [
-        {"cid": cids[0], "status": "pinned", "name": "readme", "created_at": "2026-10-01T08:00:00Z"},
-        {"cid": cids[1], "status": "queued", "name": "photo"},
-        {"hash": cids[2], "status": "pinning", "pinned_at": 1767225600},
-        {"cid": "QmNotARealCidAtAll", "status": "pinned", "name": "typo"},
-    ])
+    write_config(
+        root, "local-fs", {"type": "filesystem", "enabled": True, "config": {"storage_path": str(storage / "local-fs")}}
+    )
+    write_json(
+        root / "backends/local-fs/pins.json",
+        [
+            {"cid": cids[0], "status": "pinned", "name": "readme", "created_at": "2026-10-01T08:00:00Z"},
+            {"cid": cids[1], "status": "queued", "name": "photo"},
+            {"hash": cids[2], "status": "pinning", "pinned_at": 1767225600},
+            {"cid": "QmNotARealCidAtAll", "status": "pinned", "name": "typo"},
+        ],
+    )
 
     # An SSHFS backend (type from the name) with the {"pins": [...]} shape; storage is a local path.
     write_config(root, "sshfs-archive", {"config": {"storage_path": str(storage / "sshfs-archive")}})
-    write_json(root / "backends/sshfs-archive/pins.json", {
-        "version": 1, "pins": [{"cid": cid, "status": "failed", "error": "timeout"} for cid in cids[3:6]],
-    })
+    write_json(
+        root / "backends/sshfs-archive/pins.json",
+        {
+            "version": 1,
+            "pins": [{"cid": cid, "status": "failed", "error": "timeout"} for cid in cids[3:6]],
+        },
+    )
 
     # An S3 backend whose config points at a local endpoint; the legacy file is a CID → object map.
-    write_config(root, "s3-main", {"type": "s3", "config": {
-        "bucket": "pins", "endpoint": "http://127.0.0.1:9000", "region": "us-east-1", "prefix": "pinfs"}})
-    write_json(root / "backends/s3-main/pins.json", {
-        cids[0]: {"status": "pinned", "size": 43},
-        cids[6]: {"status": "pending"},
-        cids[7]: {"status": "archived"},
-        "not-a-cid": {"status": "pinned"},
-    })
+    write_config(
+        root,
+        "s3-main",
+        {
+            "type": "s3",
+            "config": {"bucket": "pins", "endpoint": "http://127.0.0.1:9000", "region": "us-east-1", "prefix": "pinfs"},
+        },
+    )
+    write_json(
+        root / "backends/s3-main/pins.json",
+        {
+            cids[0]: {"status": "pinned", "size": 43},
+            cids[6]: {"status": "pending"},
+            cids[7]: {"status": "archived"},
+            "not-a-cid": {"status": "pinned"},
+        },
+    )
 
     # GitHub and Storacha (no driver on this machine) with a plain list of CID strings and an empty file.
     write_config(root, "github-mirror", {"type": "github", "config": {"repo": "example/pins"}})
@@ -79,10 +96,13 @@ def build(root: Path) -> None:
 
     # HuggingFace, its type taken from its name (the config has no `type`).
     write_config(root, "huggingface-models", {"config": {"repo": "example/models"}})
-    write_json(root / "backends/huggingface-models/pins.json", [
-        {"cid": cids[10], "status": "pinned", "model": "tiny"},
-        {"cid": cids[11], "status": "failed"},
-    ])
+    write_json(
+        root / "backends/huggingface-models/pins.json",
+        [
+            {"cid": cids[10], "status": "pinned", "model": "tiny"},
+            {"cid": cids[11], "status": "failed"},
+        ],
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -3,8 +3,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from requirements import missing
 
 from pinfs.snapshots import DEFAULT_CACHE
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``needs(what, problem)`` (``requirements.needs``) skip, or fail when PINFS_REQUIRE
+    names ``what``, where ``problem`` says something is missing."""
+    for mark in item.iter_markers("needs"):
+        what, problem = mark.args
+        if problem is not None:
+            missing(what, problem)
 
 
 @pytest.fixture

@@ -22,16 +22,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from requirements import needs
 
 from pinfs.fs.mount import is_mounted
 
 MOUNT_TIMEOUT = 10.0
 
-needs_fuse = pytest.mark.skipif(
-    not (os.path.exists("/dev/fuse") and shutil.which("fusermount3")),
-    reason="needs /dev/fuse and fusermount3",
-)
+FUSE_PROBLEM = None if os.path.exists("/dev/fuse") and shutil.which("fusermount3") else "no /dev/fuse or fusermount3"
+needs_fuse = needs("fuse", FUSE_PROBLEM)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from requirements import missing
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
@@ -114,8 +115,8 @@ def stop_s3_server(server: S3Server) -> None:
 def s3_server() -> Iterator[S3Server]:
     try:
         server = start_s3_server()
-    except (RuntimeError, OSError) as exc:
-        pytest.skip(f"no local S3 server: {exc}")
+    except (RuntimeError, OSError, ImportError) as exc:
+        missing("s3", f"no local S3 server could be started: {exc}")
     try:
         yield server
     finally:

@@ -121,4 +121,4 @@ def test_s3_unreachable_endpoint_fails_fast(root: Path) -> None:
         driver.check()
     with pytest.raises(DriverError):
         driver.put("x/y.car", b"data")
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 30  # a hang guard: refused connections fail in well under a second

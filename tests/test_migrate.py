@@ -180,7 +180,7 @@ def test_existing_row_is_kept_without_force(root: Path) -> None:
     directory = _migrated(root, pins=[{"cid": CIDS[0], "status": "pinned"}])
     (directory / "pins.json").write_text(json.dumps([{"cid": CIDS[0], "status": "failed"}]))
     report = run_pinfs_json(root, "migrate")
-    assert _entry(report, "s3-main")["unchanged"] == 1
+    assert (_entry(report, "s3-main")["changed_in_legacy"], _entry(report, "s3-main")["added"]) == (1, 0)
     assert _status_of(directory, CIDS[0]) == "stored"
 
 

@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 from helpers import cid_for, file_digests, make_backend
 from mounting import Mount, mounted, needs_fuse
+from requirements import needs
 
 from pinfs.ops.pins import PinRequest, add_pins
 
 pytestmark = [
     needs_fuse,
-    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"),
+    needs("root", None if os.geteuid() == 0 and shutil.which("setpriv") else "not root, or no setpriv"),
 ]
 
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]

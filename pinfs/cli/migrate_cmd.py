@@ -8,10 +8,14 @@ from typing import Any
 from pinfs.cli.output import emit, exit_status, make_progress, root_of
 
 DESCRIPTION = """\
-Import each backend's legacy pins.json into pin_mappings.parquet and write pin_mappings.car.
-pins.json is never modified: it is backed up first as pins.json.backup.<UTC stamp>. A CID already in
-the parquet keeps its row unless --force. Entries that cannot be imported (invalid CIDs, ...) are kept
-with their reason in pins.rejected.json. Running it again changes nothing."""
+Import each backend's legacy pins.json (or, without one, its newest pins.json.backup.*) into
+pin_mappings.parquet and write pin_mappings.car. pins.json is never modified: it is backed up first
+as pins.json.backup.<UTC stamp>, and that backup is recorded as what was imported. A later run imports
+what changed in pins.json since: new CIDs are added, a pin removed through pinfs is not brought back,
+a changed entry is applied only with --force, a pin gone from pins.json is kept. --force re-imports
+every entry (a pin keeps its car_file_path and pinfs' own fields). Entries that cannot be imported
+(invalid CIDs, ...) are kept with their reason in pins.rejected.json. Running it again changes
+nothing."""
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -24,10 +28,18 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="report exactly what would change; write nothing")
     parser.add_argument(
-        "--backend-filter", action="append", default=[], metavar="NAME", help="only this backend (repeatable)"
+        "--backend-filter",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only the backend of this name, or else every backend whose name contains it, in any case (repeatable)",
     )
     parser.add_argument("--verbose", action="store_true", help="list the CIDs added, updated and rejected")
-    parser.add_argument("--force", action="store_true", help="replace parquet rows that differ from pins.json")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="re-import every pins.json entry, also changed ones and ones removed through pinfs",
+    )
     parser.add_argument(
         "--force-car-regeneration", action="store_true", help="rebuild pin_mappings.car from the parquet"
     )
@@ -84,23 +96,51 @@ def _line(entry: dict[str, Any], mode: str, prefix: str) -> str:
 def _entry_line(entry: dict[str, Any], mode: str, prefix: str) -> str:
     name = entry["backend"]
     if mode == "verify-only":
+        if entry["ok"] and entry.get("note"):
+            return f"{name}: ok ({entry['note']})"
         if entry["ok"]:
             return f"{name}: ok ({entry.get('pins', 0)} pins, parquet and CAR agree)"
         listed = "\n".join(f"  - {problem}" for problem in entry["problems"])
         return f"{name}: {entry['problem_count']} problem(s)\n{listed}"
     if mode == "restore":
         return f"{prefix}{name}: restore {entry['pins']} pins from {entry['restored_from']}"
-    parts = [f"{entry['added']} added", f"{entry['updated']} updated", f"{entry['unchanged']} unchanged"]
+    if entry.get("note"):
+        return f"{prefix}{name}: {entry['note']}; {entry['total']} pins"
+    counts = [f"{entry['added']} added", f"{entry['updated']} updated", f"{entry['unchanged']} unchanged"]
     if entry["rejected"]:
-        parts.append(f"{entry['rejected']} rejected (see pins.rejected.json)")
+        counts.append(f"{entry['rejected']} rejected (see pins.rejected.json)")
+    clauses = [", ".join(counts), *_kept(entry), f"{entry['total']} pins"]
     car = (
         f"; CAR {'written' if not prefix else 'would be written'} ({entry['car_reason']})"
         if entry["car_written"]
         else ""
     )
-    text = f"{prefix}{name}: {', '.join(parts)}; {entry['total']} pins{car}"
-    for key in ("added_cids", "updated_cids"):
-        text += "".join(f"\n  {key.split('_')[0]} {cid}" for cid in entry.get(key, []))
+    text = f"{prefix}{name}: {'; '.join(clauses)}{car}"
+    for key, word in _LISTED:
+        text += "".join(f"\n  {word} {cid}" for cid in entry.get(f"{key}_cids", []))
     for item in entry.get("rejected_entries", []):
         text += f"\n  rejected {item['location']}: {item['reason']}"
     return text
+
+
+_LISTED = (
+    ("added", "added"),
+    ("updated", "updated"),
+    ("removed_in_pinfs", "not brought back"),
+    ("changed_in_legacy", "changed, not applied"),
+    ("gone_from_legacy", "gone from pins.json, kept"),
+)
+
+
+def _kept(entry: dict[str, Any]) -> list[str]:
+    """What was not imported, and why (issue #14: always say what happened)."""
+    parts = []
+    if entry.get("removed_in_pinfs"):
+        parts.append(f"{entry['removed_in_pinfs']} removed through pinfs (not brought back)")
+    if entry.get("changed_in_legacy"):
+        parts.append(f"{entry['changed_in_legacy']} changed in pins.json (not applied; --force applies them)")
+    if entry.get("gone_from_legacy"):
+        parts.append(f"{entry['gone_from_legacy']} gone from pins.json (kept)")
+    if parts and entry.get("since"):
+        parts[0] = f"since {entry['since']}: {parts[0]}"
+    return parts

@@ -28,6 +28,7 @@ from typing import Any
 from pinfs.backends import Backend, get_backend, validate_backend_name
 from pinfs.errors import Busy, InvalidInput, NotFound, PinfsError
 from pinfs.ops.carops import RegenerateOptions, regenerate_car
+from pinfs.ops.common import match_backends
 from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import add_pins, parse_pin_lines, parse_unpin_lines, remove_pins
 from pinfs.ops.sync import SyncOptions, sync
@@ -85,6 +86,16 @@ def _check_backend(root: Path, name: str) -> str:
     return name
 
 
+def _check_filter(root: Path, text: str) -> str:
+    """A migrate ``backend=`` word: a ``--backend-filter`` (an exact name, or part of names) that
+    selects at least one backend."""
+    try:
+        match_backends(root, [text])
+    except NotFound as exc:
+        raise InvalidInput(str(exc)) from None
+    return text
+
+
 def _parse_days(text: str) -> float:
     try:
         days = float(text)
@@ -108,6 +119,7 @@ class WordsCommand:
     function: Callable[[Path, Any], dict[str, Any]]
     flags: dict[str, str] = field(default_factory=dict)  # word -> options field
     values: dict[str, tuple[str, Callable[[str], Any]]] = field(default_factory=dict)  # key -> (field, parser)
+    check_backend: Callable[[Path, str], str] = _check_backend  # validates a backend= value
     multiline = False
 
     def parse(self, root: Path, backend: str | None, data: bytes) -> Prepared:
@@ -123,7 +135,7 @@ class WordsCommand:
                 if backend is not None and value != backend:
                     raise InvalidInput(f"backend={value}: this control file acts on {backend!r} only")
                 if value not in backends:
-                    backends.append(_check_backend(root, value))
+                    backends.append(self.check_backend(root, value))
             elif has_value and key in self.values:
                 target, parser = self.values[key]
                 if target in fields:
@@ -184,6 +196,7 @@ COMMANDS: dict[str, Command] = {
                 "restore-from-backup": "restore_from_backup",
                 "verify-only": "verify_only",
             },
+            check_backend=_check_filter,  # the CLI's --backend-filter (CONTRACT §3)
         ),
         WordsCommand("regenerate-car", RegenerateOptions, regenerate_car),
         WordsCommand("sync", SyncOptions, sync, flags={"dry-run": "dry_run"}),
@@ -191,6 +204,7 @@ COMMANDS: dict[str, Command] = {
             "verify",
             VerifyOptions,
             verify,
+            flags={"deep": "deep"},
             values={"older-than": ("older_than_days", _parse_days)},
         ),
         LinesCommand("pin", parse_pin_lines, add_pins),

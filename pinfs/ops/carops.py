@@ -89,7 +89,12 @@ def regenerate_car(root: Path, options: RegenerateOptions, progress: Progress | 
 def _regenerate_one(backend: Backend) -> dict[str, Any]:
     store = PinStore(backend)
     if not store.has_parquet():
-        reason = "no pins yet (run 'pinfs migrate' or 'pinfs pin add')"
+        # Advice only where migrate would write something (issue #14, item 6).
+        reason = (
+            f"not migrated yet (run 'pinfs migrate --backend-filter {backend.name}')"
+            if store.legacy_source() is not None
+            else "no pins yet: nothing to build a CAR from"
+        )
         return {"backend": backend.name, "type": backend.type, "ok": True, "skipped": reason}
     try:
         if not store.has_table():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pinfs.backends import Backend, discover_backends, get_backend, validate_backend_name
-from pinfs.errors import CorruptData
+from pinfs.errors import CorruptData, InvalidInput, NotFound
 from pinfs.snapshots import PinSnapshot
 from pinfs.store import PinStore
 
@@ -23,6 +24,35 @@ def select_backends(root: Path, names: Sequence[str]) -> list[Backend]:
     for name in names:
         validate_backend_name(name)
     return [get_backend(root, name) for name in dict.fromkeys(names)]
+
+
+# A --backend-filter: a backend name, or a piece of one in any case (the seed's tool matched "S3" too).
+_FILTER_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def match_backends(root: Path, filters: Sequence[str]) -> list[Backend]:
+    """The backends ``--backend-filter`` selects (CONTRACT §3): for each filter, the backend of exactly
+    that name, or else every backend whose name contains it (case-insensitive), as the seed's
+    ``migrate-pin-mappings --backend-filter`` did. Every backend when no filter is given.
+
+    Raises InvalidInput for a filter that cannot be part of a backend name, and NotFound naming the
+    backends there are when a filter matches none, before anything is done.
+    """
+    if not filters:
+        return discover_backends(root)[0]
+    for text in filters:
+        if not _FILTER_PATTERN.fullmatch(text):
+            raise InvalidInput(f"invalid backend name or part of one: {text[:80]!r} (letters, digits, - and _)")
+    backends = discover_backends(root)[0]
+    chosen: dict[str, Backend] = {}
+    for text in filters:
+        exact = [backend for backend in backends if backend.name == text]
+        found = exact or [backend for backend in backends if text.lower() in backend.name]
+        if not found:
+            names = ", ".join(backend.name for backend in backends) or "none"
+            raise NotFound(f"no backend matches {text!r} (backends: {names})")
+        chosen.update((backend.name, backend) for backend in found)
+    return sorted(chosen.values(), key=lambda backend: backend.name)
 
 
 def discovery_problems(root: Path) -> list[dict[str, str]]:

@@ -1,13 +1,32 @@
-"""Migration of legacy ``pins.json`` files into ``pin_mappings.parquet`` + ``pin_mappings.car``.
+"""Migration of legacy ``pins.json`` files into the store (the backend's Delta table, ``pinfs.store``,
+and its exports ``pin_mappings.parquet`` + ``pin_mappings.car``).
 
-Per backend, under its lock: back up ``pins.json`` (never modified or deleted), merge its pins into the
-parquet (a CID already there keeps its row unless ``force``), quarantine what cannot be imported in
-``pins.rejected.json``, and write the CAR. Running it again changes nothing: an identical backup is not
-made twice and nothing is written when nothing differs. Also here: ``restore_from_backup`` (rebuild the
-parquet from the newest backup, keeping the current parquet as a backup so it is reversible) and
-``verify_only`` (check everything, write nothing).
+Per backend, under its lock (issue #14, CONTRACT §1 "Writes"):
+
+- The source is ``pins.json``, or, when there is none, the newest ``pins.json.backup.*`` (ours or
+  ipfs_kit_py's), so a backend left with only a backup can be migrated and written to.
+- The source's bytes are read once. A ``pins.json`` is never modified or deleted: those exact bytes are
+  backed up first (unless an identical backup exists), and the backend's run state records that backup
+  and its sha256 as what was last imported (section ``legacy_import``, written under the same lock).
+- Migration imports what changed in the source since what was last imported: a CID new there is
+  added; a CID removed through pinfs since then is never brought back; an entry changed there is
+  applied only with ``force``; a pin gone from it is kept (and counted). Without such a record (a
+  first migration, or a store written without one) every CID missing from the store is added.
+  ``force`` re-imports every entry: a pin that already has a ``car_file_path`` keeps it, and pinfs'
+  own fields (``updated_at``, ``verified_at``, the sync and verify keys of ``metadata``) survive.
+- Entries that cannot be imported are kept with their reason in ``pins.rejected.json``; the exports
+  are refreshed (after the lock) when the pins changed or the CAR does not match them.
+- A backend still in the parquet form of an older release is converted into its table first (issue
+  #12), with or without a pins.json.
+
+Running it again changes nothing: nothing is written when nothing differs. Also here:
+``restore_from_backup`` (rebuild the store from the newest backup, keeping the current parquet as a
+backup so it is reversible) and ``verify_only`` (check everything, write nothing). A backend with no
+pins at all (no store, no legacy file, perhaps only a config) has nothing to migrate, verify or
+regenerate, which is not a failure.
 
 Each backend is handled on its own: a bad file in one is reported in its entry and the others go on.
+Pins are written only through the store's ``Transaction`` and the ``ops.carops`` helpers.
 
 A run that wrote something (migrate or restore, not a dry run, not verify-only) is recorded as the
 backend's ``migrate`` section of its run state (``pinfs.ops.state``; status shows it as the last
@@ -17,8 +36,11 @@ no file); a failed one records its error but keeps the time of the last migratio
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,30 +48,45 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.backends import REJECTED_NAME, Backend
+from pinfs.backends import LEGACY_NAME, REJECTED_NAME, Backend
 from pinfs.errors import CorruptData, NotFound, PinfsError
 from pinfs.exports import export_state, refresh_exports
 from pinfs.fsutil import atomic_write_bytes, read_regular_file
-from pinfs.legacy import LegacyPins, list_backups, read_legacy_pins, write_rejected
+from pinfs.legacy import (
+    LegacyPins,
+    is_own_backup,
+    list_backups,
+    mtime_iso,
+    parse_legacy,
+    read_legacy_bytes,
+    write_rejected,
+)
 from pinfs.oldforms import old_form_exists
 from pinfs.ops.carops import car_agreement, table_records
-from pinfs.ops.common import discovery_problems, error_entry, select_backends
+from pinfs.ops.common import discovery_problems, error_entry, match_backends
 from pinfs.ops.progress import NullProgress, Progress
-from pinfs.ops.state import read_state, record_run
-from pinfs.schema import REQUIRED_COLUMNS, now_iso, record_problems, utc_stamp
-from pinfs.snapshots import FileIdentity
+from pinfs.ops.state import read_state, record_run, update_state_locked
+from pinfs.schema import REQUIRED_COLUMNS, dump_metadata, load_metadata, now_iso, record_problems, utc_stamp
 from pinfs.store import PinStore, Transaction, table_snapshot
-from pinfs.tables import empty_table, first_duplicate_cid, merge_records, read_whole_table, write_table
+from pinfs.tables import empty_table, first_duplicate_cid, normalize_table, read_whole_table, write_table
 
 BACKUP_PREFIX = "pins.json.backup."
 PARQUET_BACKUP_PREFIX = "pin_mappings.parquet.backup."
+# The run-state section naming what the last migration imported: {"backup", "sha256", "source", "at"}.
+IMPORT_SECTION = "legacy_import"
 # verify-only lists at most this many problems per backend; the count says how many there were.
 MAX_LISTED_PROBLEMS = 50
+# Compared to tell whether a pins.json entry changed since the last import (cid and backend are the same).
+_COMPARED = ("car_file_path", "created_at", "status", "metadata")
+# Keys of ``metadata`` that pinfs' sync and verify write; ``--force`` keeps them (issue #14, item 3).
+_OWN_METADATA = frozenset(
+    {"synced_at", "synced_from", "size", "last_error", "last_error_at", "attempts", "verify_failed_at"}
+)
 
 
 @dataclass
 class MigrateOptions:
-    backends: list[str] = field(default_factory=list)  # empty: every backend
+    backends: list[str] = field(default_factory=list)  # --backend-filter values; empty: every backend
     dry_run: bool = False
     verbose: bool = False
     force: bool = False
@@ -61,7 +98,7 @@ class MigrateOptions:
 def migrate(root: Path, options: MigrateOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Migrate (or restore, or verify) the chosen backends; one report entry per backend."""
     progress = progress or NullProgress()
-    backends = select_backends(root, options.backends)
+    backends = match_backends(root, options.backends)
     mode = "verify-only" if options.verify_only else "restore" if options.restore_from_backup else "migrate"
     entries: list[dict[str, Any]] = []
     progress.start(mode, len(backends))
@@ -124,6 +161,104 @@ def _record(backend: Backend, mode: str, entry: dict[str, Any]) -> None:
     record_run(backend, "migrate", info)
 
 
+# -- the legacy source and what was last imported --
+
+
+@dataclass
+class _Source:
+    """The legacy file a migration reads, as the exact bytes read."""
+
+    path: Path
+    data: bytes
+    mtime: float
+    sha256: str = ""  # set by _secure (on a second thread, while the bytes are parsed)
+
+    @property
+    def is_backup(self) -> bool:
+        return self.path.name != LEGACY_NAME
+
+    def parse(self, backend: Backend) -> LegacyPins:
+        return parse_legacy(self.data, self.path, backend.name, backend.type, default_created_at=mtime_iso(self.mtime))
+
+
+def _source_path(backend: Backend) -> Path | None:
+    """``pins.json`` (also a symlink, even a dangling one, so that the reader reports it), else the
+    newest backup (issue #14, item 2), else None."""
+    if backend.legacy_path.is_file() or backend.legacy_path.is_symlink():
+        return backend.legacy_path
+    backups = list_backups(backend.directory) if backend.directory.is_dir() else []
+    return backups[-1] if backups else None
+
+
+def _read_source(path: Path) -> _Source:
+    data, mtime = read_legacy_bytes(path)
+    return _Source(path, data, mtime, hashlib.sha256(data).hexdigest())
+
+
+def _read_unhashed(path: Path) -> _Source:
+    data, mtime = read_legacy_bytes(path)
+    return _Source(path, data, mtime)
+
+
+@dataclass
+class _Baseline:
+    """What the last migration imported: a backup holding exactly those bytes."""
+
+    path: Path
+    sha256: str | None  # None: taken from an earlier pinfs, which kept no record (not checked)
+
+
+def _baseline(backend: Backend, store: PinStore) -> _Baseline | None:
+    """What was last imported into the store, or None when nothing was (every pin is then new).
+
+    A store written by an earlier pinfs has no record; that pinfs backed up every pins.json it
+    imported, so its newest backup in pinfs' own stamp is what it last imported.
+    """
+    if not store.has_parquet():
+        return None  # no store (never migrated, or deleted): everything is imported again
+    record = read_state(backend).get(IMPORT_SECTION)
+    if isinstance(record, dict) and isinstance(record.get("backup"), str) and isinstance(record.get("sha256"), str):
+        name = Path(record["backup"]).name
+        return _Baseline(backend.directory / name, record["sha256"])
+    own = [path for path in list_backups(backend.directory) if is_own_backup(path)]
+    return _Baseline(own[-1], None) if own else None
+
+
+def _read_baseline(backend: Backend, baseline: _Baseline) -> _Source:
+    """The bytes of the last import, checked against the recorded sha256. CorruptData when they are
+    gone: then nobody can tell a pin removed through pinfs from one added to pins.json."""
+    try:
+        source = _read_source(baseline.path)
+    except (NotFound, CorruptData) as exc:
+        problem = str(exc)
+    else:
+        if baseline.sha256 is None or source.sha256 == baseline.sha256:
+            return source
+        got, recorded = source.sha256[:12], baseline.sha256[:12]
+        problem = f"{baseline.path}: changed since it was imported (sha256 {got}…, recorded {recorded}…)"
+    raise CorruptData(
+        f"{problem}; it is the record of the last import, without which a pin removed through pinfs cannot "
+        f"be told from a new one: run 'pinfs migrate --force --backend-filter {backend.name}' to import every "
+        "entry of pins.json again"
+    )
+
+
+def _backup_for(backend: Backend, source: _Source, baseline: _Baseline | None) -> Path | None:
+    """An existing backup holding exactly the source's bytes (the source itself when it is a backup)."""
+    if source.is_backup:
+        return source.path
+    if baseline is not None and baseline.sha256 == source.sha256:
+        return baseline.path
+    size = len(source.data)
+    for path in reversed(list_backups(backend.directory)):
+        # A symlinked backup is not ours to read (it may point outside the root); sizes first, cheaply.
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != size:
+            continue
+        if hashlib.sha256(read_regular_file(path)).hexdigest() == source.sha256:
+            return path
+    return None
+
+
 # -- migrate --
 
 
@@ -131,31 +266,49 @@ def _record(backend: Backend, mode: str, entry: dict[str, Any]) -> None:
 class _Plan:
     """What migrating one backend would change, computed before anything is written."""
 
-    legacy: LegacyPins | None
+    current: pa.Table
     merged: pa.Table
-    replacements: dict[str, dict[str, str]] = field(default_factory=dict)
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    backup_needed: bool = False
+    legacy: LegacyPins | None = None
+    source: _Source | None = None
+    baseline: _Baseline | None = None  # what the comparison was made with (None: everything is new)
+    existing_backup: Path | None = None  # a backup holding the source's bytes already
+    added: Sequence[str] = field(default_factory=list)
+    updated: Sequence[str] = field(default_factory=list)
+    unchanged: Sequence[str] = field(default_factory=list)
+    removed_in_pinfs: Sequence[str] = field(default_factory=list)  # in the last import, not in the store
+    changed_in_legacy: Sequence[str] = field(default_factory=list)  # changed since, not applied (no --force)
+    gone_from_legacy: Sequence[str] = field(default_factory=list)  # in the last import, not in the source now
+    replacements: dict[str, dict[str, Any]] = field(default_factory=dict)  # rows --force re-imports
+    added_rows: pa.Table | None = None  # the rows of ``added``
     car_reason: str | None = None
-    source_identity: FileIdentity | None = None  # pins.json as it was parsed
+    note: str | None = None
+    total: int | None = None  # pins in the store, when no table was read
+
+    written_backup: Path | None = None  # the backup this run made of the source
+    sha256: str | None = None  # of the source's bytes
 
     @property
     def parquet_changes(self) -> bool:
-        return bool(self.added or self.updated)
+        return len(self.added) + len(self.updated) > 0
+
+    @property
+    def backup_needed(self) -> bool:
+        return self.source is not None and self.existing_backup is None
 
 
 def _migrate_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any]:
     store = PinStore(backend)
+    path = _source_path(backend)
     convert = not store.has_table() and old_form_exists(backend.parquet_path)
-    if options.dry_run or not (_has_legacy_file(backend) or options.force_car_regeneration or convert):
-        # Nothing will be written, so plan without the lock: creating its file would itself be a write
-        # (a dry run writes nothing; a backend without pins.json is left alone).
-        return _describe(backend, _plan(backend, Transaction(store), options), options)
+    if path is None and not convert and not (options.force_car_regeneration and store.has_parquet()):
+        # Nothing to import and no CAR to rebuild: an empty backend, perhaps only a config. Nothing is
+        # written (not even the lock file), and that is not a failure (issue #14, item 4).
+        return _describe(backend, _empty_plan(store, options), options)
+    if options.dry_run:
+        return _describe(backend, _plan(backend, Transaction(store), path, options), options)
     with store.transaction() as txn:
         converted = store.convert_old_form()  # the upgrade of issue #12: the table from the old parquet
-        plan = _plan(backend, txn, options)
+        plan = _plan(backend, txn, path, options)
         entry = _describe(backend, plan, options)
         entry.update(_apply(backend, txn, plan))
     if converted:
@@ -168,62 +321,178 @@ def _migrate_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
     return entry
 
 
-def _plan(backend: Backend, txn: Transaction, options: MigrateOptions) -> _Plan:
-    # A pins.json that is a symlink (even a dangling one) is read so that the reader reports it.
-    source = backend.legacy_path if _has_legacy_file(backend) else None
-    identity = FileIdentity.of(source) if source and source.is_file() else None
-    legacy = read_legacy_pins(source, backend.name, backend.type) if source else None
+def _empty_plan(store: PinStore, options: MigrateOptions) -> _Plan:
+    table = empty_table()
+    plan = _Plan(current=table, merged=table, total=store.snapshot().count if store.has_parquet() else 0)
+    if options.force_car_regeneration:
+        plan.note = "no pins: no pin_mappings.parquet to build a CAR from"
+    else:
+        plan.note = "nothing to migrate: no pins.json and no pins.json.backup.*"
+    return plan
+
+
+def _plan(backend: Backend, txn: Transaction, path: Path | None, options: MigrateOptions) -> _Plan:
     current = txn.current(allow_legacy=True)
-    plan = _Plan(legacy=legacy, merged=current, source_identity=identity)
-    if legacy is not None:
-        _merge_legacy(plan, current, legacy, force=options.force)
-        plan.backup_needed = not _has_identical_backup(backend, source)
+    plan = _Plan(current=current, merged=current)
+    if path is not None:
+        plan.source = _read_unhashed(path)
+        if not options.force:
+            plan.baseline = _baseline(backend, txn.store)
+        # Hashing and backing up the bytes (a write and an fsync of a file as big as pins.json) run on
+        # a second thread while this one parses them: both release the GIL.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pinfs-backup") as pool:
+            secured = pool.submit(_secure, backend, plan, write=not options.dry_run)
+            try:
+                plan.legacy = plan.source.parse(backend)
+            except BaseException:
+                # A source that cannot be parsed leaves no backup made of it: a failed run writes
+                # nothing (and pins.json itself is never touched).
+                with contextlib.suppress(Exception):
+                    secured.result()
+                if plan.written_backup is not None:
+                    plan.written_backup.unlink(missing_ok=True)
+                raise
+            secured.result()
+        plan.source.data = b""  # let a big pins.json go before the store is written
+        _compare(backend, plan, force=options.force)
     plan.car_reason = _car_reason(backend, plan, options)
     return plan
 
 
-def _merge_legacy(plan: _Plan, current: pa.Table, legacy: LegacyPins, *, force: bool) -> None:
-    existing = {row["cid"]: row for row in current.select(list(REQUIRED_COLUMNS)).to_pylist()}
-    replacements: dict[str, dict[str, str]] = {}
-    for record in legacy.records:
-        cid = record["cid"]
-        old = existing.get(cid)
-        if old is None:
-            plan.added.append(cid)
-            replacements[cid] = record
-        elif force and any(old[column] != record[column] for column in REQUIRED_COLUMNS):
-            plan.updated.append(cid)
-            replacements[cid] = record
+def _secure(backend: Backend, plan: _Plan, *, write: bool) -> None:
+    """Hash the source's bytes and, unless a backup holds them already, back them up (CONTRACT §1:
+    backed up first, exactly the bytes that are parsed)."""
+    assert plan.source is not None
+    plan.source.sha256 = plan.sha256 = hashlib.sha256(plan.source.data).hexdigest()
+    plan.existing_backup = _backup_for(backend, plan.source, plan.baseline)
+    if plan.existing_backup is None and write:
+        plan.written_backup = backend.directory / f"{BACKUP_PREFIX}{utc_stamp()}"
+        atomic_write_bytes(plan.written_backup, plan.source.data)
+
+
+def _compare(backend: Backend, plan: _Plan, *, force: bool) -> None:
+    """Sort every entry of the source into added / updated / unchanged / not applied, and build the
+    merged table."""
+    assert plan.legacy is not None and plan.source is not None
+    legacy = plan.legacy.table()
+    cids = legacy.column("cid")
+    in_store = pc.is_in(cids, value_set=plan.current.column("cid").combine_chunks())
+    previous = _previous_import(backend, plan)
+    if previous is None:  # everything is new
+        in_last, changed = _all(len(legacy), False), _all(len(legacy), False)
+    else:
+        in_last, changed = _against(legacy, previous)
+        gone = pc.invert(pc.is_in(previous.column("cid"), value_set=cids.combine_chunks()))
+        plan.gone_from_legacy = previous.column("cid").filter(gone)
+    new = pc.invert(in_last)
+    # New entries not yet in the store are added; with force, every entry not in the store.
+    add = pc.and_(pc.invert(in_store), pa.scalar(True) if force else new)
+    everything = bool(pc.all(add).as_py()) if len(add) else False  # a first migration: no copies
+    plan.added = cids if everything else cids.filter(add)
+    plan.added_rows = legacy if everything else legacy.filter(add)
+    if force:
+        _force_updates(plan, legacy.filter(in_store))
+    else:
+        plan.unchanged = cids.filter(pc.and_(in_store, pc.or_(new, pc.invert(changed))))
+        plan.changed_in_legacy = cids.filter(pc.and_(in_store, changed))
+        plan.removed_in_pinfs = cids.filter(pc.and_(in_last, pc.invert(in_store)))
+    plan.merged = _merged(plan, legacy if everything else legacy.filter(add))
+
+
+def _previous_import(backend: Backend, plan: _Plan) -> pa.Table | None:
+    """The pins of the last import (None when there is none to compare with). The same bytes as the
+    source give the same table without reading them again."""
+    assert plan.source is not None and plan.legacy is not None
+    if plan.baseline is None:
+        return None
+    if plan.baseline.sha256 == plan.source.sha256 or plan.baseline.path == plan.source.path:
+        return plan.legacy.table()
+    previous = _read_baseline(backend, plan.baseline)
+    # The same default created_at as the source: an entry without a timestamp is not "changed" only
+    # because the file was rewritten.
+    default = mtime_iso(plan.source.mtime)
+    return parse_legacy(previous.data, previous.path, backend.name, backend.type, default_created_at=default).table()
+
+
+def _all(length: int, value: bool) -> pa.Array:
+    return pa.array([value] * length, pa.bool_()) if length else pa.array([], pa.bool_())
+
+
+def _against(legacy: pa.Table, previous: pa.Table) -> tuple[pa.Array, pa.Array]:
+    """For each row of ``legacy``: whether its CID was in ``previous``, and whether its entry differs
+    from the one there."""
+    where = pc.index_in(legacy.column("cid"), value_set=previous.column("cid").combine_chunks())
+    in_last = pc.is_valid(where)
+    changed = _all(len(legacy), False)
+    for column in _COMPARED:
+        before = pc.take(previous.column(column), where)
+        changed = pc.or_(changed, pc.fill_null(pc.not_equal(legacy.column(column), before), False))
+    return in_last, changed
+
+
+def _force_updates(plan: _Plan, rows: pa.Table) -> None:
+    """``--force`` on entries already in the store: re-imported, keeping the pin's car_file_path and
+    pinfs' own fields (issue #14, item 3)."""
+    assert plan.legacy is not None
+    records = rows.to_pylist()
+    existing = _store_records(plan.current, [record["cid"] for record in records])
+    replacements: dict[str, dict[str, Any]] = {}
+    updated: list[str] = []
+    unchanged: list[str] = []
+    for record in records:
+        old = existing[record["cid"]]
+        if record["created_at"] == plan.legacy.default_created_at and old.get("created_at"):
+            # No timestamp of its own (it got the file's mtime): the store's is as good, and older.
+            record["created_at"] = old["created_at"]
+        new = _forced(old, record)
+        if any(new[column] != old.get(column) for column in REQUIRED_COLUMNS):
+            replacements[record["cid"]] = new
+            updated.append(record["cid"])
         else:
-            plan.unchanged.append(cid)
-    plan.replacements = replacements
-    plan.merged = merge_records(current, replacements)
+            unchanged.append(record["cid"])
+    plan.replacements, plan.updated, plan.unchanged = replacements, updated, unchanged
 
 
-def _unchanged_bytes(path: Path, identity: FileIdentity | None) -> bytes:
-    """The bytes of ``path`` for its backup, refusing if it changed since it was parsed (so the backup
-    is exactly what was imported)."""
-    data = path.read_bytes()
-    if identity is None or FileIdentity.of(path) != identity:
-        raise CorruptData(f"{path}: changed while being migrated; nothing was written, run migrate again")
-    return data
+def _store_records(table: pa.Table, cids: list[str]) -> dict[str, dict[str, Any]]:
+    if not cids:
+        return {}
+    wanted = table.filter(pc.is_in(table.column("cid"), value_set=pa.array(cids, pa.string())))
+    return {row["cid"]: row for row in wanted.to_pylist()}
 
 
-def _has_legacy_file(backend: Backend) -> bool:
-    return backend.legacy_path.is_file() or backend.legacy_path.is_symlink()
+def _forced(old: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """The row of a pin re-imported with ``--force``: pins.json's status, created_at and metadata; the
+    existing car_file_path (CONTRACT §1); every other column and pinfs' own metadata keys kept;
+    ``updated_at`` left to be stamped when something changed."""
+    new = {**old, **{column: record[column] for column in ("created_at", "status", "metadata")}}
+    if old.get("car_file_path"):
+        new["car_file_path"] = old["car_file_path"]
+    try:
+        own = {key: value for key, value in load_metadata(old.get("metadata")).items() if key in _OWN_METADATA}
+        theirs = load_metadata(record["metadata"])
+    except ValueError:  # unreadable metadata in the store: pins.json's replaces it
+        own, theirs = {}, load_metadata(record["metadata"])
+    if own:
+        new["metadata"] = dump_metadata({**theirs, **own})
+    new["updated_at"] = None if any(new[c] != old.get(c) for c in REQUIRED_COLUMNS) else old.get("updated_at")
+    return new
 
 
-def _has_identical_backup(backend: Backend, source: Path) -> bool:
-    # A symlinked backup is not ours to read (it may point outside the root).
-    backups = list_backups(backend.directory)
-    if not backups:
-        return False
-    digest = _sha256(source)
-    return any(_sha256(path) == digest for path in backups if path.is_file() and not path.is_symlink())
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _merged(plan: _Plan, added: pa.Table) -> pa.Table:
+    """The store's table with the added rows (``updated_at`` now) and the forced replacements."""
+    table = plan.current
+    replacements = plan.replacements
+    stamp = now_iso()
+    parts = [table]
+    if added.num_rows:
+        parts.append(added.append_column("updated_at", pa.array([stamp] * added.num_rows, pa.string())))
+    if replacements:
+        table = table.filter(pc.invert(pc.is_in(table.column("cid"), value_set=pa.array(list(replacements)))))
+        rows = [{**row, "updated_at": row.get("updated_at") or stamp} for row in replacements.values()]
+        parts = [table, *parts[1:], pa.Table.from_pylist(rows)]
+    if len(parts) == 1:
+        return table
+    return normalize_table(pa.concat_tables(parts, promote_options="permissive"))
 
 
 def _car_reason(backend: Backend, plan: _Plan, options: MigrateOptions) -> str | None:
@@ -231,7 +500,7 @@ def _car_reason(backend: Backend, plan: _Plan, options: MigrateOptions) -> str |
     if options.force_car_regeneration:
         return "forced"
     if plan.legacy is None:
-        return None  # no pins.json: nothing to migrate, the backend is left alone
+        return None  # no legacy file: nothing to migrate, the backend is left alone
     if plan.parquet_changes:
         return "pins changed"
     states = export_state(backend, PinStore(backend).table_state())
@@ -244,47 +513,74 @@ def _car_reason(backend: Backend, plan: _Plan, options: MigrateOptions) -> str |
 
 def _describe(backend: Backend, plan: _Plan, options: MigrateOptions) -> dict[str, Any]:
     legacy = plan.legacy
+    parquet_written = plan.parquet_changes or (legacy is not None and not PinStore(backend).has_parquet())
     entry: dict[str, Any] = {
         "backend": backend.name,
         "type": backend.type,
         "ok": True,
         "source": str(legacy.source) if legacy else None,
+        "since": plan.baseline.path.name if plan.baseline else None,
         "legacy_shape": legacy.shape if legacy else None,
-        "found": len(legacy.records) + len(legacy.rejected) if legacy else 0,
+        "found": legacy.count + len(legacy.rejected) if legacy else 0,
         "added": len(plan.added),
         "updated": len(plan.updated),
         "unchanged": len(plan.unchanged),
+        "removed_in_pinfs": len(plan.removed_in_pinfs),
+        "changed_in_legacy": len(plan.changed_in_legacy),
+        "gone_from_legacy": len(plan.gone_from_legacy),
         "rejected": len(legacy.rejected) if legacy else 0,
-        "total": plan.merged.num_rows,
+        "total": plan.merged.num_rows if plan.total is None else plan.total,
         "backup": plan.backup_needed,
-        "parquet_written": plan.parquet_changes or (legacy is not None and not PinStore(backend).has_parquet()),
+        "parquet_written": parquet_written,
         "car_written": plan.car_reason is not None,
         "car_reason": plan.car_reason,
     }
+    if plan.note:
+        entry["note"] = plan.note
     if backend.config_error:
         entry["warning"] = backend.config_error
     if options.verbose:
-        entry["added_cids"] = plan.added
-        entry["updated_cids"] = plan.updated
+        for key in ("added", "updated", "removed_in_pinfs", "changed_in_legacy", "gone_from_legacy"):
+            cids = getattr(plan, key)
+            entry[f"{key}_cids"] = cids.to_pylist() if isinstance(cids, (pa.Array, pa.ChunkedArray)) else list(cids)
         entry["rejected_entries"] = [asdict(item) for item in legacy.rejected] if legacy else []
     return entry
 
 
 def _apply(backend: Backend, txn: Transaction, plan: _Plan) -> dict[str, Any]:
-    """Write what the plan says, backup first. The caller holds the lock."""
+    """Write what the plan says: the backup first, the pins, then the record of the import (the exports
+    follow once the lock is released). The caller holds the lock."""
     written: dict[str, Any] = {}
-    legacy = plan.legacy
-    if legacy is not None and plan.backup_needed:
-        backup = backend.directory / f"{BACKUP_PREFIX}{utc_stamp()}"
-        atomic_write_bytes(backup, _unchanged_bytes(legacy.source, plan.source_identity))
-        written["backup_path"] = str(backup)
+    source, legacy = plan.source, plan.legacy
+    backup = plan.existing_backup or plan.written_backup  # written by _plan, before anything else
+    if plan.written_backup is not None:
+        written["backup_path"] = str(plan.written_backup)
     if legacy is not None and legacy.rejected and _rejected_changed(backend, legacy):
         written["rejected_path"] = str(write_rejected(backend.directory, legacy.rejected, legacy.source))
-    if txn.state() is None and legacy is not None:
+    first = not txn.store.has_parquet()
+    if source is not None and backup is not None and first:
+        # A first import: no record is read without a store, so recording it first is safe, and a
+        # record left by a store since deleted can never outlive the pins it describes.
+        _remember_import(backend, backup, source.sha256)
+    if legacy is not None and first:
         txn.write(plan.merged)  # the first commit creates the table
-    elif plan.parquet_changes:
-        txn.update(plan.replacements)  # only the files holding the changed CIDs are rewritten
+    elif plan.parquet_changes:  # one commit rewriting only the files that hold the changed CIDs
+        added = {row["cid"]: row for row in plan.added_rows.to_pylist()} if plan.added_rows is not None else {}
+        txn.update({**added, **plan.replacements})
+    if source is not None and backup is not None and not first:
+        _remember_import(backend, backup, source.sha256)
     return written
+
+
+def _remember_import(backend: Backend, backup: Path, sha256: str) -> None:
+    """Record ``backup`` as what was last imported. Into an existing store, after the pins are written:
+    a crash in between leaves the previous record, and the next run compares with that older import,
+    which brings back nothing removed since (what was added since is in the store already). The caller
+    holds the lock."""
+    record = read_state(backend).get(IMPORT_SECTION)
+    if isinstance(record, dict) and record.get("backup") == backup.name and record.get("sha256") == sha256:
+        return  # a second run changes no file
+    update_state_locked(backend, IMPORT_SECTION, {"backup": backup.name, "sha256": sha256, "at": now_iso()})
 
 
 def _rejected_changed(backend: Backend, legacy: LegacyPins) -> bool:
@@ -302,11 +598,12 @@ def _rejected_changed(backend: Backend, legacy: LegacyPins) -> bool:
 
 
 def _restore_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any]:
-    backups = list_backups(backend.directory)
+    backups = list_backups(backend.directory) if backend.directory.is_dir() else []
     newest = backups[-1] if backups else None
     if newest is None:
         raise NotFound(f"backend {backend.name!r}: no {BACKUP_PREFIX}* file to restore from")
-    legacy = read_legacy_pins(newest, backend.name, backend.type)
+    source = _read_source(newest)
+    legacy = source.parse(backend)
     store = PinStore(backend)
     entry: dict[str, Any] = {
         "backend": backend.name,
@@ -314,7 +611,7 @@ def _restore_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
         "ok": True,
         "restored_from": str(newest),
         "backups_available": len(backups),
-        "pins": len(legacy.records),
+        "pins": legacy.count,
         "rejected": len(legacy.rejected),
     }
     if options.dry_run:
@@ -322,6 +619,7 @@ def _restore_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
         return entry
     with store.transaction() as txn:
         entry.update(_replace_from(backend, txn, legacy))
+        _remember_import(backend, newest, source.sha256)
     exports = refresh_exports(backend, force_car=True)
     entry["car"] = exports.get("car") or {"path": str(backend.car_path)}
     return entry
@@ -330,16 +628,14 @@ def _restore_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
 def _replace_from(backend: Backend, txn: Transaction, legacy: LegacyPins) -> dict[str, Any]:
     """Keep the current pins as one parquet file, then make the backup's pins the table. Lock held."""
     written: dict[str, Any] = {}
-    store = PinStore(backend)
-    if store.has_parquet():
+    if PinStore(backend).has_parquet():
         kept = backend.directory / f"{PARQUET_BACKUP_PREFIX}{utc_stamp()}"
         if export_state(backend, txn.state()).get("parquet") == "current":
             atomic_write_bytes(kept, read_regular_file(backend.parquet_path))  # the export, as it is
         else:
             write_table(kept, txn.current())
         written["previous_parquet_kept_as"] = str(kept)
-    table = merge_records(empty_table(), {record["cid"]: record for record in legacy.records})
-    txn.write(table)
+    txn.write(normalize_table(legacy.table()))
     return written
 
 
@@ -347,20 +643,31 @@ def _replace_from(backend: Backend, txn: Transaction, legacy: LegacyPins) -> dic
 
 
 def verify_backend(backend: Backend) -> dict[str, Any]:
-    """Check parquet schema and values, CAR validity, and that they agree. Writes nothing."""
+    """Check the table (data files, schema, order, values) and that its exports hold what it holds.
+    Writes nothing.
+
+    A backend with no pins at all (no store and no legacy file) has nothing to verify and is ok; one
+    still served from its legacy file is reported as not migrated."""
     problems: list[str] = []
     entry: dict[str, Any] = {"backend": backend.name, "type": backend.type}
     if backend.config_error:
         problems.append(backend.config_error)
-    store = PinStore(backend)
-    if not store.has_parquet():
-        problems.append(f"{backend.parquet_path}: missing (backend not migrated)")
-    elif not store.has_table():
-        table = _verify_old_form(store, problems)
+    if not PinStore(backend).has_parquet():
+        source = _source_path(backend)
+        if source is not None:
+            problems.append(
+                f"not migrated yet: served from {source} (run 'pinfs migrate --backend-filter {backend.name}')"
+            )
+        else:
+            entry["pins"] = 0
+            entry["note"] = "no pins: nothing to verify"
+    elif not PinStore(backend).has_table():
+        table = _verify_old_form(PinStore(backend), problems)
         if table is not None:
             entry["pins"] = table.num_rows
             problems.extend(car_agreement(backend, table))
     else:
+        store = PinStore(backend)
         table = _verify_table(store, problems)
         if table is not None:
             entry["pins"] = table.num_rows

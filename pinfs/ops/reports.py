@@ -182,14 +182,22 @@ def _health_of(view: BackendView) -> dict[str, Any]:
     if not backend.enabled:
         notes.append("disabled in its config")
     if view.source == "legacy":
+        source = PinStore(backend).legacy_source()
         reasons.append(
-            f"not migrated yet: served from its legacy pins.json (run 'pinfs migrate --backend-filter {backend.name}')"
+            f"not migrated yet: served from its legacy {source.name if source else 'pins.json'} "
+            f"(run 'pinfs migrate --backend-filter {backend.name}')"
         )
     elif view.source == "empty":
         notes.append("no pins")
     failed = view.by_status.get(FAILED, 0)
     if failed:
-        reasons.append(f"{failed} failed pin{'s' if failed != 1 else ''} (run 'pinfs sync --backend {backend.name}')")
+        # Advice only where it works (issue #14, item 6): sync needs a driver for the backend's type.
+        retry = (
+            f"run 'pinfs sync --backend {backend.name}'"
+            if has_driver(backend)
+            else f"no storage driver for type {backend.type!r} here to retry them"
+        )
+        reasons.append(f"{failed} failed pin{'s' if failed != 1 else ''} ({retry})")
     try:
         verification = _verification(view)
     except (PinfsError, OSError, pa.ArrowException) as exc:

@@ -206,4 +206,3 @@ def _outcome(row: dict[str, Any], problem: str | None) -> PinOutcome:
         metadata={"last_error": problem, "last_error_at": stamp, "verify_failed_at": stamp},
         require=(STORED,),
     )
-

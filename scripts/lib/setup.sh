@@ -31,6 +31,11 @@ ensure_system_packages() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
     if [ ! -e /dev/fuse ]; then
+        # The mount tests need it: try the module, then the device node (10:229), before giving up.
+        as_root modprobe fuse 2>/dev/null || true
+        [ -e /dev/fuse ] || as_root mknod -m 0666 /dev/fuse c 10 229 2>/dev/null || true
+    fi
+    if [ ! -e /dev/fuse ]; then
         say "warning: /dev/fuse does not exist here; mounting will fail (load the fuse module or run with --device /dev/fuse)"
     fi
 }
