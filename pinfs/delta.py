@@ -350,9 +350,7 @@ def _add_action(data_file: DataFile) -> Any:
 
     stats: dict[str, Any] = {"numRecords": data_file.rows}
     if data_file.rows:
-        stats.update(
-            minValues={"cid": data_file.min_cid}, maxValues={"cid": data_file.max_cid}, nullCount={"cid": 0}
-        )
+        stats.update(minValues={"cid": data_file.min_cid}, maxValues={"cid": data_file.max_cid}, nullCount={"cid": 0})
     return AddAction(data_file.path, data_file.size, {}, int(time.time() * 1000), True, json.dumps(stats))
 
 

@@ -170,8 +170,6 @@ def generation_problems(parquet_path: Path) -> list[str]:
     return problems
 
 
-
-
 # -- reading either form --
 
 
@@ -199,8 +197,14 @@ def _file_snapshot(path: Path, identity: FileIdentity, cache: StoreCache) -> Pin
     opened = cache.open_file(("file", str(path), identity), lambda: OpenParquet(path))
     if opened.sorted_within_groups():
         groups = opened.groups or []
-        piece = FilePiece(path, cache, opened.file.metadata.num_rows, groups[0].min_cid if groups else None,
-                          groups[-1].max_cid if groups else None, identity.size)
+        piece = FilePiece(
+            path,
+            cache,
+            opened.file.metadata.num_rows,
+            groups[0].min_cid if groups else None,
+            groups[-1].max_cid if groups else None,
+            identity.size,
+        )
         piece.key = ("file", str(path), identity)  # the reader opened above, whatever the path holds now
         return PinSnapshot(identity, [piece], cache, "parquet")
     # Written by another tool in another order: served sorted from memory; verify-only reports it.
