@@ -20,6 +20,7 @@ threads. ``StoreCache`` guards its maps with a lock, and each open parquet file 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import os
 import threading
@@ -183,14 +184,23 @@ class OpenParquet:
 
     def read_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
         assert self.groups is not None
-        with self.lock:
+        with self.lock, self._reading():
             table = self.file.read_row_group(self.groups[index].index, columns=list(columns) if columns else None)
         return _checked_columns(table, self.path)
 
     def read(self, columns: Sequence[str] | None) -> pa.Table:
-        with self.lock:
+        with self.lock, self._reading():
             table = self.file.read(columns=list(columns) if columns else None)
         return _checked_columns(table, self.path)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A page that cannot be decoded (the file was damaged after its footer was read) is CorruptData
+        naming the file, like a file that cannot be opened."""
+        try:
+            yield
+        except (OSError, pa.ArrowException) as exc:
+            raise CorruptData(f"{self.path}: not a readable parquet file ({one_line(exc)})") from None
 
 
 def _checked_columns(table: pa.Table, path: Path) -> pa.Table:

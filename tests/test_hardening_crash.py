@@ -16,7 +16,8 @@ rewrites and commits several files of the Delta table, ``pinfs.store``), and aft
 
 To kill 200 writers in seconds, a *zygote* process imports pinfs once and forks a writer per round
 (it never uses deltalake itself: delta-rs' tokio runtime does not survive a fork); it sleeps a random
-5-300 ms (a forked writer makes its delta-rs runtime on its first write, ~150 ms), kills the child
+5-300 ms (600 for sync, whose round is three commits; a forked writer makes its delta-rs runtime on
+its first write, ~150 ms), kills the child
 with SIGKILL, reaps it and reports. A child acknowledges each completed operation by appending one
 line (one ``write``) to an ack file.
 """
@@ -413,7 +414,7 @@ def test_two_hundred_sigkills_across_every_kind_of_writer(
             if op == "migrate":
                 _reset_migration(world, rng)
             tag = f"k{number}"
-            zygote.stdin.write(f"{op} {tag} {rng.randint(5, 300)}\n")
+            zygote.stdin.write(f"{op} {tag} {rng.randint(5, 600 if op == 'sync' else 300)}\n")
             zygote.stdin.flush()
             status = zygote.stdout.readline().strip()
             assert status == "9", f"{op} writer was not killed but exited ({status}):\n{stderr_path.read_text()}"

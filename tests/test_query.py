@@ -15,14 +15,15 @@ from s3server import fs_config, pin_record, put_pins
 
 from pinfs.backends import get_backend
 from pinfs.ops.query import pin_files, run_query
+from pinfs.schema import STORE_COLUMNS
 
 COUNT_SQL = "SELECT backend_name, status, count(*) AS n FROM pins GROUP BY ALL ORDER BY ALL"
 
 
 @pytest.fixture
 def data(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """fs-a: one parquet file (2 stored, 1 failed); big: 40 pins stored as shards; legacy: a pins.json
-    never migrated (2 pins). One CID is held by all three."""
+    """fs-a: a table of one data file (2 stored, 1 failed); big: 40 pins in data files of 8 rows; legacy:
+    a pins.json never migrated (2 pins). One CID is held by all three."""
     shared = cid_for("shared")
     make_backend(root, "fs-a", fs_config("fs-a", tmp_path / "a"))
     put_pins(
@@ -35,10 +36,10 @@ def data(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ],
     )
     make_backend(root, "big", fs_config("big", tmp_path / "b"))
-    monkeypatch.setenv("PINFS_SHARD_ROWS", "8")  # 40 pins > 4 x 8: written as shards
+    monkeypatch.setenv("PINFS_FILE_ROWS", "8")  # 40 pins: several data files
     put_pins(root, "big", [pin_record(root, "big", cid_for(f"b{i}"), "pending") for i in range(39)])
     put_pins(root, "big", [pin_record(root, "big", shared, "pending")])
-    monkeypatch.delenv("PINFS_SHARD_ROWS")
+    monkeypatch.delenv("PINFS_FILE_ROWS")
     make_backend(root, "legacy", pins_json=[{"cid": shared, "status": "pinned"}, {"cid": cid_for("l1")}])
     return root
 
@@ -47,10 +48,13 @@ def query(root: Path, *args: str, **kwargs: object) -> subprocess.CompletedProce
     return run_pinfs(root, "query", *args, **kwargs)
 
 
-def test_pin_files_are_the_parquet_file_or_its_shards(data: Path) -> None:
-    assert pin_files(get_backend(data, "fs-a")) == [data / "backends" / "fs-a" / "pin_mappings.parquet"]
-    shards = pin_files(get_backend(data, "big"))
-    assert len(shards) == 5 and all(path.suffix == ".parquet" and path.is_file() for path in shards)
+def test_pin_files_are_the_data_files_of_the_tables_newest_version(data: Path) -> None:
+    from deltalake import DeltaTable
+
+    for name, count in (("fs-a", 1), ("big", 5)):
+        files = pin_files(get_backend(data, name))
+        table = DeltaTable(str(data / "backends" / name / "pin_mappings.delta"))
+        assert len(files) == count and sorted(map(str, files)) == sorted(table.file_uris())
     assert pin_files(get_backend(data, "legacy")) == []  # served from its pins.json instead
 
 
@@ -169,4 +173,4 @@ def test_a_backend_that_cannot_be_read_is_left_out_loudly(data: Path) -> None:
 def test_an_empty_root_has_an_empty_view_with_the_contract_columns(root: Path) -> None:
     result = run_query(root, "SELECT * FROM pins")
     assert result.table.num_rows == 0 and result.left_out == []
-    assert result.table.column_names == ["cid", "car_file_path", "backend_name", "created_at", "status", "metadata"]
+    assert tuple(result.table.column_names) == STORE_COLUMNS  # one schema everywhere (issue #12)
