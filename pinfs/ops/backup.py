@@ -1,10 +1,15 @@
-"""Backups of every backend's pin mappings onto a filesystem backend, done as part of sync.
+"""Backups of every backend's pin mappings onto writable backends, done as part of sync.
 
-Syncing a filesystem backend copies each backend's ``pin_mappings.parquet`` and ``pin_mappings.car`` to
-``<storage_path>/pin_mappings/<backend>/`` -- only the files whose content changed since their last copy
-there. A sharded parquet is copied as one file. What was copied is remembered by content hash (sha256)
-in ``<storage_path>/pin_mappings/manifest.json``. Every file, the manifest included, is written
-atomically through the driver (temp + rename). A dry run lists what would be copied and writes nothing.
+Syncing a backend whose config says ``backup: true`` (filesystem backends: unless it says ``false``)
+copies each backend's ``pin_mappings.parquet`` and ``pin_mappings.car`` to ``pin_mappings/<backend>/``
+on its storage -- only the files whose content changed since their last copy there. A sharded parquet
+is copied as one file. What was copied is remembered by content hash (sha256) in
+``pin_mappings/manifest.json`` on the target, and in the target's state file (``backups``) so that
+health can tell, without the network, which copies are behind their source. Every file, the manifest
+included, is written through the driver (atomically, or in the one commit of the run on git and the
+Hub); a file above the service's size limit is refused before anything is sent. A backend type that
+keeps no named files (IPFS, Storacha) cannot hold backups. A dry run lists what would be copied and
+writes nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from typing import Any
 from pinfs.backends import CAR_NAME, PARQUET_NAME, Backend
 from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
 from pinfs.fsutil import read_regular_file
+from pinfs.ops.drivers import FILESYSTEM_DRIVER_TYPES
+from pinfs.ops.drivers.base import flag_setting
+from pinfs.ops.state import record_run
 from pinfs.ops.sync import SyncContext
 from pinfs.schema import now_iso
 from pinfs.shards import data_files, is_sharded
@@ -25,6 +33,12 @@ from pinfs.tables import parquet_bytes, read_whole_table
 
 BACKUP_DIR = "pin_mappings"
 MANIFEST_KEY = f"{BACKUP_DIR}/manifest.json"
+BACKUP_STATE = "backups"  # the section of the target's state file
+
+
+def wants_backups(backend: Backend) -> bool:
+    """Whether syncing ``backend`` copies every backend's pin mappings onto it (config ``backup``)."""
+    return flag_setting(backend, "backup", backend.type in FILESYSTEM_DRIVER_TYPES - {"sshfs"})
 
 
 def _load_manifest(driver: Any) -> dict[str, Any]:
@@ -52,7 +66,7 @@ def _content(source: Path) -> tuple[str, Callable[[], bytes]]:
 
 
 def backup_to(context: SyncContext, target: Backend) -> dict[str, Any]:
-    """Copy changed pin-mapping files of every backend onto ``target`` (a filesystem backend)."""
+    """Copy changed pin-mapping files of every backend onto ``target`` (a backend holding files)."""
     report: dict[str, Any] = {"target": target.name, "ok": True, "copied": [], "unchanged": 0}
     try:
         driver = context.driver(target)
@@ -61,6 +75,9 @@ def backup_to(context: SyncContext, target: Backend) -> dict[str, Any]:
         return report
     except PinfsError as exc:
         report.update(ok=False, error=f"backups to {target.name}: {exc}")
+        return report
+    if not driver.holds_files:
+        report.update(ok=False, error=f"backups to {target.name}: {target.type} storage keeps no named files")
         return report
     try:
         manifest = _load_manifest(driver)
@@ -94,6 +111,7 @@ def backup_to(context: SyncContext, target: Backend) -> dict[str, Any]:
                     continue
                 payload = data()
                 item = {"backend": backend.name, "file": name, "key": key, "size": len(payload)}
+                driver.limit_check(f"{key} (a backup copy)", len(payload))
                 driver.put(key, payload)
             except PinfsError as exc:
                 errors.append(str(exc))
@@ -109,4 +127,14 @@ def backup_to(context: SyncContext, target: Backend) -> dict[str, Any]:
             errors.append(f"writing {MANIFEST_KEY}: {exc}")
     if errors:
         report.update(ok=False, error="; ".join(errors))
+    if not context.dry_run:
+        copies = {"updated_at": now_iso(), "files": manifest}
+        context.after_flush(
+            target, lambda: record_run(target, BACKUP_STATE, copies), lambda reason: _flush_failed(report, reason)
+        )
     return report
+
+
+def _flush_failed(report: dict[str, Any], reason: str) -> None:
+    report["ok"] = False
+    report["error"] = "; ".join(filter(None, [report.get("error"), f"backups to {report['target']}: {reason}"]))

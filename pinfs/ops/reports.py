@@ -32,7 +32,8 @@ from pinfs.backends import Backend, discover_backends, get_backend
 from pinfs.errors import PinfsError
 from pinfs.legacy import list_backups
 from pinfs.ops.carops import DEFERRED_CARS, car_is_current
-from pinfs.ops.drivers import DriverError, FilesystemDriver, driver_for, has_driver
+from pinfs.ops.drivers import DriverError, driver_for, has_driver
+from pinfs.ops.drivers.filesystem import FilesystemDriver
 from pinfs.ops.state import read_state
 from pinfs.schema import FAILED, PENDING, STATUSES, STORED, load_metadata, now_iso
 from pinfs.shards import data_files, is_sharded

@@ -146,13 +146,13 @@ def _verify_into(
     try:
         for row in due:
             try:
-                problem = _check_pin(driver, row, options.deep)
+                problem, size = _check_pin(driver, row, options.deep)
             except DriverError as exc:  # the storage stopped answering: not the pin's fault
                 entry.update(ok=False, state="error", error=str(exc))
                 entry["reason"] = f"stopped after {len(outcomes)} of {len(due)} pins: {exc}"
                 break
             entry["counts"]["checked"] += 1
-            outcomes.append(_outcome(row, problem))
+            outcomes.append(_outcome(row, problem, size))
             if problem is None:
                 entry["counts"]["good"] += 1
             else:
@@ -168,36 +168,42 @@ def _verify_into(
         entry["written"] = write_outcomes(backend, outcomes)
 
 
-def _check_pin(driver: Driver, row: dict[str, Any], deep: bool) -> str | None:
-    """Why the pin's CAR on the backend is not right, or None when it is."""
+def _check_pin(driver: Driver, row: dict[str, Any], deep: bool) -> tuple[str | None, int | None]:
+    """Why the pin's CAR on the backend is not right (None when it is), and its size there; the size is
+    returned only when the pin has none recorded yet (a pin stored by another tool), for the storage
+    utilisation of the reports."""
     try:
         key = key_for(str(row.get("car_file_path")))
     except CorruptData as exc:
-        return str(exc)
-    size = driver.size(key)
+        return str(exc), None
+    size = driver.car_size(str(row["cid"]), key)
     if size is None:
         driver.check()  # "missing" must not be an endpoint that stopped answering (DriverError then)
-        return f"CAR missing on the backend at {key}"
+        return f"CAR missing on the backend at {key}", None
     try:
         expected = load_metadata(row.get("metadata")).get("size")
     except ValueError:
         expected = None
-    if isinstance(expected, int) and not isinstance(expected, bool) and expected != size:
-        return f"CAR at {key} is {size} bytes, {expected} were stored"
+    known = isinstance(expected, int) and not isinstance(expected, bool)
+    if known and expected != size:
+        return f"CAR at {key} is {size} bytes, {expected} were stored", None
     if deep:
         try:
-            verify_content_car(driver.get(key), row["cid"], key)
+            verify_content_car(driver.get_car(str(row["cid"]), key), row["cid"], key)
         except NotFound:
-            return f"CAR missing on the backend at {key}"
+            return f"CAR missing on the backend at {key}", None
         except CorruptData as exc:
-            return f"CAR corrupt: {exc}"
-    return None
+            return f"CAR corrupt: {exc}", None
+    return None, None if known else size
 
 
-def _outcome(row: dict[str, Any], problem: str | None) -> PinOutcome:
+def _outcome(row: dict[str, Any], problem: str | None, size: int | None = None) -> PinOutcome:
     stamp = now_iso()
     if problem is None:
-        return PinOutcome(row["cid"], True, {"cid": row["cid"]}, status=STORED, verified_at=stamp, require=(STORED,))
+        metadata = {"size": size} if size is not None else {}
+        return PinOutcome(
+            row["cid"], True, {"cid": row["cid"]}, STORED, metadata=metadata, verified_at=stamp, require=(STORED,)
+        )
     return PinOutcome(
         row["cid"],
         False,
@@ -206,4 +212,3 @@ def _outcome(row: dict[str, Any], problem: str | None) -> PinOutcome:
         metadata={"last_error": problem, "last_error_at": stamp, "verify_failed_at": stamp},
         require=(STORED,),
     )
-
