@@ -67,7 +67,7 @@ def test_sshfs_mount_point_must_exist(root: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "not-mounted").exists()
 
 
-@pytest.mark.parametrize("kind", ["github", "huggingface", "storacha", "ftp", "ipfs", "unknown"])
+@pytest.mark.parametrize("kind", ["tape", "unknown"])
 def test_types_without_a_driver_are_unsupported(root: Path, kind: str) -> None:
     make_backend(root, "other", {"name": "other", "type": kind})
     with pytest.raises(Unsupported):

@@ -270,11 +270,11 @@ def _sync_into(context: SyncContext, backend: Backend, entry: dict[str, Any], pr
             f"backend {backend.name!r} is served from its legacy pins.json; "
             f"run 'pinfs migrate --backend-filter {backend.name}' before syncing it"
         )
-    if unreachable is not None:
-        raise DriverError(f"{backend.name}: storage unreachable: {unreachable}")
-
     records = list(snapshot.iter_records(FAILED)) + list(snapshot.iter_records(PENDING))
     records.sort(key=lambda r: (r.get("status") != FAILED, r.get("created_at") or "", r.get("cid") or ""))
+    if unreachable is not None:
+        _fail_all(context, backend, entry, records, f"storage unreachable: {unreachable}")
+        return
     outcomes: list[PinOutcome] = []
     progress.start(f"sync {backend.name}", len(records))
     try:
@@ -307,6 +307,21 @@ def _sync_into(context: SyncContext, backend: Backend, entry: dict[str, Any], pr
         written = write_outcomes(backend, outcomes)
         entry["written"] = written
     _push_car(context, backend, entry)
+
+
+def _fail_all(
+    context: SyncContext, backend: Backend, entry: dict[str, Any], records: list[dict[str, Any]], reason: str
+) -> None:
+    """The backend cannot be used (unreachable, misconfigured, login refused): every pin to move becomes
+    ``failed`` with the reason, so each says why it did not move; a dry run only reports it."""
+    _set_error(entry, f"{backend.name}: {reason}")
+    entry["counts"]["failed"] = len(records)
+    outcomes = [_failed(record, reason) for record in records]
+    entry["failed"] = [outcome.detail for outcome in outcomes[:MAX_DETAILS]]
+    if context.dry_run:
+        entry["would_move"], entry["would_fail"] = entry.pop("moved"), entry.pop("failed")
+    else:
+        entry["written"] = write_outcomes(backend, outcomes)
 
 
 def _publish(

@@ -151,6 +151,8 @@ class BaseDriver:
     max_object_bytes: int | None = None
     #: named files (pin_mappings.car, backups) can be kept here
     holds_files = True
+    #: ``car_size`` is the size of the CAR that was put (content-addressed stores rebuild their CARs)
+    exact_sizes = True
 
     def describe(self) -> str:
         raise NotImplementedError
