@@ -78,3 +78,13 @@ def file_digests(root: Path) -> dict[str, str]:
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }
+
+
+def assert_no_secret(secret: str, root: Path, *texts: str) -> None:
+    """``secret`` appears in no file under ``root`` (reports, state, parquet, CAR) and in none of ``texts``."""
+    needle = secret.encode()
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert needle not in path.read_bytes(), f"the secret leaked into {path}"
+    for text in texts:
+        assert secret not in text, f"the secret leaked into {text[:200]!r}"

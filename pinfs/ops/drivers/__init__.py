@@ -32,6 +32,7 @@ from pinfs.ops.drivers.base import (
     DriverError,
     TooLarge,
     key_for,
+    setting,
 )
 
 ENTRY_POINT_GROUP = "pinfs.drivers"
@@ -115,7 +116,14 @@ def driver_for(backend: Backend, root: Path | None = None) -> BaseDriver:
     factory = _factory(backend.type)
     if backend.config_path is None and not backend.config:
         raise Unsupported(f"backend {backend.name!r} has no config file, so where its storage is is unknown")
-    return factory(backend, root)
+    driver = factory(backend, root)
+    limit = setting(backend, "max_file_bytes")
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise DriverError(f"backend {backend.name!r}: max_file_bytes must be a positive number of bytes")
+        # A lower limit than the service's (e.g. a provider plan's); never a higher one.
+        driver.max_object_bytes = min(limit, driver.max_object_bytes or limit)
+    return driver
 
 
 def __getattr__(name: str) -> Any:

@@ -134,8 +134,8 @@ class FtpDriver(BaseDriver):
     # -- the interface --
 
     def check(self) -> None:
-        base = posixpath.join("/", self.base)
-        self._call(f"entering {base}", lambda ftp: ftp.cwd(base))
+        """Log in (a put creates ``base_path`` when it is missing, so that is not required here)."""
+        self._call("PWD", lambda ftp: ftp.pwd())
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
