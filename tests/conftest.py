@@ -3,6 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from ftpserver import ftp_server, ftps_server  # noqa: F401 (fixtures of the driver tests)
+from gitserver import git_servers  # noqa: F401
+from ipfsnode import ipfs_node  # noqa: F401
 
 from pinfs.snapshots import DEFAULT_CACHE
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from ftpserver import PASSWORD, FtpServer, ftp_server, ftps_server  # noqa: F401 (fixtures)
+from ftpserver import PASSWORD, FtpServer
 from helpers import assert_no_secret, make_backend, run_pinfs
 from s3server import content_car, fs_config, pin_record, put_pins, read_pin
 
@@ -34,7 +34,7 @@ def by_name(report: dict) -> dict[str, dict]:
     return {entry["backend"]: entry for entry in report["backends"]}
 
 
-def test_sync_puts_cars_and_pin_mappings(root: Path, ftp_server: FtpServer) -> None:  # noqa: F811
+def test_sync_puts_cars_and_pin_mappings(root: Path, ftp_server: FtpServer) -> None:
     make_backend(root, "ftp-box", ftp_server.config("ftp-box"))
     pins = [content_car(f"ftp {i}") for i in range(2)]
     for cid, data in pins:
@@ -52,7 +52,7 @@ def test_sync_puts_cars_and_pin_mappings(root: Path, ftp_server: FtpServer) -> N
     assert checked["ok"] and checked["totals"]["good"] == 2
 
 
-def test_ftps_with_the_server_certificate(root: Path, tmp_path: Path, ftps_server: FtpServer) -> None:  # noqa: F811
+def test_ftps_with_the_server_certificate(root: Path, tmp_path: Path, ftps_server: FtpServer) -> None:
     make_backend(root, "ftp-tls", ftps_server.config("ftp-tls"))
     cid, data = content_car("ftps")
     stage(root, cid, data)
@@ -67,7 +67,7 @@ def test_ftps_with_the_server_certificate(root: Path, tmp_path: Path, ftps_serve
     assert by_name(healed)["fs-a"]["moved"][0]["from"].startswith("backend ftp-tls")
 
 
-def test_ftps_refuses_an_unknown_certificate(root: Path, tmp_path: Path, ftps_server: FtpServer) -> None:  # noqa: F811
+def test_ftps_refuses_an_unknown_certificate(root: Path, tmp_path: Path, ftps_server: FtpServer) -> None:
     config = ftps_server.config("ftp-tls")
     del config["config"]["ca_file"]  # the self-signed certificate is not trusted
     make_backend(root, "ftp-tls", config)
@@ -90,7 +90,7 @@ def test_ftps_refuses_an_unknown_certificate(root: Path, tmp_path: Path, ftps_se
 def test_refused_login_or_missing_password_fails_the_pins_and_never_shows_the_secret(
     root: Path,
     tmp_path: Path,
-    ftp_server: FtpServer,  # noqa: F811
+    ftp_server: FtpServer,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     password: str | None,
@@ -118,7 +118,7 @@ def test_refused_login_or_missing_password_fails_the_pins_and_never_shows_the_se
         assert_no_secret(secret, root, json.dumps(report), cli.stdout, cli.stderr, health, caplog.text)
 
 
-def test_size_limit_from_the_config_refuses_the_car_before_sending(root: Path, ftp_server: FtpServer) -> None:  # noqa: F811
+def test_size_limit_from_the_config_refuses_the_car_before_sending(root: Path, ftp_server: FtpServer) -> None:
     make_backend(root, "ftp-small", ftp_server.config("ftp-small", base_path="/small", max_file_bytes=100))
     cid, data = content_car("x" * 500)
     stage(root, cid, data)
@@ -130,7 +130,7 @@ def test_size_limit_from_the_config_refuses_the_car_before_sending(root: Path, f
     assert not (ftp_server.directory / "small" / "ftp-storage").exists()
 
 
-def test_describe_never_holds_the_password(root: Path, ftp_server: FtpServer) -> None:  # noqa: F811
+def test_describe_never_holds_the_password(root: Path, ftp_server: FtpServer) -> None:
     make_backend(root, "ftp-box", ftp_server.config("ftp-box"))
     driver = driver_for(get_backend(root, "ftp-box"), root)
     assert PASSWORD not in driver.describe() and driver.describe().startswith("ftp://pinfs@127.0.0.1")

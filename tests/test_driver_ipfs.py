@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpers import make_backend
-from ipfsnode import IpfsNode, ipfs_node  # noqa: F401 (fixture)
+from ipfsnode import IpfsNode
 from s3server import content_car, fs_config, pin_record, put_pins, read_pin
 
 from pinfs.ops.drivers.ipfs import base32_cid
@@ -22,7 +22,7 @@ def by_name(report: dict) -> dict[str, dict]:
     return {entry["backend"]: entry for entry in report["backends"]}
 
 
-def test_sync_imports_and_pins_the_car(root: Path, ipfs_node: IpfsNode) -> None:  # noqa: F811
+def test_sync_imports_and_pins_the_car(root: Path, ipfs_node: IpfsNode) -> None:
     make_backend(root, "ipfs-node", ipfs_node.config("ipfs-node"))
     cid, data = content_car("ipfs sync")
     stage(root, cid, data)
@@ -37,7 +37,7 @@ def test_sync_imports_and_pins_the_car(root: Path, ipfs_node: IpfsNode) -> None:
     assert checked["ok"] and checked["totals"]["good"] == 1
 
 
-def test_a_pin_the_node_lost_fails_verify(root: Path, ipfs_node: IpfsNode) -> None:  # noqa: F811
+def test_a_pin_the_node_lost_fails_verify(root: Path, ipfs_node: IpfsNode) -> None:
     make_backend(root, "ipfs-node", ipfs_node.config("ipfs-node"))
     cid, data = content_car("ipfs lost")
     stage(root, cid, data)
@@ -52,7 +52,7 @@ def test_a_pin_the_node_lost_fails_verify(root: Path, ipfs_node: IpfsNode) -> No
     assert healed["ok"] and read_pin(root, "ipfs-node", cid)["status"] == "stored"
 
 
-def test_the_node_heals_a_filesystem_backend(root: Path, tmp_path: Path, ipfs_node: IpfsNode) -> None:  # noqa: F811
+def test_the_node_heals_a_filesystem_backend(root: Path, tmp_path: Path, ipfs_node: IpfsNode) -> None:
     make_backend(root, "ipfs-node", ipfs_node.config("ipfs-node"))
     make_backend(root, "fs-a", fs_config("fs-a", tmp_path / "store-a"))
     cid, data = content_car("ipfs heals")
