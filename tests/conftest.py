@@ -12,6 +12,7 @@ from ftpserver import ftp_server, ftps_server  # noqa: F401 (fixtures of the dri
 from gitserver import git_servers  # noqa: F401
 from hubstandin import hub  # noqa: F401
 from ipfsnode import ipfs_node  # noqa: F401
+from storachaserver import storacha  # noqa: F401
 
 from pinfs.snapshots import DEFAULT_CACHE
 

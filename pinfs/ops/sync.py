@@ -64,7 +64,17 @@ def sync(root: Path, options: SyncOptions, progress: Progress | None = None) -> 
     progress = progress or NullProgress()
     chosen = select_backends(root, options.backends)
     context = SyncContext(root, discover_backends(root)[0], options.dry_run)
-    entries = [_sync_backend(context, backend, progress) for backend in chosen]
+    try:
+        entries = [_sync_backend(context, backend, progress) for backend in chosen]
+        return _finish(context, chosen, entries, options)
+    finally:
+        context.close()
+
+
+def _finish(
+    context: SyncContext, chosen: list[Backend], entries: list[dict[str, Any]], options: SyncOptions
+) -> dict[str, Any]:
+    """Backups, then publishing what is staged, then the state records and the report."""
 
     from pinfs.ops.backup import backup_to, wants_backups  # local: backup imports helpers from here
 
@@ -98,6 +108,11 @@ class SyncContext:
         self._snapshots: dict[str, PinSnapshot | None] = {}
         # What waits for a driver's flush (pin_mappings.car and backup copies: one commit at the end).
         self._staged: dict[str, list[tuple[Callable[[], object], Callable[[str], None]]]] = {}
+
+    def close(self) -> None:
+        for driver in self._drivers.values():
+            if not isinstance(driver, PinfsError):
+                driver.close()
 
     def after_flush(self, backend: Backend, done: Callable[[], object], failed: Callable[[str], None]) -> None:
         """Call ``done`` once the files put on ``backend`` are published by ``finish``, else ``failed(reason)``."""

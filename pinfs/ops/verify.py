@@ -138,6 +138,24 @@ def _verify_into(
         entry.update(state="skipped", reason="every stored pin was verified recently")
         return
     try:
+        outcomes = _check_due(backend, driver, due, options, entry, progress)
+    finally:
+        driver.close()
+    if entry["counts"]["failed"]:
+        entry["ok"] = False
+    if outcomes:
+        entry["written"] = write_outcomes(backend, outcomes)
+
+
+def _check_due(
+    backend: Backend,
+    driver: Driver,
+    due: list[dict[str, Any]],
+    options: VerifyOptions,
+    entry: dict[str, Any],
+    progress: Progress,
+) -> list[PinOutcome]:
+    try:
         driver.check()
     except DriverError as exc:
         raise DriverError(f"{backend.name}: storage unreachable: {exc}") from None
@@ -162,10 +180,7 @@ def _verify_into(
             progress.advance()
     finally:
         progress.finish()
-    if entry["counts"]["failed"]:
-        entry["ok"] = False
-    if outcomes:
-        entry["written"] = write_outcomes(backend, outcomes)
+    return outcomes
 
 
 def _check_pin(driver: Driver, row: dict[str, Any], deep: bool) -> tuple[str | None, int | None]:

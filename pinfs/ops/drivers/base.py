@@ -183,6 +183,9 @@ class BaseDriver:
     def flush(self, message: str) -> None:
         """Publish what the puts since the last flush staged (one commit); nothing to do by default."""
 
+    def close(self) -> None:
+        """Release connections and helper processes (the driver may be used again: they reopen)."""
+
     # -- pin CARs --
 
     def limit_check(self, what: str, size: int) -> None:

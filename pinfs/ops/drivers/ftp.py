@@ -115,18 +115,21 @@ class FtpDriver(BaseDriver):
         raise AssertionError("unreachable")
 
     def _close(self) -> None:
-        if self._ftp is not None:
+        """Drop a connection that failed (no QUIT: it may not answer)."""
+        ftp, self._ftp = self._ftp, None
+        if ftp is not None:
+            ftp.close()
+
+    def close(self) -> None:
+        ftp, self._ftp = self._ftp, None
+        if ftp is not None:
             try:
-                self._ftp.close()
-            finally:
-                self._ftp = None
+                ftp.quit()
+            except (OSError, EOFError, ftplib.Error):
+                ftp.close()
 
     def __del__(self) -> None:
-        try:
-            if self._ftp is not None:
-                self._ftp.quit()
-        except (OSError, EOFError, ftplib.Error):
-            pass
+        self.close()
 
     def _path(self, key: str) -> str:
         return posixpath.join("/", self.base, checked_key(key))
