@@ -49,9 +49,11 @@ def make_backend(root: Path, name: str, config: dict[str, Any] | None = None, pi
     return directory
 
 
-def run_pinfs(root: Path, *args: str, check: bool = False, timeout: float = 120, **kwargs: Any):
-    """Run the real CLI in a subprocess (``python -m pinfs``) against ``root``."""
-    env = {**os.environ, "PINFS_ROOT": str(root)}
+def run_pinfs(
+    root: Path, *args: str, check: bool = False, timeout: float = 120, env: dict[str, str] | None = None, **kwargs: Any
+):
+    """Run the real CLI in a subprocess (``python -m pinfs``) against ``root`` (``env``: added variables)."""
+    env = {**os.environ, **(env or {}), "PINFS_ROOT": str(root)}
     result = subprocess.run(
         [sys.executable, "-m", "pinfs", *args],
         capture_output=True,
