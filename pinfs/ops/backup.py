@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import cachetools
 
 from pinfs.backends import CAR_NAME, PARQUET_NAME, Backend
 from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
 from pinfs.fsutil import read_regular_file
 from pinfs.ops.drivers import FILESYSTEM_DRIVER_TYPES
 from pinfs.ops.drivers.base import flag_setting
-from pinfs.ops.state import record_run
+from pinfs.ops.state import read_state, record_run
 from pinfs.ops.sync import SyncContext
 from pinfs.schema import now_iso
 from pinfs.shards import data_files, is_sharded
@@ -116,7 +120,8 @@ def backup_to(context: SyncContext, target: Backend) -> dict[str, Any]:
             except PinfsError as exc:
                 errors.append(str(exc))
                 continue
-            manifest[key] = {"sha256": digest, "size": len(payload), "copied_at": now_iso()}
+            copied = hashlib.sha256(payload).hexdigest()
+            manifest[key] = {"sha256": digest, "copy_sha256": copied, "size": len(payload), "copied_at": now_iso()}
             report["copied"].append(item)
             changed = True
     if changed:
@@ -138,3 +143,70 @@ def backup_to(context: SyncContext, target: Backend) -> dict[str, Any]:
 def _flush_failed(report: dict[str, Any], reason: str) -> None:
     report["ok"] = False
     report["error"] = "; ".join(filter(None, [report.get("error"), f"backups to {report['target']}: {reason}"]))
+
+
+# -- health: backup copies that differ from their source --
+
+_DIGESTS: cachetools.LRUCache = cachetools.LRUCache(maxsize=512)
+_DIGESTS_LOCK = threading.Lock()
+
+
+def _signature(path: Path) -> tuple[Any, ...] | None:
+    """What changes when the file (or, sharded, any of its shards) changes: their stats."""
+    try:
+        files = data_files(path) if is_sharded(path) else [path]
+        return tuple((str(f), s.st_ino, s.st_size, s.st_mtime_ns) for f in files for s in [os.stat(f)])
+    except (OSError, PinfsError):
+        return None
+
+
+def content_digest(path: Path, as_copied: bool = False) -> str | None:
+    """The digest ``backup_to`` records for a pin-mapping file (``as_copied``: plain sha256 of the file,
+    as a copy on the target is hashed); None when it is missing or unreadable. Cached by the files'
+    stats, so a health report hashes a file again only after it changed."""
+    signature = _signature(path)
+    if signature is None:
+        return None
+    key = (signature, as_copied)
+    with _DIGESTS_LOCK:
+        found = _DIGESTS.get(key)
+    if found is None:
+        try:
+            found = hashlib.sha256(read_regular_file(path)).hexdigest() if as_copied else _content(path)[0]
+        except (OSError, PinfsError):
+            return None
+        with _DIGESTS_LOCK:
+            _DIGESTS[key] = found
+    return found
+
+
+def backup_health(target: Backend, sources: list[Backend], local_base: Path | None) -> dict[str, Any]:
+    """How the backup copies on ``target`` compare with their sources, from what the last syncs recorded
+    (no network): ``behind`` -- the source changed since its copy (the next sync copies it), and
+    ``differ`` -- on a local target (``local_base``), a copy that is missing or is not what was copied."""
+    recorded = read_state(target).get(BACKUP_STATE)
+    files = recorded.get("files") if isinstance(recorded, dict) else None
+    files = files if isinstance(files, dict) else {}
+    result: dict[str, Any] = {"copies": 0, "behind": [], "differ": []}
+    for backend in sources:
+        for name in (PARQUET_NAME, CAR_NAME):
+            current = content_digest(backend.directory / name)
+            if current is None:
+                continue
+            key = f"{BACKUP_DIR}/{backend.name}/{name}"
+            record = files.get(key)
+            if not isinstance(record, dict):
+                result["behind"].append(f"{backend.name}/{name} (never copied)")
+                continue
+            result["copies"] += 1
+            if local_base is not None:
+                copy = content_digest(local_base / key, as_copied=True)
+                if copy is None:
+                    result["differ"].append(f"{key} is missing")
+                    continue
+                if record.get("copy_sha256") and copy != record["copy_sha256"]:
+                    result["differ"].append(f"{key} is not what sync copied there (changed on the target)")
+                    continue
+            if record.get("sha256") != current:
+                result["behind"].append(f"{backend.name}/{name} (copied {record.get('copied_at')})")
+    return result
