@@ -83,9 +83,12 @@ def file_digests(root: Path) -> dict[str, str]:
 
 
 def assert_no_secret(secret: str, root: Path, *texts: str) -> None:
-    """``secret`` appears in no file under ``root`` (reports, state, parquet, CAR) and in none of ``texts``."""
+    """``secret`` appears in no file under ``root`` (reports, state, parquet, CAR, caches) and in none of
+    ``texts``. The backend configs are left out: a password written in one is the user's own text."""
     needle = secret.encode()
     for path in root.rglob("*"):
+        if path.suffix in (".yaml", ".yml") and path.parent.name in ("backends", "backend_configs"):
+            continue
         if path.is_file() and not path.is_symlink():
             assert needle not in path.read_bytes(), f"the secret leaked into {path}"
     for text in texts:

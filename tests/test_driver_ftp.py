@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from ftpserver import PASSWORD, FtpServer
 from helpers import assert_no_secret, make_backend, run_pinfs
+from mounting import mounted, needs_fuse, write_errno
 from s3server import content_car, fs_config, pin_record, put_pins, read_pin
 
 from pinfs.backends import get_backend
@@ -134,3 +136,46 @@ def test_describe_never_holds_the_password(root: Path, ftp_server: FtpServer) ->
     make_backend(root, "ftp-box", ftp_server.config("ftp-box"))
     driver = driver_for(get_backend(root, "ftp-box"), root)
     assert PASSWORD not in driver.describe() and driver.describe().startswith("ftp://pinfs@127.0.0.1")
+
+
+@needs_fuse
+@pytest.mark.mount
+def test_no_secret_in_any_file_of_the_mount(
+    root: Path, tmp_path: Path, ftp_server: FtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = "wrong-Secret-0815"
+    monkeypatch.setenv(ENV, wrong)  # the mount process inherits it
+    make_backend(root, "ftp-env", ftp_server.config("ftp-env", base_path="/mount-env"))
+    literal = ftp_server.config("ftp-literal", base_path="/mount-literal")
+    literal["config"]["password"] = PASSWORD  # a password written in the config itself
+    del literal["config"]["password_env"]
+    make_backend(root, "ftp-literal", literal)
+    cids = {}
+    for name in ("ftp-env", "ftp-literal"):
+        cid, data = content_car(f"mount {name}")
+        stage(root, cid, data)
+        put_pins(root, name, [pin_record(root, name, cid)])
+        cids[name] = cid
+    with mounted(root, tmp_path / "mnt") as mount:
+        assert write_errno(mount.path(".control", "sync"), b"\n") == errno.EIO  # ftp-env's login is refused
+        for name in ("ftp-env", "ftp-literal"):
+            assert write_errno(mount.path("backends", name, ".control", "verify"), b"older-than=0 deep\n") in (
+                None,
+                errno.EIO,
+            )
+        texts = [path.read_text() for path in sorted(_files(mount.mountpoint))]
+    assert read_pin(root, "ftp-literal", cids["ftp-literal"])["status"] == "stored"
+    assert "login refused" in read_pin(root, "ftp-env", cids["ftp-env"])["metadata"]["last_error"]
+    assert any("login refused" in text for text in texts)  # the reason is there, the secrets are not
+    for secret in (wrong, PASSWORD):
+        assert_no_secret(secret, root, *texts)
+
+
+def _files(top: Path) -> list[Path]:
+    """Every JSON and text file of the mount, leaving out the pin-mapping data files and CAR listings."""
+    found = []
+    for path in top.rglob("*"):
+        if path.is_symlink() or not path.is_file() or path.suffix in (".parquet", ".car"):
+            continue
+        found.append(path)
+    return found

@@ -408,7 +408,7 @@ Everything is read-only except the control files, which run commands when writte
   echo 'dry-run backend=s3-main' > .control/migrate
   echo '' > .control/regenerate-car            (words: backend=<name>)
   echo 'dry-run' > .control/sync               (words: backend=<name>, dry-run)
-  echo 'older-than=3' > .control/verify        (words: backend=<name>, older-than=<days>)
+  echo 'older-than=3' > .control/verify        (words: backend=<name>, older-than=<days>, deep)
   migrate words: dry-run verbose force force-car-regeneration restore-from-backup
                  verify-only backend=<name> (repeatable)
 
