@@ -12,13 +12,17 @@ changes are one store write at the end (with its ``pin_mappings.car`` regenerate
 lock), never a rewrite per pin.
 
 A backend whose pins are all stored is skipped without reading any CAR. A backend type without a
-driver (github, huggingface, storacha, ftp, ipfs, unknown) is reported ``unsupported`` and nothing
-changes. An unreachable or misconfigured backend is an error for that backend (recorded in its state
-file, so health shows it degraded); the others still sync.
+driver is reported ``unsupported`` and nothing changes. An unreachable or misconfigured backend (a
+refused login, a missing credential) is an error for that backend (recorded in its state file, so
+health shows it degraded) and each of its pins to move becomes ``failed`` with the reason; the others
+still sync. A CAR above the driver's file limit fails its pin before anything is sent. Drivers that
+make one commit per run (git, the Hub) publish the run's CARs in ``flush`` before any pin is marked
+``stored``; if that fails, those pins are ``failed`` instead.
 
 After the pins, each backend's ``pin_mappings.car`` is put on the backend itself (key
-``pin_mappings.car``) when its content changed since the last push, and syncing a filesystem backend
-copies every backend's parquet and CAR into its ``pin_mappings/<backend>/`` (``pinfs.ops.backup``).
+``pin_mappings.car``) when its content changed since the last push, and syncing a backend with
+``backup: true`` (a filesystem backend by default) copies every backend's parquet and CAR into its
+``pin_mappings/<backend>/`` (``pinfs.ops.backup``); those are published by one more flush at the end.
 
 ``dry_run`` reads only: it lists what would move (existence checks, no content read) and writes
 nothing, not even the state file.

@@ -2,9 +2,10 @@
 
 For each chosen backend (all by default) with a driver: every ``stored`` pin whose ``verified_at``
 (an extra column, absent or null until the first verify) is older than ``older_than_days`` (0: all)
-is checked -- its CAR exists at ``car_file_path`` on the backend with the size recorded at sync
-(``metadata.size``, when there is one), and with ``deep`` its root is the pin's CID and every block's
-hash is right. A missing or corrupt CAR makes the pin ``failed`` with the reason in
+is checked -- its CAR exists at ``car_file_path`` on the backend (by CID on a content-addressed one)
+with the size recorded at sync (``metadata.size``, when there is one and the store keeps CARs as they
+were put; a pin without one gets it recorded, for the storage utilisation of the reports), and with
+``deep`` its root is the pin's CID and every block's hash is right. A missing or corrupt CAR makes the pin ``failed`` with the reason in
 ``metadata.last_error``, so the next sync heals it from another backend; a good one gets
 ``verified_at`` = now. All of a backend's changes are one store write (and CAR regeneration).
 
