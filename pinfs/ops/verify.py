@@ -5,9 +5,9 @@ For each chosen backend (all by default) with a driver: every ``stored`` pin who
 is checked -- its CAR exists at ``car_file_path`` on the backend (by CID on a content-addressed one)
 with the size recorded at sync (``metadata.size``, when there is one and the store keeps CARs as they
 were put; a pin without one gets it recorded, for the storage utilisation of the reports), and with
-``deep`` its root is the pin's CID and every block's hash is right. A missing or corrupt CAR makes the pin ``failed`` with the reason in
-``metadata.last_error``, so the next sync heals it from another backend; a good one gets
-``verified_at`` = now. All of a backend's changes are one store write (and CAR regeneration).
+``deep`` its root is the pin's CID and every block's hash is right. A missing or corrupt CAR makes the
+pin ``failed`` with the reason in ``metadata.last_error``, so the next sync heals it from another
+backend; a good one gets ``verified_at`` = now. All of a backend's changes are one store write (and CAR regeneration).
 
 A backend type without a driver is reported ``unsupported`` and nothing changes; an unreachable one
 is an error for that backend (recorded in its state file) and nothing of it changes.
