@@ -109,3 +109,11 @@ def test_the_cli_syncs_to_the_hub(root: Path, hub: HubStandIn) -> None:
     result = run_pinfs(root, "sync", "--json")
     assert result.returncode == 0, result.stderr
     assert hub.state.repos[("model", "user/cli")].files[f"hf-repo/cars/{cid}.car"] == data
+
+
+def test_a_dry_run_creates_no_repository(root: Path, hub: HubStandIn) -> None:
+    make_backend(root, "hf-pins", hub.config("hf-pins", "user/dry"))
+    [(cid, _)] = pending(root, "hf-pins", ["hf dry"])
+    report = sync(root, SyncOptions(backends=["hf-pins"], dry_run=True))
+    assert [item["cid"] for item in by_name(report)["hf-pins"]["would_move"]] == [cid]
+    assert ("dataset", "user/dry") not in hub.state.repos

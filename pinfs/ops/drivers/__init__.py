@@ -15,6 +15,7 @@ registry: ``driver_for(backend, root)`` builds the driver of a backend's ``type`
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from collections.abc import Callable
@@ -71,8 +72,11 @@ __all__ = [
 ]
 
 
+@functools.cache
 def _plugins() -> dict[str, Any]:
-    """Entry points of the ``pinfs.drivers`` group by type name (built-in names left out)."""
+    """Entry points of the ``pinfs.drivers`` group by type name (built-in names left out). Read once per
+    process: sync asks for every pin and backend, and scanning the installed packages costs
+    milliseconds (a package installed later is seen by the next process)."""
     found: dict[str, Any] = {}
     for point in entry_points(group=ENTRY_POINT_GROUP):
         name = point.name.strip().lower()

@@ -136,19 +136,22 @@ class HubDriver(BaseDriver):
     # -- the interface --
 
     def check(self) -> None:
+        """The repository can be read with the token (a missing one is made by the first flush when
+        ``create_repo``: a dry run must not create it)."""
         from huggingface_hub.errors import RepositoryNotFoundError
 
         try:
-            if self.create:
-                self._client().create_repo(self.repo_id, repo_type=self.repo_type, private=True, exist_ok=True)
-            else:
-                self._client().repo_info(self.repo_id, repo_type=self.repo_type)
+            self._client().repo_info(self.repo_id, repo_type=self.repo_type)
         except RepositoryNotFoundError as exc:
-            raise self._error("finding the repository", exc) from None
+            if not self.create:
+                raise self._error("finding the repository", exc) from None
         except Unsupported:
             raise
         except Exception as exc:
             raise self._error("reaching the Hub", exc) from None
+
+    def _create(self) -> None:
+        self._client().create_repo(self.repo_id, repo_type=self.repo_type, private=True, exist_ok=True)
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -208,7 +211,7 @@ class HubDriver(BaseDriver):
             if not changed:
                 return
             if self.create:
-                self.check()
+                self._create()
             operations = [CommitOperationAdd(path, data) for path, data in sorted(changed.items())]
             self._client().create_commit(
                 self.repo_id,
