@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from helpers import make_backend
 from ipfsnode import IpfsNode
 from s3server import content_car, fs_config, pin_record, put_pins, read_pin
@@ -11,6 +12,8 @@ from s3server import content_car, fs_config, pin_record, put_pins, read_pin
 from pinfs.ops.drivers.ipfs import base32_cid
 from pinfs.ops.sync import SyncOptions, sync
 from pinfs.ops.verify import VerifyOptions, verify
+
+pytestmark = pytest.mark.npm  # its server comes from tests/npm/, installed by scripts/test
 
 
 def stage(root: Path, cid: str, data: bytes) -> None:

@@ -16,6 +16,8 @@ from pinfs.ops import reports
 from pinfs.ops.sync import SyncOptions, sync
 from pinfs.ops.verify import VerifyOptions, verify
 
+pytestmark = pytest.mark.npm  # its server comes from tests/npm/, installed by scripts/test
+
 
 def stage(root: Path, cid: str, data: bytes) -> None:
     (root / "cars").mkdir(exist_ok=True)
