@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterable
 from typing import Any
 
 from pinfs.backends import Backend
@@ -209,9 +208,4 @@ class BaseDriver:
         return self.car_size(cid, key) is not None
 
 
-def checked_key(key: str) -> str:
-    return key_for(key)
-
-
-def strip_all(values: Iterable[str]) -> list[str]:
-    return [value.strip() for value in values if value and value.strip()]
+checked_key = key_for  # a key made safe (the name drivers use for keys they are given)

@@ -1,6 +1,7 @@
 """The GitHub driver: a git repository, spoken to with git itself (which is what github.com serves).
 
-Config: ``repo_url`` (``https://github.com/owner/repo.git``; also ``git://`` and ``file://``), ``branch``
+Config: ``repo_url`` (``https://github.com/owner/repo.git``; also ``git://`` and ``file://``; or
+``repo: owner/name`` for a repository on github.com), ``branch``
 (``main``), ``token_env`` (an environment variable holding a token, sent as HTTPS basic auth
 ``x-access-token:<token>`` as GitHub takes it), ``path`` (a folder in the repository the keys are
 below), ``author_name``/``author_email`` (of the commits).
@@ -66,7 +67,11 @@ class GitDriver(BaseDriver):
 
     @classmethod
     def from_backend(cls, backend: Backend, root: Path | None = None) -> GitDriver:
-        url = required(backend, "repo_url", "url", "repository")
+        url = text_setting(backend, "repo_url", "url", "repository")
+        short = text_setting(backend, "repo")
+        if not url and short and short.count("/") == 1 and "://" not in short:
+            url = f"https://github.com/{short.strip('/')}.git"  # "owner/name", as GitHub shows it
+        url = url or required(backend, "repo_url")
         if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
             raise DriverError(f"backend {backend.name!r} (github): put the credential in 'token_env', not in repo_url")
         branch = text_setting(backend, "branch", default="main") or "main"
