@@ -54,10 +54,10 @@ def test_one_commit_of_cars_per_sync_and_none_when_nothing_moved(
     report = sync(root, SyncOptions(backends=["github-repo"]))
     assert report["ok"], report
     assert sorted(files_at(repo["path"])) == sorted(
-        [f"github-repo/cars/{cid}.car" for cid, _ in pins] + ["pin_mappings.car"]
+        [f"cars/{cid}.car" for cid, _ in pins] + ["pin_mappings.car"]
     )
     for cid, data in pins:
-        assert blob(repo["path"], f"github-repo/cars/{cid}.car") == data
+        assert blob(repo["path"], f"cars/{cid}.car") == data
         assert read_pin(root, "github-repo", cid)["status"] == "stored"
     # the three CARs are one commit; the backend's pin_mappings.car (written after them) the other
     log = git("-C", repo["path"], "log", "--format=%s", "main").splitlines()
@@ -95,7 +95,7 @@ def test_a_commit_pushed_by_someone_else_is_kept(root: Path, tmp_path: Path, git
     [(cid, _)] = pending(root, "github-repo", ["second"])
     assert sync(root, SyncOptions(backends=["github-repo"]))["ok"]
     files = files_at(repo["path"])
-    assert "README.md" in files and f"github-repo/cars/{cid}.car" in files
+    assert "README.md" in files and f"cars/{cid}.car" in files
 
 
 def test_a_bad_token_fails_the_pins_and_never_shows(
@@ -133,7 +133,7 @@ def test_files_above_the_limit_are_refused_before_anything_is_sent(root: Path, g
     assert report["ok"] is False
     assert "more than the 200 bytes github takes" in read_pin(root, "github-repo", big)["metadata"]["last_error"]
     assert read_pin(root, "github-repo", small)["status"] == "stored"
-    assert f"github-repo/cars/{big}.car" not in files_at(repo["path"])
+    assert f"cars/{big}.car" not in files_at(repo["path"])
 
 
 def test_unreachable_server_fails_the_pins(root: Path) -> None:

@@ -48,7 +48,7 @@ def test_one_commit_of_cars_through_lfs_and_none_when_nothing_moved(root: Path, 
     assert report["ok"], report
     repo = hub.state.repos[("dataset", "user/one-commit")]
     for cid, data in pins:
-        assert repo.files[f"hf-repo/cars/{cid}.car"] == data and f"hf-repo/cars/{cid}.car" in repo.lfs
+        assert repo.files[f"cars/{cid}.car"] == data and f"cars/{cid}.car" in repo.lfs
         assert read_pin(root, "hf-pins", cid)["status"] == "stored"
     assert [c["summary"] for c in repo.commits] == ["pinfs sync hf-pins: 2 CARs", "pinfs sync: pin mappings (1 file)"]
     assert repo.files["pin_mappings.car"] == (root / "backends/hf-pins/pin_mappings.car").read_bytes()
@@ -75,8 +75,8 @@ def test_a_car_missing_from_the_repo_fails_verify(root: Path, hub: HubStandIn) -
     [(cid, _)] = pending(root, "hf-pins", ["hf lost"])
     assert sync(root, SyncOptions(backends=["hf-pins"]))["ok"]
     repo = hub.state.repos[("dataset", "user/lost")]
-    repo.files[f"hf-repo/cars/{cid}.car"] = b"not the CAR"  # someone replaced it
-    repo.lfs.discard(f"hf-repo/cars/{cid}.car")
+    repo.files[f"cars/{cid}.car"] = b"not the CAR"  # someone replaced it
+    repo.lfs.discard(f"cars/{cid}.car")
     report = verify(root, VerifyOptions(backends=["hf-pins"], older_than_days=0))
     assert report["totals"]["failed"] == 1
     assert "bytes" in read_pin(root, "hf-pins", cid)["metadata"]["last_error"]
@@ -108,7 +108,7 @@ def test_the_cli_syncs_to_the_hub(root: Path, hub: HubStandIn) -> None:
     [(cid, data)] = pending(root, "hf-pins", ["hf cli"])
     result = run_pinfs(root, "sync", "--json")
     assert result.returncode == 0, result.stderr
-    assert hub.state.repos[("model", "user/cli")].files[f"hf-repo/cars/{cid}.car"] == data
+    assert hub.state.repos[("model", "user/cli")].files[f"cars/{cid}.car"] == data
 
 
 def test_a_dry_run_creates_no_repository(root: Path, hub: HubStandIn) -> None:

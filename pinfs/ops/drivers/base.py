@@ -55,6 +55,15 @@ def key_for(car_file_path: str) -> str:
     return "/".join(parts)
 
 
+def in_repository(key: str, placeholder: str) -> str:
+    """A key as a path inside a repository: the template's first component (``github-repo`` of
+    ``/github-repo/cars/<cid>.car``, CONTRACT §1) stands for the repository itself, so the CAR is at
+    ``cars/<cid>.car`` there. Any other key (a legacy ``car_file_path``) is kept whole."""
+    key = key_for(key)
+    prefix = placeholder + "/"
+    return key[len(prefix) :] if key.startswith(prefix) else key
+
+
 def one_line(exc: BaseException | str) -> str:
     """An exception's text on one line, at most 300 characters."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]

@@ -6,12 +6,15 @@ Config: ``repo_url`` (``https://github.com/owner/repo.git``; also ``git://`` and
 ``x-access-token:<token>`` as GitHub takes it), ``path`` (a folder in the repository the keys are
 below), ``author_name``/``author_email`` (of the commits).
 
-The driver keeps a bare *partial* clone (``--filter=blob:none``: trees only; a CAR's bytes are fetched
-only when they are read) in ``ROOT/.pinfs-cache/git/<backend>``. A put writes the blob into that clone
-and stages it; ``flush`` makes ONE commit of everything staged on top of the branch's newest commit
-(plumbing: read-tree, update-index, write-tree, commit-tree; no work tree) and pushes it. No commit is
-made when nothing changed. A push that lost a race against another writer is made again once on the
-new tip. Existence is a tree lookup (``ls-tree``, no blob fetched), size ``cat-file -s``.
+A pin's CAR (``car_file_path`` ``/github-repo/cars/<cid>.car``, where ``github-repo`` stands for the
+repository) is committed at ``cars/<cid>.car`` below ``path``; the backend's ``pin_mappings.car`` and
+the backup copies beside it. The driver keeps a bare *partial* clone (``--filter=blob:none``: trees
+only; a CAR's bytes are fetched only when they are read) in ``ROOT/.pinfs-cache/git/<backend>``. A put
+writes the blob into that clone and stages it; ``flush`` makes ONE commit of everything staged on top
+of the branch's newest commit (plumbing: read-tree, update-index, write-tree, commit-tree; no work
+tree) and pushes it. No commit is made when nothing changed. A push that lost a race against another
+writer is made again once on the new tip. Existence is a tree lookup (``ls-tree``, no blob fetched),
+size ``cat-file -s``.
 
 The token never appears on a command line, in the remote URL or in a message: it reaches git as an
 ``http.extraHeader`` through ``GIT_CONFIG_*`` environment variables, and every error is scrubbed.
@@ -35,6 +38,7 @@ from pinfs.ops.drivers.base import (
     DriverError,
     Secrets,
     checked_key,
+    in_repository,
     required,
     text_setting,
 )
@@ -146,7 +150,7 @@ class GitDriver(BaseDriver):
         self._fetched = True
 
     def _path(self, key: str) -> str:
-        key = checked_key(key)
+        key = in_repository(key, "github-repo")
         return posixpath.join(self.base, key) if self.base else key
 
     # -- the interface --

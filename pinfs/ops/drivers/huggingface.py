@@ -1,18 +1,18 @@
 """The Hugging Face driver: a Hub repository through ``huggingface_hub`` (the client a Hub user uses).
 
-Config: ``repo_id`` (``owner/name``), ``repo_type`` (``model``, ``dataset`` or ``space``; ``dataset`` by
-default: CARs are data), ``revision`` (``main``), ``endpoint`` (``https://huggingface.co``), ``token_env``
-(an environment variable holding the token), ``path`` (a folder in the repository keys are below),
-``create_repo`` (create a missing repository, private; default true).
+Config: ``repo_id`` (``owner/name``), ``repo_type`` (``model``, ``dataset`` or ``space``; ``dataset``
+by default: CARs are data), ``revision`` (``main``), ``endpoint`` (``https://huggingface.co``),
+``token_env`` (an environment variable holding the token), ``path`` (a folder in the repository keys
+are below), ``create_repo`` (create a missing repository, private; default true).
 
-Puts are staged; ``flush`` makes ONE commit of them (``HfApi.create_commit``: the binary CARs go
-through the Hub's LFS upload), none when every staged file is already there with the same content.
-Size and existence: ``get_paths_info`` (no download); a fetch: ``hf_hub_download`` into a temporary
-folder. The Hub refuses files above 50 GB in one piece (``HUB_MAX_FILE_BYTES``); larger objects are
-refused before anything is sent. The token is passed to the client only; errors are scrubbed.
-Xet uploads (the Hub's newer storage, used when the ``hf_xet`` package is installed) are a path this
-project does not test: docs/drivers.md.
-"""
+A pin's CAR (``/hf-repo/cars/<cid>.car``, ``hf-repo`` standing for the repository) is at
+``cars/<cid>.car`` below ``path``. Puts are staged; ``flush`` makes ONE commit of them
+(``HfApi.create_commit``: the binary CARs go through the Hub's LFS upload), none when every staged
+file is already there with the same content. Size and existence: ``get_paths_info`` (no download); a
+fetch: ``hf_hub_download`` into a temporary folder. The Hub refuses files above 50 GB in one piece
+(``HUB_MAX_FILE_BYTES``); larger objects are refused before anything is sent. The token is passed to
+the client only; errors are scrubbed. Xet uploads (the Hub's newer storage, used when the ``hf_xet``
+package is installed) are a path this project does not test: docs/drivers.md."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from pinfs.ops.drivers.base import (
     Secrets,
     checked_key,
     flag_setting,
+    in_repository,
     required,
     text_setting,
 )
@@ -112,7 +113,7 @@ class HubDriver(BaseDriver):
         return self.secrets.error(f"{self.describe()}: {what} failed", exc)
 
     def _path(self, key: str) -> str:
-        key = checked_key(key)
+        key = in_repository(key, "hf-repo")
         return posixpath.join(self.base, key) if self.base else key
 
     def _info(self, paths: list[str]) -> dict[str, Any]:
