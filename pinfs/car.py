@@ -54,7 +54,8 @@ _DAG_CBOR_SHA256_PREFIX = bytes([0x01, CODEC_DAG_CBOR, HASH_SHA2_256, _SHA2_256_
 _RAW_SHA256_PREFIX = bytes([0x01, CODEC_RAW, HASH_SHA2_256, _SHA2_256_LEN])
 
 # Multihash functions we can recompute; a block hashed with anything else cannot be verified.
-_HASHERS: dict[int, str] = {0x12: "sha256", 0x13: "sha512", 0x16: "sha3_256", 0x14: "sha3_512", 0xB220: "blake2b"}
+_HASHERS: dict[int, str] = {0x12: "sha256", 0x13: "sha512", 0x16: "sha3_256", 0x14: "sha3_512",
+                            0xB220: "blake2b"}
 
 _CARV2_PRAGMA = bytes.fromhex("0aa16776657273696f6e02")
 _CARV2_HEADER_LEN = 40
@@ -103,7 +104,7 @@ def _read_varint(data: bytes, pos: int, source: str, what: str) -> tuple[int, in
 
 def _cid_length(data: bytes, pos: int, end: int, source: str) -> int:
     """Length in bytes of the binary CID starting at ``pos`` (which must end before ``end``)."""
-    if data[pos : pos + 2] == _CIDV0_PREFIX:
+    if data[pos:pos + 2] == _CIDV0_PREFIX:
         length = 2 + _SHA2_256_LEN
     else:
         version, cur = _read_varint(data, pos, source, "CID version")
@@ -213,14 +214,14 @@ def _unwrap_carv2(data: bytes, source: str) -> bytes:
     if not data.startswith(_CARV2_PRAGMA):
         return data
     start = len(_CARV2_PRAGMA)
-    header = data[start : start + _CARV2_HEADER_LEN]
+    header = data[start:start + _CARV2_HEADER_LEN]
     if len(header) != _CARV2_HEADER_LEN:
         raise CorruptData(f"{source}: truncated CARv2 header")
     offset = int.from_bytes(header[16:24], "little")
     size = int.from_bytes(header[24:32], "little")
     if offset < start + _CARV2_HEADER_LEN or offset + size > len(data):
         raise CorruptData(f"{source}: CARv2 data payload lies outside the file")
-    return data[offset : offset + size]
+    return data[offset:offset + size]
 
 
 def _read_header(data: bytes, source: str) -> tuple[list[bytes], int]:
@@ -229,7 +230,7 @@ def _read_header(data: bytes, source: str) -> tuple[list[bytes], int]:
     if length == 0 or length > MAX_HEADER_BYTES or pos + length > len(data):
         raise CorruptData(f"{source}: CAR header length {length} is impossible for {len(data)} bytes")
     try:
-        header = libipld.decode_dag_cbor(bytes(data[pos : pos + length]))
+        header = libipld.decode_dag_cbor(bytes(data[pos:pos + length]))
     except (ValueError, RecursionError) as exc:
         raise CorruptData(f"{source}: CAR header is not DAG-CBOR ({exc})") from None
     if not isinstance(header, dict) or header.get("version") != 1:
@@ -247,14 +248,12 @@ def _iter_sections(data: bytes, pos: int, source: str) -> Iterator[tuple[bytes, 
     while pos < end_of_data:
         length, start = _read_varint(data, pos, source, "section length")
         if length == 0 or length > MAX_SECTION_BYTES or start + length > end_of_data:
-            raise CorruptData(
-                f"{source}: section at offset {pos} declares {length} bytes "
-                f"({end_of_data - start} remain, limit {MAX_SECTION_BYTES})"
-            )
+            raise CorruptData(f"{source}: section at offset {pos} declares {length} bytes "
+                              f"({end_of_data - start} remain, limit {MAX_SECTION_BYTES})")
         end = start + length
         cid_len = _cid_length(data, start, end, source)
-        cid = bytes(view[start : start + cid_len])
-        block = bytes(view[start + cid_len : end])
+        cid = bytes(view[start:start + cid_len])
+        block = bytes(view[start + cid_len:end])
         _verify_block(cid, block, source)
         yield cid, block
         pos = end
@@ -318,7 +317,8 @@ def _dag_cbor_block(value: Any) -> tuple[bytes, bytes]:
 def _chunk_records(chunk: list[Mapping[str, str]], first_index: int) -> list[Mapping[str, str]]:
     """The chunk's records reduced to the six columns, each checked to be a string."""
     rows: list[Mapping[str, str]] = [
-        r if type(r) is dict and r.keys() == _COLUMN_SET else _project(r, first_index + i) for i, r in enumerate(chunk)
+        r if type(r) is dict and r.keys() == _COLUMN_SET else _project(r, first_index + i)
+        for i, r in enumerate(chunk)
     ]
     types: set[type] = set()
     for row in rows:
@@ -392,7 +392,9 @@ def _pin_mappings_parts(
     return _car_parts([root_cid], blocks)
 
 
-def write_pin_mappings_car(path: Path, records: Iterable[Mapping[str, str]], backend_name: str, created_at: str) -> int:
+def write_pin_mappings_car(
+    path: Path, records: Iterable[Mapping[str, str]], backend_name: str, created_at: str
+) -> int:
     """Encode and atomically replace ``path``; return the number of bytes written."""
     parts = _pin_mappings_parts(records, backend_name, created_at, DEFAULT_CHUNK_SIZE)
     with atomic_writer(Path(path)) as temp, open(temp, "xb") as handle:

@@ -36,23 +36,9 @@ def test_bench_quick_json_has_every_row(tmp_path: Path) -> None:
     assert not report["problems"]
     keys = {row["key"] for row in report["rows"]}
     expected = {
-        "ready",
-        "cat_cold_first",
-        "cat_cold_more",
-        "cat_warm",
-        "stat_warm",
-        "cids_cold_first",
-        "cids_cold_more",
-        "ls_failed_cold",
-        "ls_failed_warm",
-        "ls_by_cid_first",
-        "ls_by_cid",
-        "rss",
-        "rss_growth",
-        "migrate",
-        "regen",
-        "pin_batch",
-        "pin_single",
+        "ready", "cat_cold_first", "cat_cold_more", "cat_warm", "stat_warm", "cids_cold_first", "cids_cold_more",
+        "ls_failed_cold", "ls_failed_warm", "ls_by_cid_first", "ls_by_cid", "rss", "rss_growth", "migrate", "regen",
+        "pin_batch", "pin_single",
     }
     assert expected <= keys
     for row in report["rows"]:

@@ -22,16 +22,14 @@ def make_records(n: int, backend: str = "s3-main") -> list[dict[str, str]]:
     records = []
     for i in range(n):
         cid = car.make_raw_block(f"content {i}".encode())[0]
-        records.append(
-            {
-                "cid": cid,
-                "car_file_path": f"/s3-bucket/cars/{cid}.car",
-                "backend_name": backend,
-                "created_at": CREATED,
-                "status": ("stored", "pending", "failed")[i % 3],
-                "metadata": json.dumps({"i": i, "name": f"pin ü {i}"}),
-            }
-        )
+        records.append({
+            "cid": cid,
+            "car_file_path": f"/s3-bucket/cars/{cid}.car",
+            "backend_name": backend,
+            "created_at": CREATED,
+            "status": ("stored", "pending", "failed")[i % 3],
+            "metadata": json.dumps({"i": i, "name": f"pin ü {i}"}),
+        })
     return records
 
 
@@ -106,12 +104,8 @@ def test_hundred_thousand_records_round_trip() -> None:
 
 
 def test_legacy_json_form_decodes(records: list[dict[str, str]]) -> None:
-    doc = {
-        "format": "pin_mappings_car",
-        "version": "1.0",
-        "created_at": "2025-07-31T12:25:59.005216",
-        "pin_mappings": records[:5],
-    }
+    doc = {"format": "pin_mappings_car", "version": "1.0", "created_at": "2025-07-31T12:25:59.005216",
+           "pin_mappings": records[:5]}
     decoded = car.decode_pin_mappings_car(json.dumps(doc, indent=2).encode())
     assert decoded.form == "legacy-json"
     assert decoded.version == "1.0"
@@ -128,15 +122,12 @@ def test_legacy_json_pandas_types_are_converted(records: list[dict[str, str]]) -
     assert decoded.records[0]["metadata"] == '{"name":"x"}'
 
 
-@pytest.mark.parametrize(
-    "doc",
-    [
-        {"format": "something_else", "pin_mappings": []},
-        {"format": "pin_mappings_car"},
-        {"format": "pin_mappings_car", "pin_mappings": [{"cid": "bafkqaaa"}]},
-        {"format": "pin_mappings_car", "pin_mappings": ["not an object"]},
-    ],
-)
+@pytest.mark.parametrize("doc", [
+    {"format": "something_else", "pin_mappings": []},
+    {"format": "pin_mappings_car"},
+    {"format": "pin_mappings_car", "pin_mappings": [{"cid": "bafkqaaa"}]},
+    {"format": "pin_mappings_car", "pin_mappings": ["not an object"]},
+])
 def test_legacy_json_bad_documents(doc: dict) -> None:
     with pytest.raises(CorruptData):
         car.decode_pin_mappings_car(json.dumps(doc).encode(), "x.car")
@@ -149,14 +140,8 @@ def test_legacy_json_not_json() -> None:
 
 def test_to_legacy_json(encoded: bytes, records: list[dict[str, str]]) -> None:
     doc = car.to_legacy_json(car.decode_pin_mappings_car(encoded))
-    assert doc == {
-        "format": "pin_mappings_car",
-        "version": "1.0",
-        "backend_name": "s3-main",
-        "created_at": CREATED,
-        "count": len(records),
-        "pin_mappings": records,
-    }
+    assert doc == {"format": "pin_mappings_car", "version": "1.0", "backend_name": "s3-main",
+                   "created_at": CREATED, "count": len(records), "pin_mappings": records}
     again = car.decode_pin_mappings_car(json.dumps(doc).encode())
     assert again.records == records and again.form == "legacy-json"
 
@@ -167,12 +152,12 @@ def test_to_legacy_json(encoded: bytes, records: list[dict[str, str]]) -> None:
 def independent_parse(data: bytes) -> tuple[dict, list[tuple[CID, bytes]]]:
     """Parse a CARv1 with multiformats + dag_cbor only (no pinfs, no libipld)."""
     length, used, _ = varint.decode_raw(data)
-    header = dag_cbor.decode(data[used : used + length])
+    header = dag_cbor.decode(data[used:used + length])
     pos = used + length
     sections = []
     while pos < len(data):
         length, used, _ = varint.decode_raw(data[pos:])
-        section = data[pos + used : pos + used + length]
+        section = data[pos + used:pos + used + length]
         assert len(section) == length
         cid_len = 0
         for _ in range(3):  # version, codec, multihash code
@@ -196,12 +181,8 @@ def test_independent_decoder(records: list[dict[str, str]], encoded: bytes) -> N
     assert sections[0][0] == root_cid  # root block written first
     root = blocks[root_cid]
     assert {k: root[k] for k in ("format", "version", "backend_name", "created_at", "count")} == {
-        "format": "pin_mappings_car",
-        "version": "2.0",
-        "backend_name": "s3-main",
-        "created_at": CREATED,
-        "count": len(records),
-    }
+        "format": "pin_mappings_car", "version": "2.0", "backend_name": "s3-main",
+        "created_at": CREATED, "count": len(records)}
     assert all(isinstance(link, CID) for link in root["entries"])  # real tag-42 links
     assert [c for c, _ in sections[1:]] == root["entries"]
     flat = [row for link in root["entries"] for row in blocks[link]]
@@ -234,12 +215,8 @@ def test_every_flipped_block_byte_is_caught(encoded: bytes) -> None:
         section_heads.update(range(pos, pos + used + 40))
         pos += used + length
     _, sections = independent_parse(encoded)
-    root_section_end = (
-        start
-        + len(varint.encode(len(bytes(sections[0][0])) + len(sections[0][1])))
-        + len(bytes(sections[0][0]))
-        + len(sections[0][1])
-    )
+    root_section_end = start + len(varint.encode(len(bytes(sections[0][0])) + len(sections[0][1]))) + len(
+        bytes(sections[0][0])) + len(sections[0][1])
     for pos in sorted(sampled | section_heads | set(range(start, root_section_end))):
         corrupted = bytearray(encoded)
         corrupted[pos] ^= 0x01
@@ -264,16 +241,14 @@ def test_truncation_is_caught(encoded: bytes) -> None:
 
 def test_unlinked_or_missing_blocks_are_caught(encoded: bytes) -> None:
     extra = car.make_raw_block(b"stray")
-    stray = (
-        bytes(varint.encode(len(bytes(CID.decode(extra[0]))) + len(extra[1]))) + bytes(CID.decode(extra[0])) + extra[1]
-    )
+    stray = bytes(varint.encode(len(bytes(CID.decode(extra[0]))) + len(extra[1]))) + bytes(
+        CID.decode(extra[0])) + extra[1]
     with pytest.raises(CorruptData, match="not CIDv1 dag-cbor"):
         car.decode_pin_mappings_car(encoded + stray)
     _, sections = independent_parse(encoded)
     last_cid, last_block = sections[-1]
-    last_len = (
-        len(bytes(varint.encode(len(bytes(last_cid)) + len(last_block)))) + len(bytes(last_cid)) + len(last_block)
-    )
+    last_len = len(bytes(varint.encode(len(bytes(last_cid)) + len(last_block)))) + len(bytes(last_cid)) + len(
+        last_block)
     with pytest.raises(CorruptData, match="missing"):
         car.decode_pin_mappings_car(encoded[:-last_len])
 
@@ -299,7 +274,8 @@ def test_forged_cars(records: list[dict[str, str]]) -> None:
     assert car.decode_pin_mappings_car(good).records == records[:2]
     bad_cases = {
         "count": forge_car({**ROOT, "count": 3}, [records[:2]]),
-        "without status": forge_car({**ROOT, "count": 1}, [[{k: v for k, v in records[0].items() if k != "status"}]]),
+        "without status": forge_car({**ROOT, "count": 1},
+                                    [[{k: v for k, v in records[0].items() if k != "status"}]]),
         "not a string": forge_car({**ROOT, "count": 1}, [[{**records[0], "status": 1}]]),
         "not a list": forge_car({**ROOT, "count": 1}, [{"a": "b"}]),
         "version": forge_car({**ROOT, "version": "9.9", "count": 0}, []),
@@ -333,15 +309,15 @@ def test_repeated_links_cannot_amplify(records: list[dict[str, str]]) -> None:
 
 def test_bad_varints_and_huge_lengths_fail_fast(encoded: bytes) -> None:
     header_len, used, _ = varint.decode_raw(encoded)
-    head = encoded[: used + header_len]
+    head = encoded[:used + header_len]
     cases = [
-        b"\xff" * 20,  # endless varint
-        b"\x80\x00",  # non-minimal varint
-        b"\xff\xff\xff\xff\x0f" + b"\x00" * 10,  # header far longer than the data
-        head + b"\xff\xff\xff\xff\xff\xff\xff\x7f",  # section of absurd length
+        b"\xff" * 20,                                   # endless varint
+        b"\x80\x00",                                    # non-minimal varint
+        b"\xff\xff\xff\xff\x0f" + b"\x00" * 10,         # header far longer than the data
+        head + b"\xff\xff\xff\xff\xff\xff\xff\x7f",     # section of absurd length
         head + bytes(varint.encode(65 * 1024 * 1024)) + b"\x01",  # over the section limit
-        head + b"\x00",  # zero-length section
-        head + b"\xff\xff",  # truncated varint
+        head + b"\x00",                                 # zero-length section
+        head + b"\xff\xff",                             # truncated varint
     ]
     for data in cases:
         started = time.perf_counter()
