@@ -49,9 +49,11 @@ def make_backend(root: Path, name: str, config: dict[str, Any] | None = None, pi
     return directory
 
 
-def run_pinfs(root: Path, *args: str, check: bool = False, timeout: float = 120, **kwargs: Any):
-    """Run the real CLI in a subprocess (``python -m pinfs``) against ``root``."""
-    env = {**os.environ, "PINFS_ROOT": str(root)}
+def run_pinfs(
+    root: Path, *args: str, check: bool = False, timeout: float = 120, env: dict[str, str] | None = None, **kwargs: Any
+):
+    """Run the real CLI in a subprocess (``python -m pinfs``) against ``root`` (``env``: added variables)."""
+    env = {**os.environ, **(env or {}), "PINFS_ROOT": str(root)}
     result = subprocess.run(
         [sys.executable, "-m", "pinfs", *args],
         capture_output=True,
@@ -130,3 +132,16 @@ def run_on_terminal(root: Path, *args: str, terminal: str = "stderr", columns: i
     piped = process.stderr if terminal == "stdout" else process.stdout
     text = piped.read().decode() if piped is not None else ""
     return process.wait(timeout=120), text, shown.decode(errors="replace").replace("\r\n", "\n")
+
+
+def assert_no_secret(secret: str, root: Path, *texts: str) -> None:
+    """``secret`` appears in no file under ``root`` (reports, state, parquet, CAR, caches) and in none of
+    ``texts``. The backend configs are left out: a password written in one is the user's own text."""
+    needle = secret.encode()
+    for path in root.rglob("*"):
+        if path.suffix in (".yaml", ".yml") and path.parent.name in ("backends", "backend_configs"):
+            continue
+        if path.is_file() and not path.is_symlink():
+            assert needle not in path.read_bytes(), f"the secret leaked into {path}"
+    for text in texts:
+        assert secret not in text, f"the secret leaked into {text[:200]!r}"

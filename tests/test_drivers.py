@@ -67,7 +67,7 @@ def test_sshfs_mount_point_must_exist(root: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "not-mounted").exists()
 
 
-@pytest.mark.parametrize("kind", ["github", "huggingface", "storacha", "ftp", "ipfs", "unknown"])
+@pytest.mark.parametrize("kind", ["tape", "unknown"])
 def test_types_without_a_driver_are_unsupported(root: Path, kind: str) -> None:
     make_backend(root, "other", {"name": "other", "type": kind})
     with pytest.raises(Unsupported):
@@ -122,3 +122,45 @@ def test_s3_unreachable_endpoint_fails_fast(root: Path) -> None:
     with pytest.raises(DriverError):
         driver.put("x/y.car", b"data")
     assert time.monotonic() - started < 30  # a hang guard: refused connections fail in well under a second
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"type": "ftp"}, "no 'host'"),
+        ({"type": "ftp", "host": "127.0.0.1", "port": "ftp"}, "not a TCP port"),
+        ({"type": "ftp", "host": "127.0.0.1", "password_env": "PINFS_TEST_UNSET_VARIABLE"}, "is not set"),
+        ({"type": "github"}, "no 'repo_url'"),
+        ({"type": "github", "repo_url": "https://user:ghp_x@github.com/o/r.git"}, "not in repo_url"),
+        ({"type": "github", "repo_url": "file:///x", "branch": "a..b"}, "not a valid branch"),
+        ({"type": "huggingface", "repo_id": "no-owner"}, "not 'owner/name'"),
+        ({"type": "huggingface", "repo_id": "o/n", "repo_type": "notebook"}, "repo_type must be one of"),
+        ({"type": "ipfs", "api": "ftp://127.0.0.1:5001"}, "not an http(s) URL"),
+        ({"type": "storacha", "space_did": "did:web:x", "principal_env": "A", "proof_env": "B"}, "not a did:key"),
+        ({"type": "storacha", "space_did": "did:key:z6Mk"}, "no credential ('principal_env')"),
+        ({"type": "filesystem", "storage_path": "/tmp", "max_file_bytes": -1}, "max_file_bytes"),
+    ],
+)
+def test_misconfigured_backends_name_the_setting(root: Path, config: dict, message: str) -> None:
+    make_backend(root, "b", config)
+    with pytest.raises(DriverError) as caught:
+        driver_for(get_backend(root, "b"), root)
+    assert message in str(caught.value)
+
+
+def test_a_github_repo_may_be_given_as_owner_and_name(root: Path) -> None:
+    make_backend(root, "github-mirror", {"type": "github", "config": {"repo": "example/pins"}})
+    assert (
+        driver_for(get_backend(root, "github-mirror"), root).describe()
+        == "https://github.com/example/pins.git branch main"
+    )
+
+
+def test_secrets_are_scrubbed_from_messages_in_every_form() -> None:
+    from pinfs.ops.drivers.base import Secrets
+
+    secrets = Secrets()
+    secrets.add("s3cr3t-value")
+    secrets.add("x-access-token:tok")
+    text = secrets.error("login failed", "user s3cr3t-value header Basic eC1hY2Nlc3MtdG9rZW46dG9r").args[0]
+    assert text == "login failed (user *** header Basic ***)"

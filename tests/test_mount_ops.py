@@ -375,7 +375,9 @@ def test_unreachable_s3_fails_the_close_with_eio_while_the_others_sync(
         for name in ("fs-up", "s3-up"):
             assert entries[name]["ok"] and entries[name]["counts"]["moved"] == 1
             wait_for(lambda name=name: status_file(mount, name, pins[name][0]) == "stored\n")
-        assert status_file(mount, "s3-down", pins["s3-down"][0]) == "pending\n"
+        # the pin says why it did not move (issue #17)
+        wait_for(lambda: status_file(mount, "s3-down", pins["s3-down"][0]) == "failed\n")
+        assert "127.0.0.1:1" in read_pin(root, "s3-down", pins["s3-down"][0])["metadata"]["last_error"]
         health = mount_report(mount, "health.json")
         assert health["state"] == "degraded"
         states = {entry["backend"]: entry["state"] for entry in health["backends"]}

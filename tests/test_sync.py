@@ -160,18 +160,18 @@ def test_corrupt_or_wrong_content_is_refused_and_marked_failed(two_fs: Path, tmp
 
 
 def test_unsupported_types_change_nothing(root: Path) -> None:
-    make_backend(root, "github-repo", {"name": "github-repo", "type": "github"})
+    make_backend(root, "tape-vault", {"name": "tape-vault", "type": "tape"})
     cid, data = content_car("gh")
     stage(root, cid, data)
-    put_pins(root, "github-repo", [pin_record(root, "github-repo", cid)])
-    before = file_digests(root / "backends" / "github-repo")
+    put_pins(root, "tape-vault", [pin_record(root, "tape-vault", cid)])
+    before = file_digests(root / "backends" / "tape-vault")
     report = sync(root, SyncOptions())
-    entry = by_name(report)["github-repo"]
-    assert entry["state"] == "unsupported" and entry["counts"]["unsupported"] == 1 and "github" in entry["reason"]
+    entry = by_name(report)["tape-vault"]
+    assert entry["state"] == "unsupported" and entry["counts"]["unsupported"] == 1 and "tape" in entry["reason"]
     assert report["ok"] is True
-    after = {k: v for k, v in file_digests(root / "backends" / "github-repo").items() if "state" not in k}
+    after = {k: v for k, v in file_digests(root / "backends" / "tape-vault").items() if "state" not in k}
     assert after == {k: v for k, v in before.items()}
-    assert read_pin(root, "github-repo", cid)["status"] == "pending"
+    assert read_pin(root, "tape-vault", cid)["status"] == "pending"
 
 
 def test_unreachable_s3_is_an_error_while_the_others_sync(two_fs: Path) -> None:
@@ -187,7 +187,8 @@ def test_unreachable_s3_is_an_error_while_the_others_sync(two_fs: Path) -> None:
     assert entries["s3-down"]["state"] == "error" and "unreachable" in entries["s3-down"]["error"]
     assert "127.0.0.1:1" in entries["s3-down"]["error"]
     assert entries["fs-a"]["counts"]["moved"] == 1
-    assert read_pin(root, "s3-down", cid)["status"] == "pending"
+    record = read_pin(root, "s3-down", cid)  # the pin says why it did not move (issue #17)
+    assert record["status"] == "failed" and "127.0.0.1:1" in record["metadata"]["last_error"]
     health = {e["backend"]: e for e in reports.health(root)["backends"]}
     assert health["s3-down"]["state"] == "degraded"
     assert any("last sync" in reason for reason in health["s3-down"]["reasons"])

@@ -137,18 +137,18 @@ def test_s3_deleted_object_is_caught(root: Path, tmp_path: Path, s3_server: S3Se
 
 
 def test_unsupported_and_unreachable_change_nothing(root: Path) -> None:
-    make_backend(root, "hf-models", {"name": "hf-models", "type": "huggingface"})
+    make_backend(root, "tape-vault", {"name": "tape-vault", "type": "tape"})
     make_backend(
         root,
         "s3-down",
         {"type": "s3", "bucket": "b", "endpoint": "http://127.0.0.1:1", "access_key": "a", "secret_key": "b"},
     )
-    for name in ("hf-models", "s3-down"):
+    for name in ("tape-vault", "s3-down"):
         put_pins(root, name, [pin_record(root, name, cid_for(name), "stored")])
     before = {k: v for k, v in file_digests(root).items() if "pin_mappings" in k}
     report = verify(root, VerifyOptions())
     entries = by_name(report)
-    assert entries["hf-models"]["state"] == "unsupported"
+    assert entries["tape-vault"]["state"] == "unsupported"
     assert entries["s3-down"]["state"] == "error" and "unreachable" in entries["s3-down"]["error"]
     assert report["ok"] is False
     assert {k: v for k, v in file_digests(root).items() if "pin_mappings" in k} == before

@@ -231,16 +231,26 @@ def _status_text(report: dict[str, Any], detailed: bool) -> str:
             lines.append(f"  storage: {driver.get('location') or driver.get('reason')}")
             if "verification" in entry:
                 lines.append(f"  verification: {_counts(entry['verification'])}; car {entry.get('car')}")
+            if "storage" in entry:
+                lines.append(f"  stored CARs: {_storage_text(entry['storage'])}")
             for item in entry.get("failure_reasons", []):
                 lines.append(f"  {item['count']} failed: {item['reason']}")
     lines.append(f"total: {report['total']} pins ({_counts(report['by_status'])})")
     return "\n".join(lines)
 
 
+def _storage_text(storage: dict[str, int]) -> str:
+    text = f"{storage['bytes']} B in {storage['cars']} CARs"
+    if storage["cars_without_size"]:
+        text += f" ({storage['cars_without_size']} of unknown size until verified)"
+    return text
+
+
 def _insights_text(report: dict[str, Any]) -> str:
     lines = [f"{report['total_pins']} pins ({_counts(report['by_status'])})"]
     for name, item in report["by_backend"].items():
-        lines.append(f"  {name} ({item['type']}): {item['count']} ({_counts(item['by_status'])})")
+        stored = f"; stored CARs {_storage_text(item['storage'])}" if "storage" in item else ""
+        lines.append(f"  {name} ({item['type']}): {item['count']} ({_counts(item['by_status'])}){stored}")
     lines.append("age: " + ", ".join(f"{k} {v}" for k, v in report["age"]["buckets"].items()))
     replication = report["replication"]
     lines.append(
@@ -250,6 +260,7 @@ def _insights_text(report: dict[str, Any]) -> str:
     for item in report["failures"]["top_reasons"]:
         lines.append(f"  {item['count']} failed: {item['reason']}")
     lines.append(f"needing verification: {report['verification']['needing']}")
+    lines.append(f"storage used by stored CARs: {report['storage']['bytes']} B")
     for error in report.get("errors", []):
         lines.append(f"error: {error['backend']}: {error['error']}")
     return "\n".join(lines)

@@ -204,7 +204,7 @@ COMMANDS: dict[str, Command] = {
             "verify",
             VerifyOptions,
             verify,
-            flags={"deep": "deep"},
+            flags={"deep": "deep"},  # CONTRACT §2: every option of a command is a word of its control file
             values={"older-than": ("older_than_days", _parse_days)},
         ),
         LinesCommand("pin", parse_pin_lines, add_pins),

@@ -19,6 +19,7 @@ worst; the report's ``ok`` is False only when some backend is in error.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,8 +35,10 @@ from pinfs.delta import TableState
 from pinfs.errors import PinfsError
 from pinfs.exports import export_state
 from pinfs.legacy import list_backups
+from pinfs.ops.backup import backup_health, wants_backups
 from pinfs.ops.carops import DEFERRED_EXPORTS
-from pinfs.ops.drivers import DriverError, FilesystemDriver, driver_for, has_driver
+from pinfs.ops.drivers import DriverError, driver_for, has_driver
+from pinfs.ops.drivers.filesystem import FilesystemDriver
 from pinfs.ops.state import read_state
 from pinfs.schema import FAILED, PENDING, STATUSES, STORED, load_metadata, now_iso
 from pinfs.snapshots import PinSnapshot
@@ -171,7 +174,7 @@ def _storage_problem(backend: Backend) -> str | None:
     return None
 
 
-def _health_of(view: BackendView) -> dict[str, Any]:
+def _health_of(view: BackendView, sources: list[Backend] | None = None) -> dict[str, Any]:
     backend = view.backend
     reasons: list[str] = []
     notes: list[str] = []
@@ -224,6 +227,13 @@ def _health_of(view: BackendView) -> dict[str, Any]:
     storage = _storage_problem(backend)
     if storage:
         reasons.append(f"storage: {storage}")
+    backups = _backups_of(backend, sources or [])
+    if backups is not None:
+        entry["backups"] = backups
+        reasons.extend(f"backup copy {item}" for item in backups["differ"])
+        if backups["behind"]:
+            shown = ", ".join(backups["behind"][:5]) + (" …" if len(backups["behind"]) > 5 else "")
+            notes.append(f"backup copies behind their source until the next sync of {backend.name}: {shown}")
     if not has_driver(backend) and view.by_status.get(PENDING, 0):
         notes.append(f"no storage driver for type {backend.type!r} here: its pending pins cannot be synced")
     for section in ("sync", "verify"):
@@ -239,13 +249,28 @@ def _health_of(view: BackendView) -> dict[str, Any]:
     return entry
 
 
+def _backups_of(backend: Backend, sources: list[Backend]) -> dict[str, Any] | None:
+    """The backup copies a backend holds (``backup: true``) against their sources, or None."""
+    if not sources or not backend.enabled or backend.config_error or not wants_backups(backend):
+        return None
+    local: Path | None = None
+    if backend.type in ("filesystem", "local"):  # a local directory is checked for free; a remote is not
+        try:
+            driver = driver_for(backend)
+        except PinfsError:
+            return None
+        local = driver.base if isinstance(driver, FilesystemDriver) else None
+    return backup_health(backend, sources, local)
+
+
 def _worst(states: list[str]) -> str:
     return max(states, key=lambda s: HEALTH_ORDER.get(s, 2), default="ok")
 
 
 def health(root: Path) -> dict[str, Any]:
     views, problems = _views(root)
-    entries = [_safe(_health_of, view) for view in views]
+    sources = [view.backend for view in views]
+    entries = [_safe(functools.partial(_health_of, sources=sources), view) for view in views]
     states = [entry["state"] for entry in entries] + (["degraded"] if problems else [])
     overall = _worst(states)
     return {
@@ -355,10 +380,30 @@ def _status_of(view: BackendView, detailed: bool) -> dict[str, Any]:
     entry["car"] = _car_state(view) if view.snapshot is not None else "n/a"
     if view.snapshot is not None:
         entry["verification"] = _verification(view)
+        entry["storage"] = _storage(view.snapshot)
         entry["failure_reasons"] = _failure_reasons(view.snapshot, view.by_status.get(FAILED, 0))[:5]
         entry["oldest_pending_created_at"] = _oldest(view.snapshot, PENDING) if view.by_status.get(PENDING) else None
     entry["state"] = view.state
     return entry
+
+
+SIZE_PATTERN = r'[{,]"size":(?P<size>[0-9]+)[,}]'  # metadata.size in the compact JSON dump_metadata writes
+
+
+def _storage(snapshot: PinSnapshot) -> dict[str, int]:
+    """Storage utilisation of a backend: the bytes of its stored CARs, from the ``metadata.size`` that
+    sync and verify record (pins stored by other tools have none until verified)."""
+    result = {"bytes": 0, "cars": 0, "cars_without_size": 0}
+    for piece in snapshot.scan(["status", "metadata"]):
+        metadata = piece.filter(pc.equal(piece.column("status"), STORED)).column("metadata")
+        if not len(metadata):
+            continue
+        sizes = pc.struct_field(pc.extract_regex(metadata, SIZE_PATTERN), [0])
+        known = pc.cast(sizes.filter(pc.is_valid(sizes)), pa.int64())
+        result["bytes"] += int(pc.sum(known).as_py() or 0)
+        result["cars"] += len(metadata)
+        result["cars_without_size"] += len(metadata) - len(known)
+    return result
 
 
 def _driver_description(backend: Backend) -> dict[str, Any]:
@@ -508,6 +553,7 @@ def insights(root: Path) -> dict[str, Any]:
     stored: list[pa.ChunkedArray] = []
     reasons: Counter[str] = Counter()
     needing: dict[str, int] = {}
+    storage: dict[str, dict[str, int]] = {}
     for view in views:
         name = view.backend.name
         by_backend[name] = {"type": view.backend.type, "count": view.count, "by_status": view.by_status}
@@ -524,6 +570,7 @@ def insights(root: Path) -> dict[str, Any]:
             for item in _failure_reasons(view.snapshot, view.by_status.get(FAILED, 0)):
                 reasons[item["reason"]] += item["count"]
             verification = _verification(view)
+            storage[name] = by_backend[name]["storage"] = _storage(view.snapshot)
             needing[name] = verification["stale"] + verification["unverified"]
             by_backend[name]["needing_verification"] = needing[name]
         except (PinfsError, OSError, pa.ArrowException) as exc:
@@ -542,6 +589,10 @@ def insights(root: Path) -> dict[str, Any]:
             "top_reasons": [{"reason": r, "count": c} for r, c in reasons.most_common(TOP_REASONS)],
         },
         "replication": {**_replication(held), "stored": _replication(stored)},
+        "storage": {
+            "bytes": sum(item["bytes"] for item in storage.values()),
+            "by_backend": {name: item["bytes"] for name, item in storage.items()},
+        },
         "verification": {
             "older_than_days": STALE_VERIFY_DAYS,
             "needing": sum(needing.values()),
@@ -582,7 +633,8 @@ def backend_summary(root: Path, backend_name: str) -> dict[str, Any]:
         "by_status": view.by_status,
         "source": view.source,
     }
-    health_entry = _safe(_health_of, view)
+    sources = discover_backends(root)[0]
+    health_entry = _safe(functools.partial(_health_of, sources=sources), view)
     sync_state = view.state.get("sync") if isinstance(view.state.get("sync"), dict) else {}
     summary.update(
         ok=health_entry["state"] != "error",

@@ -12,13 +12,17 @@ changes are one store write at the end (with its ``pin_mappings.car`` regenerate
 lock), never a rewrite per pin.
 
 A backend whose pins are all stored is skipped without reading any CAR. A backend type without a
-driver (github, huggingface, storacha, ftp, ipfs, unknown) is reported ``unsupported`` and nothing
-changes. An unreachable or misconfigured backend is an error for that backend (recorded in its state
-file, so health shows it degraded); the others still sync.
+driver is reported ``unsupported`` and nothing changes. An unreachable or misconfigured backend (a
+refused login, a missing credential) is an error for that backend (recorded in its state file, so
+health shows it degraded) and each of its pins to move becomes ``failed`` with the reason; the others
+still sync. A CAR above the driver's file limit fails its pin before anything is sent. Drivers that
+make one commit per run (git, the Hub) publish the run's CARs in ``flush`` before any pin is marked
+``stored``; if that fails, those pins are ``failed`` instead.
 
 After the pins, each backend's ``pin_mappings.car`` is put on the backend itself (key
-``pin_mappings.car``) when its content changed since the last push, and syncing a filesystem backend
-copies every backend's parquet and CAR into its ``pin_mappings/<backend>/`` (``pinfs.ops.backup``).
+``pin_mappings.car``) when its content changed since the last push, and syncing a backend with
+``backup: true`` (a filesystem backend by default) copies every backend's parquet and CAR into its
+``pin_mappings/<backend>/`` (``pinfs.ops.backup``); those are published by one more flush at the end.
 
 ``dry_run`` reads only: it lists what would move (existence checks, no content read) and writes
 nothing, not even the state file.
@@ -40,7 +44,8 @@ from pinfs.exports import export_state, refresh_exports
 from pinfs.fsutil import read_regular_file
 from pinfs.ops.carops import change_pins
 from pinfs.ops.common import select_backends, usable_snapshot
-from pinfs.ops.drivers import Driver, DriverError, FilesystemDriver, driver_for, has_driver, key_for
+from pinfs.ops.drivers import Driver, DriverError, TooLarge, driver_for, has_driver, key_for
+from pinfs.ops.drivers.filesystem import FilesystemDriver
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import read_state, record_run
 from pinfs.schema import FAILED, PENDING, STORED, dump_metadata, load_metadata, now_iso
@@ -64,14 +69,28 @@ def sync(root: Path, options: SyncOptions, progress: Progress | None = None) -> 
     progress = progress or NullProgress()
     chosen = select_backends(root, options.backends)
     context = SyncContext(root, discover_backends(root)[0], options.dry_run)
-    entries = [_sync_backend(context, backend, progress) for backend in chosen]
+    try:
+        entries = [_sync_backend(context, backend, progress) for backend in chosen]
+        return _finish(context, chosen, entries, options)
+    finally:
+        context.close()
 
-    from pinfs.ops.backup import backup_to  # local: backup imports helpers from here
+
+def _finish(
+    context: SyncContext, chosen: list[Backend], entries: list[dict[str, Any]], options: SyncOptions
+) -> dict[str, Any]:
+    """Backups, then publishing what is staged, then the state records and the report."""
+
+    from pinfs.ops.backup import backup_to, wants_backups  # local: backup imports helpers from here
 
     backups = []
     for backend in chosen:
-        if backend.type in ("filesystem", "local") and backend.enabled and not backend.config_error:
+        if backend.enabled and not backend.config_error and wants_backups(backend):
             backups.append(backup_to(context, backend))
+    if not options.dry_run:
+        context.finish()  # publishes pin_mappings.car and the backup copies
+        for backend, entry in zip(chosen, entries, strict=True):
+            _record_sync(backend, entry)
     totals = {
         name: sum(entry["counts"][name] for entry in entries) for name in ("moved", "failed", "skipped", "unsupported")
     }
@@ -92,6 +111,33 @@ class SyncContext:
         self.dry_run = dry_run
         self._drivers: dict[str, Driver | PinfsError] = {}
         self._snapshots: dict[str, PinSnapshot | None] = {}
+        # What waits for a driver's flush (pin_mappings.car and backup copies: one commit at the end).
+        self._staged: dict[str, list[tuple[Callable[[], object], Callable[[str], None]]]] = {}
+
+    def close(self) -> None:
+        for driver in self._drivers.values():
+            if not isinstance(driver, PinfsError):
+                driver.close()
+
+    def after_flush(self, backend: Backend, done: Callable[[], object], failed: Callable[[str], None]) -> None:
+        """Call ``done`` once the files put on ``backend`` are published by ``finish``, else ``failed(reason)``."""
+        self._staged.setdefault(backend.name, []).append((done, failed))
+
+    def finish(self) -> None:
+        """Flush every driver that has files staged (one commit each on git and the Hub)."""
+        for name, waiting in self._staged.items():
+            driver = self._drivers.get(name)
+            try:
+                if isinstance(driver, PinfsError) or driver is None:
+                    raise driver or DriverError(f"{name}: no driver")
+                driver.flush(f"pinfs sync: pin mappings ({len(waiting)} file{'s' if len(waiting) != 1 else ''})")
+            except PinfsError as exc:
+                for _done, failed in waiting:
+                    failed(f"publishing failed: {exc}")
+                continue
+            for done, _failed in waiting:
+                done()
+        self._staged.clear()
 
     def driver(self, backend: Backend) -> Driver:
         """The backend's driver, reachable; raises Unsupported or DriverError (remembered per run)."""
@@ -140,15 +186,15 @@ class SyncContext:
             except PinfsError:
                 continue
             label = f"backend {other.name} ({key})"
-            yield label, _bind_get(driver, key), _bind_exists(driver, key)
+            yield label, _bind_get(driver, cid, key), _bind_exists(driver, cid, key)
 
 
-def _bind_get(driver: Driver, key: str) -> Callable[[], bytes]:
-    return lambda: driver.get(key)
+def _bind_get(driver: Driver, cid: str, key: str) -> Callable[[], bytes]:
+    return lambda: driver.get_car(cid, key)
 
 
-def _bind_exists(driver: Driver, key: str) -> Callable[[], bool]:
-    return lambda: driver.exists(key)
+def _bind_exists(driver: Driver, cid: str, key: str) -> Callable[[], bool]:
+    return lambda: driver.has_car(cid, key)
 
 
 def _read_file(path: Path) -> bytes:
@@ -176,6 +222,8 @@ class PinOutcome:
     verified_at: str | None = None
     # Apply only when the pin's status is still one of these when written (None: whatever it is).
     require: tuple[str, ...] | None = None
+    # The CAR was put by this run (so it is only there once the driver's flush succeeded).
+    put: bool = False
 
 
 def _new_entry(backend: Backend) -> dict[str, Any]:
@@ -199,19 +247,18 @@ def _sync_backend(context: SyncContext, backend: Backend, progress: Progress) ->
         _set_error(entry, str(exc))
     except OSError as exc:
         _set_error(entry, f"{backend.name}: {exc}")
-    if not context.dry_run:
-        record_run(
-            backend,
-            "sync",
-            {
-                "finished_at": now_iso(),
-                "ok": entry["ok"],
-                "state": entry["state"],
-                "error": entry.get("error"),
-                "counts": entry["counts"],
-            },
-        )
     return entry
+
+
+def _record_sync(backend: Backend, entry: dict[str, Any]) -> None:
+    info = {
+        "finished_at": now_iso(),
+        "ok": entry["ok"],
+        "state": entry["state"],
+        "error": entry.get("error"),
+        "counts": entry["counts"],
+    }
+    record_run(backend, "sync", info)
 
 
 def _set_error(entry: dict[str, Any], message: str) -> None:
@@ -243,11 +290,11 @@ def _sync_into(context: SyncContext, backend: Backend, entry: dict[str, Any], pr
             f"backend {backend.name!r} is served from its legacy pins.json; "
             f"run 'pinfs migrate --backend-filter {backend.name}' before syncing it"
         )
-    if unreachable is not None:
-        raise DriverError(f"{backend.name}: storage unreachable: {unreachable}")
-
     records = list(snapshot.iter_records(FAILED)) + list(snapshot.iter_records(PENDING))
     records.sort(key=lambda r: (r.get("status") != FAILED, r.get("created_at") or "", r.get("cid") or ""))
+    if unreachable is not None:
+        _fail_all(context, backend, entry, records, f"storage unreachable: {unreachable}")
+        return
     outcomes: list[PinOutcome] = []
     progress.start(f"sync {backend.name}", len(records))
     try:
@@ -274,10 +321,58 @@ def _sync_into(context: SyncContext, backend: Backend, entry: dict[str, Any], pr
         entry["would_fail"] = entry.pop("failed")
         _push_car(context, backend, entry)
         return
+    if any(outcome.put for outcome in outcomes):
+        outcomes = _publish(backend, driver, entry, outcomes, {str(r.get("cid")): r for r in records})
     if outcomes:
         written = write_outcomes(backend, outcomes)
         entry["written"] = written
     _push_car(context, backend, entry)
+
+
+def _fail_all(
+    context: SyncContext, backend: Backend, entry: dict[str, Any], records: list[dict[str, Any]], reason: str
+) -> None:
+    """The backend cannot be used (unreachable, misconfigured, login refused): every pin to move becomes
+    ``failed`` with the reason, so each says why it did not move; a dry run only reports it."""
+    _set_error(entry, f"{backend.name}: {reason}")
+    entry["counts"]["failed"] = len(records)
+    outcomes = [_failed(record, reason) for record in records]
+    entry["failed"] = [outcome.detail for outcome in outcomes[:MAX_DETAILS]]
+    if context.dry_run:
+        entry["would_move"], entry["would_fail"] = entry.pop("moved"), entry.pop("failed")
+    else:
+        entry["written"] = write_outcomes(backend, outcomes)
+
+
+def _publish(
+    backend: Backend,
+    driver: Driver,
+    entry: dict[str, Any],
+    outcomes: list[PinOutcome],
+    records: Mapping[str, dict[str, Any]],
+) -> list[PinOutcome]:
+    """Flush the CARs this run put (one commit on git and the Hub). When that fails, none of them is
+    there: their pins become ``failed`` with the reason, and the backend's entry an error."""
+    put = [outcome for outcome in outcomes if outcome.put]
+    try:
+        driver.flush(f"pinfs sync {backend.name}: {len(put)} CAR{'s' if len(put) != 1 else ''}")
+    except DriverError as exc:
+        reason = f"publishing the CARs failed: {exc}"
+        _set_error(entry, f"{backend.name}: {reason}")
+        entry["ok"] = False
+        failed_cids = {outcome.cid for outcome in put}
+        entry["moved"] = [item for item in entry["moved"] if item.get("cid") not in failed_cids]
+        entry["counts"]["moved"] -= len(put)
+        entry["counts"]["failed"] += len(put)
+        replaced: list[PinOutcome] = []
+        for outcome in outcomes:
+            if outcome.put:
+                outcome = _failed(records[outcome.cid], reason)
+                if len(entry["failed"]) < MAX_DETAILS:
+                    entry["failed"].append(outcome.detail)
+            replaced.append(outcome)
+        return replaced
+    return outcomes
 
 
 def _sync_pin(context: SyncContext, backend: Backend, driver: Driver, record: dict[str, Any]) -> PinOutcome:
@@ -288,7 +383,9 @@ def _sync_pin(context: SyncContext, backend: Backend, driver: Driver, record: di
         return _failed(record, f"cannot place its CAR: {exc}")
     reasons: list[str] = []
     candidates = list(context.sources(backend, cid))
-    candidates.append((f"backend {backend.name} itself ({key})", _bind_get(driver, key), _bind_exists(driver, key)))
+    candidates.append(
+        (f"backend {backend.name} itself ({key})", _bind_get(driver, cid, key), _bind_exists(driver, cid, key))
+    )
     for label, fetch, exists in candidates:
         if context.dry_run:
             try:
@@ -308,7 +405,9 @@ def _sync_pin(context: SyncContext, backend: Backend, driver: Driver, record: di
         already_there = label.startswith(f"backend {backend.name} itself")
         if not already_there:
             try:
-                driver.put(key, data)
+                driver.put_car(cid, key, data)
+            except TooLarge as exc:
+                return _failed(record, f"not put on {backend.name}: {exc}")
             except DriverError as exc:
                 outcome = _failed(record, f"putting {key} failed: {exc}")
                 outcome.detail["abort"] = True  # the target stopped answering: stop this backend
@@ -318,6 +417,7 @@ def _sync_pin(context: SyncContext, backend: Backend, driver: Driver, record: di
             cid,
             True,
             {"cid": cid, "from": label, "to": key, "size": len(data), "blocks": blocks},
+            put=not already_there,
             status=STORED,
             metadata={"synced_at": stamp, "size": len(data), "synced_from": label},
             drop_metadata=("last_error", "last_error_at"),
@@ -438,13 +538,24 @@ def _push_car(context: SyncContext, backend: Backend, entry: dict[str, Any]) -> 
         return
     try:
         driver = context.driver(backend)
+        if not driver.holds_files:
+            return
         driver.put(CAR_KEY, data)
     except Unsupported:
         return
     except PinfsError as exc:
-        entry["car_push"] = {"ok": False, "error": str(exc)}
-        if entry["ok"]:
-            _set_error(entry, f"putting {CAR_KEY} failed: {exc}")
+        _car_push_failed(entry, str(exc))
         return
     entry["car_push"] = {"ok": True, "key": CAR_KEY, "size": len(data)}
-    record_run(backend, "car_push", {"sha256": digest, "size": len(data), "pushed_at": now_iso()})
+    record = {"sha256": digest, "size": len(data), "pushed_at": now_iso()}
+    context.after_flush(
+        backend,
+        lambda: record_run(backend, "car_push", record),
+        lambda reason: _car_push_failed(entry, reason),
+    )
+
+
+def _car_push_failed(entry: dict[str, Any], reason: str) -> None:
+    entry["car_push"] = {"ok": False, "error": reason}
+    if entry["ok"]:
+        _set_error(entry, f"putting {CAR_KEY} failed: {reason}")

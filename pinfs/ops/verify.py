@@ -2,11 +2,12 @@
 
 For each chosen backend (all by default) with a driver: every ``stored`` pin whose ``verified_at``
 (an extra column, absent or null until the first verify) is older than ``older_than_days`` (0: all)
-is checked -- its CAR exists at ``car_file_path`` on the backend with the size recorded at sync
-(``metadata.size``, when there is one), and with ``deep`` its root is the pin's CID and every block's
-hash is right. A missing or corrupt CAR makes the pin ``failed`` with the reason in
-``metadata.last_error``, so the next sync heals it from another backend; a good one gets
-``verified_at`` = now. All of a backend's changes are one store write (and CAR regeneration).
+is checked -- its CAR exists at ``car_file_path`` on the backend (by CID on a content-addressed one)
+with the size recorded at sync (``metadata.size``, when there is one and the store keeps CARs as they
+were put; a pin without one gets it recorded, for the storage utilisation of the reports), and with
+``deep`` its root is the pin's CID and every block's hash is right. A missing or corrupt CAR makes the
+pin ``failed`` with the reason in ``metadata.last_error``, so the next sync heals it from another
+backend; a good one gets ``verified_at`` = now. All of a backend's changes are one store write (and CAR regeneration).
 
 A backend type without a driver is reported ``unsupported`` and nothing changes; an unreachable one
 is an error for that backend (recorded in its state file) and nothing of it changes.
@@ -138,6 +139,24 @@ def _verify_into(
         entry.update(state="skipped", reason="every stored pin was verified recently")
         return
     try:
+        outcomes = _check_due(backend, driver, due, options, entry, progress)
+    finally:
+        driver.close()
+    if entry["counts"]["failed"]:
+        entry["ok"] = False
+    if outcomes:
+        entry["written"] = write_outcomes(backend, outcomes)
+
+
+def _check_due(
+    backend: Backend,
+    driver: Driver,
+    due: list[dict[str, Any]],
+    options: VerifyOptions,
+    entry: dict[str, Any],
+    progress: Progress,
+) -> list[PinOutcome]:
+    try:
         driver.check()
     except DriverError as exc:
         raise DriverError(f"{backend.name}: storage unreachable: {exc}") from None
@@ -146,13 +165,13 @@ def _verify_into(
     try:
         for row in due:
             try:
-                problem = _check_pin(driver, row, options.deep)
+                problem, size = _check_pin(driver, row, options.deep)
             except DriverError as exc:  # the storage stopped answering: not the pin's fault
                 entry.update(ok=False, state="error", error=str(exc))
                 entry["reason"] = f"stopped after {len(outcomes)} of {len(due)} pins: {exc}"
                 break
             entry["counts"]["checked"] += 1
-            outcomes.append(_outcome(row, problem))
+            outcomes.append(_outcome(row, problem, size))
             if problem is None:
                 entry["counts"]["good"] += 1
             else:
@@ -162,42 +181,45 @@ def _verify_into(
             progress.advance()
     finally:
         progress.finish()
-    if entry["counts"]["failed"]:
-        entry["ok"] = False
-    if outcomes:
-        entry["written"] = write_outcomes(backend, outcomes)
+    return outcomes
 
 
-def _check_pin(driver: Driver, row: dict[str, Any], deep: bool) -> str | None:
-    """Why the pin's CAR on the backend is not right, or None when it is."""
+def _check_pin(driver: Driver, row: dict[str, Any], deep: bool) -> tuple[str | None, int | None]:
+    """Why the pin's CAR on the backend is not right (None when it is), and its size there; the size is
+    returned only when the pin has none recorded yet (a pin stored by another tool), for the storage
+    utilisation of the reports."""
     try:
         key = key_for(str(row.get("car_file_path")))
     except CorruptData as exc:
-        return str(exc)
-    size = driver.size(key)
+        return str(exc), None
+    size = driver.car_size(str(row["cid"]), key)
     if size is None:
         driver.check()  # "missing" must not be an endpoint that stopped answering (DriverError then)
-        return f"CAR missing on the backend at {key}"
+        return f"CAR missing on the backend at {key}", None
     try:
         expected = load_metadata(row.get("metadata")).get("size")
     except ValueError:
         expected = None
-    if isinstance(expected, int) and not isinstance(expected, bool) and expected != size:
-        return f"CAR at {key} is {size} bytes, {expected} were stored"
+    known = isinstance(expected, int) and not isinstance(expected, bool)
+    if known and driver.exact_sizes and expected != size:
+        return f"CAR at {key} is {size} bytes, {expected} were stored", None
     if deep:
         try:
-            verify_content_car(driver.get(key), row["cid"], key)
+            verify_content_car(driver.get_car(str(row["cid"]), key), row["cid"], key)
         except NotFound:
-            return f"CAR missing on the backend at {key}"
+            return f"CAR missing on the backend at {key}", None
         except CorruptData as exc:
-            return f"CAR corrupt: {exc}"
-    return None
+            return f"CAR corrupt: {exc}", None
+    return None, None if known or not driver.exact_sizes else size
 
 
-def _outcome(row: dict[str, Any], problem: str | None) -> PinOutcome:
+def _outcome(row: dict[str, Any], problem: str | None, size: int | None = None) -> PinOutcome:
     stamp = now_iso()
     if problem is None:
-        return PinOutcome(row["cid"], True, {"cid": row["cid"]}, status=STORED, verified_at=stamp, require=(STORED,))
+        metadata = {"size": size} if size is not None else {}
+        return PinOutcome(
+            row["cid"], True, {"cid": row["cid"]}, STORED, metadata=metadata, verified_at=stamp, require=(STORED,)
+        )
     return PinOutcome(
         row["cid"],
         False,

@@ -24,6 +24,7 @@ ensure_system_packages() {
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
     done
     command -v cc >/dev/null || missing+=(gcc)
+    command -v git >/dev/null || missing+=(git)
     python_ok || missing+=(python3 python3-venv python3-dev)
     if [ ${#missing[@]} -gt 0 ]; then
         say "installing Debian packages: ${missing[*]}"
@@ -65,4 +66,43 @@ ensure_venv() {
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
     "$VENV/bin/python" -m pip install -q -e "$PROJECT_DIR[test]"
     echo "$want" >"$stamp"
+}
+
+ensure_test_servers() {
+    # The driver tests' servers that come from npm (tests/npm/<name>/: js-ipfs, the Storacha service).
+    # Each is installed as its lock file says into a cache outside the checkout, keyed by the lock
+    # (js-ipfs is ~1000 packages and takes minutes), and tests/npm/<name>/node_modules (git-ignored)
+    # links to it, so a fresh clone on the same machine (CI) installs nothing. `npm install`, not
+    # `npm ci`: js-ipfs has an optional dependency on a GitHub tarball that the lock cannot hold, and
+    # optional dependencies are left out. The tests fail, never skip, when a server is missing, so an
+    # install that fails stops here.
+    local cache="${PINFS_TEST_SERVERS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pinfs-test-servers}"
+    local dir name want target link
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        say "installing Debian packages: nodejs npm"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    for dir in "$PROJECT_DIR"/tests/npm/*/; do
+        dir=${dir%/}
+        name=$(basename "$dir")
+        want=$(cat "$dir/package.json" "$dir/package-lock.json" | sha256sum | cut -c1-16)
+        target="$cache/$name-$want"
+        if [ ! -f "$target/node_modules/.pinfs-installed" ]; then
+            say "installing the npm test server $name into $target (a few minutes, once)"
+            rm -rf "$target.partial" && mkdir -p "$target.partial"
+            cp "$dir/package.json" "$dir/package-lock.json" "$target.partial/"
+            if ! (cd "$target.partial" &&
+                npm install --omit=optional --no-audit --no-fund --loglevel=error --prefer-offline >/dev/null); then
+                say "npm install failed for tests/npm/$name: the driver tests that need it cannot run"
+                return 1
+            fi
+            touch "$target.partial/node_modules/.pinfs-installed"
+            rm -rf "$target" && mv "$target.partial" "$target"
+        fi
+        link="$dir/node_modules"
+        if [ "$(readlink "$link" 2>/dev/null)" != "$target/node_modules" ]; then
+            rm -rf "$link" && ln -s "$target/node_modules" "$link"
+        fi
+    done
 }
