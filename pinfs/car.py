@@ -30,6 +30,7 @@ import libipld
 
 from pinfs.errors import CorruptData
 from pinfs.fsutil import atomic_writer, read_regular_file
+from pinfs.rootfs import as_path
 from pinfs.schema import REQUIRED_COLUMNS, dump_metadata, normalize_timestamp
 
 FORMAT = "pin_mappings_car"
@@ -395,7 +396,7 @@ def _pin_mappings_parts(
 def write_pin_mappings_car(path: Path, records: Iterable[Mapping[str, str]], backend_name: str, created_at: str) -> int:
     """Encode and atomically replace ``path``; return the number of bytes written."""
     parts = _pin_mappings_parts(records, backend_name, created_at, DEFAULT_CHUNK_SIZE)
-    with atomic_writer(Path(path)) as temp, open(temp, "xb") as handle:
+    with atomic_writer(as_path(path)) as temp, open(temp, "xb") as handle:
         handle.writelines(parts)
     return sum(map(len, parts))
 
@@ -505,7 +506,7 @@ def write_pin_mappings_car_columns(
     ``path``; if it raises, ``path`` is left as it was (used to rename the parquet first, and to give
     the CAR the time of the parquet version it was made from)."""
     if num_rows == 0:
-        with atomic_writer(Path(path)) as temp, open(temp, "xb") as handle:
+        with atomic_writer(as_path(path)) as temp, open(temp, "xb") as handle:
             parts = _pin_mappings_parts([], backend_name, created_at, DEFAULT_CHUNK_SIZE)
             handle.writelines(parts)
             if before_replace is not None:
@@ -522,7 +523,7 @@ def write_pin_mappings_car_columns(
     entries: list[bytes] = []
     seen: set[bytes] = set()
     written = prefix_size
-    with atomic_writer(Path(path)) as temp, open(temp, "xb") as handle:
+    with atomic_writer(as_path(path)) as temp, open(temp, "xb") as handle:
         handle.seek(prefix_size)
         for cid, pieces, _count in _column_entry_blocks(columns, num_rows, DEFAULT_CHUNK_SIZE):
             entries.append(cid)
@@ -553,7 +554,7 @@ def write_pin_mappings_car_columns(
 
 def read_pin_mappings_car(path: Path) -> PinMappingsCar:
     """Read and decode ``path`` (either form). OSError propagates; bad content is CorruptData."""
-    path = Path(path)
+    path = as_path(path)
     return decode_pin_mappings_car(read_regular_file(path), str(path))
 
 

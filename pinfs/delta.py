@@ -45,7 +45,7 @@ import pyarrow as pa
 
 from pinfs.errors import CorruptData
 from pinfs.fsutil import fsync_file, local_temp_for
-from pinfs.rootfs import S3Path, keep_local, put_object
+from pinfs.rootfs import S3Path, forget_metadata, keep_local, put_object
 from pinfs.schema import arrow_schema
 
 TABLE_DIR = "pin_mappings.delta"
@@ -246,10 +246,12 @@ class DeltaPins:
                     commit_properties=CommitProperties(custom_metadata=_commit_info(info)),
                 )
             except Exception as exc:
+                self._forget_log()
                 if self.exists():  # another writer created it first
                     raise CommitConflict(str(exc)) from None
                 raise
             self._table = None
+            self._forget_log()
 
     def commit(
         self, base: TableState, removed: Sequence[DataFile], added: Sequence[DataFile], info: dict[str, Any]
@@ -274,6 +276,13 @@ class DeltaPins:
                 )
             except CommitFailedError as exc:
                 raise CommitConflict(_one_line(exc)) from None
+            finally:
+                self._forget_log()
+
+    def _forget_log(self) -> None:
+        """delta-rs writes the log itself: on S3, what pinfs remembered of it is out of date now."""
+        if isinstance(self.log_dir, S3Path):
+            forget_metadata(self.log_dir, below=True)
 
     def _table_at(self, version: int) -> Any:
         """A ``DeltaTable`` loaded at ``version``: the cached one when it is there (the usual case: the

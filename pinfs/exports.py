@@ -44,7 +44,7 @@ from pinfs.delta import TableState
 from pinfs.errors import CorruptData, PinfsError
 from pinfs.fsutil import atomic_write_bytes, atomic_writer, export_lock, fsync_dir, fsync_file, local_temp_for
 from pinfs.oldforms import read_old_form, remove_shard_dir
-from pinfs.rootfs import PreconditionFailed, S3Path, forget_metadata, local_copy, put_object
+from pinfs.rootfs import PreconditionFailed, S3Path, head, local_copy, put_object
 from pinfs.schema import REQUIRED_COLUMNS, STORE_COLUMNS, now_iso, utc_stamp
 from pinfs.snapshots import FileIdentity, PinSnapshot
 from pinfs.store import PinStore, Transaction, table_snapshot
@@ -127,6 +127,33 @@ def _identity(path: Path) -> FileIdentity | None:
 # -- state --
 
 
+MISSING, FOREIGN = "missing", "foreign"
+META_TABLE_ID, META_VERSION = "pinfs-table-id", "pinfs-table-version"
+
+
+def _what_is_there(path: Path | S3Path, entry: object, table_id: str) -> str | int:
+    """What ``path`` holds: ``MISSING``, ``FOREIGN`` (not an export pinfs wrote), or the table version
+    an export of pinfs was made from (-1: one that is to be made again). Locally the export record
+    says which file pinfs wrote; on S3, where several hosts export, the object's own metadata does."""
+    if isinstance(path, S3Path):
+        found = head(path)
+        if found is None:
+            return MISSING
+        metadata = found[1]
+        if metadata.get(META_TABLE_ID) == table_id and metadata.get(META_VERSION, "").isdigit():
+            return int(metadata[META_VERSION])
+    identity = _identity(path)
+    if identity is None:
+        return MISSING
+    if not _same_file(entry, identity):
+        return FOREIGN
+    assert isinstance(entry, dict)
+    if entry.get("converted") or entry.get("table_id") not in (None, table_id):
+        return -1
+    version = entry.get("version")
+    return version if isinstance(version, int) else -1
+
+
 def export_state(backend: Backend, state: TableState | None) -> dict[str, str]:
     """Per export: ``current``, ``pending`` (behind the table), ``missing`` or ``foreign`` (the parquet
     is not the one pinfs wrote; it is imported before the next export). Empty without a table."""
@@ -135,23 +162,14 @@ def export_state(backend: Backend, state: TableState | None) -> dict[str, str]:
     record = read_record(backend)
     states: dict[str, str] = {}
     for kind, path in ((PARQUET, backend.parquet_path), (CAR, backend.car_path)):
-        identity = _identity(path)
-        entry = record.get(kind)
-        if identity is None:
+        there = _what_is_there(path, record.get(kind), state.identity.table_id)
+        if there == MISSING:
             states[kind] = "missing"
-        elif not _same_file(entry, identity):
+        elif there == FOREIGN:
             states[kind] = "foreign" if kind == PARQUET else "pending"
-        elif not _is_version(entry, state) or entry.get("converted"):  # type: ignore[union-attr]
-            states[kind] = "pending"
         else:
-            states[kind] = "current"
+            states[kind] = "current" if there == state.version else "pending"
     return states
-
-
-def _is_version(entry: object, state: TableState) -> bool:
-    if not isinstance(entry, dict) or entry.get("version") != state.version:
-        return False
-    return entry.get("table_id") in (None, state.identity.table_id)
 
 
 # -- refreshing --
@@ -203,29 +221,28 @@ def _put_in_place(temp: Path, target: Path | S3Path, entry: object, state: Table
     if not isinstance(target, S3Path):
         os.replace(temp, target)
         return True
-    forget_metadata(target)
-    try:
-        current = target.stat()
-    except FileNotFoundError:
-        put_object(target, temp, if_absent=True)
+    metadata = {META_TABLE_ID: state.identity.table_id, META_VERSION: str(state.version)}
+    there = _what_is_there(target, entry, state.identity.table_id)
+    if there == MISSING:
+        put_object(target, temp, if_absent=True, metadata=metadata)
         return True
-    if not _same_file(entry, FileIdentity.of(target, current)):
+    if there == FOREIGN:
         raise _ForeignAppeared
-    ours = isinstance(entry, dict) and entry.get("table_id") == state.identity.table_id
-    if ours and isinstance(entry.get("version"), int) and entry["version"] > state.version:  # type: ignore[union-attr]
-        return False  # a newer export is in place: this older one never replaces it
-    put_object(target, temp, if_match=current.etag)
+    if isinstance(there, int) and there >= state.version:
+        return False  # another host's export of this version or a newer one is in place: it stays
+    found = head(target)
+    if found is None:
+        raise _ForeignAppeared  # removed meanwhile: look again
+    put_object(target, temp, if_match=found[0], metadata=metadata)
     return True
 
 
 def _needs_export(backend: Backend, record: dict[str, Any], kind: str, state: TableState, force_car: bool) -> bool:
     if kind == CAR and force_car:
         return True
-    identity = _identity(backend.parquet_path if kind == PARQUET else backend.car_path)
-    entry = record.get(kind)
-    if isinstance(entry, dict) and entry.get("converted"):
-        return True
-    return identity is None or not _same_file(entry, identity) or not _is_version(entry, state)
+    path = backend.parquet_path if kind == PARQUET else backend.car_path
+    there = _what_is_there(path, record.get(kind), state.identity.table_id)
+    return not isinstance(there, int) or there < state.version
 
 
 def _export(
@@ -290,8 +307,12 @@ def import_foreign(store: PinStore, record: dict[str, Any] | None = None) -> dic
     (module docstring); None when it is (or there is none). Call with the export lock held."""
     backend = store.backend
     record = read_record(backend) if record is None else record
+    state = store.table_state()
+    table_id = state.identity.table_id if state is not None else ""
+    if _what_is_there(backend.parquet_path, record.get(PARQUET), table_id) != FOREIGN:
+        return None
     identity = _identity(backend.parquet_path)
-    if identity is None or _same_file(record.get(PARQUET), identity):
+    if identity is None:  # gone meanwhile
         return None
     try:
         foreign = read_old_form(backend.parquet_path)

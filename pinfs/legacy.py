@@ -76,7 +76,7 @@ from pinfs.legacy_columns import (
     join,
     split_document,
 )
-from pinfs.rootfs import S3Path, S3Stat
+from pinfs.rootfs import S3Path, S3Stat, as_path
 from pinfs.schema import PENDING, make_record, map_legacy_status, normalize_timestamp, now_iso
 from pinfs.tables import empty_table
 
@@ -163,13 +163,13 @@ def read_legacy_pins(path: Path, backend_name: str, backend_type: str) -> Legacy
     than ``MAX_DEPTH`` or a top-level value that is neither a list nor an object.
     """
     data, mtime = read_legacy_bytes(path)
-    return parse_legacy(data, Path(path), backend_name, backend_type, default_created_at=mtime_iso(mtime))
+    return parse_legacy(data, as_path(path), backend_name, backend_type, default_created_at=mtime_iso(mtime))
 
 
 def read_legacy_bytes(path: Path) -> tuple[bytes, float]:
     """The bytes of a legacy file and its modification time, read once, bounded, never following a
     symlink or blocking on a FIFO (migration backs up exactly these bytes). Raises as ``read_legacy_pins``."""
-    return _read_bytes(Path(path))
+    return _read_bytes(as_path(path))
 
 
 def mtime_iso(mtime: float) -> str:
@@ -215,7 +215,7 @@ def find_legacy_source(backend_dir: Path) -> Path | None:
     Backups are ordered by the time in their stamp (ours in UTC, ipfs_kit_py's in local time), then by
     modification time, then by name; a backup whose stamp is in neither form ranks below every dated one.
     """
-    backend_dir = Path(backend_dir)
+    backend_dir = as_path(backend_dir)
     current = backend_dir / LEGACY_NAME
     if current.exists():
         return current
@@ -225,7 +225,7 @@ def find_legacy_source(backend_dir: Path) -> Path | None:
 
 def list_backups(backend_dir: Path) -> list[Path]:
     """Every ``pins.json.backup.<stamp>`` of a backend, oldest first (ordered as in find_legacy_source)."""
-    backups = [p for p in Path(backend_dir).glob(BACKUP_PREFIX + "*") if len(p.name) > len(BACKUP_PREFIX)]
+    backups = [p for p in as_path(backend_dir).glob(BACKUP_PREFIX + "*") if len(p.name) > len(BACKUP_PREFIX)]
     return sorted(backups, key=_backup_sort_key)
 
 
@@ -251,7 +251,7 @@ def write_rejected(backend_dir: Path, rejected: list[Rejected], source: Path) ->
     """
     if not rejected:
         return None
-    target = Path(backend_dir) / REJECTED_NAME
+    target = as_path(backend_dir) / REJECTED_NAME
     document = {
         "source": str(source),
         "written_at": now_iso(),

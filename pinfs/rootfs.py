@@ -192,13 +192,17 @@ def _remember(kind: str, uri: str, value: object) -> None:
         _metadata[(kind, uri)] = (time.monotonic(), value)
 
 
-def forget_metadata(path: S3Path | None = None) -> None:
-    """Drop what was remembered of ``path`` and its folder (after a write), or of everything."""
+def forget_metadata(path: S3Path | None = None, *, below: bool = False) -> None:
+    """Drop what was remembered of ``path`` and its folder (after a write), of everything under it too
+    with ``below`` (after delta-rs, which writes behind this cache, committed), or of everything."""
     with _CACHE_LOCK:
         if path is None:
             _metadata.clear()
             return
-        for key in [key for key in _metadata if key[1] in (str(path), str(path.parent))]:
+        prefix = f"{path}/"
+        for key in [
+            key for key in _metadata if key[1] in (str(path), str(path.parent)) or (below and key[1].startswith(prefix))
+        ]:
             del _metadata[key]
 
 
@@ -381,11 +385,19 @@ class S3Path:
 # -- writing --
 
 
-def put_object(target: S3Path, data: bytes | Path, *, if_absent: bool = False, if_match: str | None = None) -> str:
+def put_object(
+    target: S3Path,
+    data: bytes | Path,
+    *,
+    if_absent: bool = False,
+    if_match: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> str:
     """Put ``data`` (bytes, or a local file to upload) at ``target`` in one atomic PUT; returns the new
     ETag. ``if_absent``: only if no object is there; ``if_match``: only if the object is still that
-    ETag. PreconditionFailed when the condition does not hold."""
-    options: dict[str, Any] = {}
+    ETag; ``metadata``: user metadata kept with the object (``head``). PreconditionFailed when the
+    condition does not hold."""
+    options: dict[str, Any] = {"Metadata": metadata} if metadata else {}
     if if_absent:
         options["IfNoneMatch"] = "*"
     if if_match is not None:
@@ -397,6 +409,17 @@ def put_object(target: S3Path, data: bytes | Path, *, if_absent: bool = False, i
     finally:
         forget_metadata(target)
     return str(answer.get("ETag", "")).strip('"')
+
+
+def head(target: S3Path) -> tuple[str, dict[str, str]] | None:
+    """The object's ETag and user metadata, asked now (no cache); None when there is no object."""
+    forget_metadata(target)
+    try:
+        with _calling(str(target)):
+            answer = s3_client().head_object(Bucket=target.bucket, Key=target.key)
+    except FileNotFoundError:
+        return None
+    return str(answer.get("ETag", "")).strip('"'), {k.lower(): v for k, v in answer.get("Metadata", {}).items()}
 
 
 def local_copy(path: Path | S3Path, etag: str | None = None) -> Path:
@@ -485,3 +508,10 @@ def as_location(text: str) -> Path | S3Path:
         bucket, _, key = text[len(S3_SCHEME) :].partition("/")
         return S3Path(bucket, key)
     return Path(text)
+
+
+def as_path(location: str | os.PathLike[str] | Path | S3Path) -> Path | S3Path:
+    """``location`` as a path of its kind: an ``S3Path`` or ``Path`` stays what it is, text becomes one."""
+    if isinstance(location, (Path, S3Path)):
+        return location
+    return as_location(os.fspath(location))

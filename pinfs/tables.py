@@ -224,7 +224,7 @@ def read_whole_table(path: Path, *, sort: bool = True) -> pa.Table:
 
 def checked_table(table: pa.Table, path: Path | str, *, sort: bool = True) -> pa.Table:
     """A table read from ``path``, checked (required columns, strings, no nulls) and normalized."""
-    check_schema(table.schema, Path(path))
+    check_schema(table.schema, path)  # type: ignore[arg-type]
     # Required columns are non-nullable in our schema: casting a null into one raises a bare ValueError
     # (not ArrowInvalid), which escaped as a traceback from verify-only/migrate/pin. Name them instead.
     nulls = [name for name in REQUIRED_COLUMNS if table.column(name).null_count]

@@ -62,3 +62,7 @@ def count_commits(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     monkeypatch.setattr(DeltaPins, "commit", commit)
     monkeypatch.setattr(DeltaPins, "create", create)
     return committed
+
+
+# The SeaweedFS server of tests/seaweed.py, as a module-scoped fixture for every test module.
+from seaweed import seaweed  # noqa: E402, F401

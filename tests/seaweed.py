@@ -149,6 +149,7 @@ class Seaweed:
 def new_seaweed(directory: Path) -> Seaweed:
     names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc"]
     names += ["s3", "s3_grpc", "iceberg", "lance"]
+    directory.mkdir(parents=True, exist_ok=True)
     server = Seaweed(directory, {name: _free_port() for name in names})
     server.start()
     return server

@@ -24,6 +24,7 @@ from pinfs.cli.mount_helper import parse_options
 from pinfs.cli.output import emit, root_of
 from pinfs.cli.systemd import notify, service_unit
 from pinfs.errors import InvalidInput, NotFound, PinfsError
+from pinfs.rootfs import as_path
 
 READY = b"ready\n"
 
@@ -125,7 +126,7 @@ def _config(args: argparse.Namespace) -> Any:
     from pinfs.fs.mount import MountConfig, check_mountpoint
 
     kernel_options = apply_options(args)
-    root = Path(root_of(args))
+    root = as_path(root_of(args))
     if not root.is_dir():
         raise NotFound(f"data root {root} does not exist")
     mountpoint = _mountpoint(args)
@@ -184,7 +185,7 @@ def _print_unit(args: argparse.Namespace) -> int:
 
     apply_options(args)  # an option the mount would refuse is refused now, not at boot
     user = None if os.geteuid() == 0 else getpass.getuser()
-    unit = service_unit(Path(root_of(args)), _mountpoint(args), _mount_words(args), user)
+    unit = service_unit(as_path(root_of(args)), _mountpoint(args), _mount_words(args), user)
     emit(args, {"ok": True, "unit": unit}, lambda report: report["unit"].rstrip("\n"))
     return 0
 

@@ -33,6 +33,7 @@ from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import add_pins, parse_pin_lines, parse_unpin_lines, remove_pins
 from pinfs.ops.sync import SyncOptions, sync
 from pinfs.ops.verify import VerifyOptions, verify
+from pinfs.rootfs import as_path
 from pinfs.schema import now_iso
 
 log = logging.getLogger(__name__)
@@ -300,7 +301,7 @@ class ControlRegistry:
     """Every control file of the mount, created on first use, keyed by (backend or None, command)."""
 
     def __init__(self, root: Path, defer_car: Callable[[Backend], None] | None = None) -> None:
-        self.root = Path(root)
+        self.root = as_path(root)
         self.defer_car = defer_car  # pin/unpin leave a big backend's exports to it (the mount's)
         self._files: dict[tuple[str | None, str], ControlFile] = {}
         self._lock = threading.Lock()

@@ -47,7 +47,7 @@ from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
 from pinfs.fsutil import refuse_symlink
 from pinfs.ops import reports
-from pinfs.rootfs import local_copy
+from pinfs.rootfs import as_path, local_copy
 from pinfs.schema import STATUSES, load_metadata
 from pinfs.snapshots import PinSnapshot, StoreCache
 from pinfs.store import PinStore
@@ -441,7 +441,7 @@ class PinTree:
     """The mount's tree over one data root. Blocking; see the module docstring for threading."""
 
     def __init__(self, root: Path, cache: StoreCache) -> None:
-        self.root = Path(root)
+        self.root = as_path(root)
         self.cache = cache
         self.started_ns = time.time_ns()
         self._rendered: cachetools.TTLCache = cachetools.TTLCache(maxsize=1024, ttl=RENDER_SECONDS)

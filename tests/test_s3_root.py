@@ -1,0 +1,301 @@
+"""A data root on S3, shared by several hosts (issue #13), against a real SeaweedFS (``tests/seaweed.py``).
+
+Each test works under its own prefix of one bucket. A "host" is a process with its own local cache
+directory (``PINFS_CACHE_DIR``): nothing is shared between hosts but the bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.request import Request, urlopen
+
+import pandas as pd
+import pytest
+from helpers import cid_for
+from mounting import force_unmount
+from seaweed import BUCKET, Seaweed, new_seaweed
+
+CLI_TIMEOUT = 120
+
+
+def host(server: Seaweed, prefix: str, **extra: str) -> dict[str, str]:
+    """The environment of one host using the root ``s3://BUCKET/prefix``: its own local cache."""
+    return server.env(prefix, PINFS_CACHE_DIR=tempfile.mkdtemp(prefix="pinfs-host-"), **extra)
+
+
+def pinfs(env: dict[str, str], *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "pinfs", *args], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"pinfs {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+def pinfs_json(env: dict[str, str], *args: str) -> dict:
+    return json.loads(pinfs(env, *args, "--json", check=True).stdout)
+
+
+def put(server: Seaweed, prefix: str, key: str, data: bytes) -> None:
+    server.client().put_object(Bucket=BUCKET, Key=f"{prefix}/{key}", Body=data)
+
+
+def get(server: Seaweed, prefix: str, key: str) -> bytes:
+    return server.client().get_object(Bucket=BUCKET, Key=f"{prefix}/{key}")["Body"].read()
+
+
+def keys(server: Seaweed, prefix: str) -> list[str]:
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/")
+    return sorted(item["Key"][len(prefix) + 1 :] for page in pages for item in page.get("Contents", []))
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+# -- every command --
+
+
+def test_legacy_pins_and_backups_on_s3_migrate_and_every_command_works(seaweed: Seaweed) -> None:
+    prefix = uuid.uuid4().hex
+    env = host(seaweed, prefix)
+    put(seaweed, prefix, "backends/b1/pins.json", json.dumps([cid_for(n) for n in range(5)]).encode())
+    put(seaweed, prefix, "backends/old/pins.json.backup.20261101_120000", json.dumps([cid_for("b")]).encode())
+    put(seaweed, prefix, "backends/s3-main.yaml", b"type: s3\nbucket: elsewhere\n")
+    report = pinfs_json(env, "migrate")
+    entries = {entry["backend"]: entry for entry in report["backends"]}
+    assert entries["b1"]["added"] == 5 and entries["old"]["added"] == 1
+    assert "backends/b1/pins.json" in keys(seaweed, prefix)  # kept, and backed up
+    assert any(key.startswith("backends/b1/pins.json.backup.") for key in keys(seaweed, prefix))
+    pinfs(env, "pin", "add", cid_for("new"), "--backend", "b1", "--status", "stored", check=True)
+    pinfs(env, "pin", "rm", cid_for(0), "--backend", "b1", check=True)
+    listed = [line.split("\t")[0] for line in pinfs(env, "pin", "ls", "--backend", "b1", check=True).stdout.split()]
+    assert cid_for("new") in listed and cid_for(0) not in listed
+    assert pinfs_json(env, "find", cid_for("b"))["backends"][0]["backend"] == "old"
+    assert pinfs_json(env, "status")["total"] == 6
+    assert pinfs_json(env, "migrate", "--verify-only")["ok"]
+    assert pinfs_json(env, "maintain")["ok"]
+    rows = json.loads(
+        pinfs(
+            env, "query", "SELECT backend_name, count(*) AS n FROM pins GROUP BY ALL ORDER BY 1", "--json", check=True
+        ).stdout
+    )
+    assert rows == [{"backend_name": "b1", "n": 5}, {"backend_name": "old", "n": 1}]
+    health = pinfs_json(env, "health")
+    assert {entry["backend"]: entry["state"] for entry in health["backends"]}["b1"] == "ok"
+    export = Path(tempfile.mkdtemp()) / "export.parquet"
+    export.write_bytes(get(seaweed, prefix, "backends/b1/pin_mappings.parquet"))
+    assert sorted(pd.read_parquet(export)["cid"]) == sorted([cid_for(n) for n in range(1, 5)] + [cid_for("new")])
+    assert any(key.startswith("backends/b1/pin_mappings.delta/_delta_log/") for key in keys(seaweed, prefix))
+
+
+def test_wrong_credentials_are_one_clear_line(seaweed: Seaweed) -> None:
+    env = host(seaweed, uuid.uuid4().hex, AWS_SECRET_ACCESS_KEY="wrong")
+    line = one_line_error(pinfs(env, "status"))
+    assert "access denied" in line and "AWS_SECRET_ACCESS_KEY" in line
+
+
+def test_an_unreachable_endpoint_is_one_clear_line(seaweed: Seaweed) -> None:
+    env = host(seaweed, uuid.uuid4().hex, AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    line = one_line_error(pinfs(env, "pin", "ls"))
+    assert "cannot reach http://127.0.0.1:9" in line
+
+
+# -- a store that ignores conditional puts --
+
+
+class _IgnoresConditions(BaseHTTPRequestHandler):
+    """Forwards every request to SeaweedFS, but answers 200 where it refused a conditional put (412):
+    a store that ignores If-None-Match and If-Match, as some S3-compatible stores did."""
+
+    upstream = ""
+
+    def do_any(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        request = Request(self.upstream + self.path, data=body, method=self.command)
+        for name, value in self.headers.items():  # Host too: the client signed the host it called
+            if name.lower() != "content-length":
+                request.add_header(name, value)
+        try:
+            with urlopen(request, timeout=30) as answer:
+                status, headers, payload = answer.status, answer.headers, answer.read()
+        except Exception as exc:  # urllib raises HTTPError for 4xx/5xx: it carries the answer
+            status, headers, payload = exc.code, exc.headers, exc.read()  # type: ignore[attr-defined]
+        if status == 412 and self.command == "PUT":
+            status, payload = 200, b""
+        self.send_response(status)
+        for name, value in headers.items():
+            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = do_any
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def ignoring_proxy(seaweed: Seaweed) -> Iterator[str]:
+    handler = type("Handler", (_IgnoresConditions,), {"upstream": seaweed.endpoint})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_a_store_that_ignores_conditional_puts_is_refused_before_anything_is_written(
+    seaweed: Seaweed, ignoring_proxy: str
+) -> None:
+    prefix = uuid.uuid4().hex
+    put(seaweed, prefix, "backends/b1/pins.json", json.dumps([cid_for(1)]).encode())
+    env = host(seaweed, prefix, AWS_ENDPOINT_URL=ignoring_proxy)
+    assert pinfs(env, "pin", "ls").returncode == 0  # reading is fine
+    migrated = pinfs(env, "migrate")
+    assert migrated.returncode == 1 and "refusing to write there" in migrated.stdout  # in b1's entry
+    make_backend_config = b"type: filesystem\n"
+    put(seaweed, prefix, "backends/b2.yaml", make_backend_config)
+    line = one_line_error(pinfs(env, "pin", "add", cid_for(2), "--backend", "b2"))
+    assert "accepted a second put with If-None-Match" in line and "refusing to write" in line
+    assert [key for key in keys(seaweed, prefix) if "pin_mappings" in key] == []
+
+
+# -- several hosts --
+
+
+def _mount(env: dict[str, str], mountpoint: Path) -> subprocess.Popen[bytes]:
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    log = open(mountpoint.parent / f"{mountpoint.name}.log", "wb")  # noqa: SIM115 - lives with the process
+    process = subprocess.Popen([sys.executable, "-m", "pinfs", "mount", str(mountpoint)], env=env, stderr=log)
+    deadline = time.monotonic() + 60
+    while not os.path.ismount(mountpoint):
+        assert process.poll() is None, (mountpoint.parent / f"{mountpoint.name}.log").read_text()
+        assert time.monotonic() < deadline, "mount not ready"
+        time.sleep(0.05)
+    return process
+
+
+def test_two_hosts_with_a_mount_and_a_cli_each_lose_nothing(seaweed: Seaweed, tmp_path: Path) -> None:
+    prefix = uuid.uuid4().hex
+    hosts = [host(seaweed, prefix), host(seaweed, prefix)]
+    put(seaweed, prefix, "backends/shared.yaml", b"type: filesystem\n")
+    pinfs(hosts[0], "pin", "add", cid_for("seed"), "--backend", "shared", check=True)
+    mounts = [tmp_path / "host-a", tmp_path / "host-b"]
+    processes = [_mount(env, mountpoint) for env, mountpoint in zip(hosts, mounts, strict=True)]
+    expected: set[str] = {cid_for("seed")}
+    removed: set[str] = set()
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def through_mount(index: int) -> None:
+        control = mounts[index] / "backends" / "shared" / ".control"
+        for batch in range(8):
+            cids = [cid_for(f"m{index}-{batch}-{n}") for n in range(100)]
+            (control / "pin").write_text("".join(f"{cid}\n" for cid in cids))
+            (control / "unpin").write_text(f"{cids[0]}\n")
+            with lock:
+                expected.update(cids)
+                removed.add(cids[0])
+
+    def through_cli(index: int) -> None:
+        for batch in range(4):
+            cids = [cid_for(f"c{index}-{batch}-{n}") for n in range(100)]
+            result = pinfs(hosts[index], "pin", "add", *cids, "--backend", "shared")
+            if result.returncode:
+                errors.append(result.stderr)
+            removed_now = pinfs(hosts[index], "pin", "rm", cids[1], "--backend", "shared")
+            if removed_now.returncode:
+                errors.append(removed_now.stderr)
+            with lock:
+                expected.update(cids)
+                removed.add(cids[1])
+
+    try:
+        workers = [threading.Thread(target=through_mount, args=(i,)) for i in range(2)]
+        workers += [threading.Thread(target=through_cli, args=(i,)) for i in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=600)
+        assert not errors, errors[:2]
+        listed = pinfs(hosts[1], "pin", "ls", "--backend", "shared", check=True).stdout.split("\n")
+        cids = [line.split("\t")[0] for line in listed if line]
+        assert len(cids) == len(set(cids)), "a pin is there twice"
+        assert set(cids) == expected - removed
+        # Each mount shows what the other host wrote within 3 s.
+        last = cid_for("m1-7-99")
+        deadline = time.monotonic() + 3
+        while not (mounts[0] / "backends" / "shared" / "by-cid" / last).exists():
+            assert time.monotonic() < deadline, "host A's mount did not show host B's pin within 3 s"
+            time.sleep(0.1)
+    finally:
+        for mountpoint, process in zip(mounts, processes, strict=True):
+            force_unmount(mountpoint, process)
+
+
+# -- faults --
+
+
+def test_the_server_stopped_mid_write_loses_no_acknowledged_pin(tmp_path: Path) -> None:
+    server = new_seaweed(tmp_path / "seaweed")
+    try:
+        prefix = uuid.uuid4().hex
+        env = host(server, prefix)
+        put(server, prefix, "backends/b1.yaml", b"type: filesystem\n")
+        put(server, prefix, "backends/b2.yaml", b"type: filesystem\n")
+        pinfs(env, "pin", "add", cid_for("before"), "--backend", "b1", check=True)
+        pinfs(env, "pin", "add", cid_for("other"), "--backend", "b2", check=True)
+        mountpoint = tmp_path / "m"
+        process = _mount(env, mountpoint)
+        try:
+            acknowledged: list[str] = []
+            stop_after = 3
+            for n in range(8):
+                if n == stop_after:
+                    server.stop()
+                cid = cid_for(f"during-{n}")
+                result = pinfs(env, "pin", "add", cid, "--backend", "b1")
+                if result.returncode == 0:
+                    acknowledged.append(cid)
+                else:
+                    line = one_line_error(result)
+                    assert "cannot reach" in line
+            assert len(acknowledged) == stop_after
+            with pytest.raises(OSError) as caught:
+                (mountpoint / "backends" / "b1" / "by-cid" / cid_for("before") / "status").read_text()
+            assert caught.value.errno == 5  # EIO for the backends on the stopped store
+            server.start()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    text = (mountpoint / "backends" / "b1" / "by-cid" / cid_for("before") / "status").read_text()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "the mount did not answer again once the store was back"
+                    time.sleep(0.5)
+            assert text == "pending\n"
+            listed = pinfs(env, "pin", "ls", "--backend", "b1", check=True).stdout
+            assert all(cid in listed for cid in [cid_for("before"), *acknowledged])
+        finally:
+            force_unmount(mountpoint, process)
+    finally:
+        server.stop()
