@@ -132,7 +132,7 @@ class DeltaPins:
         self.log_dir = self.directory / LOG_DIR
         self._lock = threading.Lock()
         self._table: Any = None  # a cached deltalake.DeltaTable, brought up to date on each load
-        self._table_directory: tuple[int, int] = (0, 0)  # the log directory it was loaded from
+        self._table_directory: tuple[object, ...] = ()  # which table it was loaded from (``_birth``)
 
     # -- reading --
 
@@ -177,7 +177,7 @@ class DeltaPins:
         deltalake = _deltalake()
         if version is not None:
             return deltalake.DeltaTable(str(self.directory), version=version)
-        directory = self.log_stamp()[:2]
+        directory = self._birth()
         if self._table is None or directory != self._table_directory:  # none yet, or the table was made again
             self._table = deltalake.DeltaTable(str(self.directory))
             self._table_directory = directory
@@ -279,6 +279,19 @@ class DeltaPins:
             finally:
                 self._forget_log()
 
+    def _birth(self) -> tuple[object, ...]:
+        """What tells this table from one deleted and made again at the same place: the log directory's
+        identity and that of its first commit (a new directory may reuse the old one's inode number).
+        Once log clean-up removed the first commit, this changes once more, which costs one reload."""
+        if isinstance(self.log_dir, S3Path):
+            return ()
+        try:
+            first = os.stat(self.log_dir / f"{0:020d}.json")
+            first_identity: tuple[int, int] | None = (first.st_ino, first.st_mtime_ns)
+        except FileNotFoundError:
+            first_identity = None
+        return (*self.log_stamp()[:2], first_identity)
+
     def _forget_log(self) -> None:
         """delta-rs writes the log itself: on S3, what pinfs remembered of it is out of date now."""
         if isinstance(self.log_dir, S3Path):
@@ -287,7 +300,7 @@ class DeltaPins:
     def _table_at(self, version: int) -> Any:
         """A ``DeltaTable`` loaded at ``version``: the cached one when it is there (the usual case: the
         writer loaded the newest version just before), so a commit does not load the log again."""
-        cached = self._table is not None and self.log_stamp()[:2] == self._table_directory
+        cached = self._table is not None and self._birth() == self._table_directory
         if cached and self._table.version() == version:
             return self._table
         return _deltalake().DeltaTable(str(self.directory), version=version)

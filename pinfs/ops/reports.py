@@ -193,13 +193,16 @@ def _health_of(view: BackendView, sources: list[Backend] | None = None) -> dict[
     elif view.source == "empty":
         notes.append("no pins")
     failed = view.by_status.get(FAILED, 0)
+    storage = _storage_problem(backend)
     if failed:
-        # Advice only where it works (issue #14, item 6): sync needs a driver for the backend's type.
-        retry = (
-            f"run 'pinfs sync --backend {backend.name}'"
-            if has_driver(backend)
-            else f"no storage driver for type {backend.type!r} here to retry them"
-        )
+        # Advice only where it works (issue #14, item 6): sync needs a driver for the backend's type,
+        # configured well enough to reach its storage.
+        if not has_driver(backend):
+            retry = f"no storage driver for type {backend.type!r} here to retry them"
+        elif storage:
+            retry = "fix the storage setting below, then run 'pinfs sync'"
+        else:
+            retry = f"run 'pinfs sync --backend {backend.name}'"
         reasons.append(f"{failed} failed pin{'s' if failed != 1 else ''} ({retry})")
     try:
         verification = _verification(view)
@@ -224,7 +227,6 @@ def _health_of(view: BackendView, sources: list[Backend] | None = None) -> dict[
         elif state == "foreign":
             notes.append(f"{name} was changed by another tool; it is imported into the table at the next write")
     car = exports.get("car", "n/a")
-    storage = _storage_problem(backend)
     if storage:
         reasons.append(f"storage: {storage}")
     backups = _backups_of(backend, sources or [])
