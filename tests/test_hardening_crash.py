@@ -18,8 +18,8 @@ To kill 200 writers in seconds, a *zygote* process imports pinfs once and forks 
 (it never uses deltalake itself: delta-rs' tokio runtime does not survive a fork); it sleeps a random
 5-300 ms (600 for sync, whose round is three commits; a forked writer makes its delta-rs runtime on
 its first write, ~150 ms; a writer that got nothing done in three rounds gets twice as long, as on a
-loaded machine), kills the child with SIGKILL, reaps it and reports. A child acknowledges each completed operation by appending one
-line (one ``write``) to an ack file.
+loaded machine), kills the child with SIGKILL, reaps it and reports. A child acknowledges each
+completed operation by appending one line (one ``write``) to an ack file.
 """
 
 from __future__ import annotations
