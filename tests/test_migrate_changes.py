@@ -319,7 +319,7 @@ def test_every_command_health_suggests_runs_and_clears_its_reason(root: Path, tm
         "pinfs sync --backend fs-failed",
     ]
     hf = next(entry for entry in before["backends"] if entry["backend"] == "hf-x")  # no repo_id: no sync advice
-    assert any("fix the storage setting below" in reason for reason in hf["reasons"])
+    assert any("fix its storage setting (below)" in reason for reason in hf["reasons"])
     assert any(reason.startswith("storage: ") and "repo_id" in reason for reason in hf["reasons"])
     for suggestion in suggestions:
         result = run_pinfs(root, *shlex.split(suggestion)[1:])

@@ -200,7 +200,7 @@ def _health_of(view: BackendView, sources: list[Backend] | None = None) -> dict[
         if not has_driver(backend):
             retry = f"no storage driver for type {backend.type!r} here to retry them"
         elif storage:
-            retry = "fix the storage setting below, then run 'pinfs sync'"
+            retry = "fix its storage setting (below), then sync them"
         else:
             retry = f"run 'pinfs sync --backend {backend.name}'"
         reasons.append(f"{failed} failed pin{'s' if failed != 1 else ''} ({retry})")
