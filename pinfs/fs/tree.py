@@ -419,10 +419,15 @@ In backends/<b>/.control/ the same files act on that backend only, plus:
   echo '<cid> status=stored meta.source=x' > backends/<b>/.control/pin   (one pin per line)
   echo '<cid>' > backends/<b>/.control/unpin                             (one CID per line)
 
-The command runs when the file is closed: echo returns when it has finished. A failed command
-makes close() fail with EIO (/bin/echo and most programs report it; bash's built-in echo ignores
-errors at close, so check "state" in the file's JSON). A bad word or CID fails the write (EINVAL)
-and nothing runs. Reading a control file gives JSON about its last run.
+The command runs once, on everything written, at the last close of the open file: when the
+process that opened it and every process that inherited it have closed it, so
+( cat a; cat b ) > backends/<b>/.control/pin is one batch of both. That close returns when the
+command has finished, and fails with EIO when it failed: /bin/echo run by bash reports it. A shell
+that opens the file itself and keeps it open around a command (dash: sh -c '/bin/echo x > f';
+any shell's built-in echo) makes the last close its own, and ignores errors at close: check "state"
+in the file's JSON, which is final when the shell returns. A bad word or CID, or a line over 4 KiB,
+fails the write (EINVAL) and nothing of that open file runs. Reading a control file gives JSON
+about its last run.
 Mounted with --sync-interval / --verify-interval (e.g. 15m, 1d), the mount also runs sync and
 verify on that schedule; health.json and status.json show their last runs. CIDs containing "/" (base64 multibase)
 cannot be file names and are left out of listings.
