@@ -30,6 +30,11 @@ class NotFound(PinfsError):
     errno = errno.ENOENT
 
 
+class RootMissing(PinfsError):
+    """The data root is not there (a typo, a disk not mounted, a directory renamed away): every command
+    fails rather than report an empty root as healthy (issue #15, item 5)."""
+
+
 class Busy(PinfsError):
     """Another command is already running where only one may run at a time."""
 

@@ -735,8 +735,8 @@ class PinTree:
         function = {"health.json": reports.health, "status.json": reports.status, "insights.json": reports.insights}
         try:
             return function[name](self.root)
-        except PinfsError as exc:
-            return {"ok": False, "error": str(exc)}
+        except PinfsError as exc:  # e.g. the data root is gone (RootMissing): the report is an error
+            return {"ok": False, "state": "error", "error": str(exc)}
         except Exception as exc:  # a report must not take the mount down; the file says what went wrong
             log.exception("making %s failed", name)
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
