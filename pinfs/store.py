@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pinfs.backends import Backend
-from pinfs.delta import TABLE_DIR, CommitConflict, DataFile, DeltaPins, TableState, file_rows
+from pinfs.delta import REQUEST_KEY, TABLE_DIR, CommitConflict, DataFile, DeltaPins, TableState, file_rows
 from pinfs.errors import Busy, CorruptData, NotFound, PinfsError
 from pinfs.fsutil import backend_lock
 from pinfs.oldforms import old_form_exists, old_form_snapshot, read_old_form
@@ -144,14 +144,26 @@ class Transaction:
 
     # -- writing --
 
-    def update(self, replacements: Mapping[str, Mapping[str, str | None]], removals: Sequence[str] = ()) -> int:
+    def update(
+        self,
+        replacements: Mapping[str, Mapping[str, str | None]],
+        removals: Sequence[str] = (),
+        *,
+        request: str | None = None,
+    ) -> int:
         """Remove ``removals`` and add or replace ``replacements`` (by CID, ``updated_at`` stamped) in one
         commit; returns the number of pins after it. Only the files holding those CIDs are rewritten
-        (issue #12: one pin into a million rewrites ~16k rows)."""
+        (issue #12: one pin into a million rewrites ~16k rows). ``request`` (a digest of what was asked)
+        goes into the commit's info, so that a retry of the same request can tell it was done
+        (``DeltaPins.version_of_request``)."""
+        info: dict[str, object] = {"operation": "update", "cids": 0}
+        if request is not None:
+            info[REQUEST_KEY] = request
         if not replacements and not removals:
             state = self.state()
             return state.count if state is not None else self.current().num_rows
         cids = list(dict.fromkeys([*removals, *replacements]))
+        info["cids"] = len(cids)
         state = self._table_for_writing()
         if state is None:  # a backend's first pins: the table is created holding them
             table = _patched(empty_table(), replacements, removals)
@@ -165,7 +177,7 @@ class Transaction:
                 return self.write(_patched(table_snapshot(state, self.store.cache).table(), replacements, removals))
             plan = _plan_update(self.store, state, replacements, removals)
             try:
-                self.store.table.commit(state, plan.removed, plan.added, {"operation": "update", "cids": len(cids)})
+                self.store.table.commit(state, plan.removed, plan.added, info)
             except CommitConflict:
                 self.store.table.discard(plan.added)
                 state = self._rebase(cids, base)

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from pinfs.backends import Backend, discover_backends, get_backend
 from pinfs.delta import TableState
-from pinfs.errors import PinfsError
+from pinfs.errors import PinfsError, describe
 from pinfs.exports import export_state
 from pinfs.legacy import list_backups
 from pinfs.ops.backup import backup_health, wants_backups
@@ -96,7 +96,7 @@ def _view(backend: Backend) -> BackendView:
         view.by_status = view.snapshot.count_by_status()
     except (PinfsError, OSError) as exc:
         view.snapshot = None
-        errors.append(str(exc))
+        errors.append(describe(exc))
     if errors:
         view.error = "; ".join(errors)
     return view
@@ -164,7 +164,7 @@ def _storage_problem(backend: Backend) -> str | None:
     try:
         driver = driver_for(backend)
     except DriverError as exc:
-        return str(exc)
+        return describe(exc)
     except PinfsError:
         return None
     # A filesystem directory can be checked for free; an sshfs mount point might hang, so not that one.
@@ -204,7 +204,7 @@ def _health_of(view: BackendView, sources: list[Backend] | None = None) -> dict[
     try:
         verification = _verification(view)
     except (PinfsError, OSError, pa.ArrowException) as exc:
-        entry.update(state="error", reasons=[str(exc)], notes=notes, error=str(exc))
+        entry.update(state="error", reasons=[describe(exc)], notes=notes, error=describe(exc))
         return entry
     if verification["stale"]:
         reasons.append(f"{verification['stale']} stored pins last verified more than {STALE_VERIFY_DAYS:g} days ago")
@@ -215,6 +215,11 @@ def _health_of(view: BackendView, sources: list[Backend] | None = None) -> dict[
         name = f"pin_mappings.{kind}"
         if state == "missing":
             reasons.append(f"{name} is missing (run 'pinfs car regenerate --backend {backend.name}')")
+        elif state == "pending" and DEFERRED_EXPORTS.last_error(backend):
+            reasons.append(
+                f"export pending: {name} could not be written ({DEFERRED_EXPORTS.last_error(backend)}); "
+                "tried again in the background"
+            )
         elif state == "pending":
             notes.append(f"export pending: {name} is being rewritten after recent pin changes")
         elif state == "stale":
@@ -295,8 +300,8 @@ def _safe(function: Any, view: BackendView) -> dict[str, Any]:
             "type": backend.type,
             "state": "error",
             "ok": False,
-            "error": str(exc),
-            "reasons": [str(exc)],
+            "error": describe(exc),
+            "reasons": [describe(exc)],
         }
 
 
@@ -412,7 +417,7 @@ def _driver_description(backend: Backend) -> dict[str, Any]:
     try:
         return {"available": True, "location": driver_for(backend).describe()}
     except PinfsError as exc:
-        return {"available": False, "reason": str(exc)}
+        return {"available": False, "reason": describe(exc)}
 
 
 def _oldest(snapshot: PinSnapshot, status: str) -> str | None:
@@ -432,7 +437,7 @@ def status(root: Path, detailed: bool = False) -> dict[str, Any]:
         try:
             entries.append(_status_of(view, detailed))
         except (PinfsError, OSError, ValueError, pa.ArrowException) as exc:
-            entries.append({"backend": view.backend.name, "type": view.backend.type, "error": str(exc)})
+            entries.append({"backend": view.backend.name, "type": view.backend.type, "error": describe(exc)})
     by_type: dict[str, dict[str, Any]] = {}
     for view in views:
         group = by_type.setdefault(
@@ -574,7 +579,7 @@ def insights(root: Path) -> dict[str, Any]:
             needing[name] = verification["stale"] + verification["unverified"]
             by_backend[name]["needing_verification"] = needing[name]
         except (PinfsError, OSError, pa.ArrowException) as exc:
-            errors.append({"backend": name, "error": str(exc)})
+            errors.append({"backend": name, "error": describe(exc)})
     totals = {status_name: sum(v.by_status.get(status_name, 0) for v in views) for status_name in STATUSES}
     return {
         "ok": not errors,

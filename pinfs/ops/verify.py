@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from pinfs.backends import Backend
 from pinfs.car import verify_content_car
-from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, Unsupported
+from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, Unsupported, describe
 from pinfs.ops.common import select_backends, usable_snapshot
 from pinfs.ops.drivers import Driver, DriverError, driver_for, key_for
 from pinfs.ops.progress import NullProgress, Progress
@@ -78,7 +78,7 @@ def _verify_backend(
     try:
         _verify_into(root, backend, cutoff, options, entry, progress)
     except (PinfsError, OSError) as exc:
-        entry.update(ok=False, state="error", error=str(exc), reason=entry["reason"] or str(exc))
+        entry.update(ok=False, state="error", error=describe(exc), reason=entry["reason"] or describe(exc))
     record_run(
         backend,
         "verify",
