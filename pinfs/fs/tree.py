@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from pinfs.backends import NAME_PATTERN, Backend, discover_backends, get_backend
 from pinfs.cids import is_valid_cid
-from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
+from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, describe
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
 from pinfs.fsutil import refuse_symlink
 from pinfs.ops import reports
@@ -791,10 +791,22 @@ class PinTree:
         return snapshot.lookup(cid)
 
     def _holders(self, cid: str) -> list[str]:
-        """Names of the backends holding ``cid``: one indexed lookup per backend."""
+        """Names of the backends holding ``cid``: one indexed lookup per backend. When none of those that
+        can be read holds it but some cannot be read, nobody can say it is not there: CorruptData (EIO,
+        not ENOENT: issue #15, item 8)."""
         if not _nameable(cid) or not is_valid_cid(cid):
             return []
-        return [backend.name for backend, snapshot in self._readable_snapshots() if snapshot.lookup(cid) is not None]
+        holders: list[str] = []
+        unreadable: list[str] = []
+        for backend in discover_backends(self.root)[0]:
+            try:
+                if self._snapshot(backend).lookup(cid) is not None:
+                    holders.append(backend.name)
+            except (PinfsError, OSError) as exc:
+                unreadable.append(f"{backend.name}: {describe(exc)}")
+        if not holders and unreadable:
+            raise CorruptData(f"{cid}: in no backend that can be read, and cannot read {'; '.join(unreadable)}")
+        return holders
 
     # -- node makers --
 
