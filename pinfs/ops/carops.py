@@ -124,7 +124,8 @@ def change_pins(backend: Backend, body: Callable[[Transaction], T], defer: Defer
 
     When the commit went in but the exports could not be written (a full disk, a read-only root), a
     dict result says so (``exports_behind``): ``ok`` False, ``committed`` True and an ``error`` saying
-    what to run; a body that committed nothing (a retry) brings exports left behind up to date."""
+    what to run; any other result raises ``ExportsBehind`` saying the same. A body that committed
+    nothing (a retry) brings exports left behind up to date."""
     changed = False
 
     def tracked(txn: Transaction) -> T:
@@ -135,7 +136,9 @@ def change_pins(backend: Backend, body: Callable[[Transaction], T], defer: Defer
 
     result = PinStore(backend).write(tracked)
     behind = follow_change(backend, defer) if changed or _left_behind(backend) else None
-    if behind is not None and isinstance(result, dict):
+    if behind is not None:
+        if not isinstance(result, dict):  # a result that cannot say it (sync's count): an error saying it
+            raise ExportsBehind(behind["error"])
         result.update(behind)
     return result
 
