@@ -19,7 +19,7 @@ from typing import Any
 import cachetools
 import yaml
 
-from pinfs.errors import InvalidInput, NotFound
+from pinfs.errors import InvalidInput, NotFound, RootMissing
 from pinfs.rootfs import S3Path, parse_root
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use with fullmatch: "$" would admit a trailing newline
@@ -118,6 +118,22 @@ def type_from_name(name: str) -> str:
 
 def backends_dir(root: Path) -> Path:
     return root / "backends"
+
+
+def check_root(root: Path | S3Path) -> None:
+    """RootMissing when a local data root is not an existing directory. (An S3 prefix exists as soon
+    as something is put under it: an empty one is a new root, and a missing bucket fails the calls.)"""
+    if isinstance(root, S3Path):
+        return
+    try:
+        is_dir = os.path.isdir(root)
+    except OSError:
+        is_dir = False
+    if not is_dir:
+        what = "is not a directory" if os.path.lexists(root) else "does not exist"
+        raise RootMissing(
+            f"data root {root} {what} (a typo, or a disk that is not mounted?); give --root DIR or PINFS_ROOT"
+        )
 
 
 def _folders(root: Path) -> list[Path]:
@@ -281,7 +297,9 @@ def _name_of(entry: _Entry, holds_data: bool) -> str | None:
 
 
 def discover_backends(root: Path) -> tuple[list[Backend], list[BackendProblem]]:
-    """All backends of ``root``, sorted by name, and what was found but could not be used."""
+    """All backends of ``root``, sorted by name, and what was found but could not be used. Raises
+    RootMissing when there is no data root at all."""
+    check_root(root)
     names, problems = _candidate_names(root)
     return [_backend_from(root, name) for name in sorted(names)], problems
 
@@ -293,6 +311,7 @@ def get_backend(root: Path, name: str) -> Backend:
         raise InvalidInput(f"{backends_dir(root)}: is a symlink; refusing to follow it")
     backend = _backend_from(root, name)
     if not backend.directory.is_dir() and backend.config_path is None:
+        check_root(root)  # say that the whole root is missing, rather than this backend
         raise NotFound(f"no backend {name!r} under {backends_dir(root)}")
     if backend.directory.is_symlink():
         raise InvalidInput(f"{backend.directory}: backend directory is a symlink; refusing to follow it")

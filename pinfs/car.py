@@ -19,8 +19,12 @@ backends or locks, and does not validate record *values* (CID syntax, statuses):
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import hashlib
+import itertools
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +46,13 @@ DEFAULT_CHUNK_SIZE = 1000
 
 MAX_VARINT_BYTES = 9  # the unsigned-varint spec caps varints at 9 bytes (63 bits)
 MAX_SECTION_BYTES = 64 * 1024 * 1024
+# Entry blocks hold at most this many bytes, the block limit IPFS nodes use (issue #15, item 3: 1000
+# records with 1 MB of metadata each made a 73 MB block that the reader refused). A run of up to
+# DEFAULT_CHUNK_SIZE records whose encodings exceed MAX_ENTRY_RECORD_BYTES is cut into several blocks; a
+# record bigger than that alone is a block of its own, and one too big for any block (more than
+# MAX_SECTION_BYTES) is refused by the writer, so it never writes a CAR its reader rejects.
+MAX_BLOCK_BYTES = 1 << 20
+MAX_ENTRY_RECORD_BYTES = MAX_BLOCK_BYTES - 3  # room for the list's head (3 bytes for up to 65535 items)
 MAX_HEADER_BYTES = 1024 * 1024
 
 CODEC_RAW = 0x55
@@ -346,17 +357,54 @@ def _raise_first_non_string(rows: list[Mapping[str, str]], first_index: int) -> 
 
 
 def _entry_blocks(records: Iterable[Mapping[str, str]], chunk_size: int) -> Iterator[tuple[bytes, bytes, int]]:
-    """Yield ``(cid, block, number of records)`` per chunk of records."""
+    """Yield ``(cid, block, number of records)`` per block: runs of ``chunk_size`` records, each cut
+    further where its records' encodings exceed ``MAX_ENTRY_RECORD_BYTES`` (``block_ends``)."""
     chunk: list[Mapping[str, str]] = []
     index = 0
     for record in records:
         chunk.append(record)
         if len(chunk) == chunk_size:
-            yield (*_dag_cbor_block(_chunk_records(chunk, index)), len(chunk))
+            yield from _run_blocks(_chunk_records(chunk, index), index)
             index += len(chunk)
             chunk = []
     if chunk:
-        yield (*_dag_cbor_block(_chunk_records(chunk, index)), len(chunk))
+        yield from _run_blocks(_chunk_records(chunk, index), index)
+
+
+def _run_blocks(rows: list[Mapping[str, str]], first_index: int) -> Iterator[tuple[bytes, bytes, int]]:
+    cid, block = _dag_cbor_block(rows)
+    if len(block) - len(_cbor_uint_head(4, len(rows))) <= MAX_ENTRY_RECORD_BYTES:
+        yield cid, block, len(rows)  # the usual case: the run is one block
+        return
+    sizes = [len(libipld.encode_dag_cbor(row)) for row in rows]
+    offsets = [0, *itertools.accumulate(sizes)]
+    start = 0
+    for end in block_ends(offsets, 0, len(rows), lambda i: rows[i]["cid"], first_index):
+        yield (*_dag_cbor_block(rows[start:end]), end - start)
+        start = end
+
+
+def block_ends(
+    offsets: Sequence[int], start: int, stop: int, cid_of: Callable[[int], str], first_index: int = 0
+) -> list[int]:
+    """Where the blocks of records ``start``..``stop`` end, given the records' encodings' cumulative
+    sizes (``offsets[i]``: bytes before record i): greedily, each block as many records as fit in
+    ``MAX_ENTRY_RECORD_BYTES``, at least one. The one rule both CAR writers follow, so that they write
+    the same bytes. Raises ValueError for a record too big for any block the reader accepts."""
+    ends: list[int] = []
+    while start < stop:
+        end = bisect.bisect_right(offsets, offsets[start] + MAX_ENTRY_RECORD_BYTES, start + 1, stop + 1) - 1
+        if end == start:  # one record bigger than a block: a block of its own, if the reader takes it
+            end = start + 1
+            size = int(offsets[end]) - int(offsets[start])
+            if size > MAX_SECTION_BYTES - 64:
+                raise ValueError(
+                    f"record {first_index + start} ({cid_of(start)}) is {size} bytes: more than a CAR block may "
+                    f"hold ({MAX_SECTION_BYTES} bytes)"
+                )
+        ends.append(end)
+        start = end
+    return ends
 
 
 def encode_pin_mappings_car(
@@ -476,13 +524,19 @@ def _column_entry_blocks(
             continue
         offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)[joined.offset : joined.offset + length + 1]
         data = memoryview(joined.buffers()[2])
-        for start in range(0, length, chunk_size):
-            stop = min(start + chunk_size, length)
-            head = _cbor_uint_head(4, stop - start)
-            body = data[int(offsets[start]) : int(offsets[stop])]
-            hasher = hashlib.sha256(head)
-            hasher.update(body)
-            yield _DAG_CBOR_SHA256_PREFIX + hasher.digest(), [head, body], stop - start
+        for run in range(0, length, chunk_size):
+            run_stop = min(run + chunk_size, length)
+            ends = [run_stop]
+            if int(offsets[run_stop]) - int(offsets[run]) > MAX_ENTRY_RECORD_BYTES:
+                ends = block_ends(offsets, run, run_stop, lambda i, cids=arrays["cid"]: cids[i].as_py(), group_start)
+            start = run
+            for stop in ends:
+                head = _cbor_uint_head(4, stop - start)
+                body = data[int(offsets[start]) : int(offsets[stop])]
+                hasher = hashlib.sha256(head)
+                hasher.update(body)
+                yield _DAG_CBOR_SHA256_PREFIX + hasher.digest(), [head, body], stop - start
+                start = stop
 
 
 def _records_from_arrays(arrays: Mapping[str, Any], length: int) -> list[dict[str, Any]]:
@@ -534,19 +588,41 @@ def write_pin_mappings_car_columns(
             section = [_varint(len(cid) + size), cid, *pieces]
             handle.writelines(section)
             written += len(section[0]) + len(cid) + size
-        if len(entries) != chunks:  # cannot happen: the chunking above is fixed
-            raise AssertionError("entry count changed while writing")
         root = root_block(entries)
         root_cid = _DAG_CBOR_SHA256_PREFIX + hashlib.sha256(root).digest()
         prefix = b"".join(_car_parts([root_cid], [(root_cid, root)]))
-        if len(prefix) != prefix_size:  # cannot happen: links have a fixed size
-            raise AssertionError("root block size changed")
-        handle.seek(0)
-        handle.write(prefix)
-        handle.flush()
+        if len(prefix) == prefix_size:
+            handle.seek(0)
+            handle.write(prefix)
+            handle.flush()
+        else:  # records too big for one block per run of DEFAULT_CHUNK_SIZE: more entries than reserved
+            handle.flush()
+            _move_after_prefix(temp, prefix, prefix_size, written)
+            written += len(prefix) - prefix_size
         if before_replace is not None:
             before_replace(temp)
     return written
+
+
+def _move_after_prefix(path: Path, prefix: bytes, reserved: int, end: int) -> None:
+    """Rewrite ``path`` as ``prefix`` followed by its bytes from ``reserved`` to ``end`` (the entry
+    blocks, written after a place for a root block that turned out too small), in the kernel."""
+    moved = path.with_name(path.name + ".moved")
+    try:
+        with open(path, "rb") as source, open(moved, "xb") as target:
+            target.write(prefix)
+            target.flush()
+            position, remaining = reserved, end - reserved
+            while remaining > 0:
+                copied = os.copy_file_range(source.fileno(), target.fileno(), remaining, position)
+                if copied == 0:
+                    raise OSError(f"{path}: ended before byte {end} while its entries were moved")
+                position += copied
+                remaining -= copied
+        os.replace(moved, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            moved.unlink()
 
 
 # --------------------------------------------------------------------------- pin_mappings.car decode

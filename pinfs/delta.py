@@ -44,7 +44,7 @@ from typing import Any
 import pyarrow as pa
 
 from pinfs.errors import CorruptData
-from pinfs.fsutil import fsync_file, local_temp_for
+from pinfs.fsutil import fsync_file, local_temp_for, naming
 from pinfs.rootfs import S3Path, forget_metadata, keep_local, put_object
 from pinfs.schema import arrow_schema
 
@@ -64,6 +64,10 @@ TABLE_PROPERTIES: dict[str, str] = {
     "delta.enableExpiredLogCleanup": "true",
 }
 VACUUM_RETENTION_MINUTES = 15
+# How far back a retried request looks for the commit that did it (issue #15: a command whose commit
+# went in, but whose exports failed, is run again once the disk has room).
+RECENT_COMMITS = 32
+REQUEST_KEY = "request"
 
 
 def file_rows() -> int:
@@ -204,8 +208,14 @@ class DeltaPins:
         if isinstance(path, S3Path):
             size = _put_data_file(table, path)
         else:
-            write_parquet(table, path)
-            fsync_file(path)
+            try:
+                with naming(path):
+                    write_parquet(table, path)
+                    fsync_file(path)
+            except BaseException:  # a half-written file (a full disk) is no use to anyone: not left
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                raise
             size = os.path.getsize(path)
         if table.num_rows == 0:
             return DataFile(name, size, 0, None, None)
@@ -235,7 +245,7 @@ class DeltaPins:
         deltalake = _deltalake()
         from deltalake.transaction import CommitProperties, create_table_with_add_actions
 
-        with self._lock:
+        with self._lock, naming(self.log_dir / f"{0:020d}.json"):
             try:
                 create_table_with_add_actions(
                     str(self.directory),
@@ -265,7 +275,7 @@ class DeltaPins:
         now_ms = int(time.time() * 1000)
         actions = [_remove_action(data_file, now_ms) for data_file in removed]
         actions += [_add_action(data_file) for data_file in added]
-        with self._lock:
+        with self._lock, naming(self.log_dir):
             table = self._table_at(base.version)
             try:
                 table.create_write_transaction(
@@ -304,6 +314,16 @@ class DeltaPins:
         if cached and self._table.version() == version:
             return self._table
         return _deltalake().DeltaTable(str(self.directory), version=version)
+
+    def version_of_request(self, request: str, within: int = RECENT_COMMITS) -> int | None:
+        """The version, among the last ``within`` commits, whose info names ``request`` (see
+        ``Transaction.update``); None when none does."""
+        with self._lock:
+            history = self._load_table(None).history(within)
+        for commit in history:
+            if commit.get(f"pinfs.{REQUEST_KEY}") == request and isinstance(commit.get("version"), int):
+                return int(commit["version"])
+        return None
 
     # -- maintenance --
 

@@ -8,6 +8,8 @@ exit codes and the mount maps them to errno values in one place each (``pinfs.cl
 from __future__ import annotations
 
 import errno
+import os
+import re
 
 
 class PinfsError(Exception):
@@ -28,6 +30,11 @@ class NotFound(PinfsError):
     """A backend, CID or file that was asked for does not exist."""
 
     errno = errno.ENOENT
+
+
+class RootMissing(PinfsError):
+    """The data root is not there (a typo, a disk not mounted, a directory renamed away): every command
+    fails rather than report an empty root as healthy (issue #15, item 5)."""
 
 
 class Busy(PinfsError):
@@ -52,3 +59,38 @@ class Unsupported(PinfsError):
     """The operation has no driver for this backend type on this machine."""
 
     errno = errno.EOPNOTSUPP
+
+
+# -- one line for an OSError --
+
+_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)|\[errno (\d+)\]", re.IGNORECASE)
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def errno_of(exc: OSError) -> int | None:
+    """The errno of ``exc``, also when a library put it only in the message (delta-rs: "... (os error
+    28)", pyarrow: "[errno 28] ...")."""
+    if exc.errno:
+        return int(exc.errno)
+    found = _OS_ERROR_IN_TEXT.search(str(exc))
+    return int(found.group(1) or found.group(2)) if found else None
+
+
+def describe(exc: BaseException) -> str:
+    """One line a user can act on (issue #15, item 4): a PinfsError's own message; an OSError as
+    ``<file>: <reason> (<ENAME>)``, whatever library raised it, without its traceback or colours."""
+    if not isinstance(exc, OSError) or isinstance(exc, PinfsError):
+        return first_line(str(exc)) or type(exc).__name__
+    code = errno_of(exc)
+    reason = os.strerror(code) if code else first_line(str(exc)) or type(exc).__name__
+    where = f"{exc.filename}: " if exc.filename else ""
+    name = f" ({errno.errorcode[code]})" if code in errno.errorcode else ""
+    return f"{where}{reason}{name}"
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of ``text`` without terminal colour codes."""
+    for line in _TERMINAL_CODES.sub("", text).splitlines():
+        if line.strip():
+            return line.strip()
+    return ""

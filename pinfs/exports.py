@@ -42,7 +42,15 @@ from pinfs.backends import Backend
 from pinfs.car import write_pin_mappings_car_columns
 from pinfs.delta import TableState
 from pinfs.errors import CorruptData, PinfsError
-from pinfs.fsutil import atomic_write_bytes, atomic_writer, export_lock, fsync_dir, fsync_file, local_temp_for
+from pinfs.fsutil import (
+    atomic_write_bytes,
+    atomic_writer,
+    export_lock,
+    fsync_dir,
+    fsync_file,
+    local_temp_for,
+    naming,
+)
 from pinfs.oldforms import read_old_form, remove_shard_dir
 from pinfs.rootfs import PreconditionFailed, S3Path, head, local_copy, put_object
 from pinfs.schema import REQUIRED_COLUMNS, STORE_COLUMNS, now_iso, utc_stamp
@@ -280,10 +288,11 @@ def _build_parquet(backend: Backend, snapshot: PinSnapshot, state: TableState) -
     temp = local_temp_for(backend.parquet_path)
     metadata = {"pinfs.table_version": str(state.version), "pinfs.table_id": state.identity.table_id}
     try:
-        with parquet_writer(temp, metadata) as writer:
+        with naming(backend.parquet_path), parquet_writer(temp, metadata) as writer:
             for piece in snapshot.scan(list(STORE_COLUMNS)):
                 writer.write_table(piece, row_group_size=2048)
-        fsync_file(temp)
+        with naming(backend.parquet_path):
+            fsync_file(temp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
@@ -295,7 +304,8 @@ def _build_car(backend: Backend, snapshot: PinSnapshot, state: TableState) -> Pa
     """The whole version as a CARv1 file, in a temporary file (written atomically at its own name)."""
     temp = local_temp_for(backend.car_path)
     columns = snapshot.windowed_columns(REQUIRED_COLUMNS)
-    write_pin_mappings_car_columns(temp, columns, snapshot.count, backend.name, now_iso())
+    with naming(backend.car_path):
+        write_pin_mappings_car_columns(temp, columns, snapshot.count, backend.name, now_iso())
     return temp
 
 

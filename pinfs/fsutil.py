@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pinfs.errors import Busy, CorruptData
+from pinfs.errors import Busy, CorruptData, errno_of
 from pinfs.rootfs import S3Path, cache_root, put_object
 
 TEMP_MARKER = ".pinfs-tmp."
@@ -33,6 +33,22 @@ EXPORT_LOCK_NAME = ".pinfs-export.lock"
 # Where a sharded backend keeps its generations (``pinfs.shards``); its temporary directories are
 # cleaned like the backend's temporary files.
 SHARD_DIR = ".pin_mappings.d"
+
+
+@contextlib.contextmanager
+def naming(path: Path | S3Path) -> Iterator[None]:
+    """Let an OSError raised while writing ``path`` name it, with its errno (issue #15, item 4: a full
+    disk or a read-only root is one line naming the file). pyarrow and delta-rs raise OSErrors that
+    name no file, and delta-rs' carry the errno only in a message of several lines."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None and TEMP_MARKER not in os.fspath(exc.filename):
+            raise  # names its file already (a temporary file is named by what it was to become)
+        code = errno_of(exc)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from exc
 
 
 def fsync_dir(directory: Path | S3Path) -> None:
@@ -71,10 +87,11 @@ def atomic_writer(target: Path | S3Path) -> Iterator[Path]:
     target = Path(target)
     temp = temp_path_for(target)
     try:
-        yield temp
-        fsync_file(temp)
-        os.replace(temp, target)
-        fsync_dir(target.parent)
+        with naming(target):
+            yield temp
+            fsync_file(temp)
+            os.replace(temp, target)
+            fsync_dir(target.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()

@@ -56,7 +56,7 @@ import os
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ from pinfs.legacy_columns import (
     split_document,
 )
 from pinfs.rootfs import S3Path, S3Stat, as_path
-from pinfs.schema import PENDING, make_record, map_legacy_status, normalize_timestamp, now_iso
+from pinfs.schema import FUTURE_TOLERANCE, PENDING, make_record, map_legacy_status, normalize_timestamp, now_iso
 from pinfs.tables import empty_table
 
 LEGACY_NAME = "pins.json"
@@ -227,6 +227,29 @@ def list_backups(backend_dir: Path) -> list[Path]:
     """Every ``pins.json.backup.<stamp>`` of a backend, oldest first (ordered as in find_legacy_source)."""
     backups = [p for p in as_path(backend_dir).glob(BACKUP_PREFIX + "*") if len(p.name) > len(BACKUP_PREFIX)]
     return sorted(backups, key=_backup_sort_key)
+
+
+def new_backup_path(backend_dir: Path) -> Path:
+    """Where a new backup of pins.json goes: ``pins.json.backup.<UTC stamp>`` of now, or, when a backup
+    is dated now or later (made while the clock ran ahead, issue #15), 1 µs after the newest one. So a
+    new backup is always the newest, whatever the clock says, and the stamps keep the order in which
+    the backups were made (a sequence the clock cannot reorder); ``future_backups`` reports the ones
+    dated ahead."""
+    backend_dir = as_path(backend_dir)
+    moment = datetime.now(timezone.utc)
+    backups = list_backups(backend_dir)
+    if backups:
+        newest = _backup_sort_key(backups[-1])[0]
+        if newest >= moment:
+            moment = newest + timedelta(microseconds=1)
+    return backend_dir / f"{BACKUP_PREFIX}{moment.strftime('%Y%m%dT%H%M%S.%fZ')}"
+
+
+def future_backups(backend_dir: Path) -> list[str]:
+    """Names of the backups dated later than now (beyond another host's clock skew): made while the
+    clock ran ahead, or stamped after such a one by ``new_backup_path``."""
+    ahead = datetime.now(timezone.utc) + FUTURE_TOLERANCE
+    return [path.name for path in list_backups(backend_dir) if _backup_sort_key(path)[0] > ahead]
 
 
 def is_own_backup(path: Path) -> bool:

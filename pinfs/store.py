@@ -22,17 +22,20 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import cachetools
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pinfs.backends import Backend
-from pinfs.delta import TABLE_DIR, CommitConflict, DataFile, DeltaPins, TableState, file_rows
+from pinfs.delta import REQUEST_KEY, TABLE_DIR, CommitConflict, DataFile, DeltaPins, TableState, file_rows
 from pinfs.errors import Busy, CorruptData, NotFound, PinfsError
 from pinfs.fsutil import backend_lock
 from pinfs.oldforms import old_form_exists, old_form_snapshot, read_old_form
@@ -49,6 +52,7 @@ from pinfs.tables import (
     checked_for_writing,
     empty_table,
     merge_records,
+    one_line,
     parallel_map,
     records_to_table,
     split_into_files,
@@ -144,14 +148,26 @@ class Transaction:
 
     # -- writing --
 
-    def update(self, replacements: Mapping[str, Mapping[str, str | None]], removals: Sequence[str] = ()) -> int:
+    def update(
+        self,
+        replacements: Mapping[str, Mapping[str, str | None]],
+        removals: Sequence[str] = (),
+        *,
+        request: str | None = None,
+    ) -> int:
         """Remove ``removals`` and add or replace ``replacements`` (by CID, ``updated_at`` stamped) in one
         commit; returns the number of pins after it. Only the files holding those CIDs are rewritten
-        (issue #12: one pin into a million rewrites ~16k rows)."""
+        (issue #12: one pin into a million rewrites ~16k rows). ``request`` (a digest of what was asked)
+        goes into the commit's info, so that a retry of the same request can tell it was done
+        (``DeltaPins.version_of_request``)."""
+        info: dict[str, object] = {"operation": "update", "cids": 0}
+        if request is not None:
+            info[REQUEST_KEY] = request
         if not replacements and not removals:
             state = self.state()
             return state.count if state is not None else self.current().num_rows
         cids = list(dict.fromkeys([*removals, *replacements]))
+        info["cids"] = len(cids)
         state = self._table_for_writing()
         if state is None:  # a backend's first pins: the table is created holding them
             table = _patched(empty_table(), replacements, removals)
@@ -165,7 +181,12 @@ class Transaction:
                 return self.write(_patched(table_snapshot(state, self.store.cache).table(), replacements, removals))
             plan = _plan_update(self.store, state, replacements, removals)
             try:
-                self.store.table.commit(state, plan.removed, plan.added, {"operation": "update", "cids": len(cids)})
+                check_kept_files(self.store, state, plan.removed)
+            except BaseException:
+                self.store.table.discard(plan.added)
+                raise
+            try:
+                self.store.table.commit(state, plan.removed, plan.added, info)
             except CommitConflict:
                 self.store.table.discard(plan.added)
                 state = self._rebase(cids, base)
@@ -221,6 +242,7 @@ class Transaction:
         if not removed:
             return 0
         parts = _compact(self.store, parts, removed)
+        check_kept_files(self.store, state, removed)
         added = _write_files(self.store.table, [part for part in parts if isinstance(part, pa.Table)])
         try:
             self.store.table.commit(state, removed, added, {"operation": "relayout"})
@@ -259,6 +281,52 @@ class Transaction:
         self.changed = True
         self._loaded = False  # the next read sees the version just committed (and any newer)
         return count
+
+
+# -- the files a commit keeps --
+
+# Data files found sound, by identity (path, device, inode, size, mtime): a file that changes in place
+# (damage, a tool writing over it) gets a new identity and is checked again.
+_SOUND_FILES: cachetools.LRUCache = cachetools.LRUCache(maxsize=1 << 16)
+_SOUND_FILES_LOCK = threading.Lock()
+
+
+def check_kept_files(store: PinStore, state: TableState, removed: Sequence[DataFile]) -> None:
+    """CorruptData naming the first data file of ``state`` that a commit removing ``removed`` would
+    carry into the new version but that is damaged (missing, another size than the log says, or no
+    readable parquet footer with the logged row count): a writer refuses to build on it, so nothing
+    new depends on it (issue #15, item 6). Each file is read once per identity; after that, a stat.
+    Not on S3, where data files are immutable objects and a stat is a request."""
+    directory = store.table.directory
+    if isinstance(directory, S3Path):
+        return
+    gone = {data_file.path for data_file in removed}
+    for data_file in state.files:
+        if data_file.path not in gone:
+            _check_data_file(directory / data_file.path, data_file)
+
+
+def _check_data_file(path: Path, data_file: DataFile) -> None:
+    advice = "nothing was written; restore the file, or see 'pinfs migrate --verify-only'"
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise CorruptData(f"{path}: missing, but the table's log names it; {advice}") from None
+    if info.st_size != data_file.size:
+        raise CorruptData(f"{path}: is {info.st_size} bytes, the table's log says {data_file.size}; {advice}")
+    key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    with _SOUND_FILES_LOCK:
+        if key in _SOUND_FILES:
+            return
+    try:
+        with pa.OSFile(str(path), "r") as handle:
+            rows = pq.ParquetFile(handle).metadata.num_rows
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others for a bad footer
+        raise CorruptData(f"{path}: not a readable parquet file ({one_line(exc)}); {advice}") from None
+    if rows != data_file.rows:
+        raise CorruptData(f"{path}: holds {rows} rows, the table's log says {data_file.rows}; {advice}")
+    with _SOUND_FILES_LOCK:
+        _SOUND_FILES[key] = True
 
 
 @dataclass

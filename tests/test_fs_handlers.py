@@ -35,7 +35,7 @@ pytestmark = pytest.mark.trio
 class FakeContext:
     uid: int = os.getuid()
     gid: int = os.getgid()
-    pid: int = 1
+    pid: int = os.getpid()
     umask: int = 0o022
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pinfs import __version__
 from pinfs.cli.completion_cmd import autocomplete
 from pinfs.cli.mount_helper import helper_argv
-from pinfs.errors import PinfsError
+from pinfs.errors import PinfsError, describe
 
 # Each module defines ``register(subparsers, common)``; order is the order shown in --help.
 COMMAND_MODULES = (
@@ -106,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `pinfs pin ls | head`: the reader went away; that is not an error of ours.
         sys.stderr.close()
         return 0
-    except OSError as exc:  # what no operation expected (a disk full, a directory gone): still one line
-        print(f"pinfs {args.command}: error: {exc}", file=sys.stderr)
+    except OSError as exc:  # a disk full, a read-only root, a directory gone: one line naming the file
+        print(f"pinfs {args.command}: error: {describe(exc)}", file=sys.stderr)
         return 1
 
 

@@ -80,10 +80,11 @@ def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParse
 def complete_backends(prefix: str, parsed_args: argparse.Namespace, **_kwargs: Any) -> list[str]:
     """The backends of the data root the command line names (``--root``), or of the default one."""
     from pinfs.backends import discover_backends, resolve_root
+    from pinfs.errors import PinfsError
 
     try:
         backends, _problems = discover_backends(resolve_root(getattr(parsed_args, "root", None)))
-    except OSError:
+    except (OSError, PinfsError):  # no data root (yet): nothing to offer
         return []
     return [backend.name for backend in backends if backend.name.startswith(prefix)]
 

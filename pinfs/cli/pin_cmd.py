@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from pinfs.cli.output import emit, root_of
+from pinfs.errors import describe
 from pinfs.schema import STATUSES
 
 
@@ -55,7 +56,16 @@ def run_add(args: argparse.Namespace) -> int:
         report,
         lambda r: f"{r['backend']}: {len(r['added'])} added, {len(r['updated'])} updated; {r['total']} pins",
     )
-    return 0
+    return _exports_status(args, report)
+
+
+def _exports_status(args: argparse.Namespace, report: dict[str, Any]) -> int:
+    """Exit 1, with the report's one line on stderr, when the pins were committed but the exports
+    could not be written after them (issue #15: ``committed`` and ``exports`` in the JSON say so)."""
+    if report.get("ok", True):
+        return 0
+    print(f"pinfs {args.command}: error: {report.get('error')}", file=sys.stderr)
+    return 1
 
 
 def run_remove(args: argparse.Namespace) -> int:
@@ -64,15 +74,29 @@ def run_remove(args: argparse.Namespace) -> int:
 
     cids = [validate_cid(cid) for cid in args.cids]
     report = remove_pins(root_of(args), args.backend, cids)
-    emit(args, report, lambda r: f"{r['backend']}: {len(r['removed'])} removed; {r['total']} pins")
-    return 0
+    emit(args, report, _removed_text)
+    return _exports_status(args, report)
+
+
+def _removed_text(report: dict[str, Any]) -> str:
+    if report.get("already_removed") is not None:
+        version = report["already_removed"]
+        return f"{report['backend']}: already removed (table version {version}); {report['total']} pins"
+    return f"{report['backend']}: {len(report['removed'])} removed; {report['total']} pins"
 
 
 def run_list(args: argparse.Namespace) -> int:
     from pinfs.ops.pins import iter_pins
 
     count = 0
-    for record in iter_pins(root_of(args), args.backend, args.status):
+    broken: list[str] = []
+
+    def report_broken(backend: Any, error: BaseException) -> None:  # said at once, the others still listed
+        broken.append(backend.name)
+        sys.stdout.flush()
+        print(f"pinfs pin: error: backend {backend.name}: {describe(error)}", file=sys.stderr)
+
+    for record in iter_pins(root_of(args), args.backend, args.status, on_error=report_broken):
         if args.json:
             sys.stdout.write(json.dumps(record) + "\n")
         else:
@@ -82,7 +106,7 @@ def run_list(args: argparse.Namespace) -> int:
         count += 1
     if not args.json and count == 0:
         print("no pins", file=sys.stderr)
-    return 0
+    return 1 if broken else 0
 
 
 def run_get(args: argparse.Namespace) -> int:

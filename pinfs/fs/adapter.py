@@ -35,6 +35,7 @@ from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
 
 from pinfs.errors import InvalidInput, PinfsError, ReadOnly
 from pinfs.fs.control import ControlFile, ControlRegistry
+from pinfs.fs.holders import held_elsewhere
 from pinfs.fs.inodes import Epoch, InodeTable
 from pinfs.fs.tree import BytesContent, Content, Listing, NameBlock, NameListing, Node, NodeKind, PinTree
 
@@ -103,8 +104,12 @@ class ControlHandle:
     content: Content | None = None  # the last-run JSON, for reads
     buffer: bytearray = field(default_factory=bytearray)
     checked: int = 0  # bytes of ``buffer`` already validated line by line
-    wrote: bool = False  # a write came since the last run: the next flush runs the command
+    wrote: bool = False  # something was written that has not run yet: the last close runs it
     rejected: bool = False  # a write failed validation: nothing runs from this handle
+    ran: bool = False  # the command of this open file has run: it takes no more input
+    inode: int = 0  # the control file's inode and the pid that opened it: who else holds it
+    opener_pid: int = 0  # (``pinfs.fs.holders``)
+    position: int = 0  # the open file's offset: where the last write ended
 
 
 @dataclass
@@ -366,7 +371,7 @@ class PinfsOperations(pyfuse3.Operations):
             if writing:
                 self._check_owner(ctx)
                 control.check_idle()
-                handle = ControlHandle(node, control, writable=True)
+                handle = ControlHandle(node, control, writable=True, inode=inode, opener_pid=ctx.pid)
             else:
                 handle = ControlHandle(node, control, writable=False, content=BytesContent(control.describe()))
             return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
@@ -399,10 +404,13 @@ class PinfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF if isinstance(handle, ControlHandle) else errno.EROFS)
         if handle.rejected:
             raise InvalidInput("an earlier write to this handle was rejected")
+        if handle.ran:
+            raise InvalidInput("the command written to this open file has run; open the file again for another")
         handle.control.check_idle()
         if off != len(handle.buffer):
             raise InvalidInput("control files take their input in order, from offset 0")
         handle.buffer += buf
+        handle.position = off + len(buf)
         try:
             handle.checked = await self._blocking(
                 self.controls.check_partial, handle.node.control_key, bytes(handle.buffer), handle.checked
@@ -416,11 +424,26 @@ class PinfsOperations(pyfuse3.Operations):
 
     @_errors
     async def flush(self, fh: FileHandleT) -> None:
+        """A close(): the command written through this open file runs now, unless another process still
+        holds the open file (``pinfs.fs.holders``): then the close of the last one runs it, so that it
+        runs once, on everything written (issue #15). Its failure makes this close() fail with EIO."""
         handle = self._handle(fh)
         if not isinstance(handle, ControlHandle) or not handle.wrote or handle.rejected:
             return  # nothing buffered (a shell may flush before it writes): nothing to run
+        if await self._blocking(self._held_elsewhere, handle):
+            return
+        await self._run_command(handle)
+
+    @staticmethod
+    def _held_elsewhere(handle: ControlHandle) -> bool:
+        suffix = "/" + "/".join(handle.node.path)
+        return held_elsewhere(handle.opener_pid, suffix, handle.inode, handle.position)
+
+    async def _run_command(self, handle: ControlHandle) -> None:
+        """Validate what was written and run it (on a command thread). Raises InvalidInput, Busy, or
+        FUSEError(EIO) when the command failed (its error is in the file's JSON)."""
         data, key = bytes(handle.buffer), handle.node.control_key
-        handle.buffer, handle.checked, handle.wrote = bytearray(), 0, False
+        handle.buffer, handle.checked, handle.wrote, handle.ran = bytearray(), 0, False, True
         assert key is not None
         try:
             prepared = await self._blocking(self.controls.parse, key, data)
@@ -436,8 +459,16 @@ class PinfsOperations(pyfuse3.Operations):
     @_errors
     async def release(self, fh: FileHandleT) -> None:
         handle = self._handles.pop(fh, None)
-        if handle is not None:
-            _close_content(handle)
+        if handle is None:
+            return
+        _close_content(handle)
+        if isinstance(handle, ControlHandle) and handle.wrote and not handle.rejected:
+            # No close ran it: the last one still saw a holder that is gone now (one we could not tell
+            # from this open file). Run it here; pyfuse3 drops errors from release, the JSON has them.
+            try:
+                await self._run_command(handle)
+            except (pyfuse3.FUSEError, PinfsError) as exc:
+                log.info("%s, run at release: %s", "/".join(handle.node.path), exc)
 
     # -- read-only: everything that would change the tree --
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pinfs.backends import Backend, get_backend, validate_backend_name
-from pinfs.errors import Busy, InvalidInput, NotFound, PinfsError
+from pinfs.errors import Busy, InvalidInput, NotFound, PinfsError, describe
 from pinfs.ops.carops import RegenerateOptions, regenerate_car
 from pinfs.ops.common import match_backends
 from pinfs.ops.migrate import MigrateOptions, migrate
@@ -273,6 +273,9 @@ class ControlFile:
                 error = failure_summary(result)
         except PinfsError as exc:
             error = str(exc)
+        except OSError as exc:  # a full disk, a read-only root: the real cause, in one line (issue #15)
+            error = describe(exc)
+            log.warning("control command %s failed: %s", self.command.name, error)
         except Exception as exc:  # recorded in the file's JSON and logged; the mount keeps running
             log.exception("control command %s failed", self.command.name)
             error = f"internal error: {type(exc).__name__}: {exc}"

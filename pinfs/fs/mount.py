@@ -30,6 +30,7 @@ import errno
 import logging
 import os
 import re
+import select
 import signal
 import stat
 import subprocess
@@ -234,6 +235,11 @@ def check_mountpoint(mountpoint: Path) -> None:
     if is_fd_mountpoint(mountpoint):
         return
     # The mount table first: stat of a mount whose process died fails (ENOTCONN).
+    if is_mounted(mountpoint) and not _connected(os.path.abspath(mountpoint)):
+        raise InvalidInput(
+            f"{mountpoint} is a mount whose process has gone (transport endpoint is not connected); "
+            f"run 'pinfs umount {mountpoint}' to clear it, then mount again"
+        )
     if is_mounted(mountpoint) or os.path.ismount(mountpoint):
         raise InvalidInput(f"{mountpoint} is already a mount point; 'pinfs umount {mountpoint}' first")
     try:
@@ -346,16 +352,27 @@ def _connected(mountpoint: str) -> bool:
     return True
 
 
-def unmount(mountpoint: Path) -> str:
-    """Unmount ``mountpoint``; lazily (``-uz``) when the process behind it is gone. Returns how.
+# How long ``unmount`` waits for the process that served the mount to finish (it writes the exports
+# still deferred, a few seconds for a million pins) before saying it is still at work.
+SERVER_EXIT_TIMEOUT = 120.0
+
+
+def unmount(mountpoint: Path, wait: float = SERVER_EXIT_TIMEOUT) -> str:
+    """Unmount ``mountpoint``; lazily (``-uz``) when the process behind it is gone. Returns how. When the
+    mount was served by a live process, returns once that process has exited (issue #15, item 8), so
+    that whatever it still had to write (deferred exports) is written.
 
     Raises NotFound when nothing is mounted there and PinfsError when unmounting fails.
     """
     target = os.path.abspath(mountpoint)
     if not is_mounted(Path(target)):
         raise NotFound(f"{target} is not mounted")
+    servers = serving_processes(target)
     attempt = _fusermount("-u", target)
     if attempt.returncode == 0:
+        left = _wait_for_exit(servers, wait)
+        if left:
+            return f"unmounted; the process serving it ({', '.join(map(str, left))}) has not exited after {wait:g} s"
         return "unmounted"
     if not _connected(target) or "not connected" in attempt.stderr.lower():
         lazy = _fusermount("-uz", target)
@@ -364,6 +381,71 @@ def unmount(mountpoint: Path) -> str:
         attempt = lazy
     message = (attempt.stderr.strip().splitlines() or [f"fusermount3 exited {attempt.returncode}"])[-1]
     raise PinfsError(f"could not unmount {target}: {message}")
+
+
+def serving_processes(target: str) -> list[int]:
+    """The pids of the processes serving the FUSE mount at ``target``: those holding a /dev/fuse
+    descriptor of its connection (fdinfo's ``fuse_connection``, Linux 6.x, is the minor number of the
+    mount's device). Empty when the kernel does not say, or no process is left."""
+    device = _mount_device(target)
+    if device is None:
+        return []
+    wanted = f"fuse_connection:\t{device[1]}"
+    found: list[int] = []
+    for name in os.listdir("/proc"):  # (a process that serves a mount and unmounts it does not wait for itself)
+        if name.isdigit() and int(name) != os.getpid() and _holds_connection(name, wanted):
+            found.append(int(name))
+    return found
+
+
+def _mount_device(target: str) -> tuple[int, int] | None:
+    """(major, minor) of the mount at ``target``, from the mount table (stat would ask the mount)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) > 4 and unescape_mountinfo(fields[4]) == target:
+                    major, _, minor = fields[2].partition(":")
+                    return int(major), int(minor)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _holds_connection(pid: str, wanted: str) -> bool:
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{descriptor}") != "/dev/fuse":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{descriptor}", encoding="ascii", errors="replace") as info:
+                if any(line.rstrip("\n") == wanted for line in info):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _wait_for_exit(pids: Sequence[int], timeout: float) -> list[int]:
+    """Wait until every process in ``pids`` has exited (a pidfd becomes readable then); the pids
+    still running after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    left = []
+    for pid in pids:
+        try:
+            handle = os.pidfd_open(pid)
+        except OSError:
+            continue  # gone already
+        try:
+            ready, _, _ = select.select([handle], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                left.append(pid)
+        finally:
+            os.close(handle)
+    return left
 
 
 def _fusermount(flags: str, target: str) -> subprocess.CompletedProcess[str]:

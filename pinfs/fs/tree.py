@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from pinfs.backends import NAME_PATTERN, Backend, discover_backends, get_backend
 from pinfs.cids import is_valid_cid
-from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
+from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, describe
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
 from pinfs.fsutil import refuse_symlink
 from pinfs.ops import reports
@@ -419,10 +419,15 @@ In backends/<b>/.control/ the same files act on that backend only, plus:
   echo '<cid> status=stored meta.source=x' > backends/<b>/.control/pin   (one pin per line)
   echo '<cid>' > backends/<b>/.control/unpin                             (one CID per line)
 
-The command runs when the file is closed: echo returns when it has finished. A failed command
-makes close() fail with EIO (/bin/echo and most programs report it; bash's built-in echo ignores
-errors at close, so check "state" in the file's JSON). A bad word or CID fails the write (EINVAL)
-and nothing runs. Reading a control file gives JSON about its last run.
+The command runs once, on everything written, at the last close of the open file: when the
+process that opened it and every process that inherited it have closed it, so
+( cat a; cat b ) > backends/<b>/.control/pin is one batch of both. That close returns when the
+command has finished, and fails with EIO when it failed: /bin/echo run by bash reports it. A shell
+that opens the file itself and keeps it open around a command (dash: sh -c '/bin/echo x > f';
+any shell's built-in echo) makes the last close its own, and ignores errors at close: check "state"
+in the file's JSON, which is final when the shell returns. A bad word or CID, or a line over 4 KiB,
+fails the write (EINVAL) and nothing of that open file runs. Reading a control file gives JSON
+about its last run.
 Mounted with --sync-interval / --verify-interval (e.g. 15m, 1d), the mount also runs sync and
 verify on that schedule; health.json and status.json show their last runs. CIDs containing "/" (base64 multibase)
 cannot be file names and are left out of listings.
@@ -730,8 +735,8 @@ class PinTree:
         function = {"health.json": reports.health, "status.json": reports.status, "insights.json": reports.insights}
         try:
             return function[name](self.root)
-        except PinfsError as exc:
-            return {"ok": False, "error": str(exc)}
+        except PinfsError as exc:  # e.g. the data root is gone (RootMissing): the report is an error
+            return {"ok": False, "state": "error", "error": str(exc)}
         except Exception as exc:  # a report must not take the mount down; the file says what went wrong
             log.exception("making %s failed", name)
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
@@ -786,10 +791,22 @@ class PinTree:
         return snapshot.lookup(cid)
 
     def _holders(self, cid: str) -> list[str]:
-        """Names of the backends holding ``cid``: one indexed lookup per backend."""
+        """Names of the backends holding ``cid``: one indexed lookup per backend. When none of those that
+        can be read holds it but some cannot be read, nobody can say it is not there: CorruptData (EIO,
+        not ENOENT: issue #15, item 8)."""
         if not _nameable(cid) or not is_valid_cid(cid):
             return []
-        return [backend.name for backend, snapshot in self._readable_snapshots() if snapshot.lookup(cid) is not None]
+        holders: list[str] = []
+        unreadable: list[str] = []
+        for backend in discover_backends(self.root)[0]:
+            try:
+                if self._snapshot(backend).lookup(cid) is not None:
+                    holders.append(backend.name)
+            except (PinfsError, OSError) as exc:
+                unreadable.append(f"{backend.name}: {describe(exc)}")
+        if not holders and unreadable:
+            raise CorruptData(f"{cid}: in no backend that can be read, and cannot read {'; '.join(unreadable)}")
+        return holders
 
     # -- node makers --
 

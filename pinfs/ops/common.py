@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pinfs.backends import Backend, discover_backends, get_backend, validate_backend_name
-from pinfs.errors import CorruptData, InvalidInput, NotFound
+from pinfs.errors import CorruptData, InvalidInput, NotFound, describe
 from pinfs.snapshots import PinSnapshot
 from pinfs.store import PinStore
 
@@ -73,4 +73,4 @@ def usable_snapshot(backend: Backend, entry: dict[str, Any]) -> PinSnapshot | No
 
 def error_entry(backend: Backend, error: BaseException) -> dict[str, Any]:
     """A per-backend report entry for a backend whose operation failed."""
-    return {"backend": backend.name, "type": backend.type, "ok": False, "error": str(error)}
+    return {"backend": backend.name, "type": backend.type, "ok": False, "error": describe(error)}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pinfs.backends import Backend
-from pinfs.errors import PinfsError
+from pinfs.errors import PinfsError, describe
 from pinfs.exports import PARQUET, read_record
 from pinfs.ops.common import error_entry, select_backends
 from pinfs.ops.progress import NullProgress, Progress
@@ -91,6 +91,8 @@ def maybe_maintain(backend: Backend) -> None:
         if state is None or state.version - (done if isinstance(done, int) else 0) < MAINTAIN_EVERY:
             return
         maintain_backend(backend)
+    except (PinfsError, OSError) as exc:  # a full disk: one line, no traceback; done at a later commit
+        log.warning("maintaining the table of %s failed: %s", backend.directory, describe(exc))
     except Exception:
         log.exception("maintaining the table of %s failed", backend.directory)
 

@@ -54,15 +54,17 @@ from pinfs.exports import export_state, refresh_exports
 from pinfs.fsutil import atomic_write_bytes, read_regular_file
 from pinfs.legacy import (
     LegacyPins,
+    future_backups,
     is_own_backup,
     list_backups,
     mtime_iso,
+    new_backup_path,
     parse_legacy,
     read_legacy_bytes,
     write_rejected,
 )
 from pinfs.oldforms import old_form_exists
-from pinfs.ops.carops import car_agreement, table_records
+from pinfs.ops.carops import car_agreement, exports_behind, table_records
 from pinfs.ops.common import discovery_problems, error_entry, match_backends
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import read_state, record_run, update_state_locked
@@ -315,9 +317,14 @@ def _migrate_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
         entry["converted"] = "the table was made from the parquet of an older release"
     if txn.changed or converted or plan.car_reason is not None:
         # After the lock: exports take their own lock, which is never taken while holding the backend's.
-        exports = refresh_exports(backend, force_car=plan.car_reason is not None)
+        try:
+            exports = refresh_exports(backend, force_car=plan.car_reason is not None)
+        except (PinfsError, OSError) as exc:  # committed, but the disk is full (issue #15)
+            entry.update(exports_behind(backend, exc))
+            return entry
         if plan.car_reason is not None and exports.get("car"):
             entry["car"] = exports["car"]
+    entry["future_backups"] = future_backups(backend.directory)
     return entry
 
 
@@ -366,7 +373,7 @@ def _secure(backend: Backend, plan: _Plan, *, write: bool) -> None:
     plan.source.sha256 = plan.sha256 = hashlib.sha256(plan.source.data).hexdigest()
     plan.existing_backup = _backup_for(backend, plan.source, plan.baseline)
     if plan.existing_backup is None and write:
-        plan.written_backup = backend.directory / f"{BACKUP_PREFIX}{utc_stamp()}"
+        plan.written_backup = new_backup_path(backend.directory)
         atomic_write_bytes(plan.written_backup, plan.source.data)
 
 
@@ -611,6 +618,7 @@ def _restore_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
         "ok": True,
         "restored_from": str(newest),
         "backups_available": len(backups),
+        "future_backups": future_backups(backend.directory),
         "pins": legacy.count,
         "rejected": len(legacy.rejected),
     }
@@ -620,7 +628,11 @@ def _restore_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
     with store.transaction() as txn:
         entry.update(_replace_from(backend, txn, legacy))
         _remember_import(backend, newest, source.sha256)
-    exports = refresh_exports(backend, force_car=True)
+    try:
+        exports = refresh_exports(backend, force_car=True)
+    except (PinfsError, OSError) as exc:  # committed, but the disk is full (issue #15)
+        entry.update(exports_behind(backend, exc))
+        return entry
     entry["car"] = exports.get("car") or {"path": str(backend.car_path)}
     return entry
 

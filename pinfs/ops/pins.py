@@ -8,14 +8,15 @@ the exports follow (``pinfs.ops.carops``: at once, or for a big backend in the m
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pinfs.backends import Backend, discover_backends, ensure_backend_dir, get_backend
 from pinfs.cids import validate_cid
-from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError
+from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, describe
 from pinfs.ops.carops import DeferExport, change_pins
 from pinfs.schema import REQUIRED_COLUMNS, STATUSES, dump_metadata, load_metadata, make_record
 from pinfs.store import PinStore, Transaction
@@ -164,16 +165,40 @@ def remove_pins(
         raise InvalidInput("no CIDs given")
     backend = get_backend(root, backend_name)
     wanted = list(dict.fromkeys(cids))
+    request = request_key("unpin", wanted)
 
     def body(txn: Transaction) -> dict[str, Any]:
         found = txn.records_for(wanted)
         missing = [cid for cid in wanted if cid not in found]
         if missing:
-            raise NotFound(f"{missing[0]} is not pinned in backend {backend.name!r}" + _and_more(missing))
-        total = txn.update({}, removals=wanted)
+            done = _done_before(txn, request) if len(missing) == len(wanted) else None
+            if done is None:
+                raise NotFound(f"{missing[0]} is not pinned in backend {backend.name!r}" + _and_more(missing))
+            total = txn.update({})
+            return {"ok": True, "backend": backend.name, "removed": [], "already_removed": done, "total": total}
+        total = txn.update({}, removals=wanted, request=request)
         return {"ok": True, "backend": backend.name, "removed": wanted, "total": total}
 
     return change_pins(backend, body, defer_car)
+
+
+def request_key(operation: str, cids: Sequence[str]) -> str:
+    """A digest of a request (its operation and CIDs, in any order) for the commit that carries it out."""
+    digest = hashlib.sha256(operation.encode())
+    for cid in sorted(set(cids)):
+        digest.update(b"\n" + cid.encode())
+    return digest.hexdigest()[:32]
+
+
+def _done_before(txn: Transaction, request: str) -> int | None:
+    """The version at which the same request was committed lately, if it was: a retried ``pin rm``
+    (issue #15: its commit went in, its exports failed, the user runs it again) then succeeds."""
+    if txn.state() is None:
+        return None
+    try:
+        return txn.store.table.version_of_request(request)
+    except (PinfsError, OSError):
+        return None
 
 
 def _and_more(items: Sequence[str]) -> str:
@@ -208,7 +233,7 @@ def find_cid(root: Path, cid: str, backend_name: str | None = None) -> dict[str,
         try:
             record = PinStore(backend).snapshot().lookup(cid)
         except PinfsError as exc:
-            errors.append({"backend": backend.name, "error": str(exc)})
+            errors.append({"backend": backend.name, "error": describe(exc)})
             continue
         if record is not None:
             holders.append({"backend": backend.name, "type": backend.type, **public_record(record)})
@@ -221,10 +246,24 @@ def find_cid(root: Path, cid: str, backend_name: str | None = None) -> dict[str,
     return {"ok": True, "cid": cid, "backends": holders, "errors": errors}
 
 
-def iter_pins(root: Path, backend_name: str | None = None, status: str | None = None) -> Iterator[dict[str, Any]]:
-    """Every pin (optionally of one backend and/or status), streamed one row group at a time."""
+def iter_pins(
+    root: Path,
+    backend_name: str | None = None,
+    status: str | None = None,
+    on_error: Callable[[Backend, BaseException], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Every pin (optionally of one backend and/or status), streamed one row group at a time.
+
+    A backend that cannot be read (or stops being readable part way) is passed to ``on_error`` and the
+    others are listed (issue #15, item 7: one broken backend never hides the rest); without
+    ``on_error``, its error is raised."""
     if status is not None:
         parse_status(status)
     for backend in _backends_to_search(root, backend_name):
-        for record in PinStore(backend).snapshot().iter_records(status):
-            yield public_record(record)
+        try:
+            for record in PinStore(backend).snapshot().iter_records(status):
+                yield public_record(record)
+        except (PinfsError, OSError) as exc:
+            if on_error is None or backend_name is not None:
+                raise
+            on_error(backend, exc)

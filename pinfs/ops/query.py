@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from pinfs.backends import Backend, discover_backends
-from pinfs.errors import CorruptData, InvalidInput, PinfsError
+from pinfs.errors import CorruptData, InvalidInput, PinfsError, describe
 from pinfs.oldforms import data_files, old_form_exists
 from pinfs.rootfs import as_location, local_copy
 from pinfs.schema import arrow_schema
@@ -119,7 +119,7 @@ def _register_pins(connection: Any, root: Path) -> list[dict[str, str]]:
         try:
             source = backend_source(backend)
         except (PinfsError, OSError) as exc:
-            left_out.append({"backend": backend.name, "error": str(exc)})
+            left_out.append({"backend": backend.name, "error": describe(exc)})
             continue
         relation = f"pins_{len(parts)}"
         connection.register(relation, source)

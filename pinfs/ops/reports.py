@@ -32,15 +32,15 @@ import pyarrow.compute as pc
 
 from pinfs.backends import Backend, discover_backends, get_backend
 from pinfs.delta import TableState
-from pinfs.errors import PinfsError
+from pinfs.errors import PinfsError, describe
 from pinfs.exports import export_state
-from pinfs.legacy import list_backups
+from pinfs.legacy import future_backups, list_backups
 from pinfs.ops.backup import backup_health, wants_backups
 from pinfs.ops.carops import DEFERRED_EXPORTS
 from pinfs.ops.drivers import DriverError, driver_for, has_driver
 from pinfs.ops.drivers.filesystem import FilesystemDriver
 from pinfs.ops.state import read_state
-from pinfs.schema import FAILED, PENDING, STATUSES, STORED, load_metadata, now_iso
+from pinfs.schema import FAILED, FUTURE_TOLERANCE, PENDING, STATUSES, STORED, load_metadata, now_iso
 from pinfs.snapshots import PinSnapshot
 from pinfs.store import PinStore
 
@@ -96,7 +96,7 @@ def _view(backend: Backend) -> BackendView:
         view.by_status = view.snapshot.count_by_status()
     except (PinfsError, OSError) as exc:
         view.snapshot = None
-        errors.append(str(exc))
+        errors.append(describe(exc))
     if errors:
         view.error = "; ".join(errors)
     return view
@@ -108,8 +108,9 @@ def _views(root: Path) -> tuple[list[BackendView], list[dict[str, str]]]:
 
 
 def _verification(view: BackendView, older_than_days: float = STALE_VERIFY_DAYS) -> dict[str, int]:
-    """Stored pins: verified recently, verified long ago (stale), never verified."""
-    result = {"verified": 0, "stale": 0, "unverified": 0}
+    """Stored pins: verified recently, verified long ago (stale), never verified, and verified at a
+    time still to come (``future``: the clock was ahead then, issue #15; verify checks them again)."""
+    result = {"verified": 0, "stale": 0, "unverified": 0, "future": 0}
     snapshot = view.snapshot
     stored = view.by_status.get(STORED, 0)
     if snapshot is None or stored == 0:
@@ -117,14 +118,17 @@ def _verification(view: BackendView, older_than_days: float = STALE_VERIFY_DAYS)
     if "verified_at" not in snapshot.column_names:
         result["unverified"] = stored
         return result
-    cutoff = _iso(datetime.now(timezone.utc) - timedelta(days=older_than_days))
+    now = datetime.now(timezone.utc)
+    cutoff, ahead = _iso(now - timedelta(days=older_than_days)), _iso(now + FUTURE_TOLERANCE)
     for piece in snapshot.scan(["status", "verified_at"]):
         verified_at = piece.filter(pc.equal(piece.column("status"), STORED)).column("verified_at")
         known = pc.fill_null(pc.greater(pc.utf8_length(verified_at), 0), False)
         stale = pc.and_(known, pc.fill_null(pc.less(verified_at, cutoff), False))
+        future = pc.and_(known, pc.fill_null(pc.greater(verified_at, ahead), False))
         result["unverified"] += len(verified_at) - _true_count(known)
         result["stale"] += _true_count(stale)
-        result["verified"] += _true_count(known) - _true_count(stale)
+        result["future"] += _true_count(future)
+        result["verified"] += _true_count(known) - _true_count(stale) - _true_count(future)
     return result
 
 
@@ -164,7 +168,7 @@ def _storage_problem(backend: Backend) -> str | None:
     try:
         driver = driver_for(backend)
     except DriverError as exc:
-        return str(exc)
+        return describe(exc)
     except PinfsError:
         return None
     # A filesystem directory can be checked for free; an sshfs mount point might hang, so not that one.
@@ -207,10 +211,21 @@ def _health_of(view: BackendView, sources: list[Backend] | None = None) -> dict[
     try:
         verification = _verification(view)
     except (PinfsError, OSError, pa.ArrowException) as exc:
-        entry.update(state="error", reasons=[str(exc)], notes=notes, error=str(exc))
+        entry.update(state="error", reasons=[describe(exc)], notes=notes, error=describe(exc))
         return entry
     if verification["stale"]:
         reasons.append(f"{verification['stale']} stored pins last verified more than {STALE_VERIFY_DAYS:g} days ago")
+    ahead = future_backups(backend.directory) if backend.directory.is_dir() else []
+    if ahead:  # a note: nothing is wrong with them, and pinfs never renames a backup
+        notes.append(
+            f"{len(ahead)} pins.json backup(s) dated in the future, e.g. {ahead[-1]} (the clock was ahead when "
+            "they were made); new backups are stamped after them, so the newest is still the last made"
+        )
+    if verification["future"]:
+        reasons.append(
+            f"{verification['future']} stored pins were verified at a time still to come (the clock was ahead?); "
+            f"run 'pinfs verify --backend {backend.name}' to check them again"
+        )
     if verification["unverified"] and has_driver(backend):
         notes.append(f"{verification['unverified']} stored pins never verified")
     exports = _export_states(view) if view.source == "table" else {"car": _car_state(view)}
@@ -218,6 +233,11 @@ def _health_of(view: BackendView, sources: list[Backend] | None = None) -> dict[
         name = f"pin_mappings.{kind}"
         if state == "missing":
             reasons.append(f"{name} is missing (run 'pinfs car regenerate --backend {backend.name}')")
+        elif state == "pending" and DEFERRED_EXPORTS.last_error(backend):
+            reasons.append(
+                f"export pending: {name} could not be written ({DEFERRED_EXPORTS.last_error(backend)}); "
+                "tried again in the background"
+            )
         elif state == "pending":
             notes.append(f"export pending: {name} is being rewritten after recent pin changes")
         elif state == "stale":
@@ -297,8 +317,8 @@ def _safe(function: Any, view: BackendView) -> dict[str, Any]:
             "type": backend.type,
             "state": "error",
             "ok": False,
-            "error": str(exc),
-            "reasons": [str(exc)],
+            "error": describe(exc),
+            "reasons": [describe(exc)],
         }
 
 
@@ -414,7 +434,7 @@ def _driver_description(backend: Backend) -> dict[str, Any]:
     try:
         return {"available": True, "location": driver_for(backend).describe()}
     except PinfsError as exc:
-        return {"available": False, "reason": str(exc)}
+        return {"available": False, "reason": describe(exc)}
 
 
 def _oldest(snapshot: PinSnapshot, status: str) -> str | None:
@@ -434,7 +454,7 @@ def status(root: Path, detailed: bool = False) -> dict[str, Any]:
         try:
             entries.append(_status_of(view, detailed))
         except (PinfsError, OSError, ValueError, pa.ArrowException) as exc:
-            entries.append({"backend": view.backend.name, "type": view.backend.type, "error": str(exc)})
+            entries.append({"backend": view.backend.name, "type": view.backend.type, "error": describe(exc)})
     by_type: dict[str, dict[str, Any]] = {}
     for view in views:
         group = by_type.setdefault(
@@ -573,10 +593,10 @@ def insights(root: Path) -> dict[str, Any]:
                 reasons[item["reason"]] += item["count"]
             verification = _verification(view)
             storage[name] = by_backend[name]["storage"] = _storage(view.snapshot)
-            needing[name] = verification["stale"] + verification["unverified"]
+            needing[name] = verification["stale"] + verification["unverified"] + verification["future"]
             by_backend[name]["needing_verification"] = needing[name]
         except (PinfsError, OSError, pa.ArrowException) as exc:
-            errors.append({"backend": name, "error": str(exc)})
+            errors.append({"backend": name, "error": describe(exc)})
     totals = {status_name: sum(v.by_status.get(status_name, 0) for v in views) for status_name in STATUSES}
     return {
         "ok": not errors,

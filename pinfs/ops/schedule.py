@@ -14,6 +14,8 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
+from pinfs.errors import PinfsError
+
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +65,9 @@ def run_due_duties(
         last_runs[name] = now
         try:
             ran[name] = duties[name]()
+        except PinfsError as exc:  # e.g. the data root is gone: said in one line, no traceback
+            log.warning("scheduled %s failed: %s", name, exc)
+            ran[name] = {"ok": False, "error": str(exc)}
         except Exception as exc:  # a scheduled duty must not take the mount down
             log.exception("scheduled %s failed", name)
             ran[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

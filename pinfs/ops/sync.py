@@ -39,7 +39,7 @@ from typing import Any
 from pinfs.backends import Backend, discover_backends
 from pinfs.car import verify_content_car
 from pinfs.cids import is_valid_cid
-from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
+from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported, describe
 from pinfs.exports import export_state, refresh_exports
 from pinfs.fsutil import read_regular_file
 from pinfs.ops.carops import change_pins
@@ -246,7 +246,7 @@ def _sync_backend(context: SyncContext, backend: Backend, progress: Progress) ->
     except PinfsError as exc:
         _set_error(entry, str(exc))
     except OSError as exc:
-        _set_error(entry, f"{backend.name}: {exc}")
+        _set_error(entry, f"{backend.name}: {describe(exc)}")
     return entry
 
 

@@ -25,13 +25,13 @@ import pyarrow.compute as pc
 
 from pinfs.backends import Backend
 from pinfs.car import verify_content_car
-from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, Unsupported
+from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, Unsupported, describe
 from pinfs.ops.common import select_backends, usable_snapshot
 from pinfs.ops.drivers import Driver, DriverError, driver_for, key_for
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import record_run
 from pinfs.ops.sync import MAX_DETAILS, PinOutcome, write_outcomes
-from pinfs.schema import FAILED, STORED, load_metadata, now_iso
+from pinfs.schema import FAILED, FUTURE_TOLERANCE, STORED, load_metadata, now_iso
 
 
 @dataclass
@@ -48,8 +48,7 @@ def verify(root: Path, options: VerifyOptions, progress: Progress | None = None)
         raise InvalidInput(f"older-than must be a number of days, 0 or more, not {days!r}")
     progress = progress or NullProgress()
     chosen = select_backends(root, options.backends)
-    cutoff = (datetime.now(timezone.utc) - timedelta(days=float(days))).isoformat(timespec="microseconds")
-    entries = [_verify_backend(root, backend, cutoff, options, progress) for backend in chosen]
+    entries = [_verify_backend(root, backend, _window(float(days)), options, progress) for backend in chosen]
     totals = {
         name: sum(entry["counts"][name] for entry in entries) for name in ("checked", "good", "failed", "skipped")
     }
@@ -63,8 +62,22 @@ def verify(root: Path, options: VerifyOptions, progress: Progress | None = None)
     }
 
 
+def _window(days: float) -> tuple[str, str] | None:
+    """Which ``verified_at`` are not due: those after ``now - days`` and not after ``now`` (plus a
+    tolerance for another host's clock), as ISO text; None for 0 days, when every stored pin is due
+    (issue #15: a time still to come was written by a clock that ran ahead, and proves nothing)."""
+    if days == 0:
+        return None
+    now = datetime.now(timezone.utc)
+    return _iso(now - timedelta(days=days)), _iso(now + FUTURE_TOLERANCE)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds")
+
+
 def _verify_backend(
-    root: Path, backend: Backend, cutoff: str, options: VerifyOptions, progress: Progress
+    root: Path, backend: Backend, cutoff: tuple[str, str] | None, options: VerifyOptions, progress: Progress
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "backend": backend.name,
@@ -78,7 +91,7 @@ def _verify_backend(
     try:
         _verify_into(root, backend, cutoff, options, entry, progress)
     except (PinfsError, OSError) as exc:
-        entry.update(ok=False, state="error", error=str(exc), reason=entry["reason"] or str(exc))
+        entry.update(ok=False, state="error", error=describe(exc), reason=entry["reason"] or describe(exc))
     record_run(
         backend,
         "verify",
@@ -94,18 +107,21 @@ def _verify_backend(
     return entry
 
 
-def _due(snapshot: Any, cutoff: str) -> list[dict[str, Any]]:
-    """Stored pins last verified before ``cutoff`` (or never), oldest verification first."""
+def _due(snapshot: Any, window: tuple[str, str] | None) -> list[dict[str, Any]]:
+    """Stored pins verified outside ``window`` (see ``_window``; None: all), or never, oldest
+    verification first."""
     names = ["cid", "status", "car_file_path", "metadata"]
     has_column = "verified_at" in snapshot.column_names
     rows: list[dict[str, Any]] = []
     for table in snapshot.scan([*names, "verified_at"] if has_column else names):  # a piece at a time
         table = table.filter(pc.equal(table.column("status"), STORED))
-        if has_column:
+        if has_column and window is not None:
             verified_at = table.column("verified_at")
             never = pc.fill_null(pc.equal(pc.utf8_length(verified_at), 0), True)
-            table = table.filter(pc.or_(never, pc.fill_null(pc.less(verified_at, cutoff), True)))
-        else:
+            old = pc.fill_null(pc.less(verified_at, window[0]), True)
+            ahead = pc.fill_null(pc.greater(verified_at, window[1]), False)
+            table = table.filter(pc.or_(never, pc.or_(old, ahead)))
+        elif not has_column:
             table = table.append_column("verified_at", pa.nulls(table.num_rows, pa.string()))
         rows.extend(table.to_pylist())
     rows.sort(key=lambda row: (row.get("verified_at") or "", row["cid"]))
@@ -113,7 +129,12 @@ def _due(snapshot: Any, cutoff: str) -> list[dict[str, Any]]:
 
 
 def _verify_into(
-    root: Path, backend: Backend, cutoff: str, options: VerifyOptions, entry: dict[str, Any], progress: Progress
+    root: Path,
+    backend: Backend,
+    cutoff: tuple[str, str] | None,
+    options: VerifyOptions,
+    entry: dict[str, Any],
+    progress: Progress,
 ) -> None:
     snapshot = usable_snapshot(backend, entry)
     if snapshot is None:

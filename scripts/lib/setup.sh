@@ -43,9 +43,9 @@ ensure_system_packages() {
 
 ensure_test_system_packages() {
     # What only the tests need: chromium renders insights.svg to a PNG, zsh runs the zsh completion,
-    # systemd-analyze checks the printed unit.
+    # systemd-analyze checks the printed unit, faketime runs pinfs under a wrong clock (issue #15).
     local missing=()
-    for package in chromium zsh systemd; do
+    for package in chromium zsh systemd faketime; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
     done
     if [ ${#missing[@]} -gt 0 ]; then
