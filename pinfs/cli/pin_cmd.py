@@ -53,7 +53,10 @@ def run_add(args: argparse.Namespace) -> int:
     emit(
         args,
         report,
-        lambda r: f"{r['backend']}: {len(r['added'])} added, {len(r['updated'])} updated; {r['total']} pins",
+        lambda r: (
+            f"{r['backend']}: {len(r['added'])} added, {len(r['updated'])} updated, "
+            f"{len(r['unchanged'])} unchanged; {r['total']} pins"
+        ),
     )
     return 0
 
@@ -97,6 +100,9 @@ def run_get(args: argparse.Namespace) -> int:
 def _describe_holders(report: dict[str, Any]) -> str:
     lines = [report["cid"]]
     for holder in report["backends"]:
-        lines.append(f"  {holder['backend']} ({holder['type']}): {holder['status']} at {holder['car_file_path']}")
+        spelled = f" as {holder['cid']}," if holder["cid"] != report["cid"] else ""  # issue #16: one CID
+        lines.append(
+            f"  {holder['backend']} ({holder['type']}): {holder['status']}{spelled} at {holder['car_file_path']}"
+        )
     lines.extend(f"  {item['backend']}: error: {item['error']}" for item in report["errors"])
     return "\n".join(lines)

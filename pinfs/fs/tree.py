@@ -591,8 +591,9 @@ class PinTree:
             if not self._holders(name):
                 raise NotFound(f"no backend holds {name!r}")
             return self._dir((*parent, name))
-        if len(parent) == 2 and name in self._holders(parent[1]):
-            return self._cid_link((*parent, name), parent[1], name)
+        stored = self._holders(parent[1]).get(name) if len(parent) == 2 else None
+        if stored is not None:
+            return self._cid_link((*parent, name), stored, name)
         raise NotFound(f"no entry {name!r} in /{'/'.join(parent)}")
 
     # -- listing directories --
@@ -613,7 +614,8 @@ class PinTree:
         if path == (CIDS_DIR,):
             return self._cids_listing()
         if path[0] == CIDS_DIR:
-            return StaticListing([self._cid_link((*path, name), path[1], name) for name in self._holders(path[1])])
+            holders = self._holders(path[1])
+            return StaticListing([self._cid_link((*path, name), stored, name) for name, stored in holders.items()])
         return self._backend_listing(path)
 
     def _backend_listing(self, path: Path_) -> Listing | NameListing:
@@ -781,15 +783,22 @@ class PinTree:
 
     @staticmethod
     def _record(snapshot: PinSnapshot, cid: str) -> dict[str, Any] | None:
+        """The record of the CID ``cid`` spells, stored under any spelling (issue #16)."""
         if not _nameable(cid) or not is_valid_cid(cid):
             return None  # not a CID at all: no need to read anything
-        return snapshot.lookup(cid)
+        return snapshot.find(cid)
 
-    def _holders(self, cid: str) -> list[str]:
-        """Names of the backends holding ``cid``: one indexed lookup per backend."""
+    def _holders(self, cid: str) -> dict[str, str]:
+        """The backends holding the CID ``cid`` spells, each with the spelling it stores: one indexed
+        lookup per backend (and per other standard spelling, for a CID not spelled as stored)."""
         if not _nameable(cid) or not is_valid_cid(cid):
-            return []
-        return [backend.name for backend, snapshot in self._readable_snapshots() if snapshot.lookup(cid) is not None]
+            return {}
+        holders = {}
+        for backend, snapshot in self._readable_snapshots():
+            record = snapshot.find(cid)
+            if record is not None:
+                holders[backend.name] = str(record["cid"])
+        return holders
 
     # -- node makers --
 

@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pinfs.backends import LEGACY_NAME, REJECTED_NAME, Backend
+from pinfs.cids import identity_columns, spelling_duplicates
 from pinfs.errors import CorruptData, NotFound, PinfsError
 from pinfs.exports import export_state, refresh_exports
 from pinfs.fsutil import atomic_write_bytes, read_regular_file
@@ -374,10 +375,16 @@ def _compare(backend: Backend, plan: _Plan, *, force: bool) -> None:
     """Sort every entry of the source into added / updated / unchanged / not applied, and build the
     merged table."""
     assert plan.legacy is not None and plan.source is not None
-    legacy = plan.legacy.table()
-    cids = legacy.column("cid")
-    in_store = pc.is_in(cids, value_set=plan.current.column("cid").combine_chunks())
+    # issue #16: a CID is compared by identity, spelled as the store spells it (else as last imported)
+    stored = plan.current.column("cid")
+    template = plan.legacy.template
     previous = _previous_import(backend, plan)
+    if previous is not None:
+        previous = _respelled(previous, template, [stored])
+    references = [stored] if previous is None else [stored, previous.column("cid")]
+    legacy = _respelled(plan.legacy.table(), template, references)
+    cids = legacy.column("cid")
+    in_store = pc.is_in(cids, value_set=stored.combine_chunks())
     if previous is None:  # everything is new
         in_last, changed = _all(len(legacy), False), _all(len(legacy), False)
     else:
@@ -412,6 +419,31 @@ def _previous_import(backend: Backend, plan: _Plan) -> pa.Table | None:
     # because the file was rewritten.
     default = mtime_iso(plan.source.mtime)
     return parse_legacy(previous.data, previous.path, backend.name, backend.type, default_created_at=default).table()
+
+
+def _respelled(table: pa.Table, template: tuple[str, str], references: Sequence[pa.ChunkedArray]) -> pa.Table:
+    """``table`` with each CID spelled as the first of ``references`` that holds the same CID spelled
+    another way (issue #16); a ``car_file_path`` made from the backend's template follows the spelling."""
+    cids = table.column("cid")
+    for reference in references:
+        if not len(reference) or not len(cids):
+            continue
+        keys, reference_keys = identity_columns(cids, reference)
+        if keys is cids:
+            continue  # no two spellings of one CID can be among them
+        where = pc.index_in(keys, value_set=pa.chunked_array([reference_keys]).combine_chunks())
+        spelled = pc.coalesce(pc.take(reference.combine_chunks(), where), cids)
+        changed = pc.not_equal(spelled, cids)
+        if not pc.any(changed).as_py():
+            continue
+        old_cars = pc.binary_join_element_wise(template[0], cids, template[1], "")
+        new_cars = pc.binary_join_element_wise(template[0], spelled, template[1], "")
+        cars = table.column("car_file_path")
+        cars = pc.if_else(pc.and_(changed, pc.equal(cars, old_cars)), new_cars, cars)
+        for name, column in (("cid", spelled), ("car_file_path", cars)):
+            table = table.set_column(table.schema.get_field_index(name), table.schema.field(name), column)
+        cids = table.column("cid")
+    return table
 
 
 def _all(length: int, value: bool) -> pa.Array:
@@ -711,6 +743,8 @@ def _verify_table(store: PinStore, problems: list[str]) -> pa.Table | None:
     duplicate = first_duplicate_cid(table)
     if duplicate is not None:
         problems.append(f"{store.table.directory}: CID {duplicate} appears more than once")
+    for first, second in spelling_duplicates(table.column("cid"))[:MAX_LISTED_PROBLEMS]:
+        problems.append(f"{store.table.directory}: {first} and {second} are one CID spelled two ways (issue #16)")
     _verify_rows(store.table.directory, table, problems)
     return table
 
