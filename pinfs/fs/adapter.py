@@ -105,6 +105,7 @@ class ControlHandle:
     checked: int = 0  # bytes of ``buffer`` already validated line by line
     wrote: bool = False  # a write came since the last run: the next flush runs the command
     rejected: bool = False  # a write failed validation: nothing runs from this handle
+    append: bool = False  # opened with O_APPEND ('>>', 'tee -a'): writes come at the file's size, not 0
 
 
 @dataclass
@@ -366,7 +367,8 @@ class PinfsOperations(pyfuse3.Operations):
             if writing:
                 self._check_owner(ctx)
                 control.check_idle()
-                handle = ControlHandle(node, control, writable=True)
+                # '>>' works like '>' (issue #16): input is per handle and starts empty either way.
+                handle = ControlHandle(node, control, writable=True, append=bool(flags & os.O_APPEND))
             else:
                 handle = ControlHandle(node, control, writable=False, content=BytesContent(control.describe()))
             return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
@@ -400,7 +402,7 @@ class PinfsOperations(pyfuse3.Operations):
         if handle.rejected:
             raise InvalidInput("an earlier write to this handle was rejected")
         handle.control.check_idle()
-        if off != len(handle.buffer):
+        if off != len(handle.buffer) and not handle.append:  # with O_APPEND the kernel says the file's size
             raise InvalidInput("control files take their input in order, from offset 0")
         handle.buffer += buf
         try:
