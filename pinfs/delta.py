@@ -309,17 +309,27 @@ class DeltaPins:
     # -- maintenance --
 
     def checkpoint(self) -> None:
-        with self._lock:
+        with self._lock, self._unreadable_log():
             table = self._load_table(None)
             table.create_checkpoint()
             table.cleanup_metadata()
+
+    @contextlib.contextmanager
+    def _unreadable_log(self) -> Any:
+        """delta-rs' errors for a log it cannot read (several types, multi-line) as one CorruptData line."""
+        try:
+            yield
+        except CorruptData:
+            raise
+        except Exception as exc:
+            raise CorruptData(f"{self.directory}: not a readable Delta table ({_one_line(exc)})") from None
 
     def vacuum(self, keep_versions: Sequence[int] = (), hours: int | None = None) -> list[str]:
         """Delete data files no version younger than the retention needs, and files no commit names
         that are older than it (left by writers that died before committing; delta-rs judges those by
         their modification time, so a file being written for a commit is never taken). ``hours``
         overrides the table's retention (``delta.deletedFileRetentionDuration``)."""
-        with self._lock:
+        with self._lock, self._unreadable_log():
             table = self._load_table(None)
             return list(
                 table.vacuum(
