@@ -268,13 +268,13 @@ def test_backend_filter_selects_every_name_containing_it_in_any_case(root: Path)
     assert not (root / "backends/local-fs/pin_mappings.parquet").exists()
 
 
-def test_backend_filter_matching_nothing_exits_1_and_lists_the_backends(root: Path) -> None:
+def test_backend_filter_matching_nothing_exits_2_and_lists_the_backends(root: Path) -> None:
     make_backend(root, "alpha", pins_json=C[:1])
     make_backend(root, "beta", pins_json=C[:1])
 
     result = run_pinfs(root, "migrate", "--backend-filter", "gamma")
 
-    assert result.returncode == 1
+    assert result.returncode == 2  # an unknown backend is bad input (issue #16)
     assert result.stderr.strip() == "pinfs migrate: error: no backend matches 'gamma' (backends: alpha, beta)"
 
 
@@ -306,7 +306,8 @@ def test_every_command_health_suggests_runs_and_clears_its_reason(root: Path, tm
     make_backend(root, "no-car", pins_json=C[:2])
     run_pinfs(root, "migrate", "--backend-filter", "no-car", check=True)
     (root / "backends" / "no-car" / "pin_mappings.car").unlink()
-    make_backend(root, "hf-x", {"name": "hf-x", "type": "huggingface"})
+    # A type with no driver here (huggingface has one since issue #17): no advice to sync it.
+    make_backend(root, "hf-x", {"name": "hf-x", "type": "webdav"})
     put_pins(root, "hf-x", [pin_record(root, "hf-x", C[3], "failed")])
 
     before = run_pinfs_json(root, "health")
@@ -319,7 +320,7 @@ def test_every_command_health_suggests_runs_and_clears_its_reason(root: Path, tm
         "pinfs sync --backend fs-failed",
     ]
     hf = next(entry for entry in before["backends"] if entry["backend"] == "hf-x")
-    assert any("no storage driver for type 'huggingface'" in reason for reason in hf["reasons"])
+    assert any("no storage driver for type 'webdav'" in reason for reason in hf["reasons"])
     for suggestion in suggestions:
         result = run_pinfs(root, *shlex.split(suggestion)[1:])
         assert result.returncode == 0, (suggestion, result.stdout, result.stderr)

@@ -8,6 +8,7 @@ the exports follow (``pinfs.ops.carops``: at once, or for a big backend in the m
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,8 +70,17 @@ def parse_pin_line(line: str, where: str = "") -> PinRequest:
             key, meta_value = parse_meta(word[len("meta.") :], where)
             request.metadata[key] = meta_value
         else:
-            raise InvalidInput(f"{where}unknown word {word!r} (expected status=… or meta.KEY=VALUE)")
+            raise InvalidInput(f"{where}unknown word {word!r}{_pin_word_hint(name, sep, value)}")
     return request
+
+
+def _pin_word_hint(name: str, sep: str, value: str) -> str:
+    """`` (did you mean 'status=pending'?)`` for a near miss (issue #16), else what a pin line takes."""
+    if sep and difflib.get_close_matches(name, ["status"], n=1, cutoff=0.6):
+        return f" (did you mean {'status=' + value!r}?)"
+    if difflib.get_close_matches(name.partition(".")[0], ["meta"], n=1, cutoff=0.6) and "." in name:
+        return f" (did you mean {'meta.' + name.partition('.')[2] + sep + value!r}?)"
+    return " (a pin line is: CID [status=stored|pending|failed] [meta.KEY=VALUE]...)"
 
 
 def _cid(text: str, where: str) -> str:

@@ -54,8 +54,11 @@ from pinfs.store import PinStore
 
 STAGING_DIR = "cars"
 CAR_KEY = "pin_mappings.car"
-# Per-pin details kept in a report per backend and kind; counts are always complete.
-MAX_DETAILS = 1000
+# Per-pin details kept in a report per backend and kind; counts are always complete. The text output
+# shows fewer (``pinfs.cli.ops_cmd``) and says how many more --json has (issue #16).
+MAX_DETAILS = 10_000
+# What a pin whose content CAR is nowhere to be found fails with; health recognises it (issue #16).
+NO_CONTENT = "no copy of its content CAR found"
 
 
 @dataclass
@@ -429,8 +432,8 @@ def _sync_pin(context: SyncContext, backend: Backend, driver: Driver, record: di
         )
     if not reasons:
         reasons.append(
-            f"no copy of its content CAR found (looked in {context.root / STAGING_DIR} and every "
-            f"backend holding it stored)"
+            f"{NO_CONTENT}: looked for {context.root / STAGING_DIR}/<cid>.car and in every other backend "
+            f"holding the CID as stored; put the CAR there (e.g. 'ipfs dag export <cid>') and sync again"
         )
     return _failed(record, "; ".join(reasons))
 
