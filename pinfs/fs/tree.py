@@ -95,7 +95,9 @@ class NodeKind(Enum):
 
 
 _MODES = {
-    NodeKind.DIRECTORY: stat.S_IFDIR | 0o555,
+    # 0755, not 0555 (issue #16): a copy made with 'cp -r' keeps the modes, and its owner must be able
+    # to remove it again. Nothing here is writable all the same: every change is refused with EROFS.
+    NodeKind.DIRECTORY: stat.S_IFDIR | 0o755,
     NodeKind.FILE: stat.S_IFREG | 0o444,
     NodeKind.GENERATED: stat.S_IFREG | 0o444,
     NodeKind.SYMLINK: stat.S_IFLNK | 0o777,
@@ -413,6 +415,7 @@ Everything is read-only except the control files, which run commands when writte
   echo 'older-than=3' > .control/verify        (words: backend=<name>, older-than=<days>, deep)
   migrate words: dry-run verbose force force-car-regeneration restore-from-backup
                  verify-only backend=<name or part of names> (repeatable)
+                 skip-backend=<name> (repeatable)
 
 In backends/<b>/.control/ the same files act on that backend only, plus:
 
@@ -422,7 +425,10 @@ In backends/<b>/.control/ the same files act on that backend only, plus:
 The command runs when the file is closed: echo returns when it has finished. A failed command
 makes close() fail with EIO (/bin/echo and most programs report it; bash's built-in echo ignores
 errors at close, so check "state" in the file's JSON). A bad word or CID fails the write (EINVAL)
-and nothing runs. Reading a control file gives JSON about its last run.
+and nothing runs; the file's JSON then says "state": "rejected" and why, in "error" (a bad last line
+without a newline is only found at close, which bash's printf does not check: read the JSON).
+'>>' and 'tee -a' work like '>'. Reading a control file gives JSON about its last run.
+Any spelling of a CID finds it: by-cid/<cid> and cids/<cid> take Qm... or bafy..., in any case.
 Mounted with --sync-interval / --verify-interval (e.g. 15m, 1d), the mount also runs sync and
 verify on that schedule; health.json and status.json show their last runs. CIDs containing "/" (base64 multibase)
 cannot be file names and are left out of listings.
