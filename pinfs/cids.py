@@ -133,12 +133,35 @@ def candidate_forms(text: str, aliases: Mapping[str, str] | None = None) -> list
 
 
 def nonstandard_mask(cids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """Which CIDs of a column are aliases (not a standard spelling), vectorized (see ``is_standard``)."""
+    """Which CIDs of a column are aliases (not a standard spelling), vectorized (see ``is_standard``).
+    Cheap in the common case (every data file written pays it): whether a ``b…`` text has an upper-case
+    letter is asked of the whole column's bytes at once, and row by row only when one has."""
     import pyarrow.compute as pc
 
-    v0 = pc.and_(pc.starts_with(cids, "Qm"), pc.equal(pc.utf8_length(cids), _V0_LENGTH))
-    v1 = pc.and_(pc.starts_with(cids, "b"), pc.equal(cids, pc.utf8_lower(cids)))
-    return pc.invert(pc.or_(v0, v1))
+    v0 = pc.and_(pc.starts_with(cids, "Qm"), pc.equal(pc.binary_length(cids), _V0_LENGTH))
+    base32 = pc.starts_with(cids, "b")
+    mask = pc.invert(pc.or_(v0, base32))
+    if _has_upper_case(cids.filter(base32)):
+        mask = pc.or_(mask, pc.and_(base32, pc.not_equal(cids, pc.utf8_lower(cids))))
+    return mask
+
+
+def _has_upper_case(texts: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether any byte of the texts is an ASCII upper-case letter (a slice may count a neighbour's
+    bytes too: then the caller only takes the slower, exact way)."""
+    import numpy as np
+    import pyarrow as pa
+
+    chunks = texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        data = chunk.buffers()[2]
+        if data is not None:
+            values = np.frombuffer(data, dtype=np.uint8)
+            if bool(((values - np.uint8(ord("A"))) < 26).any()):  # uint8 wraps: one comparison for A..Z
+                return True
+    return False
 
 
 def aliases_of(cids: pa.Array | pa.ChunkedArray) -> dict[str, str]:
