@@ -9,6 +9,7 @@ backend (``config_error``) rather than raised, so one bad backend never hides th
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 import cachetools
 import yaml
 
-from pinfs.errors import InvalidInput, NotFound, RootMissing
+from pinfs.errors import InvalidInput, RootMissing, UnknownBackend
 from pinfs.rootfs import S3Path, parse_root
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use with fullmatch: "$" would admit a trailing newline
@@ -194,17 +195,33 @@ def _inside(path: Path, parent: Path) -> bool:
 
 def _backend_from(root: Path, name: str) -> Backend:
     backend = Backend(name=name, type=type_from_name(name), directory=backends_dir(root) / name)
-    for candidate in _config_candidates(root, name):
-        if not candidate.is_file():
-            continue
+    found = [candidate for candidate in _config_candidates(root, name) if candidate.is_file()]
+    for candidate in found[:1]:
         backend.config_path = candidate
         try:
             backend.config = load_config(candidate)
         except (OSError, ValueError) as exc:
             backend.config_error = f"{candidate}: {exc}"
-        break
+    if len(found) > 1 and backend.config_error is None:
+        backend.config_error = _conflict(found, backend.config)
     _apply_config(backend)
     return backend
+
+
+def _conflict(found: list[Path], config: dict[str, Any]) -> str | None:
+    """A backend with two configs that disagree is reported, never configured by one of them silently
+    (issue #16); two that say the same are fine (ipfs_kit_py writes both)."""
+    for other in found[1:]:
+        try:
+            differs = load_config(other) != config
+        except (OSError, ValueError) as exc:
+            return f"{other}: {exc}"
+        if differs:
+            return (
+                f"conflicting configs: {found[0]} and {other} both configure this backend and disagree; "
+                "remove one, or make them the same"
+            )
+    return None
 
 
 def _apply_config(backend: Backend) -> None:
@@ -312,10 +329,22 @@ def get_backend(root: Path, name: str) -> Backend:
     backend = _backend_from(root, name)
     if not backend.directory.is_dir() and backend.config_path is None:
         check_root(root)  # say that the whole root is missing, rather than this backend
-        raise NotFound(f"no backend {name!r} under {backends_dir(root)}")
+        raise UnknownBackend(f"no backend {name!r} under {backends_dir(root)}{_did_you_mean(root, name)}")
     if backend.directory.is_symlink():
         raise InvalidInput(f"{backend.directory}: backend directory is a symlink; refusing to follow it")
     return backend
+
+
+def _did_you_mean(root: Path, name: str) -> str:
+    """`` (did you mean 'local-fs'?)``, or the backends there are when none is close (issue #16)."""
+    try:
+        names = sorted(_candidate_names(root)[0])
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (backends: {', '.join(names)})" if names else " (there are no backends yet)"
 
 
 def ensure_backend_dir(backend: Backend) -> Path:

@@ -52,6 +52,12 @@ TABLE_DIR = "pin_mappings.delta"
 LOG_DIR = "_delta_log"
 DEFAULT_FILE_ROWS = 16384
 DATA_FILE_PREFIX = "part-"
+# A data file holding CIDs spelled other than the two standard ways (``pinfs.cids``: ``B…``, ``z…``, a
+# mixed case) says so in its name, and lists them in its footer under ALIASES_KEY as {key: text}: the
+# log is the one index readers load, and delta-rs keeps no field of ours in it but the path, so a
+# lookup by another spelling finds such a file without opening any other (issue #16).
+ALIASED_SUFFIX = "-aliased.parquet"
+ALIASES_KEY = "pinfs.aliases"
 
 # Table properties set at creation. Checkpoints every 16 commits keep a table load at a few ms however
 # many single-pin writes came before (issue #12 measured 62 ms after 89 commits without one, ~5 ms
@@ -92,6 +98,11 @@ class DataFile:
     rows: int
     min_cid: str | None
     max_cid: str | None
+
+    @property
+    def aliased(self) -> bool:
+        """Whether the file holds CIDs spelled other than the standard ways (see ALIASED_SUFFIX)."""
+        return self.path.endswith(ALIASED_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -200,17 +211,20 @@ class DeltaPins:
     def write_file(self, table: pa.Table) -> DataFile:
         """Write ``table`` (sorted by CID, in the store's schema) as a new data file, durably. It is
         part of no version until a commit adds it."""
+        from pinfs.cids import aliases_of
         from pinfs.tables import write_parquet
 
         self._ensure_directory()
-        name = f"{DATA_FILE_PREFIX}{secrets.token_hex(16)}.parquet"
+        aliases = aliases_of(table.column("cid"))
+        name = f"{DATA_FILE_PREFIX}{secrets.token_hex(16)}" + (ALIASED_SUFFIX if aliases else ".parquet")
+        metadata = {ALIASES_KEY: json.dumps(aliases, sort_keys=True)} if aliases else None
         path = self.directory / name
         if isinstance(path, S3Path):
-            size = _put_data_file(table, path)
+            size = _put_data_file(table, path, metadata)
         else:
             try:
                 with naming(path):
-                    write_parquet(table, path)
+                    write_parquet(table, path, metadata)
                     fsync_file(path)
             except BaseException:  # a half-written file (a full disk) is no use to anyone: not left
                 with contextlib.suppress(OSError):
@@ -328,17 +342,27 @@ class DeltaPins:
     # -- maintenance --
 
     def checkpoint(self) -> None:
-        with self._lock:
+        with self._lock, self._unreadable_log():
             table = self._load_table(None)
             table.create_checkpoint()
             table.cleanup_metadata()
+
+    @contextlib.contextmanager
+    def _unreadable_log(self) -> Any:
+        """delta-rs' errors for a log it cannot read (several types, multi-line) as one CorruptData line."""
+        try:
+            yield
+        except CorruptData:
+            raise
+        except Exception as exc:
+            raise CorruptData(f"{self.directory}: not a readable Delta table ({_one_line(exc)})") from None
 
     def vacuum(self, keep_versions: Sequence[int] = (), hours: int | None = None) -> list[str]:
         """Delete data files no version younger than the retention needs, and files no commit names
         that are older than it (left by writers that died before committing; delta-rs judges those by
         their modification time, so a file being written for a commit is never taken). ``hours``
         overrides the table's retention (``delta.deletedFileRetentionDuration``)."""
-        with self._lock:
+        with self._lock, self._unreadable_log():
             table = self._load_table(None)
             return list(
                 table.vacuum(
@@ -351,14 +375,14 @@ class DeltaPins:
             )
 
 
-def _put_data_file(table: pa.Table, path: S3Path) -> int:
+def _put_data_file(table: pa.Table, path: S3Path, metadata: dict[str, str] | None) -> int:
     """Write a data file to S3: encoded into a local temporary file, put in one PUT that must create the
     object (its name is new), and kept in the local read cache, so this host never downloads it."""
     from pinfs.tables import write_parquet
 
     temp = local_temp_for(path)
     try:
-        write_parquet(table, temp)
+        write_parquet(table, temp, metadata)
         etag = put_object(path, temp, if_absent=True)
         keep_local(path, temp, etag)
         return os.path.getsize(temp)

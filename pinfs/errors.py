@@ -37,6 +37,13 @@ class RootMissing(PinfsError):
     fails rather than report an empty root as healthy (issue #15, item 5)."""
 
 
+class UnknownBackend(NotFound):
+    """A backend named by the user does not exist: bad input for the CLI (exit 2, issue #16), a name
+    that is not there for the mount (ENOENT)."""
+
+    exit_code = 2
+
+
 class Busy(PinfsError):
     """Another command is already running where only one may run at a time."""
 

@@ -461,9 +461,13 @@ class _Reader:
         self._entry: Callable[[int], tuple[Any, str]] = _no_entry
 
     def finish(self) -> None:
-        def duplicate(index: int) -> Rejected:
+        def duplicate(index: int, spelled: str | None = None) -> Rejected:
             item, location = self._entry(index)
-            return Rejected(entry=_preview(item), reason="duplicate CID", location=location)
+            # issue #16: one CID spelled two ways is one CID; say which entry's spelling was kept
+            reason = "duplicate CID"
+            if spelled is not None:
+                reason = f"duplicate CID: the same CID as {spelled}, spelled another way"
+            return Rejected(entry=_preview(item), reason=reason, location=location)
 
         self.result.pins, self.result.rejected = self.rows.finish(duplicate)
         self.result.template = self.rows.template

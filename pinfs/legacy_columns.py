@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.cids import cid_problem
+from pinfs.cids import cid_problem, identity_columns
 from pinfs.schema import (
     LEGACY_STATUS_NAMES,
     PENDING,
@@ -178,6 +178,7 @@ class RowCollector:
             table = table.take(pc.sort_indices(indexes))  # a batch's slow entries came after its others
         table = self._without_duplicates(table, duplicate)
         self._resolve_failed_builds(table, duplicate)
+        table = self._without_spelling_duplicates(table, duplicate)
         backend = pa.array([self.backend_name] * table.num_rows, pa.string())
         table = table.append_column("backend_name", backend)
         rejected = [item for _index, item in sorted(self.rejected, key=lambda pair: pair[0])]
@@ -197,6 +198,33 @@ class RowCollector:
             self.reject(index, duplicate(index))
         keep = np.ones(table.num_rows, dtype=bool)
         keep[rows.to_numpy()] = False
+        return table.filter(pa.array(keep))
+
+    def _without_spelling_duplicates(self, table: pa.Table, duplicate: Callable[..., Any]) -> pa.Table:
+        """A CID accepted twice spelled two ways (``Qm…`` and ``bafybei…``, two multibases, two cases
+        of base32: one CID, issue #16) is a duplicate too: the first spelling wins, the later entry is
+        rejected naming it."""
+        cids = table.column("cid")
+        (keys,) = identity_columns(cids)
+        if keys is cids or len(keys) < 2:
+            return table  # no two spellings of one CID can be here
+        indexes = table.column("index")
+        by = [("key", "ascending"), ("index", "ascending")]
+        order = pc.sort_indices(pa.table({"key": keys, "index": indexes}), by)
+        ordered = pc.take(keys, order)
+        repeated = pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))
+        if not pc.any(repeated).as_py():
+            return table
+        keep = np.ones(table.num_rows, dtype=bool)
+        rows = order.to_pylist()
+        first = rows[0]
+        for row, again in zip(rows[1:], repeated.to_pylist(), strict=True):
+            if not again:
+                first = row
+                continue
+            keep[row] = False
+            index = indexes[row].as_py()
+            self.reject(index, duplicate(index, cids[first].as_py()))
         return table.filter(pa.array(keep))
 
     def _resolve_failed_builds(self, table: pa.Table, duplicate: Callable[[int], Any]) -> None:

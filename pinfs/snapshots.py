@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import itertools
+import json
 import os
 import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
@@ -33,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pinfs.cids import aliases_of, standard_forms
 from pinfs.errors import CorruptData
 from pinfs.fsutil import refuse_symlink
 from pinfs.rootfs import S3Path, S3Stat, local_copy
@@ -221,6 +223,14 @@ class Piece:
     min_cid: str | None
     max_cid: str | None
 
+    def aliases(self) -> Mapping[str, str]:
+        """``{key: text}`` of the CIDs here spelled other than the standard ways (``pinfs.cids``)."""
+        raise NotImplementedError
+
+    def may_hold_aliases(self) -> bool:
+        """False when ``aliases`` is known to be empty without reading anything."""
+        return True
+
     def row_groups(self) -> list[RowGroup]:
         raise NotImplementedError
 
@@ -242,12 +252,32 @@ class FilePiece(Piece):
         min_cid: str | None,
         max_cid: str | None,
         size: int | None = None,
+        aliased: bool | None = None,
     ) -> None:
         self.path = path
         self.key = ("file", str(path), size)
         self.rows, self.min_cid, self.max_cid = rows, min_cid, max_cid
         self._size = size
         self._cache = cache
+        self._aliased = aliased  # from a data file's name (pinfs.delta); None: not known (older forms)
+
+    def may_hold_aliases(self) -> bool:
+        return self._aliased is not False
+
+    def aliases(self) -> Mapping[str, str]:
+        """A table's data file lists them in its footer (``pinfs.delta``); a file of an older form is
+        read once for them (its ``cid`` column), through the cache."""
+        if self._aliased is False:
+            return {}
+        if self._aliased:
+            return _footer_aliases(self.opened(), self.path)
+
+        def load() -> pa.Table:
+            found = aliases_of(self.read(["cid"]).column("cid"))
+            return pa.table({"key": pa.array(list(found), pa.string()), "text": pa.array(list(found.values()))})
+
+        table = self._cache.get_data(("aliases", self.key), load)
+        return dict(zip(table.column("key").to_pylist(), table.column("text").to_pylist(), strict=True))  # type: ignore[union-attr]
 
     def opened(self) -> OpenParquet:
         def open_it() -> OpenParquet:
@@ -281,6 +311,12 @@ class MemoryPiece(Piece):
         self.min_cid = cids[0].as_py() if self.rows else None
         self.max_cid = cids[-1].as_py() if self.rows else None
         self._groups = groups_from_table(table)
+        self._aliases: dict[str, str] | None = None
+
+    def aliases(self) -> Mapping[str, str]:
+        if self._aliases is None:
+            self._aliases = aliases_of(self.table.column("cid"))
+        return self._aliases
 
     def row_groups(self) -> list[RowGroup]:
         return self._groups
@@ -334,6 +370,32 @@ class PinSnapshot:
 
     def __contains__(self, cid: str) -> bool:
         return self.lookup(cid) is not None
+
+    def find(self, cid: str) -> dict[str, str | None] | None:
+        """The record of the CID ``cid`` spells, whichever way this version spells it (issue #16), or
+        None. ``cid`` itself first (one row-group read when it is spelled as stored), then the stored
+        alias of its key, then its other standard spelling. Raises InvalidInput for a text that is not
+        a CID."""
+        forms = standard_forms(cid)
+        if cid in forms:
+            record = self.lookup(cid)
+            if record is not None:
+                return record
+        alias = self.aliases().get(forms[-1])
+        for form in ([alias] if alias is not None else []) + [form for form in forms if form != cid]:
+            record = self.lookup(form)
+            if record is not None:
+                return record
+        return None
+
+    def aliases(self) -> Mapping[str, str]:
+        """``{key: text}`` of the CIDs this version spells other than the standard ways: from the
+        footers of the few data files that hold any (their names say so), usually none."""
+        found: dict[str, str] = {}
+        for piece in self.pieces:
+            if piece.may_hold_aliases():
+                found.update(piece.aliases())
+        return found
 
     def _group(self, piece: Piece, index: int, columns: Sequence[str] | None) -> pa.Table:
         key = ("group", piece.key, index, tuple(columns) if columns else None)
@@ -503,6 +565,20 @@ def _groups_from_statistics(metadata: pq.FileMetaData) -> list[RowGroup] | None:
         groups.append(RowGroup(index, start, row_group.num_rows, stats.min, stats.max))
         start += row_group.num_rows
     return groups
+
+
+def _footer_aliases(opened: OpenParquet, path: Path) -> dict[str, str]:
+    """The aliases a data file lists in its footer (``pinfs.delta.ALIASES_KEY``)."""
+    from pinfs.delta import ALIASES_KEY
+
+    raw = (opened.file.metadata.metadata or {}).get(ALIASES_KEY.encode())
+    try:
+        found = json.loads(raw) if raw else {}
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        raise CorruptData(f"{path}: its name says it lists CIDs spelled other ways, but its footer does not")
+    return found
 
 
 def _declares_cid_order(row_group: pq.RowGroupMetaData, cid_column: int) -> bool:

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pinfs.backends import Backend
+from pinfs.cids import aliases_of, candidate_forms
 from pinfs.delta import REQUEST_KEY, TABLE_DIR, CommitConflict, DataFile, DeltaPins, TableState, file_rows
 from pinfs.errors import Busy, CorruptData, NotFound, PinfsError
 from pinfs.fsutil import backend_lock
@@ -92,7 +93,13 @@ def table_snapshot(state: TableState, cache: StoreCache) -> PinSnapshot:
 
 def _file_piece(directory: Path, data_file: DataFile, cache: StoreCache) -> FilePiece:
     return FilePiece(
-        directory / data_file.path, cache, data_file.rows, data_file.min_cid, data_file.max_cid, data_file.size
+        directory / data_file.path,
+        cache,
+        data_file.rows,
+        data_file.min_cid,
+        data_file.max_cid,
+        data_file.size,
+        aliased=data_file.aliased,
     )
 
 
@@ -138,6 +145,26 @@ class Transaction:
             wanted = pa.array(list(cids), pa.string())
             return {row["cid"]: row for row in table.filter(pc.is_in(table.column("cid"), wanted)).to_pylist()}
         return _rows_at(self.store, state, cids)
+
+    def records_by_identity(self, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        """For each of ``cids`` whose CID is here, spelled in any way (issue #16), its record (whose
+        ``cid`` is the spelling stored), keyed by the spelling asked for. One read of the files
+        that would hold any of the candidate spellings, as ``records_for``."""
+        aliases = self._aliases()
+        candidates = {cid: candidate_forms(cid, aliases) for cid in dict.fromkeys(cids)}
+        found = self.records_for(list(dict.fromkeys(form for forms in candidates.values() for form in forms)))
+        result = {}
+        for cid, forms in candidates.items():
+            record = next((found[form] for form in forms if form in found), None)
+            if record is not None:
+                result[cid] = record
+        return result
+
+    def _aliases(self) -> Mapping[str, str]:
+        state = self.state()
+        if state is not None:
+            return table_snapshot(state, self.store.cache).aliases()
+        return aliases_of(self.current().column("cid"))
 
     def _refuse_legacy(self) -> None:
         if self.store.legacy_source() is not None:

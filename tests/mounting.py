@@ -27,6 +27,9 @@ from requirements import needs
 from pinfs.fs.mount import is_mounted
 
 MOUNT_TIMEOUT = 10.0
+# What a mount logs when a control file refuses input (issue #16: every rejection is logged): declared by
+# the tests that write bad input on purpose.
+REJECTIONS = (": rejected: ",)
 
 FUSE_PROBLEM = None if os.path.exists("/dev/fuse") and shutil.which("fusermount3") else "no /dev/fuse or fusermount3"
 needs_fuse = needs("fuse", FUSE_PROBLEM)
@@ -143,6 +146,7 @@ def sh(command: str, cwd: Path | None = None, timeout: float = 60) -> subprocess
 
 
 __all__ = [
+    "REJECTIONS",
     "Mount",
     "force_unmount",
     "mounted",

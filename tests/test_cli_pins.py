@@ -135,8 +135,8 @@ def test_pin_add_bad_meta_exits_2(root: Path) -> None:
     _assert_one_line_error(run_pinfs(root, "pin", "add", CIDS[0], "--backend", "b1", "--meta", "novalue"), 2)
 
 
-def test_pin_add_unknown_backend_exits_1(root: Path) -> None:
-    _assert_one_line_error(run_pinfs(root, "pin", "add", CIDS[0], "--backend", "nope"), 1)
+def test_pin_add_unknown_backend_exits_2(root: Path) -> None:
+    _assert_one_line_error(run_pinfs(root, "pin", "add", CIDS[0], "--backend", "nope"), 2)  # bad input: issue #16
 
 
 # -- pin rm --

@@ -12,7 +12,7 @@ import pytest
 from helpers import cid_for, file_digests, make_backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mounting import mounted, needs_fuse, write_errno
+from mounting import REJECTIONS, mounted, needs_fuse, write_errno
 
 from pinfs.errors import InvalidInput
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS, ControlRegistry
@@ -79,7 +79,7 @@ def test_thousands_of_pins_with_one_bad_cid_pin_nothing(tmp_path: Path) -> None:
     make_backend(root, "batch")
     lines = [f"{cid_for(i)} status=pending meta.n={i}" for i in range(5000)]
     lines[3777] = "bafy-not-a-cid status=stored"
-    with mounted(root, tmp_path / "m") as mount:
+    with mounted(root, tmp_path / "m", expected_log=REJECTIONS) as mount:
         before = file_digests(root)
         batch = ("\n".join(lines) + "\n").encode()
         failure = write_errno(mount.path("backends", "batch", ".control", "pin"), batch)

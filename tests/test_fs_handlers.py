@@ -341,7 +341,7 @@ async def test_unknown_word_fails_the_write_and_nothing_runs(ops: PinfsOperation
     await ops.flush(info.fh)
     await ops.release(info.fh)
     state = json.loads(ops.controls.get((None, "sync")).describe())
-    assert state["state"] == "idle" and state["started_at"] is None
+    assert state["state"] == "rejected" and state["started_at"] is None and state["result"] is None
 
 
 async def test_only_the_owner_may_open_a_control_file_for_writing(ops: PinfsOperations) -> None:

@@ -367,7 +367,7 @@ def test_bad_backend_names_are_usage_errors_in_one_line(root: Path, name: str) -
         result = run_pinfs(root, *args)
         if args[0] == "migrate" and name == "-x":  # a filter may be part of a name (s3-x): it matches none
             assert (result.returncode, result.stderr) == (
-                1,
+                2,  # an unknown backend is bad input (issue #16)
                 "pinfs migrate: error: no backend matches '-x' (backends: good)\n",
             )
             continue

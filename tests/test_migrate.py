@@ -151,11 +151,11 @@ def test_backend_filter_is_repeatable_and_exact(root: Path) -> None:
     assert not (root / "backends/alpha-2/pin_mappings.parquet").exists()
 
 
-def test_backend_filter_unknown_name_exits_1_and_writes_nothing(root: Path) -> None:
+def test_backend_filter_unknown_name_exits_2_and_writes_nothing(root: Path) -> None:
     make_backend(root, "alpha", pins_json=CIDS)
     before = file_digests(root)
     result = run_pinfs(root, "migrate", "--backend-filter", "alpha", "--backend-filter", "nope")
-    assert result.returncode == 1
+    assert result.returncode == 2  # an unknown backend is bad input (issue #16)
     assert "nope" in result.stderr and "Traceback" not in result.stderr
     assert file_digests(root) == before
 

@@ -268,13 +268,13 @@ def test_backend_filter_selects_every_name_containing_it_in_any_case(root: Path)
     assert not (root / "backends/local-fs/pin_mappings.parquet").exists()
 
 
-def test_backend_filter_matching_nothing_exits_1_and_lists_the_backends(root: Path) -> None:
+def test_backend_filter_matching_nothing_exits_2_and_lists_the_backends(root: Path) -> None:
     make_backend(root, "alpha", pins_json=C[:1])
     make_backend(root, "beta", pins_json=C[:1])
 
     result = run_pinfs(root, "migrate", "--backend-filter", "gamma")
 
-    assert result.returncode == 1
+    assert result.returncode == 2  # an unknown backend is bad input (issue #16)
     assert result.stderr.strip() == "pinfs migrate: error: no backend matches 'gamma' (backends: alpha, beta)"
 
 

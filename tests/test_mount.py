@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from helpers import cid_for, file_digests, make_backend, run_pinfs, store_records
-from mounting import Mount, force_unmount, mounted, needs_fuse, sh, start_mount, stop_with, write_errno
+from mounting import REJECTIONS, Mount, force_unmount, mounted, needs_fuse, sh, start_mount, stop_with, write_errno
 
 from pinfs import schema
 from pinfs.backends import get_backend
@@ -73,7 +73,7 @@ def ro(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mo
 def rw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
     root = tmp_path_factory.mktemp("rw") / "ipfs_kit"
     (root / "backends").mkdir(parents=True)
-    with mounted(root, tmp_path_factory.mktemp("rw-mnt") / "m") as mount:
+    with mounted(root, tmp_path_factory.mktemp("rw-mnt") / "m", expected_log=REJECTIONS) as mount:
         yield mount
 
 
@@ -322,8 +322,8 @@ def test_health_names_every_backend(ro: Mount) -> None:
 def test_modes_and_owner(ro: Mount) -> None:
     expected = {
         ro.path("README"): 0o444,
-        ro.path("backends"): 0o555,
-        ro.path("backends", "s3-main", "by-cid", cid_for(1)): 0o555,
+        ro.path("backends"): 0o755,
+        ro.path("backends", "s3-main", "by-cid", cid_for(1)): 0o755,
         ro.path("backends", "s3-main", "by-cid", cid_for(1), "status"): 0o444,
         ro.path(".control", "migrate"): 0o600,
         ro.path("backends", "s3-main", ".control", "pin"): 0o600,

@@ -13,15 +13,32 @@ from pinfs.errors import NotFound
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    car = subparsers.add_parser("car", help="read and rebuild pin_mappings.car files")
+    car = subparsers.add_parser(
+        "car",
+        help="read and rebuild pin_mappings.car files",
+        description="Read a pin_mappings.car file in any of its forms, or rebuild backends' pin_mappings.car "
+        "from their pins.",
+    )
     actions = car.add_subparsers(dest="car_command", metavar="ACTION", required=True)
     show = actions.add_parser(
-        "show", parents=[common], help="print a pin_mappings.car (CARv1 or legacy JSON) as the legacy JSON form"
+        "show",
+        parents=[common],
+        help="print a pin_mappings.car (CARv1 or legacy JSON) as the legacy JSON form",
+        description="Print a pin_mappings.car file, a CARv1 or the legacy JSON form, as the legacy JSON form "
+        '({"format": "pin_mappings_car", "version", "pin_mappings": [...]}); every block hash is checked.',
     )
-    show.add_argument("file", type=Path, metavar="FILE")
+    show.add_argument("file", type=Path, metavar="FILE", help="the pin_mappings.car file to read")
     show.set_defaults(handler=run_show)
-    regenerate = actions.add_parser("regenerate", parents=[common], help="rebuild pin_mappings.car from the parquet")
-    regenerate.add_argument("--backend", action="append", default=[], metavar="NAME", help="repeatable")
+    regenerate = actions.add_parser(
+        "regenerate",
+        parents=[common],
+        help="rebuild pin_mappings.car from the parquet",
+        description="Write pin_mappings.car (and pin_mappings.parquet) of each backend again from its pins "
+        "(the Delta table), e.g. when health says an export is missing or behind.",
+    )
+    regenerate.add_argument(
+        "--backend", action="append", default=[], metavar="NAME", help="only this backend (repeatable)"
+    )
     regenerate.set_defaults(handler=run_regenerate)
 
 

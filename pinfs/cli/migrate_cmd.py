@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from pinfs.cli.output import emit, exit_status, make_progress, root_of
@@ -34,7 +35,16 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="only the backend of this name, or else every backend whose name contains it, in any case (repeatable)",
     )
-    parser.add_argument("--verbose", action="store_true", help="list the CIDs added, updated and rejected")
+    parser.add_argument(
+        "--skip-backend",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="leave out the backend of exactly this name, e.g. one that failed before (repeatable)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="list the CIDs added, updated and rejected, with each rejected value"
+    )
     parser.add_argument(
         "--force",
         action="store_true",
@@ -61,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = MigrateOptions(
         backends=args.backend_filter,
+        skip=args.skip_backend,
         dry_run=args.dry_run,
         verbose=args.verbose,
         force=args.force,
@@ -79,8 +90,30 @@ def describe(report: dict[str, Any]) -> str:
     if not report["backends"]:
         lines.append("no backends found")
     lines.extend(f"warning: {p['location']}: {p['reason']}" for p in report["problems"])
-    lines.append(("ok" if report["ok"] else "FAILED") + f" ({report['mode']})")
+    lines.append(_verdict(report))
     return "\n".join(lines)
+
+
+def _verdict(report: dict[str, Any]) -> str:
+    """The last line: ok, or which backends failed and how to go on without them (issue #16)."""
+    mode = report["mode"]
+    if report["ok"]:
+        return f"ok ({mode})"
+    broken = [entry["backend"] for entry in report["backends"] if not entry["ok"]]
+    done = len(report["backends"]) - len(broken)
+    others = (
+        "there were no others"
+        if not done
+        else "the other backend went through"
+        if done == 1
+        else (f"the other {done} went through")
+    )
+    what = "have problems" if mode == "verify-only" else "failed"
+    skips = " ".join(f"--skip-backend {name}" for name in broken)
+    return (
+        f"FAILED ({mode}): {', '.join(broken)} {what} (see above); {others}. Fix what is said above and run "
+        f"this again, or leave them out: pinfs migrate {skips} (or pick backends with --backend-filter NAME)"
+    )
 
 
 def _line(entry: dict[str, Any], mode: str, prefix: str) -> str:
@@ -103,24 +136,55 @@ def _entry_line(entry: dict[str, Any], mode: str, prefix: str) -> str:
         listed = "\n".join(f"  - {problem}" for problem in entry["problems"])
         return f"{name}: {entry['problem_count']} problem(s)\n{listed}"
     if mode == "restore":
-        return f"{prefix}{name}: restore {entry['pins']} pins from {entry['restored_from']}"
+        return _restore_line(entry, prefix)
     if entry.get("note"):
         return f"{prefix}{name}: {entry['note']}; {entry['total']} pins"
+    would = entry.get("would_write")  # a dry run: what it would write (issue #16)
     counts = [f"{entry['added']} added", f"{entry['updated']} updated", f"{entry['unchanged']} unchanged"]
-    if entry["rejected"]:
+    if entry["rejected"] and would is not None:
+        kept = "would be kept in pins.rejected.json" if would["rejected"] else "as in pins.rejected.json"
+        counts.append(f"{entry['rejected']} rejected ({kept})")
+    elif entry["rejected"]:
         counts.append(f"{entry['rejected']} rejected (see pins.rejected.json)")
     clauses = [", ".join(counts), *_kept(entry), f"{entry['total']} pins"]
-    car = (
-        f"; CAR {'written' if not prefix else 'would be written'} ({entry['car_reason']})"
-        if entry["car_written"]
-        else ""
-    )
+    car = ""
+    if would is not None and would["car"]:
+        car = f"; CAR would be written ({entry['car_reason']})"
+    elif entry["car_written"]:
+        car = f"; CAR written ({entry['car_reason']})"
     text = f"{prefix}{name}: {'; '.join(clauses)}{car}"
     for key, word in _LISTED:
         text += "".join(f"\n  {word} {cid}" for cid in entry.get(f"{key}_cids", []))
     for item in entry.get("rejected_entries", []):
-        text += f"\n  rejected {item['location']}: {item['reason']}"
+        text += f"\n  rejected {item['location']} {_shown(item['entry'])}: {item['reason']}"
     return text
+
+
+def _shown(value: Any) -> str:
+    """A rejected value as it was written, cut short (issue #16: say what was rejected, not only where)."""
+    text = json.dumps(value)  # ASCII escapes: a lone surrogate from pins.json cannot break the output
+    return text if len(text) <= 100 else text[:99] + "…"
+
+
+def _restore_line(entry: dict[str, Any], prefix: str) -> str:
+    """What a restore does, or would do: the pins it drops are named (issue #16)."""
+    key = "would_" if prefix else ""
+    verb = "would restore" if prefix else "restored"
+    text = f"{prefix}{entry['backend']}: {verb} {entry['pins']} pins from {entry['restored_from']}"
+    dropped, count = entry.get(f"{key}drop", []), entry.get(f"{key}drop_count", 0)
+    text += f"; {'would drop' if prefix else 'dropped'} {count} pin{'s' if count != 1 else ''} not in it"
+    text += f", {'would add' if prefix else 'added'} {entry.get(f'{key}add_count', 0)}"
+    if prefix and entry.get("would_keep_current_as"):
+        text += f"; the current pins would be kept as {entry['would_keep_current_as']}"
+    elif entry.get("previous_parquet_kept_as"):
+        text += f"; the previous pins are kept as {entry['previous_parquet_kept_as']}"
+    text += "".join(f"\n  {'would drop' if prefix else 'dropped'} {cid}" for cid in dropped[:TEXT_DROPS])
+    if count > min(len(dropped), TEXT_DROPS):
+        text += f"\n  … and {count - min(len(dropped), TEXT_DROPS)} more (use --json)"
+    return text
+
+
+TEXT_DROPS = 1000  # pins a restore names in text (--json lists up to MAX_LISTED_DROPS)
 
 
 _LISTED = (

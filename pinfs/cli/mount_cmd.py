@@ -49,10 +49,19 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "mount",
         parents=[common],
         help="serve the data root as a FUSE filesystem",
-        description="Serve the data root at MOUNTPOINT until unmounted ('pinfs umount', Ctrl-C or SIGTERM).",
+        description="Serve the data root at MOUNTPOINT until unmounted ('pinfs umount', Ctrl-C or SIGTERM). "
+        "MOUNTPOINT must be an existing directory, and an empty one: a directory with entries is refused, since "
+        "the mount would hide them, unless --nonempty (-o nonempty) is given.",
     )
-    mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
+    mount.add_argument(
+        "mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory (one with entries: see --nonempty)"
+    )
     mount.add_argument("--background", action="store_true", help="detach once the mount is ready")
+    mount.add_argument(
+        "--nonempty",
+        action="store_true",
+        help="mount even on a directory that has entries (they are hidden, not changed, until unmounted)",
+    )
     mount.add_argument(
         "--allow-other", action="store_true", help="let other users enter (the kernel then checks file modes)"
     )
@@ -77,7 +86,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         default=[],
         metavar="OPTIONS",
         help="mount options as in fstab, comma-separated: allow_other, cache_mb=N, sync_interval=T, "
-        "verify_interval=T, debug, ro, noexec; mount(8)'s own (defaults, _netdev, nofail, x-*) are ignored",
+        "verify_interval=T, debug, nonempty, ro, noexec; mount(8)'s own (defaults, _netdev, nofail, x-*) "
+        "are ignored",
     )
     mount.add_argument(
         "--print-systemd-unit",
@@ -88,9 +98,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     mount.set_defaults(handler=handle_mount)
 
     umount = subparsers.add_parser(
-        "umount", parents=[common], help="unmount a pinfs mount", description="Unmount MOUNTPOINT."
+        "umount",
+        parents=[common],
+        help="unmount a pinfs mount",
+        description="Unmount the pinfs mount at MOUNTPOINT (fusermount3 -u); one whose process was killed is "
+        "cleared too. While a shell or program still uses the mount, nothing is unmounted and the error says "
+        "which processes hold it (as 'fuser -m' does): leave the mount with them, then run it again.",
     )
-    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the data root is mounted")
     umount.set_defaults(handler=handle_umount)
 
 
@@ -100,6 +115,7 @@ def apply_options(args: argparse.Namespace) -> list[str]:
     options = parse_options(args.options)
     args.allow_other = args.allow_other or options.allow_other
     args.debug = args.debug or options.debug
+    args.nonempty = args.nonempty or options.nonempty
     if options.cache_mb is not None:
         args.cache_mb = options.cache_mb
     for name in ("sync_interval", "verify_interval"):
@@ -130,7 +146,7 @@ def _config(args: argparse.Namespace) -> Any:
     if not root.is_dir():
         raise NotFound(f"data root {root} does not exist")
     mountpoint = _mountpoint(args)
-    check_mountpoint(mountpoint)
+    check_mountpoint(mountpoint, nonempty=args.nonempty)
     return MountConfig(
         root=root,
         mountpoint=mountpoint,
@@ -147,7 +163,7 @@ def _mount_words(args: argparse.Namespace) -> list[str]:
     """The options of ``pinfs mount`` that reproduce this one (for the detached copy and the unit);
     after ``apply_options``."""
     words = ["--cache-mb", str(args.cache_mb)]
-    words += ["--allow-other"] * args.allow_other + ["--debug"] * args.debug
+    words += ["--allow-other"] * args.allow_other + ["--debug"] * args.debug + ["--nonempty"] * args.nonempty
     for option, seconds in (("--sync-interval", args.sync_interval), ("--verify-interval", args.verify_interval)):
         if seconds is not None:
             words += [option, f"{seconds:g}"]

@@ -58,7 +58,7 @@ IGNORED_OPTIONS = frozenset(
     }
 )
 IGNORED_PREFIXES = ("x-", "comment=")
-OWN_FLAGS = ("allow_other", "debug")
+OWN_FLAGS = ("allow_other", "debug", "nonempty")
 OWN_VALUES = ("cache_mb", "sync_interval", "verify_interval")
 
 
@@ -68,6 +68,7 @@ class MountOptions:
 
     allow_other: bool = False
     debug: bool = False
+    nonempty: bool = False
     cache_mb: int | None = None
     sync_interval: str | None = None
     verify_interval: str | None = None

@@ -12,6 +12,14 @@ from pinfs.cli.output import emit, exit_status, make_progress, root_of
 from pinfs.errors import InvalidInput, PinfsError
 from pinfs.fsutil import atomic_write_bytes
 
+# health, status and insights exit alike (issue #16).
+REPORT_EXIT = (
+    "Exit status: 0 when every backend could be read (degraded ones included), 1 when one cannot be "
+    "(its pins or its config are unreadable), 2 for bad usage."
+)
+# Per-pin lines of sync and verify in text (the report, --json, keeps up to ops.sync.MAX_DETAILS).
+TEXT_DETAILS = 1000
+
 
 def _days(text: str) -> float:
     try:
@@ -51,12 +59,22 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     verify.set_defaults(handler=run_verify)
 
     health = subparsers.add_parser(
-        "health", parents=[common], help="per backend ok/degraded/error and why", description="Health report."
+        "health",
+        parents=[common],
+        help="per backend ok/degraded/error and why",
+        description="Check every backend and say, per backend, ok, degraded or error, and why, with what to do: "
+        "failed pins, stored pins not verified lately, exports behind the table, a storage that cannot be "
+        "reached, backup copies that differ, a backend still served from pins.json. " + REPORT_EXIT,
     )
     health.set_defaults(handler=run_health)
 
     status = subparsers.add_parser(
-        "status", parents=[common], help="per backend: type, counts, file sizes, last runs", description="Status."
+        "status",
+        parents=[common],
+        help="per backend: type, counts, file sizes, last runs",
+        description="Per backend: its type, where its pins are read from (its table, an older parquet, its "
+        "legacy pins.json), counts by status, the sizes of its files and when it was last synced and "
+        "migrated. " + REPORT_EXIT,
     )
     status.add_argument("--detailed", action="store_true", help="also config, driver, verification, failures")
     status.set_defaults(handler=run_status)
@@ -65,7 +83,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "insights",
         parents=[common],
         help="pin distribution, age, failures, replication",
-        description="Insights over every backend: pins by status, age, failures, replication, last syncs.",
+        description="Insights over every backend: pins by status, their age, the most common failure reasons, "
+        "how many backends hold each CID, storage used, pins needing verification, last syncs. " + REPORT_EXIT,
     )
     insights.add_argument(
         "--svg",
@@ -154,11 +173,13 @@ def _sync_text(report: dict[str, Any]) -> str:
         if entry.get("reason"):
             head += f" - {entry['reason']}"
         lines.append(head)
-        for item in entry.get("moved", []) + entry.get("would_move", []):
-            verb = "would move" if report.get("dry_run") else "moved"
-            lines.append(f"  {verb} {item['cid']} from {item['from']}")
-        for item in entry.get("failed", []) + entry.get("would_fail", []):
-            lines.append(f"  FAILED {item['cid']}: {item['error']}")
+        moved = entry.get("moved", []) + entry.get("would_move", [])
+        verb = "would move" if report.get("dry_run") else "moved"
+        lines.extend(f"  {verb} {item['cid']} from {item['from']}" for item in moved[:TEXT_DETAILS])
+        lines.extend(_more(len(moved), entry.get("counts", {}).get("moved", 0), entry["backend"], None))
+        failed = entry.get("failed", []) + entry.get("would_fail", [])
+        lines.extend(f"  FAILED {item['cid']}: {item['error']}" for item in failed[:TEXT_DETAILS])
+        lines.extend(_more(len(failed), entry.get("counts", {}).get("failed", 0), entry["backend"], "failed"))
         push = entry.get("car_push")
         if push and push.get("error"):
             lines.append(f"  pin_mappings.car not pushed: {push['error']}")
@@ -178,6 +199,17 @@ def _sync_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _more(listed: int, total: int, backend: str, status: str | None) -> list[str]:
+    """The line that says how many pins the text left out, and where they all are (issue #16)."""
+    shown = min(listed, TEXT_DETAILS)
+    if total <= shown:
+        return []
+    if listed >= total:
+        return [f"  … and {total - shown} more (use --json)"]
+    where = f"; 'pinfs pin ls --backend {backend} --status {status}' lists them all" if status else ""
+    return [f"  … and {total - shown} more (--json lists {listed}{where})"]
+
+
 def _verify_text(report: dict[str, Any]) -> str:
     lines = []
     for entry in report["backends"]:
@@ -185,8 +217,9 @@ def _verify_text(report: dict[str, Any]) -> str:
         if entry.get("reason"):
             head += f" - {entry['reason']}"
         lines.append(head)
-        for item in entry.get("failed", []):
-            lines.append(f"  FAILED {item['cid']}: {item['error']}")
+        failed = entry.get("failed", [])
+        lines.extend(f"  FAILED {item['cid']}: {item['error']}" for item in failed[:TEXT_DETAILS])
+        lines.extend(_more(len(failed), entry.get("counts", {}).get("failed", 0), entry["backend"], "failed"))
     totals = report["totals"]
     lines.append(
         f"total: {totals['checked']} checked, {totals['good']} good, {totals['failed']} failed, "

@@ -11,35 +11,82 @@ from pinfs.cli.output import emit, root_of
 from pinfs.errors import describe
 from pinfs.schema import STATUSES
 
+CID_HELP = (
+    "a CID: CIDv0 (Qm...) or CIDv1 in any multibase; every spelling of one CID (Qm... and bafybei..., "
+    "upper or lower case) is that one CID"
+)
+IDENTITY = (
+    "A CID is matched by its identity (codec and multihash), however it is spelled: 'Qm...' and its "
+    "CIDv1 'bafybei...', another multibase or another case of base32 are the same CID, and a backend "
+    "keeps the spelling first written."
+)
+
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    pin = subparsers.add_parser("pin", help="add, remove, list and show pins")
+    pin = subparsers.add_parser(
+        "pin",
+        help="add, remove, list and show pins",
+        description="Add, remove, list and show the pins of the data root's backends. " + IDENTITY,
+    )
     actions = pin.add_subparsers(dest="pin_command", metavar="ACTION", required=True)
 
-    add = actions.add_parser("add", parents=[common], help="pin CIDs in a backend (one write for all)")
-    add.add_argument("cids", nargs="+", metavar="CID")
-    add.add_argument("--backend", required=True, metavar="NAME")
+    add = actions.add_parser(
+        "add",
+        parents=[common],
+        help="pin CIDs in a backend (one write for all)",
+        description="Pin CIDs in one backend, in one write: new ones are added (status pending unless --status "
+        "says otherwise), pinned ones get the status and metadata given, and one pinned already with "
+        "nothing new is reported unchanged. " + IDENTITY,
+    )
+    add.add_argument("cids", nargs="+", metavar="CID", help=CID_HELP)
+    add.add_argument("--backend", required=True, metavar="NAME", help="the backend to pin in")
     add.add_argument("--status", choices=STATUSES, help="status to set (new pins default to pending)")
-    add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)")
+    add.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=VALUE", help="a metadata key to set (repeatable)"
+    )
     add.set_defaults(handler=run_add)
 
-    remove = actions.add_parser("rm", parents=[common], help="unpin CIDs from a backend (all or nothing)")
-    remove.add_argument("cids", nargs="+", metavar="CID")
-    remove.add_argument("--backend", required=True, metavar="NAME")
+    remove = actions.add_parser(
+        "rm",
+        parents=[common],
+        help="unpin CIDs from a backend (all or nothing)",
+        description="Unpin CIDs from one backend, in one write. If one of them is not pinned there, nothing "
+        "changes and the command says which (exit 1). " + IDENTITY,
+    )
+    remove.add_argument("cids", nargs="+", metavar="CID", help=CID_HELP)
+    remove.add_argument("--backend", required=True, metavar="NAME", help="the backend to unpin from")
     remove.set_defaults(handler=run_remove)
 
-    listing = actions.add_parser("ls", parents=[common], help="list pins (streamed; --json gives JSON lines)")
-    listing.add_argument("--backend", metavar="NAME")
-    listing.add_argument("--status", choices=STATUSES)
+    listing = actions.add_parser(
+        "ls",
+        parents=[common],
+        help="list pins (streamed; --json gives JSON lines)",
+        description="List pins, a backend at a time in CID order, streamed: one tab-separated line per pin "
+        "(CID, status, backend, CAR path), or with --json one JSON object per line.",
+    )
+    listing.add_argument("--backend", metavar="NAME", help="only this backend's pins (default: every backend)")
+    listing.add_argument("--status", choices=STATUSES, help="only pins with this status")
     listing.set_defaults(handler=run_list)
 
-    get = actions.add_parser("get", parents=[common], help="show a pin's record in each backend holding it")
-    get.add_argument("cid", metavar="CID")
-    get.add_argument("--backend", metavar="NAME")
+    get = actions.add_parser(
+        "get",
+        parents=[common],
+        help="show a pin's record in each backend holding it",
+        description="Show the record of a CID in each backend holding it (or in --backend only); exit 1 when "
+        "none does. " + IDENTITY,
+    )
+    get.add_argument("cid", metavar="CID", help=CID_HELP)
+    get.add_argument("--backend", metavar="NAME", help="look only in this backend")
     get.set_defaults(handler=run_get)
 
-    find = subparsers.add_parser("find", parents=[common], help="every backend holding a CID, and where")
-    find.add_argument("cid", metavar="CID")
+    find = subparsers.add_parser(
+        "find",
+        parents=[common],
+        help="every backend holding a CID, and where",
+        description="Every backend holding a CID: its status there and where its CAR lives; exit 1 when no "
+        "backend holds it. " + IDENTITY,
+    )
+    find.add_argument("cid", metavar="CID", help=CID_HELP)
     find.set_defaults(handler=run_get, backend=None)
 
 
@@ -54,7 +101,10 @@ def run_add(args: argparse.Namespace) -> int:
     emit(
         args,
         report,
-        lambda r: f"{r['backend']}: {len(r['added'])} added, {len(r['updated'])} updated; {r['total']} pins",
+        lambda r: (
+            f"{r['backend']}: {len(r['added'])} added, {len(r['updated'])} updated, "
+            f"{len(r['unchanged'])} unchanged; {r['total']} pins"
+        ),
     )
     return _exports_status(args, report)
 
@@ -121,6 +171,9 @@ def run_get(args: argparse.Namespace) -> int:
 def _describe_holders(report: dict[str, Any]) -> str:
     lines = [report["cid"]]
     for holder in report["backends"]:
-        lines.append(f"  {holder['backend']} ({holder['type']}): {holder['status']} at {holder['car_file_path']}")
+        spelled = f" as {holder['cid']}," if holder["cid"] != report["cid"] else ""  # issue #16: one CID
+        lines.append(
+            f"  {holder['backend']} ({holder['type']}): {holder['status']}{spelled} at {holder['car_file_path']}"
+        )
     lines.extend(f"  {item['backend']}: error: {item['error']}" for item in report["errors"])
     return "\n".join(lines)

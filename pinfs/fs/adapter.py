@@ -110,6 +110,7 @@ class ControlHandle:
     inode: int = 0  # the control file's inode and the pid that opened it: who else holds it
     opener_pid: int = 0  # (``pinfs.fs.holders``)
     position: int = 0  # the open file's offset: where the last write ended
+    append: bool = False  # opened with O_APPEND ('>>', 'tee -a'): writes come at the file's size, not 0
 
 
 @dataclass
@@ -371,7 +372,9 @@ class PinfsOperations(pyfuse3.Operations):
             if writing:
                 self._check_owner(ctx)
                 control.check_idle()
-                handle = ControlHandle(node, control, writable=True, inode=inode, opener_pid=ctx.pid)
+                # '>>' works like '>' (issue #16): input is per handle and starts empty either way.
+                append = bool(flags & os.O_APPEND)
+                handle = ControlHandle(node, control, writable=True, inode=inode, opener_pid=ctx.pid, append=append)
             else:
                 handle = ControlHandle(node, control, writable=False, content=BytesContent(control.describe()))
             return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
@@ -407,7 +410,7 @@ class PinfsOperations(pyfuse3.Operations):
         if handle.ran:
             raise InvalidInput("the command written to this open file has run; open the file again for another")
         handle.control.check_idle()
-        if off != len(handle.buffer):
+        if off != len(handle.buffer) and not handle.append:  # with O_APPEND the kernel says the file's size
             raise InvalidInput("control files take their input in order, from offset 0")
         handle.buffer += buf
         handle.position = off + len(buf)

@@ -3,11 +3,12 @@
 What it is for: a table of small command objects, one per control file name. Each one parses the
 written text into the same options dataclass the CLI builds (``pinfs.ops.*``) and runs the same
 operation function; ``ControlFile`` keeps the state of one control file (idle, running, succeeded,
-failed) and describes its last run as JSON.
+failed, or rejected: input refused, with why) and describes its last run as JSON.
 
 What it must not do: import pyfuse3 or the tree, do any work of the operations itself, or act on
 input that is not entirely valid. ``Command.parse`` validates everything (words, values, backend
-names, CIDs, UTF-8, line length) and raises ``InvalidInput`` before anything runs.
+names, CIDs, UTF-8, line length) and raises ``InvalidInput`` before anything runs; the registry
+records every such rejection in the file's state and logs it (issue #16), wherever it is found.
 
 Threading: ``parse`` and ``ControlFile.run`` block (they touch disk) and run on worker threads.
 ``ControlFile.start`` and ``describe`` are cheap and may be called from the event loop; its state is
@@ -16,11 +17,13 @@ guarded by a lock because the run finishes on a worker thread.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import json
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ log = logging.getLogger(__name__)
 MAX_LINE_BYTES = 4096
 MAX_BATCH_BYTES = 16 << 20
 
-IDLE, RUNNING, SUCCEEDED, FAILED = "idle", "running", "succeeded", "failed"
+IDLE, RUNNING, SUCCEEDED, FAILED, REJECTED = "idle", "running", "succeeded", "failed", "rejected"
 
 
 # -- parsed commands --
@@ -79,11 +82,11 @@ def decode_input(data: bytes, multiline: bool) -> str:
 
 
 def _check_backend(root: Path, name: str) -> str:
-    validate_backend_name(name)
     try:
+        validate_backend_name(name)
         get_backend(root, name)
-    except NotFound as exc:
-        raise InvalidInput(str(exc)) from None
+    except (InvalidInput, NotFound) as exc:
+        raise InvalidInput(f"line 1: backend={name}: {exc}") from None
     return name
 
 
@@ -92,18 +95,26 @@ def _check_filter(root: Path, text: str) -> str:
     selects at least one backend."""
     try:
         match_backends(root, [text])
-    except NotFound as exc:
-        raise InvalidInput(str(exc)) from None
+    except (InvalidInput, NotFound) as exc:
+        raise InvalidInput(f"line 1: backend={text}: {exc}") from None
     return text
+
+
+def _skipped_backend(name: str) -> str:
+    """A ``skip-backend=`` value: a backend name (``migrate`` checks that it exists)."""
+    try:
+        return validate_backend_name(name)
+    except InvalidInput as exc:
+        raise InvalidInput(f"line 1: skip-backend={name[:60]}: {exc}") from None
 
 
 def _parse_days(text: str) -> float:
     try:
         days = float(text)
     except ValueError:
-        raise InvalidInput(f"older-than={text!r}: expected a number of days") from None
+        raise InvalidInput(f"line 1: older-than={text!r}: expected a number of days") from None
     if not math.isfinite(days) or days < 0:
-        raise InvalidInput(f"older-than={text!r}: expected a number of days, 0 or more")
+        raise InvalidInput(f"line 1: older-than={text!r}: expected a number of days, 0 or more")
     return days
 
 
@@ -120,6 +131,7 @@ class WordsCommand:
     function: Callable[[Path, Any], dict[str, Any]]
     flags: dict[str, str] = field(default_factory=dict)  # word -> options field
     values: dict[str, tuple[str, Callable[[str], Any]]] = field(default_factory=dict)  # key -> (field, parser)
+    repeatable: frozenset[str] = frozenset()  # keys of ``values`` that may be given again (a list)
     check_backend: Callable[[Path, str], str] = _check_backend  # validates a backend= value
     multiline = False
 
@@ -139,15 +151,27 @@ class WordsCommand:
                     backends.append(self.check_backend(root, value))
             elif has_value and key in self.values:
                 target, parser = self.values[key]
-                if target in fields:
-                    raise InvalidInput(f"{key}= given twice")
-                fields[target] = parser(value)
+                if key in self.repeatable:
+                    fields.setdefault(target, []).append(parser(value))
+                elif target in fields:
+                    raise InvalidInput(f"line 1: {key}= given twice")
+                else:
+                    fields[target] = parser(value)
             else:
-                raise InvalidInput(f"unknown word {word[:60]!r} for {self.name}; see README")
+                raise InvalidInput(f"line 1: unknown word {word[:60]!r}{self._suggestion(word)}")
         args = {"backends": backends, **fields}
 
         options = self.options_class(**args)
         return Prepared(self.name, args, lambda: self.function(root, options))
+
+    def _suggestion(self, word: str) -> str:
+        """`` (did you mean 'dry-run'?)`` for a near miss, else the words there are (issue #16)."""
+        key, has_value, value = word.partition("=")
+        words = [*self.flags, "backend=", *(f"{name}=" for name in self.values)]
+        close = difflib.get_close_matches(key + has_value, words, n=1, cutoff=0.6)
+        if close:
+            return f" (did you mean {close[0] + value if close[0].endswith('=') else close[0]!r}?)"
+        return f" ({self.name} takes: {', '.join(word + '<value>' if word.endswith('=') else word for word in words)})"
 
 
 @dataclass(frozen=True)
@@ -197,6 +221,8 @@ COMMANDS: dict[str, Command] = {
                 "restore-from-backup": "restore_from_backup",
                 "verify-only": "verify_only",
             },
+            values={"skip-backend": ("skip", _skipped_backend)},  # issue #16: leave a broken one out
+            repeatable=frozenset({"skip-backend"}),
             check_backend=_check_filter,  # the CLI's --backend-filter (CONTRACT §3)
         ),
         WordsCommand("regenerate-car", RegenerateOptions, regenerate_car),
@@ -244,6 +270,7 @@ class ControlFile:
         self._finished_at: str | None = None
         self._result: Any = None
         self._error: str | None = None
+        self._at: str | None = None  # when the state was reached
 
     @property
     def running(self) -> bool:
@@ -262,6 +289,7 @@ class ControlFile:
             self._state, self._args = RUNNING, prepared.args
             self._started_at, self._finished_at = now_iso(), None
             self._result = self._error = None
+            self._at = self._started_at
 
     def run(self, prepared: Prepared) -> bool:
         """Run a started command to the end (blocking) and record how it went; True on success."""
@@ -282,7 +310,19 @@ class ControlFile:
         with self._lock:
             self._state = FAILED if error else SUCCEEDED
             self._finished_at, self._result, self._error = now_iso(), result, error
+            self._at = self._finished_at
         return error is None
+
+    def reject(self, reason: str) -> None:
+        """Record input that was refused (nothing ran), so that reading the file says why, even when
+        the writer never saw the error (issue #16: bash's ``printf`` ignores a failed close). A run in
+        progress keeps its state: the rejection is only logged then."""
+        with self._lock:
+            if self._state == RUNNING:
+                return
+            self._state, self._args, self._result, self._error = REJECTED, None, None, reason
+            self._started_at = self._finished_at = None
+            self._at = now_iso()
 
     def describe(self) -> bytes:
         """The last run as JSON (CONTRACT §2), pretty, with a final newline."""
@@ -296,6 +336,7 @@ class ControlFile:
                 "finished_at": self._finished_at,
                 "result": self._result,
                 "error": self._error,
+                "at": self._at,
             }
         return (json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n").encode()
 
@@ -321,16 +362,32 @@ class ControlRegistry:
             return found
 
     def parse(self, key: tuple[str | None, str], data: bytes) -> Prepared:
-        """Validate written bytes for the control file ``key``. Raises InvalidInput."""
+        """Validate written bytes for the control file ``key``. Raises InvalidInput, recorded as the
+        file's state (``rejected``) and logged."""
         command = COMMANDS[key[1]]
-        if isinstance(command, LinesCommand):
-            return command.parse(self.root, key[0], data, self.defer_car)
-        return command.parse(self.root, key[0], data)
+        with self._recording_rejection(key):
+            if isinstance(command, LinesCommand):
+                return command.parse(self.root, key[0], data, self.defer_car)
+            return command.parse(self.root, key[0], data)
+
+    @contextlib.contextmanager
+    def _recording_rejection(self, key: tuple[str | None, str]) -> Iterator[None]:
+        try:
+            yield
+        except InvalidInput as exc:
+            self.get(key).reject(str(exc))
+            where = "/".join(part for part in ("backends", key[0]) if key[0]) or ""
+            log.warning("%s.control/%s: rejected: %s", f"{where}/" if where else "", key[1], exc)
+            raise
 
     def check_partial(self, key: tuple[str | None, str], data: bytes, checked: int) -> int:
         """Validate what has arrived so far: size, UTF-8 and every complete line after byte ``checked``
         (those before it were checked by an earlier write). Returns the new ``checked``. Raises
         InvalidInput. A line still incomplete is checked by the next write or by ``parse``."""
+        with self._recording_rejection(key):
+            return self._check_partial(key, data, checked)
+
+    def _check_partial(self, key: tuple[str | None, str], data: bytes, checked: int) -> int:
         command = COMMANDS[key[1]]
         complete = data.rfind(b"\n") + 1
         if isinstance(command, LinesCommand):

@@ -43,7 +43,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from pinfs.errors import InvalidInput, NotFound, PinfsError
+from pinfs.errors import Busy, InvalidInput, NotFound, PinfsError
 from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
 from pinfs.fs.tree import PinTree
@@ -230,8 +230,10 @@ def is_fd_mountpoint(mountpoint: Path) -> bool:
     return re.fullmatch(r"/dev/fd/\d+", str(mountpoint)) is not None
 
 
-def check_mountpoint(mountpoint: Path) -> None:
-    """Raise NotFound / InvalidInput when ``mountpoint`` cannot be mounted on."""
+def check_mountpoint(mountpoint: Path, *, nonempty: bool = False) -> None:
+    """Raise InvalidInput (exit 2) when ``mountpoint`` cannot be mounted on: not a directory, a mount
+    already, or (unless ``nonempty``) a directory with entries, which the mount would hide (issue #16:
+    libfuse 3 mounts over them without a word)."""
     if is_fd_mountpoint(mountpoint):
         return
     # The mount table first: stat of a mount whose process died fails (ENOTCONN).
@@ -247,7 +249,14 @@ def check_mountpoint(mountpoint: Path) -> None:
     except OSError:
         is_dir = False
     if not is_dir:
-        raise NotFound(f"mount point {mountpoint} is not an existing directory")
+        raise InvalidInput(f"mount point {mountpoint} is not an existing directory")
+    if not nonempty:
+        with contextlib.suppress(OSError), os.scandir(mountpoint) as entries:
+            if next(entries, None) is not None:
+                raise InvalidInput(
+                    f"mount point {mountpoint} is not empty: mounting would hide what is in it; use an empty "
+                    "directory, or give --nonempty (-o nonempty) to mount over it anyway"
+                )
 
 
 def warm_up_arrow() -> None:
@@ -380,6 +389,14 @@ def unmount(mountpoint: Path, wait: float = SERVER_EXIT_TIMEOUT) -> str:
             return "unmounted (lazily: the process serving it had gone)"
         attempt = lazy
     message = (attempt.stderr.strip().splitlines() or [f"fusermount3 exited {attempt.returncode}"])[-1]
+    if "busy" in message.lower():
+        users = mount_users(target)
+        held = "; ".join(users[:10]) + (f"; and {len(users) - 10} more" if len(users) > 10 else "")
+        who = f"in use by {held}" if users else "in use by a process this user cannot see (try 'fuser -vm')"
+        raise Busy(
+            f"could not unmount {target}: it is busy, {who}; leave it (cd elsewhere, close those programs), "
+            f"then run 'pinfs umount {target}' again"
+        )
     raise PinfsError(f"could not unmount {target}: {message}")
 
 
@@ -446,6 +463,45 @@ def _wait_for_exit(pids: Sequence[int], timeout: float) -> list[int]:
         finally:
             os.close(handle)
     return left
+
+
+def mount_users(target: str) -> list[str]:
+    """What holds a mount, as ``fuser -m`` tells it (issue #16): processes whose working directory,
+    root, open files or mapped files are under ``target``, e.g. ``pid 4242 (bash: working directory)``.
+    Read from /proc without touching the mount (a link's text is not the file it names); processes of
+    other users are not readable and are left out."""
+    inside = target.rstrip("/") + "/"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        uses = _uses_of(entry.path, target, inside)
+        if uses:
+            found.append(f"pid {entry.name} ({_process_name(entry.path)}: {', '.join(uses)})")
+    return found
+
+
+def _uses_of(process: str, target: str, inside: str) -> list[str]:
+    def under(link: str) -> bool:
+        try:
+            path = os.readlink(link)
+        except OSError:
+            return False
+        return path == target or path.startswith(inside)
+
+    uses = [word for name, word in (("cwd", "working directory"), ("root", "root")) if under(f"{process}/{name}")]
+    with contextlib.suppress(OSError):
+        if any(under(f"{process}/fd/{fd}") for fd in os.listdir(f"{process}/fd")):
+            uses.append("open file")
+    return uses
+
+
+def _process_name(process: str) -> str:
+    try:
+        with open(f"{process}/comm", encoding="utf-8", errors="replace") as comm:
+            return comm.read().strip() or "?"
+    except OSError:
+        return "?"
 
 
 def _fusermount(flags: str, target: str) -> subprocess.CompletedProcess[str]:

@@ -95,7 +95,9 @@ class NodeKind(Enum):
 
 
 _MODES = {
-    NodeKind.DIRECTORY: stat.S_IFDIR | 0o555,
+    # 0755, not 0555 (issue #16): a copy made with 'cp -r' keeps the modes, and its owner must be able
+    # to remove it again. Nothing here is writable all the same: every change is refused with EROFS.
+    NodeKind.DIRECTORY: stat.S_IFDIR | 0o755,
     NodeKind.FILE: stat.S_IFREG | 0o444,
     NodeKind.GENERATED: stat.S_IFREG | 0o444,
     NodeKind.SYMLINK: stat.S_IFLNK | 0o777,
@@ -413,6 +415,7 @@ Everything is read-only except the control files, which run commands when writte
   echo 'older-than=3' > .control/verify        (words: backend=<name>, older-than=<days>, deep)
   migrate words: dry-run verbose force force-car-regeneration restore-from-backup
                  verify-only backend=<name or part of names> (repeatable)
+                 skip-backend=<name> (repeatable)
 
 In backends/<b>/.control/ the same files act on that backend only, plus:
 
@@ -426,8 +429,11 @@ command has finished, and fails with EIO when it failed: /bin/echo run by bash r
 that opens the file itself and keeps it open around a command (dash: sh -c '/bin/echo x > f';
 any shell's built-in echo) makes the last close its own, and ignores errors at close: check "state"
 in the file's JSON, which is final when the shell returns. A bad word or CID, or a line over 4 KiB,
-fails the write (EINVAL) and nothing of that open file runs. Reading a control file gives JSON
-about its last run.
+fails the write (EINVAL) and nothing of that open file runs; the file's JSON then says "state":
+"rejected" and why, in "error" (a bad last line without a newline is only found at close, which
+bash's printf does not check: read the JSON). '>>' and 'tee -a' work like '>'. Reading a control
+file gives JSON about its last run.
+Any spelling of a CID finds it: by-cid/<cid> and cids/<cid> take Qm... or bafy..., in any case.
 Mounted with --sync-interval / --verify-interval (e.g. 15m, 1d), the mount also runs sync and
 verify on that schedule; health.json and status.json show their last runs. CIDs containing "/" (base64 multibase)
 cannot be file names and are left out of listings.
@@ -596,8 +602,9 @@ class PinTree:
             if not self._holders(name):
                 raise NotFound(f"no backend holds {name!r}")
             return self._dir((*parent, name))
-        if len(parent) == 2 and name in self._holders(parent[1]):
-            return self._cid_link((*parent, name), parent[1], name)
+        stored = self._holders(parent[1]).get(name) if len(parent) == 2 else None
+        if stored is not None:
+            return self._cid_link((*parent, name), stored, name)
         raise NotFound(f"no entry {name!r} in /{'/'.join(parent)}")
 
     # -- listing directories --
@@ -618,7 +625,8 @@ class PinTree:
         if path == (CIDS_DIR,):
             return self._cids_listing()
         if path[0] == CIDS_DIR:
-            return StaticListing([self._cid_link((*path, name), path[1], name) for name in self._holders(path[1])])
+            holders = self._holders(path[1])
+            return StaticListing([self._cid_link((*path, name), stored, name) for name, stored in holders.items()])
         return self._backend_listing(path)
 
     def _backend_listing(self, path: Path_) -> Listing | NameListing:
@@ -786,24 +794,28 @@ class PinTree:
 
     @staticmethod
     def _record(snapshot: PinSnapshot, cid: str) -> dict[str, Any] | None:
+        """The record of the CID ``cid`` spells, stored under any spelling (issue #16)."""
         if not _nameable(cid) or not is_valid_cid(cid):
             return None  # not a CID at all: no need to read anything
-        return snapshot.lookup(cid)
+        return snapshot.find(cid)
 
-    def _holders(self, cid: str) -> list[str]:
-        """Names of the backends holding ``cid``: one indexed lookup per backend. When none of those that
-        can be read holds it but some cannot be read, nobody can say it is not there: CorruptData (EIO,
-        not ENOENT: issue #15, item 8)."""
+    def _holders(self, cid: str) -> dict[str, str]:
+        """The backends holding the CID ``cid`` spells, each with the spelling it stores: one indexed
+        lookup per backend (and per other standard spelling, for a CID not spelled as stored). When
+        none of those that can be read holds it but some cannot be read, nobody can say it is not
+        there: CorruptData (EIO, not ENOENT: issue #15, item 8)."""
         if not _nameable(cid) or not is_valid_cid(cid):
-            return []
-        holders: list[str] = []
+            return {}
+        holders: dict[str, str] = {}
         unreadable: list[str] = []
         for backend in discover_backends(self.root)[0]:
             try:
-                if self._snapshot(backend).lookup(cid) is not None:
-                    holders.append(backend.name)
+                record = self._snapshot(backend).find(cid)
             except (PinfsError, OSError) as exc:
                 unreadable.append(f"{backend.name}: {describe(exc)}")
+                continue
+            if record is not None:
+                holders[backend.name] = str(record["cid"])
         if not holders and unreadable:
             raise CorruptData(f"{cid}: in no backend that can be read, and cannot read {'; '.join(unreadable)}")
         return holders

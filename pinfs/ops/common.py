@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pinfs.backends import Backend, discover_backends, get_backend, validate_backend_name
-from pinfs.errors import CorruptData, InvalidInput, NotFound, describe
+from pinfs.errors import CorruptData, InvalidInput, UnknownBackend, describe
 from pinfs.snapshots import PinSnapshot
 from pinfs.store import PinStore
 
@@ -50,7 +50,7 @@ def match_backends(root: Path, filters: Sequence[str]) -> list[Backend]:
         found = exact or [backend for backend in backends if text.lower() in backend.name]
         if not found:
             names = ", ".join(backend.name for backend in backends) or "none"
-            raise NotFound(f"no backend matches {text!r} (backends: {names})")
+            raise UnknownBackend(f"no backend matches {text!r} (backends: {names})")
         chosen.update((backend.name, backend) for backend in found)
     return sorted(chosen.values(), key=lambda backend: backend.name)
 

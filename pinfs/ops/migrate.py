@@ -48,7 +48,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.backends import LEGACY_NAME, REJECTED_NAME, Backend
+from pinfs.backends import LEGACY_NAME, REJECTED_NAME, Backend, get_backend
+from pinfs.cids import identity_columns, spelling_duplicates
 from pinfs.errors import CorruptData, NotFound, PinfsError
 from pinfs.exports import export_state, refresh_exports
 from pinfs.fsutil import atomic_write_bytes, read_regular_file
@@ -78,6 +79,8 @@ PARQUET_BACKUP_PREFIX = "pin_mappings.parquet.backup."
 IMPORT_SECTION = "legacy_import"
 # verify-only lists at most this many problems per backend; the count says how many there were.
 MAX_LISTED_PROBLEMS = 50
+# A restore lists at most this many of the pins it drops; the count says how many there are.
+MAX_LISTED_DROPS = 10_000
 # Compared to tell whether a pins.json entry changed since the last import (cid and backend are the same).
 _COMPARED = ("car_file_path", "created_at", "status", "metadata")
 # Keys of ``metadata`` that pinfs' sync and verify write; ``--force`` keeps them (issue #14, item 3).
@@ -89,6 +92,7 @@ _OWN_METADATA = frozenset(
 @dataclass
 class MigrateOptions:
     backends: list[str] = field(default_factory=list)  # --backend-filter values; empty: every backend
+    skip: list[str] = field(default_factory=list)  # --skip-backend: names left out (issue #16)
     dry_run: bool = False
     verbose: bool = False
     force: bool = False
@@ -100,7 +104,8 @@ class MigrateOptions:
 def migrate(root: Path, options: MigrateOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Migrate (or restore, or verify) the chosen backends; one report entry per backend."""
     progress = progress or NullProgress()
-    backends = match_backends(root, options.backends)
+    skipped = {get_backend(root, name).name for name in options.skip}  # UnknownBackend for a typo
+    backends = [backend for backend in match_backends(root, options.backends) if backend.name not in skipped]
     mode = "verify-only" if options.verify_only else "restore" if options.restore_from_backup else "migrate"
     entries: list[dict[str, Any]] = []
     progress.start(mode, len(backends))
@@ -113,6 +118,7 @@ def migrate(root: Path, options: MigrateOptions, progress: Progress | None = Non
         "mode": mode,
         "dry_run": options.dry_run,
         "backends": entries,
+        "skipped": sorted(skipped),
         "problems": discovery_problems(root),
     }
 
@@ -381,10 +387,16 @@ def _compare(backend: Backend, plan: _Plan, *, force: bool) -> None:
     """Sort every entry of the source into added / updated / unchanged / not applied, and build the
     merged table."""
     assert plan.legacy is not None and plan.source is not None
-    legacy = plan.legacy.table()
-    cids = legacy.column("cid")
-    in_store = pc.is_in(cids, value_set=plan.current.column("cid").combine_chunks())
+    # issue #16: a CID is compared by identity, spelled as the store spells it (else as last imported)
+    stored = plan.current.column("cid")
+    template = plan.legacy.template
     previous = _previous_import(backend, plan)
+    if previous is not None:
+        previous = _respelled(previous, template, [stored])
+    references = [stored] if previous is None else [stored, previous.column("cid")]
+    legacy = _respelled(plan.legacy.table(), template, references)
+    cids = legacy.column("cid")
+    in_store = pc.is_in(cids, value_set=stored.combine_chunks())
     if previous is None:  # everything is new
         in_last, changed = _all(len(legacy), False), _all(len(legacy), False)
     else:
@@ -419,6 +431,31 @@ def _previous_import(backend: Backend, plan: _Plan) -> pa.Table | None:
     # because the file was rewritten.
     default = mtime_iso(plan.source.mtime)
     return parse_legacy(previous.data, previous.path, backend.name, backend.type, default_created_at=default).table()
+
+
+def _respelled(table: pa.Table, template: tuple[str, str], references: Sequence[pa.ChunkedArray]) -> pa.Table:
+    """``table`` with each CID spelled as the first of ``references`` that holds the same CID spelled
+    another way (issue #16); a ``car_file_path`` made from the backend's template follows the spelling."""
+    cids = table.column("cid")
+    for reference in references:
+        if not len(reference) or not len(cids):
+            continue
+        keys, reference_keys = identity_columns(cids, reference)
+        if keys is cids:
+            continue  # no two spellings of one CID can be among them
+        where = pc.index_in(keys, value_set=pa.chunked_array([reference_keys]).combine_chunks())
+        spelled = pc.coalesce(pc.take(reference.combine_chunks(), where), cids)
+        changed = pc.not_equal(spelled, cids)
+        if not pc.any(changed).as_py():
+            continue
+        old_cars = pc.binary_join_element_wise(template[0], cids, template[1], "")
+        new_cars = pc.binary_join_element_wise(template[0], spelled, template[1], "")
+        cars = table.column("car_file_path")
+        cars = pc.if_else(pc.and_(changed, pc.equal(cars, old_cars)), new_cars, cars)
+        for name, column in (("cid", spelled), ("car_file_path", cars)):
+            table = table.set_column(table.schema.get_field_index(name), table.schema.field(name), column)
+        cids = table.column("cid")
+    return table
 
 
 def _all(length: int, value: bool) -> pa.Array:
@@ -542,6 +579,14 @@ def _describe(backend: Backend, plan: _Plan, options: MigrateOptions) -> dict[st
         "car_written": plan.car_reason is not None,
         "car_reason": plan.car_reason,
     }
+    if options.dry_run:  # issue #16: a dry run writes nothing, and says what it would write
+        entry["would_write"] = {
+            "backup": entry.pop("backup"),
+            "parquet": parquet_written,
+            "car": entry["car_written"],
+            "rejected": bool(legacy is not None and legacy.rejected and _rejected_changed(backend, legacy)),
+        }
+        entry.update(backup=False, parquet_written=False, car_written=False)
     if plan.note:
         entry["note"] = plan.note
     if backend.config_error:
@@ -624,8 +669,10 @@ def _restore_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
     }
     if options.dry_run:
         entry["would_keep_current_as"] = PARQUET_BACKUP_PREFIX + "<stamp>" if store.has_parquet() else None
+        entry.update(_restore_changes(store, legacy, "would_"))
         return entry
     with store.transaction() as txn:
+        entry.update(_restore_changes(store, legacy, ""))
         entry.update(_replace_from(backend, txn, legacy))
         _remember_import(backend, newest, source.sha256)
     try:
@@ -635,6 +682,26 @@ def _restore_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
         return entry
     entry["car"] = exports.get("car") or {"path": str(backend.car_path)}
     return entry
+
+
+def _restore_changes(store: PinStore, legacy: LegacyPins, prefix: str) -> dict[str, Any]:
+    """Which pins a restore drops (in the store, not in the backup) and how many it adds, by identity
+    (issue #16: a dry run says which pins it would drop)."""
+    if not store.has_parquet():
+        return {f"{prefix}drop": [], f"{prefix}drop_count": 0, f"{prefix}add_count": legacy.count}
+    current = pa.chunked_array(
+        [piece.column("cid") for piece in store.snapshot().scan(["cid"])] or [pa.array([], pa.string())]
+    )
+    restored = legacy.table().column("cid")
+    current_keys, restored_keys = identity_columns(current, restored)
+    restored_set = pa.chunked_array([restored_keys]).combine_chunks()
+    dropped = current.filter(pc.invert(pc.is_in(current_keys, value_set=restored_set)))
+    added = pc.sum(pc.invert(pc.is_in(restored_keys, value_set=pa.chunked_array([current_keys]).combine_chunks())))
+    return {
+        f"{prefix}drop": dropped.slice(0, MAX_LISTED_DROPS).to_pylist(),
+        f"{prefix}drop_count": len(dropped),
+        f"{prefix}add_count": added.as_py() or 0,
+    }
 
 
 def _replace_from(backend: Backend, txn: Transaction, legacy: LegacyPins) -> dict[str, Any]:
@@ -723,6 +790,8 @@ def _verify_table(store: PinStore, problems: list[str]) -> pa.Table | None:
     duplicate = first_duplicate_cid(table)
     if duplicate is not None:
         problems.append(f"{store.table.directory}: CID {duplicate} appears more than once")
+    for first, second in spelling_duplicates(table.column("cid"))[:MAX_LISTED_PROBLEMS]:
+        problems.append(f"{store.table.directory}: {first} and {second} are one CID spelled two ways (issue #16)")
     _verify_rows(store.table.directory, table, problems)
     return table
 

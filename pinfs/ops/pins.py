@@ -8,6 +8,7 @@ the exports follow (``pinfs.ops.carops``: at once, or for a big backend in the m
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pinfs.backends import Backend, discover_backends, ensure_backend_dir, get_backend
-from pinfs.cids import validate_cid
+from pinfs.cids import cid_key, validate_cid
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, describe
 from pinfs.ops.carops import DeferExport, change_pins
 from pinfs.schema import REQUIRED_COLUMNS, STATUSES, dump_metadata, load_metadata, make_record
@@ -70,8 +71,17 @@ def parse_pin_line(line: str, where: str = "") -> PinRequest:
             key, meta_value = parse_meta(word[len("meta.") :], where)
             request.metadata[key] = meta_value
         else:
-            raise InvalidInput(f"{where}unknown word {word!r} (expected status=… or meta.KEY=VALUE)")
+            raise InvalidInput(f"{where}unknown word {word!r}{_pin_word_hint(name, sep, value)}")
     return request
+
+
+def _pin_word_hint(name: str, sep: str, value: str) -> str:
+    """`` (did you mean 'status=pending'?)`` for a near miss (issue #16), else what a pin line takes."""
+    if sep and difflib.get_close_matches(name, ["status"], n=1, cutoff=0.6):
+        return f" (did you mean {'status=' + value!r}?)"
+    if difflib.get_close_matches(name.partition(".")[0], ["meta"], n=1, cutoff=0.6) and "." in name:
+        return f" (did you mean {'meta.' + name.partition('.')[2] + sep + value!r}?)"
+    return " (a pin line is: CID [status=stored|pending|failed] [meta.KEY=VALUE]...)"
 
 
 def _cid(text: str, where: str) -> str:
@@ -118,21 +128,46 @@ def add_pins(
         raise InvalidInput("no pins given")
     backend = get_backend(root, backend_name)
     ensure_backend_dir(backend)  # a backend known only from its config gets its directory on first pin
-    batch = {request.cid: request for request in requests}  # a repeated CID: the last line wins
+    batch = _by_identity(requests)
 
     def body(txn: Transaction) -> dict[str, Any]:
-        existing = txn.records_for(list(batch))
+        existing = txn.records_by_identity(list(batch))
         added: list[str] = []
         updated: list[str] = []
+        unchanged: list[str] = []
         replacements = {}
         for cid, request in batch.items():
             old = existing.get(cid)
-            (updated if old else added).append(cid)
-            replacements[cid] = _apply_request(backend, request, old)
+            record = _apply_request(backend, request, old)
+            if old is None:
+                added.append(cid)
+            elif any(record.get(column) != old.get(column) for column in REQUIRED_COLUMNS):
+                updated.append(record["cid"])  # the spelling stored, which stays (issue #16)
+            else:
+                unchanged.append(record["cid"])
+                continue
+            replacements[record["cid"]] = record
         total = txn.update(replacements)
-        return {"ok": True, "backend": backend.name, "added": added, "updated": updated, "total": total}
+        report = {"ok": True, "backend": backend.name, "added": added, "updated": updated, "unchanged": unchanged}
+        return {**report, "total": total}
 
     return change_pins(backend, body, defer_car)
+
+
+def _by_identity(requests: Sequence[PinRequest]) -> dict[str, PinRequest]:
+    """One request per CID, however it is spelled (issue #16): the first spelling names it; a later
+    line's status wins and its metadata is merged in, as a second pin of the CID would."""
+    batch: dict[str, PinRequest] = {}
+    spelling: dict[str, str] = {}  # identity key -> first spelling
+    for request in requests:
+        first = spelling.setdefault(cid_key(request.cid), request.cid)
+        earlier = batch.get(first)
+        if earlier is None:
+            batch[first] = PinRequest(first, request.status, dict(request.metadata))
+        else:
+            earlier.status = request.status or earlier.status
+            earlier.metadata.update(request.metadata)
+    return batch
 
 
 def _apply_request(backend: Backend, request: PinRequest, old: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -168,7 +203,7 @@ def remove_pins(
     request = request_key("unpin", wanted)
 
     def body(txn: Transaction) -> dict[str, Any]:
-        found = txn.records_for(wanted)
+        found = txn.records_by_identity(wanted)  # any spelling of a pinned CID removes it (issue #16)
         missing = [cid for cid in wanted if cid not in found]
         if missing:
             done = _done_before(txn, request) if len(missing) == len(wanted) else None
@@ -176,8 +211,9 @@ def remove_pins(
                 raise NotFound(f"{missing[0]} is not pinned in backend {backend.name!r}" + _and_more(missing))
             total = txn.update({})
             return {"ok": True, "backend": backend.name, "removed": [], "already_removed": done, "total": total}
-        total = txn.update({}, removals=wanted, request=request)
-        return {"ok": True, "backend": backend.name, "removed": wanted, "total": total}
+        removed = list(dict.fromkeys(str(found[cid]["cid"]) for cid in wanted))
+        total = txn.update({}, removals=removed, request=request)
+        return {"ok": True, "backend": backend.name, "removed": removed, "total": total}
 
     return change_pins(backend, body, defer_car)
 
@@ -231,7 +267,7 @@ def find_cid(root: Path, cid: str, backend_name: str | None = None) -> dict[str,
     errors: list[dict[str, str]] = []
     for backend in _backends_to_search(root, backend_name):
         try:
-            record = PinStore(backend).snapshot().lookup(cid)
+            record = PinStore(backend).snapshot().find(cid)  # any spelling (issue #16)
         except PinfsError as exc:
             errors.append({"backend": backend.name, "error": describe(exc)})
             continue

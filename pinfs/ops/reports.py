@@ -40,6 +40,7 @@ from pinfs.ops.carops import DEFERRED_EXPORTS
 from pinfs.ops.drivers import DriverError, driver_for, has_driver
 from pinfs.ops.drivers.filesystem import FilesystemDriver
 from pinfs.ops.state import read_state
+from pinfs.ops.sync import NO_CONTENT, STAGING_DIR
 from pinfs.schema import FAILED, FUTURE_TOLERANCE, PENDING, STATUSES, STORED, load_metadata, now_iso
 from pinfs.snapshots import PinSnapshot
 from pinfs.store import PinStore
@@ -162,7 +163,8 @@ def _car_state(view: BackendView) -> str:
 
 
 def _storage_problem(backend: Backend) -> str | None:
-    """A cheap local check of the backend's storage (no network)."""
+    """A cheap check of the backend's storage: local checks, and for a driver that offers one a
+    reachability probe (one connection, remembered for 30 s)."""
     if not has_driver(backend) or backend.config_error:
         return None
     try:
@@ -175,6 +177,12 @@ def _storage_problem(backend: Backend) -> str | None:
     local = isinstance(driver, FilesystemDriver) and backend.type != "sshfs"
     if local and driver.base.exists() and not driver.base.is_dir():
         return f"storage_path {driver.base} is not a directory"
+    try:
+        driver.probe()  # e.g. an S3 endpoint that does not answer (issue #16): one connection at most
+    except DriverError as exc:
+        return f"unreachable: {exc} (sync and verify of {backend.name} fail until it answers)"
+    finally:
+        driver.close()
     return None
 
 
@@ -199,15 +207,7 @@ def _health_of(view: BackendView, sources: list[Backend] | None = None) -> dict[
     failed = view.by_status.get(FAILED, 0)
     storage = _storage_problem(backend)
     if failed:
-        # Advice only where it works (issue #14, item 6): sync needs a driver for the backend's type,
-        # configured well enough to reach its storage.
-        if not has_driver(backend):
-            retry = f"no storage driver for type {backend.type!r} here to retry them"
-        elif storage:
-            retry = "fix its storage setting (below), then sync them"
-        else:
-            retry = f"run 'pinfs sync --backend {backend.name}'"
-        reasons.append(f"{failed} failed pin{'s' if failed != 1 else ''} ({retry})")
+        reasons.append(_failed_advice(view, failed, storage))
     try:
         verification = _verification(view)
     except (PinfsError, OSError, pa.ArrowException) as exc:
@@ -269,6 +269,32 @@ def _health_of(view: BackendView, sources: list[Backend] | None = None) -> dict[
         entry["exports"] = exports
     entry["verification"] = verification
     return entry
+
+
+def _failed_advice(view: BackendView, failed: int, storage: str | None) -> str:
+    """What to do about a backend's failed pins: advice only where it works (issue #14, item 6). Sync
+    needs a driver for the backend's type, and retrying a pin whose content CAR is nowhere changes
+    nothing, so those are told where sync looks for content (issue #16, item 3)."""
+    backend = view.backend
+    pins = f"{failed} failed pin{'s' if failed != 1 else ''}"
+    if not has_driver(backend):
+        return f"{pins} (no storage driver for type {backend.type!r} here to retry them)"
+    if storage:  # configured too badly to reach its storage (issue #14, item 6)
+        return f"{pins} (fix its storage setting (below), then sync them)"
+    retry = f"run 'pinfs sync --backend {backend.name}'"
+    reasons = _failure_reasons(view.snapshot, failed) if view.snapshot is not None else []
+    no_content = sum(item["count"] for item in reasons if item["reason"].startswith(NO_CONTENT))
+    if not no_content:
+        return f"{pins} ({retry})"
+    staging = backend.directory.parent.parent / STAGING_DIR
+    where = (
+        f"no copy of their content CAR was found: sync looks for {staging}/<cid>.car and in every other "
+        "backend holding the CID as stored; put each CAR there (e.g. 'ipfs dag export <cid>'), then sync "
+        f"this backend again"
+    )
+    if no_content >= sum(item["count"] for item in reasons):
+        return f"{pins}: {where}"
+    return f"{pins} ({retry}); {no_content} of them: {where}"
 
 
 def _backups_of(backend: Backend, sources: list[Backend]) -> dict[str, Any] | None:

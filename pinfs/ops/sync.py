@@ -38,7 +38,7 @@ from typing import Any
 
 from pinfs.backends import Backend, discover_backends
 from pinfs.car import verify_content_car
-from pinfs.cids import is_valid_cid
+from pinfs.cids import is_valid_cid, standard_forms
 from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported, describe
 from pinfs.exports import export_state, refresh_exports
 from pinfs.fsutil import read_regular_file
@@ -54,8 +54,11 @@ from pinfs.store import PinStore
 
 STAGING_DIR = "cars"
 CAR_KEY = "pin_mappings.car"
-# Per-pin details kept in a report per backend and kind; counts are always complete.
-MAX_DETAILS = 1000
+# Per-pin details kept in a report per backend and kind; counts are always complete. The text output
+# shows fewer (``pinfs.cli.ops_cmd``) and says how many more --json has (issue #16).
+MAX_DETAILS = 10_000
+# What a pin whose content CAR is nowhere to be found fails with; health recognises it (issue #16).
+NO_CONTENT = "no copy of its content CAR found"
 
 
 @dataclass
@@ -163,21 +166,21 @@ class SyncContext:
                 self._snapshots[backend.name] = None
         return self._snapshots[backend.name]
 
-    def staging_path(self, cid: str) -> Path | None:
+    def staging_paths(self, cid: str) -> list[Path]:
+        """``ROOT/cars/<cid>.car``, under the pin's spelling and then its standard ones (issue #16)."""
         if "/" in cid or not is_valid_cid(cid):
-            return None
-        return self.root / STAGING_DIR / f"{cid}.car"
+            return []
+        return [self.root / STAGING_DIR / f"{form}.car" for form in dict.fromkeys([cid, *standard_forms(cid)])]
 
     def sources(self, target: Backend, cid: str) -> Iterator[tuple[str, Callable[[], bytes], Callable[[], bool]]]:
         """Candidate places for ``cid``'s content CAR, best first: (label, fetch, exists)."""
-        staged = self.staging_path(cid)
-        if staged is not None:
-            yield str(staged), lambda: _read_file(staged), staged.is_file
+        for staged in self.staging_paths(cid):
+            yield str(staged), _bind_read(staged), staged.is_file
         for other in self.backends:
             if other.name == target.name or not other.enabled or not has_driver(other):
                 continue
             snapshot = self.snapshot(other)
-            record = snapshot.lookup(cid) if snapshot is not None else None
+            record = snapshot.find(cid) if snapshot is not None else None  # spelled in any way (issue #16)
             if record is None or record.get("status") != STORED:
                 continue
             try:
@@ -187,6 +190,10 @@ class SyncContext:
                 continue
             label = f"backend {other.name} ({key})"
             yield label, _bind_get(driver, cid, key), _bind_exists(driver, cid, key)
+
+
+def _bind_read(path: Path) -> Callable[[], bytes]:
+    return lambda: _read_file(path)
 
 
 def _bind_get(driver: Driver, cid: str, key: str) -> Callable[[], bytes]:
@@ -425,8 +432,8 @@ def _sync_pin(context: SyncContext, backend: Backend, driver: Driver, record: di
         )
     if not reasons:
         reasons.append(
-            f"no copy of its content CAR found (looked in {context.root / STAGING_DIR} and every "
-            f"backend holding it stored)"
+            f"{NO_CONTENT}: looked for {context.root / STAGING_DIR}/<cid>.car and in every other backend "
+            f"holding the CID as stored; put the CAR there (e.g. 'ipfs dag export <cid>') and sync again"
         )
     return _failed(record, "; ".join(reasons))
 

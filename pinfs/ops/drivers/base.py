@@ -168,6 +168,10 @@ class BaseDriver:
     def check(self) -> None:
         """Raise DriverError when the storage cannot be reached at all."""
 
+    def probe(self) -> None:
+        """A cheap reachability check for health (issue #16): raise DriverError when the storage
+        surely cannot be reached, at the cost of one connection attempt at most. Default: nothing."""
+
     # -- named files: keyed drivers implement these --
 
     def put(self, key: str, data: bytes) -> None:

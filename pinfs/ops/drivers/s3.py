@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import posixpath
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+import cachetools
 
 from pinfs.backends import Backend
 from pinfs.errors import NotFound
@@ -31,6 +34,11 @@ from pinfs.ops.drivers.base import setting as _first
 MAX_ATTEMPTS = 2
 # S3's limit for one PUT (larger objects need a multipart upload, which pyarrow does for a stream).
 S3_MAX_OBJECT_BYTES = 5 * 1024**4
+
+# Endpoints tried lately and what happened ("" when it answered): health probes each backend, and many
+# backends often share one endpoint (issue #16: a blackholed one must not cost its timeout each time).
+_PROBED: cachetools.TTLCache = cachetools.TTLCache(maxsize=64, ttl=30)
+_PROBED_LOCK = threading.Lock()
 
 
 class S3Driver(BaseDriver):
@@ -126,11 +134,22 @@ class S3Driver(BaseDriver):
         host = self.options.get("endpoint_override") or f"s3.{self.options['region']}.amazonaws.com"
         parsed = urlparse(f"{self.options.get('scheme', 'https')}://{host}")
         port = parsed.port or (80 if parsed.scheme == "http" else 443)
-        try:
-            with socket.create_connection((parsed.hostname or "", port), timeout=CONNECT_TIMEOUT):
-                pass
-        except OSError as exc:
-            raise DriverError(f"{self.describe()}: cannot connect to {parsed.hostname}:{port} ({exc})") from None
+        address = (parsed.hostname or "", port)
+        with _PROBED_LOCK:
+            known = _PROBED.get(address)
+        if known is None:
+            try:
+                with socket.create_connection(address, timeout=CONNECT_TIMEOUT):
+                    known = ""
+            except OSError as exc:
+                known = str(exc)
+            with _PROBED_LOCK:
+                _PROBED[address] = known
+        if known:
+            raise DriverError(f"{self.describe()}: cannot connect to {parsed.hostname}:{port} ({known})")
+
+    def probe(self) -> None:
+        self._probe_endpoint()
 
     def check(self) -> None:
         from pyarrow import fs as pafs
