@@ -23,7 +23,8 @@ above name files the same way on both. What differs between the two is decided h
 Errors are pinfs errors with one line each: a missing object is ``FileNotFoundError`` (as for a
 local file), a refused login ``S3AccessDenied``, an unreachable endpoint ``S3Unreachable``.
 
-Threading: boto3 clients are thread-safe; the metadata cache has its own lock.
+Threading: boto3 clients are thread-safe; the metadata cache has its own lock. A forked child drops the
+parent's clients (their pooled sockets are shared with the parent) and makes its own.
 """
 
 from __future__ import annotations
@@ -116,6 +117,18 @@ def s3_client() -> Any:
         return client
 
 
+def _after_fork_in_child() -> None:
+    """A forked child makes its own client: the parent's pooled connections are the same sockets, and a
+    child that used one could read an answer meant for another process (or leave one half-read). The
+    lock is made anew, since another thread of the parent may have held it at the fork."""
+    global _CACHE_LOCK
+    _CACHE_LOCK = threading.Lock()
+    _CLIENTS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _translate(error: Exception, where: str) -> Exception:
     """A botocore error as the pinfs error (or FileNotFoundError) a user can act on."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
@@ -190,6 +203,15 @@ def _remember(kind: str, uri: str, value: object) -> None:
         if len(_metadata) > 20000:
             _metadata.clear()
         _metadata[(kind, uri)] = (time.monotonic(), value)
+
+
+def _remember_head(uri: str, answer: dict[str, Any]) -> S3Stat:
+    """Keep what a HEAD answered as the object's ``stat``."""
+    info = S3Stat(
+        int(answer["ContentLength"]), int(answer["LastModified"].timestamp() * 1e9), answer.get("ETag", "").strip('"')
+    )
+    _remember("stat", uri, info)
+    return info
 
 
 def forget_metadata(path: S3Path | None = None, *, below: bool = False) -> None:
@@ -272,25 +294,29 @@ class S3Path:
     # -- metadata --
 
     def stat(self) -> S3Stat:
+        info = self._object_stat()
+        if info is not None:
+            return info
+        if self._has_children():
+            return _DIRECTORY
+        raise FileNotFoundError(2, "no such object", str(self))
+
+    def _object_stat(self) -> S3Stat | None:
+        """The object's ``stat`` (one HEAD, remembered), or None when there is no object of that name
+        (a folder may still be there: only ``stat``/``exists``/``is_dir`` also ask for a listing)."""
         uri = str(self)
         found = _remembered("stat", uri)
         if isinstance(found, S3Stat):
             return found
         if found is False:
-            raise FileNotFoundError(2, "no such object", uri)
+            return None
         try:
             with _calling(uri):
-                head = s3_client().head_object(Bucket=self.bucket, Key=self.key)
+                answer = s3_client().head_object(Bucket=self.bucket, Key=self.key)
         except FileNotFoundError:
-            if self._has_children():
-                return _DIRECTORY
             _remember("stat", uri, False)
-            raise
-        info = S3Stat(
-            int(head["ContentLength"]), int(head["LastModified"].timestamp() * 1e9), head.get("ETag", "").strip('"')
-        )
-        _remember("stat", uri, info)
-        return info
+            return None
+        return _remember_head(uri, answer)
 
     def lstat(self) -> S3Stat:
         return self.stat()
@@ -303,10 +329,7 @@ class S3Path:
         return True
 
     def is_file(self) -> bool:
-        try:
-            return stat_module.S_ISREG(self.stat().st_mode)
-        except FileNotFoundError:
-            return False
+        return self._object_stat() is not None
 
     def is_dir(self) -> bool:
         return self._has_children()
@@ -412,13 +435,15 @@ def put_object(
 
 
 def head(target: S3Path) -> tuple[str, dict[str, str]] | None:
-    """The object's ETag and user metadata, asked now (no cache); None when there is no object."""
+    """The object's ETag and user metadata, asked now (no cache); None when there is no object. What
+    it answered is what a ``stat`` right after it says."""
     forget_metadata(target)
     try:
         with _calling(str(target)):
             answer = s3_client().head_object(Bucket=target.bucket, Key=target.key)
     except FileNotFoundError:
         return None
+    _remember_head(str(target), answer)
     return str(answer.get("ETag", "")).strip('"'), {k.lower(): v for k, v in answer.get("Metadata", {}).items()}
 
 
