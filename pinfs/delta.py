@@ -143,7 +143,7 @@ class DeltaPins:
     def has_version(self, version: int) -> bool:
         """Whether commit ``version`` exists (one ``stat``): how a reader learns that its version is
         no longer the newest without loading the log."""
-        return (self.log_dir / f"{version:020d}.json").exists()
+        return (self.log_dir / f"{version:020d}.json").is_file()
 
     def log_stamp(self) -> tuple[int, int, int]:
         """The log directory's identity and modification time: changes with every commit and clean-up,
