@@ -16,8 +16,8 @@ rewrites and commits several files of the Delta table, ``pinfs.store``), and aft
 
 To kill 200 writers in seconds, a *zygote* process imports pinfs once and forks the writers of each
 round (it never uses deltalake itself: delta-rs' tokio runtime does not survive a fork); it sleeps a
-random time for each (at first up to 300 ms, 600 for sync, whose round is three commits; then as
-``_kill_loop`` adapts it to the machine's speed), kills the child with SIGKILL, reaps it and reports.
+random 5-300 ms for each (600 for sync, whose round is three commits; on S3, as ``_kill_loop``
+adapts it to the machine's speed), kills the child with SIGKILL, reaps it and reports.
 A child acknowledges each completed operation by appending one line (one ``write``) to an ack file.
 
 The same loop runs on a root on S3 (SeaweedFS, ``tests/seaweed.py``), issue #13: there five writers,
@@ -462,12 +462,15 @@ def _remove_tree(path: Root) -> None:
     pinfs.store._TABLES.clear()
 
 
-def _kill_loop(world: World, tmp_path: Path, rounds: int, writers: int, longest_ms: dict[str, int]) -> None:
+def _kill_loop(
+    world: World, tmp_path: Path, rounds: int, writers: int, longest_ms: dict[str, int], adapt: bool = False
+) -> None:
     """``rounds`` times: start ``writers`` writers at once (the kinds in turn), SIGKILL each at its own
     random instant up to ``longest[kind]``, then check everything (module docstring) and make one
     successful write of one kind that was killed (each kind in turn).
 
-    ``longest`` starts at ``longest_ms`` and follows the machine's speed: 10 % longer after a writer of
+    With ``adapt``, ``longest`` starts at ``longest_ms`` and follows the machine's speed (on S3, where a
+    write takes ten times longer and depends on the server too): 10 % longer after a writer of
     that kind that completed nothing, 10 % shorter after one that completed two operations or more,
     which settles where both are equally likely (about three operations' time), so the kills land at
     every point of a writer's first writes on a fast machine and on a busy one alike."""
@@ -500,6 +503,8 @@ def _kill_loop(world: World, tmp_path: Path, rounds: int, writers: int, longest_
             for op, tag in zip(ops, tags, strict=True):
                 world.kills_by_op[op] += 1
                 completed = _read_acks(world, op, acks / f"{tag}.acks")
+                if not adapt:
+                    continue
                 if completed == 0:
                     longest[op] = min(int(longest[op] * 1.1) + 1, 30_000)
                 elif completed >= 2:
@@ -572,7 +577,7 @@ def test_two_hundred_sigkills_of_writers_on_an_s3_root(
     # touch; in between nothing else writes, so nothing it remembers expires.
     monkeypatch.setattr(pinfs.rootfs, "S3_METADATA_SECONDS", 3600.0)
     world = _setup(parse_root(os.environ["PINFS_ROOT"]), tmp_path / "storage")
-    _kill_loop(world, tmp_path, KILLS // S3_WRITERS, S3_WRITERS, S3_LONGEST_MS)
+    _kill_loop(world, tmp_path, KILLS // S3_WRITERS, S3_WRITERS, S3_LONGEST_MS, adapt=True)
 
 
 # -- concurrency --
@@ -583,7 +588,8 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from helpers import cid_for
 from pinfs.ops.pins import PinRequest, add_pins, remove_pins
-root, tag = Path(sys.argv[1]), sys.argv[2]
+from pinfs.rootfs import parse_root
+root, tag = parse_root(sys.argv[1]), sys.argv[2]
 for i in range(int(sys.argv[4])):
     cids = [cid_for(f"{tag}-{i}-{k}") for k in range(5)]
     add_pins(root, "shared", [PinRequest(c, "stored", {"by": tag}) for c in cids])
@@ -609,15 +615,35 @@ for i in range(int(sys.argv[4])):
 READER = r"""
 import json, os, sys, time
 from pathlib import Path
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import pytest
-from deltalake import DeltaTable
-from pinfs.car import read_pin_mappings_car
-directory, stop = Path(sys.argv[1]), Path(sys.argv[2])
+from pinfs.car import decode_pin_mappings_car, read_pin_mappings_car
+directory, stop = sys.argv[1], Path(sys.argv[2])
+on_s3 = directory.startswith("s3://")
+if on_s3:  # a reader of the bucket, as boto3 (or any S3 client) reads: one GET is one whole object
+    import boto3
+    client = boto3.client("s3")
+    bucket, _, prefix = directory[len("s3://"):].partition("/")
+    fetch = lambda name: client.get_object(Bucket=bucket, Key=f"{prefix}/{name}")["Body"].read()
+else:
+    directory = Path(directory)
 reads, errors, path_races = 0, [], 0
 while not stop.exists():
     try:
+        if on_s3:
+            try:
+                table = pq.read_table(pa.BufferReader(fetch("pin_mappings.parquet")))
+                car = fetch("pin_mappings.car")
+            except client.exceptions.NoSuchKey:  # before the first export
+                continue
+            decode_pin_mappings_car(car)
+            cids = table.column("cid")
+            assert len(cids) == len(pc.unique(cids)), "duplicate CIDs"
+            assert cids.to_pylist() == sorted(cids.to_pylist()), "unsorted"
+            reads += 1
+            time.sleep(0.02)  # leave the (two) cores to the writers and the server
+            continue
         # One open per read: pq.read_table(path) opens the path twice (footer, then pages), and a rename
         # between the two mixes two versions -- a reader-side race, not a torn file (docs/reliability.md).
         parquet = directory / "pin_mappings.parquet"
@@ -643,17 +669,32 @@ print(json.dumps({"reads": reads, "errors": errors[:5], "error_count": len(error
 """
 
 
-@pytest.mark.parametrize("file_rows", [None, "8"], ids=["big-files", "small-files"])
+@pytest.mark.parametrize(
+    ("where", "file_rows"),
+    [("local", None), ("local", "8"), ("s3", None)],
+    ids=["big-files", "small-files", "s3"],
+)
 def test_four_writers_and_a_reader_lose_nothing_and_see_nothing_torn(
-    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_rows: str | None
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, file_rows: str | None
 ) -> None:
     """Two CLI writers (``pinfs pin add/rm``) and two ops writers in subprocesses share a backend while
     another process reads its exported parquet and CAR in a loop. (Writers through the mount's control
     files: tests/test_mount_concurrency.py.) Small files: the table grows to dozens of data files while
-    they write, and their export refreshes race each other."""
+    they write, and their export refreshes race each other. On S3 each writer is a host of its own (its
+    own cache directory), the reader GETs the exports from the bucket, and they write half as many
+    rounds (every commit is several requests)."""
     if file_rows is not None:
         monkeypatch.setenv("PINFS_FILE_ROWS", file_rows)
-    make_backend(root, "shared")
+    root: Root = request.getfixturevalue("root")
+    if where == "s3":
+        seaweed: Seaweed = request.getfixturevalue("seaweed")
+        for name, value in seaweed.env(f"writers-{uuid.uuid4().hex}").items():
+            if name.startswith("AWS_") or name == "PINFS_ROOT":
+                monkeypatch.setenv(name, value)
+        monkeypatch.setenv("PINFS_CACHE_DIR", str(tmp_path / "checker-cache"))
+        root = parse_root(os.environ["PINFS_ROOT"])
+    ops_rounds, cli_rounds = (12, 3) if where == "s3" else (25, 5)
+    make_backend(root, "shared", config={"name": "shared"} if where == "s3" else None)
     add_pins(root, "shared", [PinRequest(cid_for("before"), "stored")])
     stop = tmp_path / "stop"
     reader = subprocess.Popen(
@@ -665,18 +706,19 @@ def test_four_writers_and_a_reader_lose_nothing_and_see_nothing_torn(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, "PINFS_CACHE_DIR": str(tmp_path / f"host-{tag}")},
         )
         for script, tag, rounds in (
-            (OPS_WORKER, "ops1", 25),
-            (OPS_WORKER, "ops2", 25),
-            (CLI_WORKER, "cli1", 5),
-            (CLI_WORKER, "cli2", 5),
+            (OPS_WORKER, "ops1", ops_rounds),
+            (OPS_WORKER, "ops2", ops_rounds),
+            (CLI_WORKER, "cli1", cli_rounds),
+            (CLI_WORKER, "cli2", cli_rounds),
         )
     ]
     expected = {cid_for("before")}
     removed: set[str] = set()
     for writer in writers:
-        out, err = writer.communicate(timeout=120)
+        out, err = writer.communicate(timeout=600)  # a hang guard: ~20 s on a local root, ~60 s on S3
         assert writer.returncode == 0, err
         for line in out.splitlines():
             kind, *cids = line.split()
@@ -685,9 +727,10 @@ def test_four_writers_and_a_reader_lose_nothing_and_see_nothing_torn(
     seen = json.loads(reader.communicate(timeout=30)[0])
     assert seen["error_count"] == 0, seen
     assert seen["reads"] > 10, seen
-    final = set(pq.read_table(root / "backends/shared/pin_mappings.parquet").column("cid").to_pylist())
+    forget_metadata()  # this process last looked before the writers' commits
+    final = set(pq.read_table(local_copy(root / "backends/shared/pin_mappings.parquet")).column("cid").to_pylist())
     assert final == expected - removed
-    assert len(final) == 1 + 2 * 25 * 3 + 2 * 5 * 3
+    assert len(final) == 1 + 2 * ops_rounds * 3 + 2 * cli_rounds * 3
     table = PinStore(get_backend(root, "shared"), StoreCache()).snapshot().table()
     assert set(table.column("cid").to_pylist()) == final
     assert migrate(root, MigrateOptions(verify_only=True))["ok"]  # and the CAR matches
