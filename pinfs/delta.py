@@ -36,7 +36,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,15 @@ import pyarrow as pa
 
 from pinfs.errors import CorruptData
 from pinfs.fsutil import fsync_file, local_temp_for, naming
-from pinfs.rootfs import S3Path, forget_metadata, keep_local, put_object
+from pinfs.rootfs import (
+    S3Path,
+    S3Unreachable,
+    delta_storage_options,
+    forget_metadata,
+    keep_local,
+    put_object,
+    unreachable,
+)
 from pinfs.schema import arrow_schema
 
 TABLE_DIR = "pin_mappings.delta"
@@ -158,7 +166,7 @@ class DeltaPins:
     def has_version(self, version: int) -> bool:
         """Whether commit ``version`` exists (one ``stat``): how a reader learns that its version is
         no longer the newest without loading the log."""
-        return (self.log_dir / f"{version:020d}.json").exists()
+        return (self.log_dir / f"{version:020d}.json").is_file()
 
     def log_stamp(self) -> tuple[int, int, int]:
         """The log directory's identity and modification time: changes with every commit and clean-up,
@@ -182,23 +190,45 @@ class DeltaPins:
                 identity = TableVersion(
                     str(self.directory), table.metadata().id, table.version(), self._commit_time(table.version())
                 )
-            except CorruptData:
+            except (CorruptData, S3Unreachable):
                 raise
             except Exception as exc:  # delta-rs raises several exception types for a broken log
+                self._raise_if_unreachable(exc)
                 raise CorruptData(f"{self.directory}: not a readable Delta table ({_one_line(exc)})") from None
         return TableState(identity, _files_from_actions(actions, self.directory))
 
     def _load_table(self, version: int | None) -> Any:
         deltalake = _deltalake()
         if version is not None:
-            return deltalake.DeltaTable(str(self.directory), version=version)
+            return deltalake.DeltaTable(str(self.directory), version=version, storage_options=self._options())
         directory = self._birth()
         if self._table is None or directory != self._table_directory:  # none yet, or the table was made again
-            self._table = deltalake.DeltaTable(str(self.directory))
+            self._table = deltalake.DeltaTable(str(self.directory), storage_options=self._options())
             self._table_directory = directory
         else:
             self._table.update_incremental()
         return self._table
+
+    def _options(self) -> dict[str, str] | None:
+        """delta-rs' storage options: on S3 the request bounds of ``pinfs.rootfs`` (a stopped server is
+        an error in seconds); the endpoint and credentials come from the same AWS_* variables."""
+        return delta_storage_options() if isinstance(self.directory, S3Path) else None
+
+    @contextlib.contextmanager
+    def _talking(self) -> Iterator[None]:
+        """Around a call of delta-rs: an error that says the store did not answer is S3Unreachable."""
+        try:
+            yield
+        except Exception as exc:
+            self._raise_if_unreachable(exc)
+            raise
+
+    def _raise_if_unreachable(self, exc: BaseException) -> None:
+        """S3Unreachable for a delta-rs error that says the store did not answer (object_store's
+        "Error performing GET … HTTP error"), so that it reads as what it is, not as a broken table."""
+        text = str(exc)
+        if isinstance(self.directory, S3Path) and ("HTTP error" in text or "error sending request" in text):
+            raise unreachable(str(self.directory), _one_line(exc).split("->")[-1].strip()) from None
 
     def _commit_time(self, version: int) -> int:
         try:
@@ -268,9 +298,11 @@ class DeltaPins:
                     mode="error",
                     configuration=TABLE_PROPERTIES,
                     commit_properties=CommitProperties(custom_metadata=_commit_info(info)),
+                    storage_options=self._options(),
                 )
             except Exception as exc:
                 self._forget_log()
+                self._raise_if_unreachable(exc)
                 if self.exists():  # another writer created it first
                     raise CommitConflict(str(exc)) from None
                 raise
@@ -289,10 +321,9 @@ class DeltaPins:
         now_ms = int(time.time() * 1000)
         actions = [_remove_action(data_file, now_ms) for data_file in removed]
         actions += [_add_action(data_file) for data_file in added]
-        with self._lock, naming(self.log_dir):
-            table = self._table_at(base.version)
+        with self._lock, naming(self.log_dir), self._talking():
             try:
-                table.create_write_transaction(
+                self._table_at(base.version).create_write_transaction(
                     actions,
                     mode="append",
                     schema=arrow_schema(),
@@ -327,7 +358,7 @@ class DeltaPins:
         cached = self._table is not None and self._birth() == self._table_directory
         if cached and self._table.version() == version:
             return self._table
-        return _deltalake().DeltaTable(str(self.directory), version=version)
+        return _deltalake().DeltaTable(str(self.directory), version=version, storage_options=self._options())
 
     def version_of_request(self, request: str, within: int = RECENT_COMMITS) -> int | None:
         """The version, among the last ``within`` commits, whose info names ``request`` (see
@@ -342,7 +373,7 @@ class DeltaPins:
     # -- maintenance --
 
     def checkpoint(self) -> None:
-        with self._lock, self._unreadable_log():
+        with self._lock, self._unreadable_log(), self._talking():
             table = self._load_table(None)
             table.create_checkpoint()
             table.cleanup_metadata()
@@ -362,7 +393,7 @@ class DeltaPins:
         that are older than it (left by writers that died before committing; delta-rs judges those by
         their modification time, so a file being written for a commit is never taken). ``hours``
         overrides the table's retention (``delta.deletedFileRetentionDuration``)."""
-        with self._lock, self._unreadable_log():
+        with self._lock, self._unreadable_log(), self._talking():
             table = self._load_table(None)
             return list(
                 table.vacuum(

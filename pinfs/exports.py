@@ -143,23 +143,31 @@ def _what_is_there(path: Path | S3Path, entry: object, table_id: str) -> str | i
     """What ``path`` holds: ``MISSING``, ``FOREIGN`` (not an export pinfs wrote), or the table version
     an export of pinfs was made from (-1: one that is to be made again). Locally the export record
     says which file pinfs wrote; on S3, where several hosts export, the object's own metadata does."""
+    return _looked_at(path, entry, table_id)[0]
+
+
+def _looked_at(path: Path | S3Path, entry: object, table_id: str) -> tuple[str | int, str | None]:
+    """``_what_is_there``, and on S3 the ETag of the very object judged (one HEAD): a put over it is
+    conditional on exactly that object, so an export another host put after the look is never
+    replaced unseen."""
+    etag = None
     if isinstance(path, S3Path):
         found = head(path)
         if found is None:
-            return MISSING
-        metadata = found[1]
+            return MISSING, None
+        etag, metadata = found
         if metadata.get(META_TABLE_ID) == table_id and metadata.get(META_VERSION, "").isdigit():
-            return int(metadata[META_VERSION])
-    identity = _identity(path)
+            return int(metadata[META_VERSION]), etag
+    identity = _identity(path)  # on S3, what the HEAD above answered
     if identity is None:
-        return MISSING
+        return MISSING, None
     if not _same_file(entry, identity):
-        return FOREIGN
+        return FOREIGN, etag
     assert isinstance(entry, dict)
     if entry.get("converted") or entry.get("table_id") not in (None, table_id):
-        return -1
+        return -1, etag
     version = entry.get("version")
-    return version if isinstance(version, int) else -1
+    return (version if isinstance(version, int) else -1), etag
 
 
 def export_state(backend: Backend, state: TableState | None) -> dict[str, str]:
@@ -230,7 +238,7 @@ def _put_in_place(temp: Path, target: Path | S3Path, entry: object, state: Table
         os.replace(temp, target)
         return True
     metadata = {META_TABLE_ID: state.identity.table_id, META_VERSION: str(state.version)}
-    there = _what_is_there(target, entry, state.identity.table_id)
+    there, etag = _looked_at(target, entry, state.identity.table_id)
     if there == MISSING:
         put_object(target, temp, if_absent=True, metadata=metadata)
         return True
@@ -238,10 +246,7 @@ def _put_in_place(temp: Path, target: Path | S3Path, entry: object, state: Table
         raise _ForeignAppeared
     if isinstance(there, int) and there >= state.version:
         return False  # another host's export of this version or a newer one is in place: it stays
-    found = head(target)
-    if found is None:
-        raise _ForeignAppeared  # removed meanwhile: look again
-    put_object(target, temp, if_match=found[0], metadata=metadata)
+    put_object(target, temp, if_match=etag, metadata=metadata)
     return True
 
 

@@ -243,7 +243,7 @@ def read_old_form(parquet_path: Path) -> pa.Table:
 
 def remove_shard_dir(backend_dir: Path) -> None:
     """Remove the sharded form's directory once nothing links to it any more (after the upgrade)."""
-    if is_sharded(backend_dir / "pin_mappings.parquet"):
+    if not isinstance(backend_dir, Path) or is_sharded(backend_dir / "pin_mappings.parquet"):  # S3: never sharded
         return
     shard_root = backend_dir / SHARD_DIR
     if shard_root.is_dir() and not shard_root.is_symlink():

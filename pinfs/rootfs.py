@@ -23,7 +23,8 @@ above name files the same way on both. What differs between the two is decided h
 Errors are pinfs errors with one line each: a missing object is ``FileNotFoundError`` (as for a
 local file), a refused login ``S3AccessDenied``, an unreachable endpoint ``S3Unreachable``.
 
-Threading: boto3 clients are thread-safe; the metadata cache has its own lock.
+Threading: boto3 clients are thread-safe; the metadata cache has its own lock. A forked child drops the
+parent's clients (their pooled sockets are shared with the parent) and makes its own.
 """
 
 from __future__ import annotations
@@ -95,10 +96,20 @@ def cache_root() -> Path:
 
 _CLIENTS: dict[tuple[str | None, ...], Any] = {}
 
+# Bounds on every request, so that a server that stopped (or stopped answering) is an error in seconds,
+# never a hang: the mount answers EIO for what it cannot read (issue #13). The wait for an answer is
+# per read of the socket (boto3), or for a whole request of delta-rs (which only moves small log files).
+CONNECT_SECONDS = 3
+ANSWER_SECONDS = 10
+ATTEMPTS = 2
+# After the endpoint failed to answer, requests fail at once for this long instead of each waiting out
+# its timeouts again (a listing in the mount would otherwise wait once per entry).
+UNREACHABLE_SECONDS = 2.0
+_unreachable_until: dict[str, float] = {}
+
 
 def s3_client() -> Any:
-    """One boto3 client per process and configuration (the variables above), with short timeouts and
-    few retries: a stopped server must turn into an error in seconds, not minutes."""
+    """One boto3 client per process and configuration (the variables above), with the bounds above."""
     import boto3
     from botocore.config import Config
 
@@ -107,18 +118,60 @@ def s3_client() -> Any:
         client = _CLIENTS.get(key)
         if client is None:
             config = Config(
-                connect_timeout=3,
-                read_timeout=20,
-                retries={"max_attempts": 2, "mode": "standard"},
+                connect_timeout=CONNECT_SECONDS,
+                read_timeout=ANSWER_SECONDS,
+                retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
                 s3={"addressing_style": "path"},
             )
             client = _CLIENTS[key] = boto3.client("s3", config=config, region_name=os.environ.get("AWS_REGION"))
         return client
 
 
+def _after_fork_in_child() -> None:
+    """A forked child makes its own client: the parent's pooled connections are the same sockets, and a
+    child that used one could read an answer meant for another process (or leave one half-read). The
+    lock is made anew, since another thread of the parent may have held it at the fork."""
+    global _CACHE_LOCK
+    _CACHE_LOCK = threading.Lock()
+    _CLIENTS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def delta_storage_options() -> dict[str, str]:
+    """The same bounds for delta-rs (its object_store client), for a table on S3."""
+    return {
+        "connect_timeout": f"{CONNECT_SECONDS}s",
+        "timeout": f"{ANSWER_SECONDS}s",
+        "max_retries": str(ATTEMPTS - 1),
+        "retry_timeout": f"{ATTEMPTS * ANSWER_SECONDS}s",
+    }
+
+
+def _endpoint() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL", "the S3 endpoint")
+
+
+def unreachable(where: str, why: str) -> S3Unreachable:
+    """The error for a request the endpoint did not answer; requests fail at once for a moment after it."""
+    endpoint = _endpoint()
+    with _CACHE_LOCK:
+        _unreachable_until[endpoint] = time.monotonic() + UNREACHABLE_SECONDS
+    return S3Unreachable(f"{where}: cannot reach {endpoint} ({why})")
+
+
+def _refuse_while_unreachable(where: str) -> None:
+    endpoint = _endpoint()
+    with _CACHE_LOCK:
+        until = _unreachable_until.get(endpoint, 0.0)
+    if time.monotonic() < until:
+        raise S3Unreachable(f"{where}: cannot reach {endpoint} (it did not answer a moment ago)")
+
+
 def _translate(error: Exception, where: str) -> Exception:
     """A botocore error as the pinfs error (or FileNotFoundError) a user can act on."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
     if isinstance(error, ClientError):
         code = str(error.response.get("Error", {}).get("Code", ""))
@@ -135,8 +188,9 @@ def _translate(error: Exception, where: str) -> Exception:
     if isinstance(error, NoCredentialsError):
         return S3AccessDenied(f"{where}: no credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
     if isinstance(error, EndpointConnectionError) or "Connect" in type(error).__name__:
-        endpoint = os.environ.get("AWS_ENDPOINT_URL", "the S3 endpoint")
-        return S3Unreachable(f"{where}: cannot reach {endpoint} ({type(error).__name__})")
+        return unreachable(where, type(error).__name__)
+    if isinstance(error, ReadTimeoutError):
+        return unreachable(where, f"no answer within {ANSWER_SECONDS} s")
     return S3Error(f"{where}: {type(error).__name__}: {error}")
 
 
@@ -144,6 +198,7 @@ def _translate(error: Exception, where: str) -> Exception:
 def _calling(where: str) -> Iterator[None]:
     from botocore.exceptions import BotoCoreError, ClientError
 
+    _refuse_while_unreachable(where)
     try:
         yield
     except (ClientError, BotoCoreError) as exc:
@@ -190,6 +245,15 @@ def _remember(kind: str, uri: str, value: object) -> None:
         if len(_metadata) > 20000:
             _metadata.clear()
         _metadata[(kind, uri)] = (time.monotonic(), value)
+
+
+def _remember_head(uri: str, answer: dict[str, Any]) -> S3Stat:
+    """Keep what a HEAD answered as the object's ``stat``."""
+    info = S3Stat(
+        int(answer["ContentLength"]), int(answer["LastModified"].timestamp() * 1e9), answer.get("ETag", "").strip('"')
+    )
+    _remember("stat", uri, info)
+    return info
 
 
 def forget_metadata(path: S3Path | None = None, *, below: bool = False) -> None:
@@ -272,25 +336,29 @@ class S3Path:
     # -- metadata --
 
     def stat(self) -> S3Stat:
+        info = self._object_stat()
+        if info is not None:
+            return info
+        if self._has_children():
+            return _DIRECTORY
+        raise FileNotFoundError(2, "no such object", str(self))
+
+    def _object_stat(self) -> S3Stat | None:
+        """The object's ``stat`` (one HEAD, remembered), or None when there is no object of that name
+        (a folder may still be there: only ``stat``/``exists``/``is_dir`` also ask for a listing)."""
         uri = str(self)
         found = _remembered("stat", uri)
         if isinstance(found, S3Stat):
             return found
         if found is False:
-            raise FileNotFoundError(2, "no such object", uri)
+            return None
         try:
             with _calling(uri):
-                head = s3_client().head_object(Bucket=self.bucket, Key=self.key)
+                answer = s3_client().head_object(Bucket=self.bucket, Key=self.key)
         except FileNotFoundError:
-            if self._has_children():
-                return _DIRECTORY
             _remember("stat", uri, False)
-            raise
-        info = S3Stat(
-            int(head["ContentLength"]), int(head["LastModified"].timestamp() * 1e9), head.get("ETag", "").strip('"')
-        )
-        _remember("stat", uri, info)
-        return info
+            return None
+        return _remember_head(uri, answer)
 
     def lstat(self) -> S3Stat:
         return self.stat()
@@ -303,10 +371,7 @@ class S3Path:
         return True
 
     def is_file(self) -> bool:
-        try:
-            return stat_module.S_ISREG(self.stat().st_mode)
-        except FileNotFoundError:
-            return False
+        return self._object_stat() is not None
 
     def is_dir(self) -> bool:
         return self._has_children()
@@ -412,13 +477,15 @@ def put_object(
 
 
 def head(target: S3Path) -> tuple[str, dict[str, str]] | None:
-    """The object's ETag and user metadata, asked now (no cache); None when there is no object."""
+    """The object's ETag and user metadata, asked now (no cache); None when there is no object. What
+    it answered is what a ``stat`` right after it says."""
     forget_metadata(target)
     try:
         with _calling(str(target)):
             answer = s3_client().head_object(Bucket=target.bucket, Key=target.key)
     except FileNotFoundError:
         return None
+    _remember_head(str(target), answer)
     return str(answer.get("ETag", "")).strip('"'), {k.lower(): v for k, v in answer.get("Metadata", {}).items()}
 
 
@@ -434,9 +501,14 @@ def local_copy(path: Path | S3Path, etag: str | None = None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}")
+    from s3transfer.exceptions import RetriesExceededError
+
     try:
         with _calling(str(path)):
-            s3_client().download_file(path.bucket, path.key, str(temp))
+            try:
+                s3_client().download_file(path.bucket, path.key, str(temp))
+            except RetriesExceededError as exc:  # the transfer's own retries of a body that stopped coming
+                raise unreachable(str(path), f"download failed: {exc.last_exception}") from None
         os.replace(temp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -14,36 +14,46 @@ rewrites and commits several files of the Delta table, ``pinfs.store``), and aft
   is a complete copy;
 * after the next successful write, no ``*.pinfs-tmp.*`` is left in the backend's directory.
 
-To kill 200 writers in seconds, a *zygote* process imports pinfs once and forks a writer per round
-(it never uses deltalake itself: delta-rs' tokio runtime does not survive a fork); it sleeps a random
-5-300 ms (600 for sync, whose round is three commits; a forked writer makes its delta-rs runtime on
-its first write, ~150 ms; a writer that got nothing done in three rounds gets twice as long, as on a
-loaded machine), kills the child with SIGKILL, reaps it and reports. A child acknowledges each
-completed operation by appending one line (one ``write``) to an ack file.
+To kill 200 writers in seconds, a *zygote* process imports pinfs once and forks the writers of each
+round (it never uses deltalake itself: delta-rs' tokio runtime does not survive a fork); it sleeps a
+random 5-300 ms for each (600 for sync, whose round is three commits; twice as long for a writer
+that got nothing done in three rounds, as on a loaded machine; on S3, as ``_kill_loop`` adapts it to
+the machine's speed), kills the child with SIGKILL, reaps it and reports.
+A child acknowledges each completed operation by appending one line (one ``write``) to an ack file.
+
+The same loop runs on a root on S3 (SeaweedFS, ``tests/seaweed.py``), issue #13: there five writers,
+one of each kind, are killed in each round, each a host of its own (its own cache directory), and
+the checks read everything back from the bucket.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 from helpers import cid_for, make_backend
+from seaweed import Seaweed
 
+import pinfs.rootfs
+import pinfs.store
 from pinfs.backends import get_backend
 from pinfs.car import encode_car, make_raw_block, read_pin_mappings_car, verify_content_car
 from pinfs.fsutil import TEMP_MARKER
 from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import PinRequest, add_pins
 from pinfs.ops.sync import SyncOptions, sync
+from pinfs.rootfs import S3Path, forget_metadata, local_copy, parse_root, s3_client
 from pinfs.schema import make_record
 from pinfs.snapshots import DEFAULT_CACHE, StoreCache
 from pinfs.store import PinStore
@@ -65,7 +75,12 @@ from pinfs.ops.pins import PinRequest, add_pins, remove_pins
 from pinfs.ops.sync import SyncOptions, sync
 from pinfs.schema import STATUSES
 
-root, acks = Path(sys.argv[1]), Path(sys.argv[2])
+from pinfs.rootfs import parse_root
+
+root, acks = parse_root(sys.argv[1]), Path(sys.argv[2])
+# On an S3 root each writer is a host of its own: its own cache directory (read cache and local locks),
+# so that nothing but the bucket keeps concurrent writers from losing each other's pins.
+hosts = Path(sys.argv[4]) if len(sys.argv) > 4 else None
 
 
 def op_pins(rng, tag, ack):
@@ -85,12 +100,19 @@ def op_pins(rng, tag, ack):
             ack("add", cids)
 
 
+def lost_a_race(report):
+    # Two writers of one backend at once (the S3 loop): the one whose whole-table write came second is
+    # told so and writes nothing; it is not acknowledged.
+    assert all(e["ok"] or "another writer" in e.get("error", "") for e in report["backends"]), report
+    return not report["ok"]
+
+
 def op_migrate(rng, tag, ack):
     while True:
         name = rng.choice(["mig-a", "mig-b"])
         report = migrate(root, MigrateOptions(backends=[name], force_car_regeneration=rng.random() < 0.5))
-        assert report["ok"], report
-        ack("migrated", [name])
+        if not lost_a_race(report):
+            ack("migrated", [name])
 
 
 def op_regen(rng, tag, ack):
@@ -102,8 +124,8 @@ def op_regen(rng, tag, ack):
 def op_restore(rng, tag, ack):
     while True:
         report = migrate(root, MigrateOptions(backends=["rest"], restore_from_backup=True))
-        assert report["ok"], report
-        ack("restored", ["rest"])
+        if not lost_a_race(report):
+            ack("restored", ["rest"])
 
 
 def op_sync(rng, tag, ack):
@@ -136,32 +158,61 @@ def warm_up():
     write_table(warm / "w.parquet", table)
     pq.read_table(warm / "w.parquet")
     shutil.rmtree(warm)
+    if hosts is not None:  # boto3 and the store's conditional-put check (a child makes its own client)
+        from pinfs.rootfs import require_writable
+
+        require_writable(root)
 
 
 OPS = {"pins": op_pins, "migrate": op_migrate, "regen": op_regen, "restore": op_restore, "sync": op_sync}
 warm_up()
 print("ready", flush=True)
-for line in sys.stdin:
-    op, tag, delay_ms = line.split()
-    pid = os.fork()
-    if pid == 0:
-        code = 4
-        try:
-            fd = os.open(acks / f"{tag}.acks", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-            def ack(kind, items, fd=fd):
-                os.write(fd, (kind + " " + " ".join(items) + "\n").encode())
 
-            OPS[op](random.Random(tag), tag, ack)
-        except BaseException:
-            traceback.print_exc()
-            code = 3
-        finally:
-            os._exit(code)
-    time.sleep(int(delay_ms) / 1000)
-    os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    print(status, flush=True)
+def writer(op, tag, ready):
+    code = 4
+    try:
+        if hosts is not None:
+            # A new host: its own cache, and its client and delta-rs runtime made (a table loaded) before
+            # the clock starts, so that the kills land in writes rather than in start-up (~1 s on S3).
+            os.environ["PINFS_CACHE_DIR"] = str(hosts / tag)
+            from pinfs.backends import get_backend
+            from pinfs.store import PinStore
+
+            PinStore(get_backend(root, "pins")).table_state()
+        os.write(ready, b"r")
+        fd = os.open(acks / f"{tag}.acks", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+        def ack(kind, items, fd=fd):
+            os.write(fd, (kind + " " + " ".join(items) + "\n").encode())
+
+        OPS[op](random.Random(tag), tag, ack)
+    except BaseException:
+        traceback.print_exc()
+        code = 3
+    finally:
+        os._exit(code)
+
+
+for line in sys.stdin:  # "op tag delay_ms" for each writer of the round, separated by ";"
+    children = []
+    for spec in line.split(";"):
+        op, tag, delay_ms = spec.split()
+        ready, told = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(ready)
+            writer(op, tag, told)
+        os.close(told)
+        children.append((int(delay_ms), pid, ready))
+    for _delay, _pid, ready in children:  # every writer is ready (or dead: then it reads b"")
+        os.read(ready, 1)
+        os.close(ready)
+    started = time.monotonic()
+    for delay_ms, pid, _ready in sorted(children):
+        time.sleep(max(0.0, started + delay_ms / 1000 - time.monotonic()))
+        os.kill(pid, signal.SIGKILL)
+    print(" ".join(str(os.waitpid(pid, 0)[1]) for _delay, pid, _ready in children), flush=True)
 """
 
 MIG_PINS = {
@@ -171,14 +222,21 @@ MIG_PINS = {
 REST_PINS = [cid_for(f"rest-{n}") for n in range(25)]
 
 
-def _sha(path: Path) -> str:
+Root = Path | S3Path  # a local data root, or one on S3 (SeaweedFS: tests/seaweed.py)
+
+
+def _sha(path: Root) -> str:
+    """What a file holds, in short: its sha256, or on S3 the object's ETag (the MD5 of what a single
+    PUT stored; a HEAD instead of a download)."""
+    if isinstance(path, S3Path):
+        return path.stat().etag
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class World:
     """The data root under attack and everything the checks must remember between kills."""
 
-    def __init__(self, root: Path, storage: Path) -> None:
+    def __init__(self, root: Root, storage: Path) -> None:
         self.root = root
         self.storage = storage
         self.present: set[str] = set()  # acknowledged adds to "pins"
@@ -192,7 +250,7 @@ class World:
         self.kills_by_op = dict.fromkeys(OPS, 0)
         self.acks_by_op = dict.fromkeys(OPS, 0)
 
-    def backend_dirs(self) -> list[Path]:
+    def backend_dirs(self) -> list[Root]:
         return sorted(p for p in (self.root / "backends").iterdir() if p.is_dir())
 
     def remember_legacy(self) -> None:
@@ -201,12 +259,12 @@ class World:
                 self.legacy[str(path)] = _sha(path)
 
 
-def _setup(tmp_path: Path) -> World:
-    root = tmp_path / "root"
-    storage = tmp_path / "storage"
+def _setup(root: Root, storage: Path) -> World:
     (root / "backends").mkdir(parents=True)
     (root / "cars").mkdir()
-    make_backend(root, "pins")
+    # On S3 a folder exists only with something in it: there, "pins" gets a config naming it (its type
+    # still comes from its name, as without one).
+    make_backend(root, "pins", config={"name": "pins"} if isinstance(root, S3Path) else None)
     # 40 pins: past 4 x PINFS_SHARD_ROWS in the sharded run, so every pin write there is a shard write
     add_pins(root, "pins", [PinRequest(cid_for(f"seed-{n}"), "stored") for n in range(40)])
     for name, document in MIG_PINS.items():
@@ -222,10 +280,12 @@ def _setup(tmp_path: Path) -> World:
     return world
 
 
-def _read_acks(world: World, op: str, path: Path) -> None:
+def _read_acks(world: World, op: str, path: Path) -> int:
+    """Take in what a killed writer acknowledged; returns how many operations it completed."""
     if not path.exists():
-        return
-    for line in path.read_text().splitlines():  # a line is complete: it was one write()
+        return 0
+    lines = path.read_text().splitlines()
+    for line in lines:  # a line is complete: it was one write()
         kind, *items = line.split()
         world.acks_by_op[op] += 1
         if kind == "add":
@@ -240,14 +300,15 @@ def _read_acks(world: World, op: str, path: Path) -> None:
             world.restored = True
         elif kind == "synced":
             world.synced.update(items)
+    return len(lines)
 
 
-def _parquet_cids(path: Path) -> dict[str, str]:
-    table = pq.read_table(path, columns=["cid", "status"])
+def _parquet_cids(path: Root) -> dict[str, str]:
+    table = pq.read_table(local_copy(path), columns=["cid", "status"])  # on S3: a fresh download
     return dict(zip(table.column("cid").to_pylist(), table.column("status").to_pylist(), strict=True))
 
 
-def _table_cids(directory: Path) -> dict[str, str] | None:
+def _table_cids(directory: Root) -> dict[str, str] | None:
     """A backend's pins as a new process reads them: the table (or, before its first commit, the
     parquet of an older form), read with its own cache."""
     store = PinStore(get_backend(directory.parent.parent, directory.name), StoreCache())
@@ -274,7 +335,7 @@ def _check_files(world: World) -> dict[str, dict[str, str]]:
             json.loads(state.read_text())
         for backup in directory.glob("pin_mappings.parquet.backup.*"):
             if str(backup) not in world.checked_parquet_backups:
-                pq.read_table(backup)
+                pq.read_table(local_copy(backup))
                 world.checked_parquet_backups.add(str(backup))
     return tables
 
@@ -317,9 +378,11 @@ def _check_acknowledged(world: World, tables: dict[str, dict[str, str]]) -> None
 
 def _check_legacy(world: World) -> None:
     """pins.json and its backups never change; new backups are complete copies of pins.json."""
+    seen: set[str] = set()
     for directory in world.backend_dirs():
         current = directory / "pins.json"
         for path in directory.glob("pins.json*"):
+            seen.add(str(path))
             digest = _sha(path)
             before = world.legacy.get(str(path))
             if before is None:
@@ -327,8 +390,8 @@ def _check_legacy(world: World) -> None:
                 world.legacy[str(path)] = digest
             else:
                 assert digest == before, f"{path} changed"
-    for path in world.legacy:
-        assert Path(path).exists(), f"{path} was deleted"
+    deleted = world.legacy.keys() - seen
+    assert not deleted, f"{sorted(deleted)} deleted"
 
 
 def _check_storage(world: World) -> None:
@@ -377,11 +440,105 @@ def _reset_migration(world: World, rng: random.Random) -> None:
         directory = world.root / "backends" / name
         for path in directory.iterdir():
             if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)  # the table
+                _remove_tree(path)  # the table
             elif path.name != "pins.json" and not path.name.startswith(".pinfs"):
                 path.unlink()
                 world.legacy.pop(str(path), None)
         world.migrated.discard(name)
+
+
+def _remove_tree(path: Root) -> None:
+    """Delete a directory, or on S3 every object under a prefix (as an operator would with the CLI)."""
+    if not isinstance(path, S3Path):
+        shutil.rmtree(path)
+        return
+    client = s3_client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=path.bucket, Prefix=f"{path.key}/"):
+        for item in page.get("Contents", []):
+            client.delete_object(Bucket=path.bucket, Key=item["Key"])
+    forget_metadata(path, below=True)
+    # This process's cached table would read the new table's log on top of the old one's: on S3 nothing
+    # tells a table made again from the old one (pinfs.delta.DeltaPins.log_stamp), and only a table
+    # deleted by hand is ever made again.
+    pinfs.store._TABLES.clear()
+
+
+def _kill_loop(
+    world: World, tmp_path: Path, rounds: int, writers: int, longest_ms: dict[str, int], adapt: bool = False
+) -> None:
+    """``rounds`` times: start ``writers`` writers at once (the kinds in turn), SIGKILL each at its own
+    random instant up to ``longest[kind]``, then check everything (module docstring) and make one
+    successful write of one kind that was killed (each kind in turn).
+
+    With ``adapt``, ``longest`` starts at ``longest_ms`` and follows the machine's speed (on S3, where a
+    write takes ten times longer and depends on the server too): 10 % longer after a writer of
+    that kind that completed nothing, 10 % shorter after one that completed two operations or more,
+    which settles where both are equally likely (about three operations' time), so the kills land at
+    every point of a writer's first writes on a fast machine and on a busy one alike."""
+    longest = dict(longest_ms)
+    acks = tmp_path / "acks"
+    acks.mkdir()
+    rng = random.Random(20261125)
+    stderr_path = tmp_path / "zygote.stderr"
+    command = [sys.executable, "-c", ZYGOTE, str(world.root), str(acks), TESTS_DIR]
+    if isinstance(world.root, S3Path):
+        command.append(str(tmp_path / "hosts"))
+    with open(stderr_path, "wb") as stderr:
+        zygote = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    number = 0
+    try:
+        assert zygote.stdout.readline().strip() == "ready", stderr_path.read_text()
+        for _round in range(rounds):
+            ops = [OPS[(number + index) % len(OPS)] for index in range(writers)]
+            tags = [f"k{number + index}" for index in range(writers)]
+            number += writers
+            if "migrate" in ops:
+                _reset_migration(world, rng)
+            line = ";".join(f"{op} {tag} {rng.randint(5, longest[op])}" for op, tag in zip(ops, tags, strict=True))
+            zygote.stdin.write(line + "\n")
+            zygote.stdin.flush()
+            statuses = zygote.stdout.readline().split()
+            assert statuses == ["9"] * writers, f"{ops}: not all killed ({statuses}):\n{stderr_path.read_text()}"
+            DEFAULT_CACHE.clear()
+            forget_metadata()  # what this process knew of the bucket is older than the writers' commits
+            for op, tag in zip(ops, tags, strict=True):
+                world.kills_by_op[op] += 1
+                completed = _read_acks(world, op, acks / f"{tag}.acks")
+                if not adapt:  # fixed instants; but a writer that got nothing done in three rounds gets
+                    if world.acks_by_op[op] == 0 and world.kills_by_op[op] % 3 == 0:  # twice as long (a loaded machine)
+                        longest[op] = min(longest[op] * 2, 5000)
+                    continue
+                if completed == 0:
+                    longest[op] = min(int(longest[op] * 1.1) + 1, 30_000)
+                elif completed >= 2:
+                    longest[op] = max(int(longest[op] * 0.9), 20)
+            tables = _check_files(world)
+            _check_verify_only(world)
+            _check_acknowledged(world, tables)
+            _check_legacy(world)
+            _check_storage(world)
+            # One successful write of one of the kinds killed (of each, with one writer a round)
+            written = _next_write(world, ops[number // writers % len(ops)])
+            for name in written:
+                directory = world.root / "backends" / name
+                leftovers = [p.name for p in directory.iterdir() if TEMP_MARKER in p.name]
+                assert not leftovers, f"after a successful write of {name}: {leftovers}"
+            # ... and the written backends' table and exports agree again
+            verified = migrate(world.root, MigrateOptions(backends=written, verify_only=True))
+            assert verified["ok"], verified
+            _check_legacy(world)
+    finally:
+        zygote.stdin.close()
+        zygote.wait(timeout=30)
+    assert sum(world.kills_by_op.values()) == rounds * writers
+    assert all(world.acks_by_op[op] > 0 for op in OPS), world.acks_by_op  # every writer got some work done
+    final = _check_files(world)
+    _check_acknowledged(world, final)
+
+
+# A writer's round is longest for sync (three commits); a forked writer makes its delta-rs runtime on
+# its first write, ~150 ms.
+LOCAL_LONGEST_MS = {"pins": 300, "migrate": 300, "regen": 300, "restore": 300, "sync": 600}
 
 
 @pytest.mark.parametrize(
@@ -394,59 +551,36 @@ def test_two_hundred_sigkills_across_every_kind_of_writer(
 ) -> None:
     if file_rows is not None:
         monkeypatch.setenv("PINFS_FILE_ROWS", file_rows)  # the zygote and its writers inherit it
-    world = _setup(tmp_path)
-    acks = tmp_path / "acks"
-    acks.mkdir()
-    rng = random.Random(20261125)
-    stderr_path = tmp_path / "zygote.stderr"
-    with open(stderr_path, "wb") as stderr:
-        zygote = subprocess.Popen(
-            [sys.executable, "-c", ZYGOTE, str(world.root), str(acks), TESTS_DIR],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-    try:
-        assert zygote.stdout.readline().strip() == "ready", stderr_path.read_text()
-        upper = {op: 600 if op == "sync" else 300 for op in OPS}  # ms; the kill lands at a random instant below
-        for number in range(kills):
-            op = OPS[number % len(OPS)]
-            if op == "migrate":
-                _reset_migration(world, rng)
-            tag = f"k{number}"
-            zygote.stdin.write(f"{op} {tag} {rng.randint(5, upper[op])}\n")
-            zygote.stdin.flush()
-            status = zygote.stdout.readline().strip()
-            assert status == "9", f"{op} writer was not killed but exited ({status}):\n{stderr_path.read_text()}"
-            world.kills_by_op[op] += 1
-            DEFAULT_CACHE.clear()
-            _read_acks(world, op, acks / f"{tag}.acks")
-            if world.acks_by_op[op] == 0 and world.kills_by_op[op] % 3 == 0:
-                upper[op] = min(upper[op] * 2, 5000)  # a loaded machine: give this writer time to finish some
-            tables = _check_files(world)
-            _check_verify_only(world)
-            _check_acknowledged(world, tables)
-            _check_legacy(world)
-            _check_storage(world)
-            written = _next_write(world, op)
-            for name in written:
-                directory = world.root / "backends" / name
-                leftovers = [p.name for p in directory.iterdir() if TEMP_MARKER in p.name]
-                assert not leftovers, f"after a successful write of {name}: {leftovers}"
-            # ... and the written backends' table and exports agree again
-            verified = migrate(world.root, MigrateOptions(backends=written, verify_only=True))
-            assert verified["ok"], verified
-            _check_legacy(world)
-    finally:
-        zygote.stdin.close()
-        zygote.wait(timeout=30)
-    assert sum(world.kills_by_op.values()) >= kills
-    assert all(world.acks_by_op[op] > 0 for op in OPS), world.acks_by_op  # every writer got some work done
-    final = _check_files(world)
-    _check_acknowledged(world, final)
+    world = _setup(tmp_path / "root", tmp_path / "storage")
+    _kill_loop(world, tmp_path, kills, 1, LOCAL_LONGEST_MS)
     if file_rows is not None:  # the kills did land in writes of many data files
         assert len(DeltaTable(str(world.root / "backends" / "pins" / "pin_mappings.delta")).file_uris()) > 4
+
+
+# On S3 every step is a few requests: a writer's write takes ~0.3 s alone, a sync round ~1 s, and
+# five of them share the machine (the loop adapts these to its speed).
+S3_WRITERS = len(OPS)
+S3_LONGEST_MS = {"pins": 1000, "migrate": 1000, "regen": 1000, "restore": 1000, "sync": 2000}
+
+
+def test_two_hundred_sigkills_of_writers_on_an_s3_root(
+    seaweed: Seaweed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same loop on a root on S3: every writer is a host of its own (its own cache directory), the
+    checks read back from the bucket (this process has a cache directory of its own too), and five
+    writers, one of each kind, are killed in each round, so they also race each other (pins and CAR
+    regeneration share a backend) across hosts, with nothing but the bucket between them. Five a
+    round keep the checks' time down (42 rounds for 210 kills)."""
+    for name, value in seaweed.env(f"crash-{uuid.uuid4().hex}").items():
+        if name.startswith("AWS_") or name == "PINFS_ROOT":
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PINFS_CACHE_DIR", str(tmp_path / "checker-cache"))
+    # The checks ask S3 for what they need once per round: what this process knew of the bucket is
+    # forgotten after the writers are killed (``_kill_loop``), and its own writes forget what they
+    # touch; in between nothing else writes, so nothing it remembers expires.
+    monkeypatch.setattr(pinfs.rootfs, "S3_METADATA_SECONDS", 3600.0)
+    world = _setup(parse_root(os.environ["PINFS_ROOT"]), tmp_path / "storage")
+    _kill_loop(world, tmp_path, KILLS // S3_WRITERS, S3_WRITERS, S3_LONGEST_MS, adapt=True)
 
 
 # -- concurrency --
@@ -457,7 +591,8 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from helpers import cid_for
 from pinfs.ops.pins import PinRequest, add_pins, remove_pins
-root, tag = Path(sys.argv[1]), sys.argv[2]
+from pinfs.rootfs import parse_root
+root, tag = parse_root(sys.argv[1]), sys.argv[2]
 for i in range(int(sys.argv[4])):
     cids = [cid_for(f"{tag}-{i}-{k}") for k in range(5)]
     add_pins(root, "shared", [PinRequest(c, "stored", {"by": tag}) for c in cids])
@@ -483,15 +618,35 @@ for i in range(int(sys.argv[4])):
 READER = r"""
 import json, os, sys, time
 from pathlib import Path
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import pytest
-from deltalake import DeltaTable
-from pinfs.car import read_pin_mappings_car
-directory, stop = Path(sys.argv[1]), Path(sys.argv[2])
+from pinfs.car import decode_pin_mappings_car, read_pin_mappings_car
+directory, stop = sys.argv[1], Path(sys.argv[2])
+on_s3 = directory.startswith("s3://")
+if on_s3:  # a reader of the bucket, as boto3 (or any S3 client) reads: one GET is one whole object
+    import boto3
+    client = boto3.client("s3")
+    bucket, _, prefix = directory[len("s3://"):].partition("/")
+    fetch = lambda name: client.get_object(Bucket=bucket, Key=f"{prefix}/{name}")["Body"].read()
+else:
+    directory = Path(directory)
 reads, errors, path_races = 0, [], 0
 while not stop.exists():
     try:
+        if on_s3:
+            try:
+                table = pq.read_table(pa.BufferReader(fetch("pin_mappings.parquet")))
+                car = fetch("pin_mappings.car")
+            except client.exceptions.NoSuchKey:  # before the first export
+                continue
+            decode_pin_mappings_car(car)
+            cids = table.column("cid")
+            assert len(cids) == len(pc.unique(cids)), "duplicate CIDs"
+            assert cids.to_pylist() == sorted(cids.to_pylist()), "unsorted"
+            reads += 1
+            time.sleep(0.02)  # leave the (two) cores to the writers and the server
+            continue
         # One open per read: pq.read_table(path) opens the path twice (footer, then pages), and a rename
         # between the two mixes two versions -- a reader-side race, not a torn file (docs/reliability.md).
         parquet = directory / "pin_mappings.parquet"
@@ -517,17 +672,32 @@ print(json.dumps({"reads": reads, "errors": errors[:5], "error_count": len(error
 """
 
 
-@pytest.mark.parametrize("file_rows", [None, "8"], ids=["big-files", "small-files"])
+@pytest.mark.parametrize(
+    ("where", "file_rows"),
+    [("local", None), ("local", "8"), ("s3", None)],
+    ids=["big-files", "small-files", "s3"],
+)
 def test_four_writers_and_a_reader_lose_nothing_and_see_nothing_torn(
-    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_rows: str | None
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, file_rows: str | None
 ) -> None:
     """Two CLI writers (``pinfs pin add/rm``) and two ops writers in subprocesses share a backend while
     another process reads its exported parquet and CAR in a loop. (Writers through the mount's control
     files: tests/test_mount_concurrency.py.) Small files: the table grows to dozens of data files while
-    they write, and their export refreshes race each other."""
+    they write, and their export refreshes race each other. On S3 each writer is a host of its own (its
+    own cache directory), the reader GETs the exports from the bucket, and they write half as many
+    rounds (every commit is several requests)."""
     if file_rows is not None:
         monkeypatch.setenv("PINFS_FILE_ROWS", file_rows)
-    make_backend(root, "shared")
+    root: Root = request.getfixturevalue("root")
+    if where == "s3":
+        seaweed: Seaweed = request.getfixturevalue("seaweed")
+        for name, value in seaweed.env(f"writers-{uuid.uuid4().hex}").items():
+            if name.startswith("AWS_") or name == "PINFS_ROOT":
+                monkeypatch.setenv(name, value)
+        monkeypatch.setenv("PINFS_CACHE_DIR", str(tmp_path / "checker-cache"))
+        root = parse_root(os.environ["PINFS_ROOT"])
+    ops_rounds, cli_rounds = (12, 3) if where == "s3" else (25, 5)
+    make_backend(root, "shared", config={"name": "shared"} if where == "s3" else None)
     add_pins(root, "shared", [PinRequest(cid_for("before"), "stored")])
     stop = tmp_path / "stop"
     reader = subprocess.Popen(
@@ -539,18 +709,19 @@ def test_four_writers_and_a_reader_lose_nothing_and_see_nothing_torn(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, "PINFS_CACHE_DIR": str(tmp_path / f"host-{tag}")},
         )
         for script, tag, rounds in (
-            (OPS_WORKER, "ops1", 25),
-            (OPS_WORKER, "ops2", 25),
-            (CLI_WORKER, "cli1", 5),
-            (CLI_WORKER, "cli2", 5),
+            (OPS_WORKER, "ops1", ops_rounds),
+            (OPS_WORKER, "ops2", ops_rounds),
+            (CLI_WORKER, "cli1", cli_rounds),
+            (CLI_WORKER, "cli2", cli_rounds),
         )
     ]
     expected = {cid_for("before")}
     removed: set[str] = set()
     for writer in writers:
-        out, err = writer.communicate(timeout=120)
+        out, err = writer.communicate(timeout=600)  # a hang guard: ~20 s on a local root, ~60 s on S3
         assert writer.returncode == 0, err
         for line in out.splitlines():
             kind, *cids = line.split()
@@ -559,9 +730,10 @@ def test_four_writers_and_a_reader_lose_nothing_and_see_nothing_torn(
     seen = json.loads(reader.communicate(timeout=30)[0])
     assert seen["error_count"] == 0, seen
     assert seen["reads"] > 10, seen
-    final = set(pq.read_table(root / "backends/shared/pin_mappings.parquet").column("cid").to_pylist())
+    forget_metadata()  # this process last looked before the writers' commits
+    final = set(pq.read_table(local_copy(root / "backends/shared/pin_mappings.parquet")).column("cid").to_pylist())
     assert final == expected - removed
-    assert len(final) == 1 + 2 * 25 * 3 + 2 * 5 * 3
+    assert len(final) == 1 + 2 * ops_rounds * 3 + 2 * cli_rounds * 3
     table = PinStore(get_backend(root, "shared"), StoreCache()).snapshot().table()
     assert set(table.column("cid").to_pylist()) == final
     assert migrate(root, MigrateOptions(verify_only=True))["ok"]  # and the CAR matches

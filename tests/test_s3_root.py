@@ -6,8 +6,10 @@ directory (``PINFS_CACHE_DIR``): nothing is shared between hosts but the bucket.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -255,7 +257,37 @@ def test_two_hosts_with_a_mount_and_a_cli_each_lose_nothing(seaweed: Seaweed, tm
 # -- faults --
 
 
+# A hang guard for one read in the mount while the store is down or hung: a request waits at most
+# ANSWER_SECONDS per attempt (pinfs.rootfs), so a read answers within ~20 s even from a hung server.
+STORE_DOWN_GUARD = 60
+
+
+def _timed_read(path: Path) -> tuple[float, str | OSError]:
+    started = time.monotonic()
+    try:
+        text: str | OSError = path.read_text()
+    except OSError as exc:
+        text = exc
+    return time.monotonic() - started, text
+
+
+def _until_readable(path: Path, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return path.read_text()
+        except OSError:
+            assert time.monotonic() < deadline, f"{path} did not answer again once the store was back"
+            time.sleep(0.5)
+
+
 def test_the_server_stopped_mid_write_loses_no_acknowledged_pin(tmp_path: Path) -> None:
+    """The store hangs (SIGSTOP: connections are accepted, nothing answers), then is back; then it dies
+    (SIGKILL) while a host writes through its mount, and is started again. Every acknowledged pin is
+    there afterwards; the CLI says what happened in one line, and so does the failed write's control
+    file (once the store is back: while it is down, nothing under a backend can be looked up); meanwhile
+    every backend on the store answers EIO within the timeouts, never hangs, and the rest of the mount
+    (README, health.json saying why) answers."""
     server = new_seaweed(tmp_path / "seaweed")
     try:
         prefix = uuid.uuid4().hex
@@ -266,35 +298,75 @@ def test_the_server_stopped_mid_write_loses_no_acknowledged_pin(tmp_path: Path) 
         pinfs(env, "pin", "add", cid_for("other"), "--backend", "b2", check=True)
         mountpoint = tmp_path / "m"
         process = _mount(env, mountpoint)
+        status = {
+            b: mountpoint / "backends" / b / "by-cid" / cid_for(c) / "status"
+            for b, c in (("b1", "before"), ("b2", "other"))
+        }
         try:
+            # A hung store: each backend's read fails (EIO) within the timeouts, then answers again.
+            os.killpg(server.process.pid, signal.SIGSTOP)
+            try:
+                time.sleep(1.5)  # what the mount knew of the store expires (pinfs.rootfs.S3_METADATA_SECONDS)
+                for path in status.values():
+                    elapsed, text = _timed_read(path)
+                    assert isinstance(text, OSError) and text.errno == errno.EIO, text
+                    assert elapsed < STORE_DOWN_GUARD, f"a read waited {elapsed:.0f} s on a hung store"
+                assert "control" in (mountpoint / "README").read_text()  # the rest of the mount answers
+            finally:
+                os.killpg(server.process.pid, signal.SIGCONT)
+            assert _until_readable(status["b1"]) == "pending\n"
+
+            # The store dies while the mount writes batch after batch to b1.
+            control = mountpoint / "backends" / "b1" / ".control" / "pin"
             acknowledged: list[str] = []
-            stop_after = 3
-            for n in range(8):
-                if n == stop_after:
-                    server.stop()
-                cid = cid_for(f"during-{n}")
-                result = pinfs(env, "pin", "add", cid, "--backend", "b1")
-                if result.returncode == 0:
-                    acknowledged.append(cid)
-                else:
-                    line = one_line_error(result)
-                    assert "cannot reach" in line
-            assert len(acknowledged) == stop_after
-            with pytest.raises(OSError) as caught:
-                (mountpoint / "backends" / "b1" / "by-cid" / cid_for("before") / "status").read_text()
-            assert caught.value.errno == 5  # EIO for the backends on the stopped store
+            failures: list[OSError] = []
+            stop_writing = threading.Event()
+
+            def write_batches() -> None:
+                for batch in range(1000):
+                    if stop_writing.is_set():
+                        return
+                    cids = [cid_for(f"during-{batch}-{n}") for n in range(20)]
+                    try:
+                        control.write_text("".join(f"{cid}\n" for cid in cids))
+                    except OSError as exc:
+                        failures.append(exc)
+                        continue
+                    acknowledged.extend(cids)
+
+            writer = threading.Thread(target=write_batches)
+            writer.start()
+            deadline = time.monotonic() + 60
+            while len(acknowledged) < 60:  # a few batches in: the next one is under way
+                assert writer.is_alive() and time.monotonic() < deadline, failures
+                time.sleep(0.05)
+            server.stop()
+            while not failures:
+                assert time.monotonic() < deadline + 60, "no write failed with the store gone"
+                time.sleep(0.05)
+            assert failures[0].errno == errno.EIO, failures[0]
+            line = one_line_error(pinfs(env, "pin", "add", cid_for("refused"), "--backend", "b1"))
+            assert "cannot reach" in line
+            for path in status.values():  # every backend on the dead store: EIO, at once
+                elapsed, text = _timed_read(path)
+                assert isinstance(text, OSError) and text.errno == errno.EIO, text
+                assert elapsed < STORE_DOWN_GUARD, f"a read waited {elapsed:.0f} s on a stopped store"
+            assert "control" in (mountpoint / "README").read_text()
+            health = json.loads(_timed_read(mountpoint / "health.json")[1])  # type: ignore[arg-type]
+            assert health["state"] == "error" and "cannot reach" in json.dumps(health), health
+            stop_writing.set()
+            writer.join(timeout=120)
+
             server.start()
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    text = (mountpoint / "backends" / "b1" / "by-cid" / cid_for("before") / "status").read_text()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "the mount did not answer again once the store was back"
-                    time.sleep(0.5)
-            assert text == "pending\n"
+            assert _until_readable(status["b1"]) == "pending\n"
+            assert _until_readable(status["b2"]) == "pending\n"
+            last_run = json.loads(control.read_text())  # the write that failed says why
+            assert last_run["state"] == "failed" and "cannot reach" in last_run["error"], last_run
             listed = pinfs(env, "pin", "ls", "--backend", "b1", check=True).stdout
-            assert all(cid in listed for cid in [cid_for("before"), *acknowledged])
+            missing = {cid_for("before"), *acknowledged} - {line.split("\t")[0] for line in listed.splitlines()}
+            assert not missing, f"{len(missing)} acknowledged pins lost"
+            for cid in acknowledged[-3:]:  # and the mount shows them
+                assert _until_readable(mountpoint / "backends" / "b1" / "by-cid" / cid / "status") == "pending\n"
         finally:
             force_unmount(mountpoint, process)
     finally:

@@ -41,6 +41,7 @@ from pinfs.ops.drivers import DriverError, driver_for, has_driver
 from pinfs.ops.drivers.filesystem import FilesystemDriver
 from pinfs.ops.state import read_state
 from pinfs.ops.sync import NO_CONTENT, STAGING_DIR
+from pinfs.rootfs import S3Error
 from pinfs.schema import FAILED, FUTURE_TOLERANCE, PENDING, STATUSES, STORED, load_metadata, now_iso
 from pinfs.snapshots import PinSnapshot
 from pinfs.store import PinStore
@@ -316,7 +317,18 @@ def _worst(states: list[str]) -> str:
 
 
 def health(root: Path) -> dict[str, Any]:
-    views, problems = _views(root)
+    try:
+        views, problems = _views(root)
+    except S3Error as exc:  # a root on S3 that cannot be listed: that is the health to report
+        return {
+            "ok": False,
+            "state": "error",
+            "checked_at": now_iso(),
+            "root": str(root),
+            "counts": {state: 0 for state in HEALTH_ORDER},
+            "backends": [],
+            "problems": [{"location": str(root), "reason": str(exc)}],
+        }
     sources = [view.backend for view in views]
     entries = [_safe(functools.partial(_health_of, sources=sources), view) for view in views]
     states = [entry["state"] for entry in entries] + (["degraded"] if problems else [])
