@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bench_cache
 import bench_gen
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -768,7 +769,7 @@ def row_specs(k: int, cache_mb: int) -> list[RowSpec]:
 
 def build_rows(res: Results, k: int, cache_mb: int) -> list[dict[str, Any]]:
     rows = []
-    for spec in row_specs(k, cache_mb):
+    for spec in [*row_specs(k, cache_mb), *bench_cache.row_specs(RowSpec)]:
         values = res.samples.get(spec.key, [])
         if not values:
             continue
@@ -879,6 +880,7 @@ def main(argv: list[str]) -> int:
         session_tmpfs(data, plan, res)
         session_fresh_baselines(data, plan, res)
         session_writes(data, plan, mounts, run, work, res, args.cache_mb)
+        bench_cache.session_cache(sys.modules[__name__], data, args.quick, mounts, run, work, res)
     finally:
         mounts.stop_all()
         shutil.rmtree(work, ignore_errors=True)

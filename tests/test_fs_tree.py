@@ -24,6 +24,7 @@ from pinfs.fs.tree import (
     StreamListing,
     merge_sorted_unique,
 )
+from pinfs.fs.versions import RecordCache
 from pinfs.snapshots import FilePiece, StoreCache
 from pinfs.store import PinStore
 
@@ -213,9 +214,19 @@ def test_by_cid_and_cids_listings_give_names_and_one_template(root: Path, tree: 
     assert tree.listing(("backends", "s3-main", "by-status", "pending")).template is None  # symlink sizes vary
 
 
-def test_resolve_cached_answers_only_what_was_resolved_lately(
-    root: Path, tree: PinTree, monkeypatch: pytest.MonkeyPatch
-) -> None:
+class FakeClock:
+    """The record cache's clock, moved by the test instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_resolve_cached_answers_only_what_was_resolved_lately(root: Path) -> None:
+    clock = FakeClock()
+    tree = PinTree(root, StoreCache(), RecordCache(clock=clock))
     add_pins(root, "s3-main", [cid_for(1)], status="stored")
     status = ("backends", "s3-main", "by-cid", cid_for(1), "status")
     assert tree.resolve_cached(status) is None  # never resolved: the caller must go to a thread
@@ -224,27 +235,24 @@ def test_resolve_cached_answers_only_what_was_resolved_lately(
     # the other files of the CID come from the same record, without another lookup
     assert tree.resolve_cached((*status[:4], "cid")).content == f"{cid_for(1)}\n".encode()  # type: ignore[union-attr]
     assert tree.resolve_cached(status[:4]).is_dir  # type: ignore[union-attr]
-    assert tree.resolve_cached((*status[:4], "nonsense")) is None
-    assert tree.resolve_cached(("backends", "s3-main", "by-cid", cid_for(2))) is None  # not pinned: never kept
-    tree.forget_rendered()  # a control command ran: nothing is fresh any more
+    with pytest.raises(NotFound):
+        tree.resolve_cached((*status[:4], "nonsense"))  # known not to be there: answered from memory
+    assert tree.resolve_cached(("backends", "s3-main", "by-cid", cid_for(2))) is None  # never looked up
+    tree.forget_rendered()  # a control command ran: nothing unleased is fresh any more
     assert tree.resolve_cached(status) is None and tree.resolve_cached((*status[:4], "cid")) is None
     tree.resolve(status)
-    now = tree_module.time.monotonic()
-    monkeypatch.setattr(tree_module.time, "monotonic", lambda: now + tree_module.FRESH_SECONDS + 0.01)
+    clock.now += tree_module.FRESH_SECONDS + 0.01
     assert tree.resolve_cached(status) is None and tree.resolve_cached((*status[:4], "cid")) is None
 
 
-def test_resolve_cached_keeps_a_bounded_number_of_nodes(
-    root: Path, tree: PinTree, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(tree_module, "FRESH_ENTRIES", 3)
-    tree = PinTree(root, tree.cache)  # the bound is fixed when the tree is made
+def test_resolve_cached_keeps_a_bounded_number_of_records(root: Path) -> None:
+    tree = PinTree(root, StoreCache(), RecordCache(maxsize=3))
     add_pins(root, "s3-main", [cid_for(i) for i in range(5)])
     for i in range(5):
         tree.resolve(("backends", "s3-main", "by-cid", cid_for(i)))
     assert tree.resolve_cached(("backends", "s3-main", "by-cid", cid_for(4))) is not None
     assert tree.resolve_cached(("backends", "s3-main", "by-cid", cid_for(0))) is None
-    assert len(tree._fresh_nodes) <= 3 and len(tree._fresh_records) <= 3
+    assert len(tree.records) <= 3
 
 
 def test_generated_files_are_not_kept_fresh(root: Path, tree: PinTree) -> None:

@@ -41,10 +41,10 @@ from pinfs.fs.tree import BytesContent, Content, Listing, NameBlock, NameListing
 
 log = logging.getLogger(__name__)
 
-# Data changes underneath us (CLI, other processes): the kernel may keep names and attributes for a
-# second, which keeps "visible within 2 s" (CONTRACT §2) with margin.
-ENTRY_TIMEOUT = 1.0
-ATTR_TIMEOUT = 1.0
+# How long the kernel may keep a name and its attributes comes from the tree (``kernel_timeout``,
+# issue #19): what remains of the node's lease when it is made from a version the mount watches (the
+# mount tells the kernel when that changes, ``pinfs.fs.kernel``), else a second, which keeps "visible
+# within 2 s" (CONTRACT §2) with margin.
 # Entries of a big listing fetched per hop to a worker thread (issue #6: a hop costs ~100 us, the
 # kernel takes a few dozen entries per readdir request); what the kernel did not take is kept in the
 # ListingHandle. Blocks start at multiples of it, so a listing epoch keeps each block once.
@@ -149,6 +149,7 @@ class PinfsOperations(pyfuse3.Operations):
         gid: int | None = None,
         read_limiter: trio.CapacityLimiter | None = None,
         command_limiter: trio.CapacityLimiter | None = None,
+        after_command: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
         self.tree = tree
@@ -160,6 +161,9 @@ class PinfsOperations(pyfuse3.Operations):
         self._next_handle = itertools.count(1)
         self._read_limiter = read_limiter or trio.CapacityLimiter(8)
         self._command_limiter = command_limiter or trio.CapacityLimiter(4)
+        # Awaited after every control command, before close() returns: the mount's kernel-cache duty
+        # tells the kernel what the command changed (``pinfs.fs.kernel.KernelCache.sync``).
+        self.after_command = after_command
 
     async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(function, *args, limiter=self._read_limiter)
@@ -176,8 +180,7 @@ class PinfsOperations(pyfuse3.Operations):
         attributes = pyfuse3.EntryAttributes()
         attributes.st_ino = InodeT(inode if inode is not None else self.inodes.inode_of(node.path))
         attributes.generation = 0
-        attributes.entry_timeout = ENTRY_TIMEOUT
-        attributes.attr_timeout = ATTR_TIMEOUT
+        attributes.entry_timeout = attributes.attr_timeout = self.tree.kernel_timeout(node)
         attributes.st_mode = ModeT(node.mode)
         attributes.st_nlink = 2 if node.is_dir else 1
         attributes.st_uid = self.uid
@@ -286,7 +289,9 @@ class PinfsOperations(pyfuse3.Operations):
     @_errors
     async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
         path = self.inodes.path_of(inode)
-        listing = await self._blocking(self.tree.listing, path)
+        listing = self.tree.listing_cached(path)  # a by-cid/<cid> of a kept record: no hop to a thread
+        if listing is None:
+            listing = await self._blocking(self.tree.listing, path)
         if isinstance(listing, NameListing):
             epoch = self.inodes.listings.open(path, listing.version, READDIR_BATCH)
             return self._add_handle(ListingHandle(listing, epoch))
@@ -384,8 +389,12 @@ class PinfsOperations(pyfuse3.Operations):
         if content is None:
             content = await self._blocking(self.tree.open_content, node)
         # Generated files may change between stat and open: direct_io so reads are never cut at st_size.
+        # The kernel keeps the pages of a leased file (a record's bytes, immutable within its version)
+        # across opens; the kernel-cache duty drops them when the record changes. Any other file's pages
+        # are dropped at each open (an export replaced on disk keeps its inode number here).
         direct = node.kind is NodeKind.GENERATED
-        return pyfuse3.FileInfo(fh=self._add_handle(FileHandle(node, content)), direct_io=direct)
+        keep = node.lease is not None and not direct
+        return pyfuse3.FileInfo(fh=self._add_handle(FileHandle(node, content)), direct_io=direct, keep_cache=keep)
 
     @_errors
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
@@ -456,6 +465,8 @@ class PinfsOperations(pyfuse3.Operations):
         handle.control.start(prepared)  # Busy when another run started meanwhile
         succeeded = await trio.to_thread.run_sync(handle.control.run, prepared, limiter=self._command_limiter)
         self.tree.forget_rendered()  # the command changed data: the next read shows it, not a cached report
+        if self.after_command is not None:
+            await self.after_command()  # the kernel forgets what changed before close() returns
         if not succeeded:
             raise pyfuse3.FUSEError(errno.EIO)  # close() fails; the error is in the file's JSON
 

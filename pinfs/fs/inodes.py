@@ -146,6 +146,14 @@ class PathInodes:
         else:
             del self._paths[inode]
 
+    def holds(self, inode: int) -> bool:
+        return inode in self._paths
+
+    def under(self, prefix: str) -> list[tuple[int, str]]:
+        """(inode, key) of every known path below the key ``prefix`` (for invalidating a subtree)."""
+        start = prefix + "/"
+        return [(inode, key.partition("\0")[0]) for inode, key in self._paths.items() if key.startswith(start)]
+
     def __len__(self) -> int:
         return len(self._paths) - 1  # the root is always known
 
@@ -444,6 +452,18 @@ class InodeTable:
             self.listings.forget(inode, count)
         else:
             self.paths.forget(inode, count)
+
+    def held(self, path: Path_) -> int | None:
+        """The inode the kernel may hold for ``path`` (its listing inode if the current epoch of its
+        directory keeps the name, else its path inode if that is known), else None. For telling the
+        kernel that the node changed (``pinfs.fs.kernel``)."""
+        if not path:
+            return pyfuse3.ROOT_INODE
+        found = self.listings.find(path[:-1], path[-1])
+        if found is not None:
+            return found
+        inode = self.paths.inode_of_key(PathInodes.key_of(path))
+        return inode if self.paths.holds(inode) else None
 
     def forget_all(self) -> None:
         self.paths = PathInodes()

@@ -46,7 +46,9 @@ import trio
 from pinfs.errors import Busy, InvalidInput, NotFound, PinfsError
 from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
+from pinfs.fs.kernel import KernelCache
 from pinfs.fs.tree import PinTree
+from pinfs.fs.versions import VersionWatch
 from pinfs.fsutil import unescape_mountinfo
 from pinfs.ops.carops import DEFERRED_EXPORTS
 from pinfs.snapshots import DEFAULT_CACHE_ENTRIES, StoreCache
@@ -291,7 +293,12 @@ async def serve(config: MountConfig, ready: Callable[[], None] | None = None) ->
     abandoned): the caller should then end the process without waiting for it (``os._exit``)."""
     limiter = trio.CapacityLimiter(COMMAND_THREADS)  # control commands and scheduled duties share it
     operations = build_operations(config, limiter)
-    duties = list(config.duties)
+    # Issue #19: the kernel keeps per-CID nodes for as long as their version is current; this duty
+    # tells it when that changes, and control commands wait for it before their close() returns.
+    watch = VersionWatch(operations.tree.root, operations.tree.cache, operations.tree.records)
+    kernel_cache = KernelCache(operations.tree, operations.inodes, watch)
+    operations.after_command = kernel_cache.sync
+    duties = [kernel_cache, *config.duties]
     scheduled = ScheduledDuties(config.sync_interval, config.verify_interval, limiter)
     if scheduled.active:
         duties.append(scheduled)

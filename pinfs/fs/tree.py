@@ -24,6 +24,7 @@ by locks held only for dictionary operations, and the ``StoreCache`` is thread-s
 from __future__ import annotations
 
 import errno
+import hashlib
 import heapq
 import json
 import logging
@@ -34,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +47,7 @@ from pinfs.backends import NAME_PATTERN, Backend, discover_backends, get_backend
 from pinfs.cids import is_valid_cid
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, describe
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
+from pinfs.fs.versions import FRESH_SECONDS, SHORT_SECONDS, Kept, Lease, RecordCache
 from pinfs.fsutil import refuse_symlink
 from pinfs.ops import reports
 from pinfs.rootfs import as_path, local_copy
@@ -71,11 +74,11 @@ INSIGHTS_SVG = "insights.svg"
 REPORT_FILES = ("health.json", "status.json", "insights.json", INSIGHTS_SVG)
 # How long a generated file's bytes are reused: short, so outside changes show within 2 s (CONTRACT §2).
 RENDER_SECONDS = 1.0
-# How long a node resolved on a worker thread may answer again from memory, on the event loop (the
-# adapter's fast path, issue #6). With the kernel's own 1 s entry/attr timeouts, an outside change
-# shows within 1.5 s (CONTRACT §2: 2 s); a control command drops them at once (``forget_rendered``).
-FRESH_SECONDS = 0.5
-FRESH_ENTRIES = 4096  # nodes, and as many records; the least recently used goes first
+# Nodes that are not made from a record (directories, real files) resolved on a worker thread may
+# answer again from memory, on the event loop, for FRESH_SECONDS (the adapter's fast path, issue #6).
+# With the kernel's SHORT_SECONDS, an outside change shows within 1.5 s (CONTRACT §2: 2 s). Records
+# and the nodes made from them live in ``self.records`` (``pinfs.fs.versions``, issue #19).
+FRESH_ENTRIES = 4096  # nodes; the least recently used goes first
 RECORD_VALUE_FILES = ("cid", "status", "car_file_path", "backend_name", "created_at")
 RECORD_FILES = (*RECORD_VALUE_FILES, "metadata.json", "pin.json")
 
@@ -122,6 +125,7 @@ class Node:
     target: str | None = None
     control_key: tuple[str | None, str] | None = None  # (backend or None for the root, command)
     size_known: bool = True
+    lease: Lease | None = None  # how long the kernel may keep it (``kernel_timeout``); None: briefly
 
     @property
     def mode(self) -> int:
@@ -448,20 +452,54 @@ def _fresh_cache() -> cachetools.TTLCache:
     return cachetools.TTLCache(maxsize=FRESH_ENTRIES, ttl=FRESH_SECONDS, timer=lambda: time.monotonic())
 
 
+def record_mtime(record: Mapping[str, Any], fallback_ns: int) -> int:
+    """The time a pin's files carry: its newest own timestamp (``created_at``, ``updated_at``,
+    ``verified_at``; every change pinfs makes moves one of them), so a file keeps its mtime from one
+    version to the next while its record does not change (issue #19: ``rsync``, ``make``)."""
+    newest = 0
+    for name in ("created_at", "updated_at", "verified_at"):
+        value = record.get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            continue
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        newest = max(newest, int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000)
+    return newest or fallback_ns
+
+
+def _per_cid(path: Path_) -> str | None:
+    """The CID a per-CID path is about (``by-cid/<cid>``, ``by-cid/<cid>/<file>``,
+    ``by-status/<s>/<cid>`` of a backend), else None."""
+    if len(path) < 4 or path[0] != BACKENDS_DIR:
+        return None
+    if path[2] == BY_CID and len(path) in (4, 5):
+        return path[3]
+    if path[2] == BY_STATUS and len(path) == 5:
+        return path[4]
+    return None
+
+
 class PinTree:
     """The mount's tree over one data root. Blocking; see the module docstring for threading."""
 
-    def __init__(self, root: Path, cache: StoreCache) -> None:
+    def __init__(self, root: Path, cache: StoreCache, records: RecordCache | None = None) -> None:
         self.root = as_path(root)
         self.cache = cache
+        self.records = records if records is not None else RecordCache()
         self.started_ns = time.time_ns()
         self._rendered: cachetools.TTLCache = cachetools.TTLCache(maxsize=1024, ttl=RENDER_SECONDS)
         self._rendered_lock = threading.Lock()
-        # Nodes and records resolved lately (by path; by (backend, CID)), dropped FRESH_SECONDS after
-        # they were kept. Written on worker threads, read on the event loop: guarded by a lock held only
-        # for cache operations (a TTLCache is not thread-safe, and expires entries on access).
+        # path -> (digest, mtime_ns) of what each generated file last held: its mtime moves only when
+        # its bytes do (issue #19: stable from one stat to the next).
+        self._generated_times: dict[Path_, tuple[bytes, int]] = {}
+        # Nodes not made from a record, resolved lately (by path), dropped FRESH_SECONDS after they were
+        # kept. Written on worker threads, read on the event loop: guarded by a lock held only for cache
+        # operations (a TTLCache is not thread-safe, and expires entries on access).
         self._fresh_nodes: cachetools.TTLCache = _fresh_cache()  # path -> Node
-        self._fresh_records: cachetools.TTLCache = _fresh_cache()  # (backend, cid) -> (record, mtime_ns)
         self._fresh_lock = threading.Lock()
         # Bumped by ``forget_rendered``: a resolve that started before a control command finished must
         # not keep what it read as fresh after it (``_local.generation`` is the one it started in).
@@ -478,44 +516,45 @@ class PinTree:
         """
         self._local.generation = self._generation
         node = self._child(self._dir(path[:-1]), path[-1]) if path else self._dir(())
-        if node.kind is not NodeKind.GENERATED:  # generated files have their own render cache
-            self._keep_fresh(self._fresh_nodes, path, node)
+        # Generated files have their own render cache; per-CID nodes are made from ``self.records``.
+        if node.kind is not NodeKind.GENERATED and _per_cid(path) is None:
+            self._keep_fresh(path, node)
         return node
 
     def resolve_cached(self, path: Path_) -> Node | None:
-        """The node at ``path`` when what it depends on was resolved less than ``FRESH_SECONDS`` ago,
-        else None. Never touches disk and never raises: it may run on the event loop (issue #6). A
-        per-CID file or directory is made from a fresh record, so ``stat`` of every file of a CID costs
-        one indexed lookup on a worker thread, not one each."""
-        record_key = None
-        if len(path) in (4, 5) and path[0] == BACKENDS_DIR and path[2] == BY_CID:
-            record_key = (path[1], path[3])
+        """The node at ``path`` from memory, else None: a per-CID node from its kept record (raising
+        NotFound for a CID known not to be there), any other from a node resolved less than
+        ``FRESH_SECONDS`` ago. Never touches disk: it may run on the event loop (issue #6). A per-CID
+        file or directory is made from the kept record, so ``stat`` of every file of a CID costs one
+        indexed lookup on a worker thread, not one each."""
+        cid = _per_cid(path)
+        if cid is not None:
+            kept = self.records.get(path[1], cid)
+            if kept is None:
+                return None
+            try:
+                return self._record_node(path, kept)
+            except NotFound:
+                raise
+            except Exception:  # never on the loop: the worker thread will say what is wrong
+                return None
         with self._fresh_lock:
-            found = self._fresh_nodes.get(path)
-            if found is not None:
-                return found
-            record = self._fresh_records.get(record_key) if record_key is not None else None
-        if record is None:
-            return None
-        fields, mtime_ns = record
-        if len(path) == 4:
-            return Node(path, NodeKind.DIRECTORY, mtime_ns=mtime_ns)
-        if path[4] not in RECORD_FILES:
-            return None
-        try:
-            data = record_file_bytes(fields, path[4])
-        except Exception:  # never on the loop: the worker thread will say what is wrong
-            return None
-        return Node(path, NodeKind.FILE, size=len(data), mtime_ns=mtime_ns, content=data)
+            return self._fresh_nodes.get(path)
 
-    def _keep_fresh(self, fresh: cachetools.TTLCache, key: Any, value: Any) -> None:
+    def kernel_timeout(self, node: Node) -> float:
+        """Seconds the kernel may keep ``node``'s name and attributes: what remains of its lease (0 when
+        a change ended it after the node was made), else ``SHORT_SECONDS``."""
+        remaining = self.records.remaining(node.lease)
+        return SHORT_SECONDS if remaining is None else remaining
+
+    def _keep_fresh(self, path: Path_, node: Node) -> None:
         with self._fresh_lock:
-            if getattr(self._local, "generation", None) != self._generation:
-                return  # read before a control command changed the data
-            fresh[key] = value
+            if self._same_generation():
+                self._fresh_nodes[path] = node
 
-    def _keep_record(self, backend: str, cid: str, record: Mapping[str, Any], snapshot: PinSnapshot) -> None:
-        self._keep_fresh(self._fresh_records, (backend, cid), (record, self._mtime(snapshot)))
+    def _same_generation(self) -> bool:
+        """Whether no control command ran since this thread's ``resolve`` started."""
+        return getattr(self._local, "generation", None) == self._generation
 
     def lookup(self, parent: Path_, name: str) -> Node:
         """The entry ``name`` of the directory at ``parent``."""
@@ -556,28 +595,12 @@ class PinTree:
             return self._backend_top(backend, path, name)
         if rest == (CONTROL_DIR,) and name in BACKEND_COMMANDS:
             return self._control(path, backend.name, name)
-        if rest == (BY_CID,):
-            snapshot = self._snapshot(backend)
-            record = self._record(snapshot, name)
-            if record is None:
-                raise NotFound(f"{name!r} is not pinned on {backend.name}")
-            self._keep_record(backend.name, name, record, snapshot)
-            return self._dir(path, snapshot)
-        if len(rest) == 2 and rest[0] == BY_CID and name in RECORD_FILES:
-            snapshot = self._snapshot(backend)
-            record = self._record(snapshot, rest[1])
-            if record is None:
-                raise NotFound(f"{rest[1]!r} is not pinned on {backend.name}")
-            self._keep_record(backend.name, rest[1], record, snapshot)
-            return self._bytes_node(path, record_file_bytes(record, name), snapshot)
+        if rest == (BY_CID,) or (len(rest) == 2 and rest[0] == BY_CID and name in RECORD_FILES):
+            return self._record_node(path, self._kept_record(backend, path[3]))
         if rest == (BY_STATUS,) and name in STATUSES:
             return self._dir(path)
-        if len(rest) == 2 and rest[0] == BY_STATUS:
-            snapshot = self._snapshot(backend)
-            record = self._record(snapshot, name)
-            if record is None or record.get("status") != rest[1]:
-                raise NotFound(f"{name!r} has no status {rest[1]} on {backend.name}")
-            return self._status_link(path, name, snapshot)
+        if len(rest) == 2 and rest[0] == BY_STATUS and rest[1] in STATUSES:
+            return self._record_node(path, self._kept_record(backend, name))
         raise NotFound(f"no entry {name!r} in /{'/'.join(parent)}")
 
     def _backend_top(self, backend: Backend, path: Path_, name: str, *, render: bool = True) -> Node:
@@ -632,6 +655,8 @@ class PinTree:
     def _backend_listing(self, path: Path_) -> Listing | NameListing:
         backend = self._backend(path[1])
         rest = path[2:]
+        if len(rest) == 2 and rest[0] == BY_CID:
+            return self._record_listing(path, self._kept_record(backend, rest[1]))
         if not rest:
             names = [SUMMARY, PARQUET_FILE, CAR_FILE, CAR_JSON, BY_CID, BY_STATUS, CONTROL_DIR]
             nodes = []
@@ -647,26 +672,24 @@ class PinTree:
             return StaticListing([self._dir((*path, status)) for status in STATUSES])
         snapshot = self._snapshot(backend)
         if rest == (BY_CID,):
+            # Every entry is a directory like this one, leased on the whole version: a CID a later
+            # version removes is told to the kernel then (``pinfs.fs.kernel``).
+            lease = self.records.lease(backend.name, snapshot.identity)
+            template = Node(path, NodeKind.DIRECTORY, mtime_ns=self._mtime(snapshot), lease=lease)
             return PositionalListing(
                 snapshot.count,
                 snapshot.cid_column,
-                lambda cid: self._dir((*path, cid), snapshot),
-                template=self._dir(path, snapshot),
+                lambda cid: Node((*path, cid), NodeKind.DIRECTORY, mtime_ns=template.mtime_ns, lease=lease),
+                template=template,
                 version=snapshot.identity,
-            )
-        if len(rest) == 2 and rest[0] == BY_CID:
-            record = self._record(snapshot, rest[1])
-            if record is None:
-                raise NotFound(f"{rest[1]!r} is not pinned on {backend.name}")
-            return StaticListing(
-                [self._bytes_node((*path, name), record_file_bytes(record, name), snapshot) for name in RECORD_FILES]
             )
         if len(rest) == 2 and rest[0] == BY_STATUS:
             column = snapshot.cids_with_status(rest[1])
+            lease = self.records.lease(backend.name, snapshot.identity)
             return PositionalListing(
                 len(column),
                 lambda start, stop: column.slice(start, stop - start),
-                lambda cid: self._status_link((*path, cid), cid, snapshot),
+                lambda cid: self._status_link((*path, cid), cid, self._mtime(snapshot), lease),
                 version=snapshot.identity,
             )
         raise NotADirectory(f"/{'/'.join(path)} is not a directory")
@@ -710,14 +733,20 @@ class PinTree:
         return data
 
     def forget_rendered(self) -> None:
-        """Drop cached generated files and fresh nodes and records (after a control command, whose
-        effect must show at once)."""
+        """Drop cached generated files, fresh nodes and the records kept without a lease (after a
+        control command, whose effect must show at once; leased records are dropped by the version
+        watch, exactly those that changed)."""
+        self.forget_reports()
+        with self._fresh_lock:
+            self._generation += 1
+        self.records.forget_unleased()
+
+    def forget_reports(self) -> None:
+        """Drop cached generated files and fresh nodes (a backend's data changed)."""
         with self._rendered_lock:
             self._rendered.clear()
         with self._fresh_lock:
-            self._generation += 1
             self._fresh_nodes.clear()
-            self._fresh_records.clear()
 
     def content_in_memory(self, node: Node) -> Content | None:
         """``open_content`` when it needs no disk (bytes held by the node), else None; for the loop."""
@@ -792,13 +821,6 @@ class PinTree:
                 log.info("backend %s left out of cids/: %s", backend.name, exc)
         return readable
 
-    @staticmethod
-    def _record(snapshot: PinSnapshot, cid: str) -> dict[str, Any] | None:
-        """The record of the CID ``cid`` spells, stored under any spelling (issue #16)."""
-        if not _nameable(cid) or not is_valid_cid(cid):
-            return None  # not a CID at all: no need to read anything
-        return snapshot.find(cid)
-
     def _holders(self, cid: str) -> dict[str, str]:
         """The backends holding the CID ``cid`` spells, each with the spelling it stores: one indexed
         lookup per backend (and per other standard spelling, for a CID not spelled as stored). When
@@ -830,16 +852,98 @@ class PinTree:
 
     def _generated(self, path: Path_, *, render: bool = True) -> Node:
         if not render:
-            return Node(path, NodeKind.GENERATED, mtime_ns=time.time_ns(), size_known=False)
+            with self._rendered_lock:
+                known = self._generated_times.get(path)
+            mtime_ns = known[1] if known is not None else self._data_mtime(path)
+            return Node(path, NodeKind.GENERATED, mtime_ns=mtime_ns, size_known=False)
         data = self._render_cached(path)
-        return Node(path, NodeKind.GENERATED, size=len(data), mtime_ns=time.time_ns(), content=data)
+        return Node(path, NodeKind.GENERATED, size=len(data), mtime_ns=self._generated_mtime(path, data), content=data)
+
+    def _generated_mtime(self, path: Path_, data: bytes) -> int:
+        """The mtime of a generated file holding ``data``: unchanged while its bytes are (however often
+        it is rendered); when they change, the time of the data version they describe if that is newer,
+        else now (a report can change with the clock or a run record, not only with the data)."""
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        with self._rendered_lock:
+            known = self._generated_times.get(path)
+        if known is not None and known[0] == digest:
+            return known[1]
+        data_mtime = self._data_mtime(path)
+        changed_with_data = known is None or data_mtime > known[1]
+        mtime_ns = data_mtime if changed_with_data else max(time.time_ns(), known[1] + 1)
+        with self._rendered_lock:
+            self._generated_times[path] = (digest, mtime_ns)
+        return mtime_ns
+
+    def _data_mtime(self, path: Path_) -> int:
+        """When the data a generated file describes was last changed: its backend's version, or for the
+        reports over every backend the newest of theirs."""
+        try:
+            if len(path) == 3 and path[0] == BACKENDS_DIR:
+                return self._mtime(self._snapshot(self._backend(path[1])))
+            times = [self._mtime(snapshot) for _backend, snapshot in self._readable_snapshots()]
+            return max(times, default=self.started_ns)
+        except (PinfsError, OSError):
+            return self.started_ns
 
     def _control(self, path: Path_, backend: str | None, command: str) -> Node:
         return Node(path, NodeKind.CONTROL, mtime_ns=self.started_ns, control_key=(backend, command))
 
-    def _status_link(self, path: Path_, cid: str, snapshot: PinSnapshot) -> Node:
+    def _status_link(self, path: Path_, cid: str, mtime_ns: int, lease: Lease | None) -> Node:
         target = f"../../{BY_CID}/{cid}"
-        return Node(path, NodeKind.SYMLINK, size=len(target), mtime_ns=self._mtime(snapshot), target=target)
+        return Node(path, NodeKind.SYMLINK, size=len(target), mtime_ns=mtime_ns, target=target, lease=lease)
+
+    # -- per-CID nodes, made from kept records --
+
+    def _kept_record(self, backend: Backend, cid: str) -> Kept:
+        """The record of ``cid`` (``Kept.record`` None: not pinned): the one kept under a lease (it is
+        current: a change would have dropped it), else read from the newest version and kept."""
+        if not _nameable(cid) or not is_valid_cid(cid):
+            raise NotFound(f"{cid!r} is not a CID")  # not a CID at all: nothing to read, nothing to keep
+        kept = self.records.get(backend.name, cid, leased_only=True)
+        if kept is not None:
+            return kept
+        snapshot = self._snapshot(backend)
+        record = snapshot.find(cid)  # any spelling (issue #16)
+        fallback = self._mtime(snapshot)
+        mtime_ns = record_mtime(record, fallback) if record is not None else fallback
+        return self.records.keep(
+            backend.name, cid, record, snapshot.identity, mtime_ns, unleased_ok=self._same_generation()
+        )
+
+    def _record_node(self, path: Path_, kept: Kept) -> Node:
+        """A per-CID node (``_per_cid``) made from ``kept``. Raises NotFound."""
+        record = kept.record
+        if path[2] == BY_CID:
+            if record is None:
+                raise NotFound(f"{path[3]!r} is not pinned on {path[1]}")
+            if len(path) == 4:
+                return Node(path, NodeKind.DIRECTORY, mtime_ns=self._version_mtime(kept.version), lease=kept.lease)
+            if path[4] not in RECORD_FILES:
+                raise NotFound(f"no file {path[4]!r} for a pin")
+            data = record_file_bytes(record, path[4])
+            return Node(path, NodeKind.FILE, size=len(data), mtime_ns=kept.mtime_ns, content=data, lease=kept.lease)
+        if record is None or record.get("status") != path[3]:
+            raise NotFound(f"{path[4]!r} has no status {path[3]} on {path[1]}")
+        return self._status_link(path, path[4], self._version_mtime(kept.version), kept.lease)
+
+    def _record_listing(self, path: Path_, kept: Kept) -> StaticListing:
+        if kept.record is None:
+            raise NotFound(f"{path[3]!r} is not pinned on {path[1]}")
+        return StaticListing([self._record_node((*path, name), kept) for name in RECORD_FILES])
+
+    def listing_cached(self, path: Path_) -> StaticListing | None:
+        """``listing`` of a ``by-cid/<cid>`` directory from its kept record, else None. Never touches
+        disk (for the event loop: a walk opens every such directory)."""
+        if len(path) != 4 or path[0] != BACKENDS_DIR or path[2] != BY_CID:
+            return None
+        kept = self.records.get(path[1], path[3])
+        if kept is None:
+            return None
+        return self._record_listing(path, kept)
+
+    def _version_mtime(self, version: Hashable | None) -> int:
+        return getattr(version, "mtime_ns", None) or self.started_ns
 
     def _cid_link(self, path: Path_, cid: str, backend: str) -> Node:
         target = f"../../{BACKENDS_DIR}/{backend}/{BY_CID}/{cid}"

@@ -1,0 +1,381 @@
+"""Issue #19's bench rows: warm reads at kernel speed, whole-tree walks, and the invalidation lag.
+
+Called from ``bench_main`` (``session_cache`` and ``row_specs``; its helpers are passed in as
+``bench``), or alone for these rows only: ``.venv/bin/python scripts/bench_cache.py [--quick]``.
+
+Every row is judged as a ratio to baseline D, the same tree on tmpfs measured in the same run:
+
+* warm ``cat status`` and ``stat`` (D: ``session_tmpfs`` of bench_main);
+* repeated ``ls by-status/failed`` (D: a tmpfs directory of as many symlinks);
+* ``find by-cid -name 'baf*' | wc -l`` and a walk that lists every ``by-cid/<cid>`` directory and reads
+  its ``status`` (what ``grep -r --include=status`` does), on a backend of ``WALK_PINS`` pins, cold (a
+  fresh mount) and warm (again in that mount). D: a tmpfs tree of ``TMPFS_WALK`` such directories with
+  their seven files, scaled to the backend's size. Cold: at most 0.5 ms per CID (one file read each).
+* the invalidation lag: while a writer commits about 100 pins/s to the walk backend (a copy of it),
+  how long after a commit returns the mount shows it in a ``status`` file the kernel had cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import queue
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import bench_gen
+from bench_gen import say
+
+from pinfs.backends import get_backend
+from pinfs.schema import make_record
+from pinfs.store import PinStore
+
+WALK_PINS = 100_000  # the walk backend (10k with --quick: the main data's first backend)
+TMPFS_WALK = 20_000  # CID directories of the tmpfs tree the walks are compared with
+WARM_REPS = 2000  # warm cat and stat
+LS_REPS = 5
+PINS_PER_SECOND = 100
+LAG_SECONDS = 15.0
+OTHER_FILES = ("cid", "car_file_path", "backend_name", "created_at", "metadata.json", "pin.json")
+
+
+def _cat(path: Path) -> float:
+    started = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    os.read(fd, 1 << 16)
+    os.close(fd)
+    return time.perf_counter() - started
+
+
+def _shell(command: str) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=3600, check=True)
+    return time.perf_counter() - started, done.stdout.strip()
+
+
+def walk(by_cid: Path) -> tuple[float, int]:
+    """List every directory below ``by_cid`` and read each ``status`` file; (seconds, CIDs)."""
+    started = time.perf_counter()
+    count = 0
+    for directory, _dirs, names in os.walk(by_cid):
+        if "status" in names:
+            fd = os.open(os.path.join(directory, "status"), os.O_RDONLY)
+            os.read(fd, 4096)
+            os.close(fd)
+            count += 1
+    return time.perf_counter() - started, count
+
+
+# -- sessions --
+
+
+def session_cache(bench: ModuleType, data: Any, quick: bool, mounts: Any, run: Path, work: Path, res: Any) -> None:
+    """All of this module's rows (see the module docstring)."""
+    _warm_reads(bench, data, WARM_REPS // 5 if quick else WARM_REPS, mounts, run, res)
+    _tmpfs_listing(data, res)
+    walk_root, walk_name, walk_n = _walk_data(data, quick)
+    _walks(bench, walk_root, walk_name, walk_n, mounts, run, res)
+    _tmpfs_walk(walk_root, walk_name, walk_n, res)
+    _lag(bench, walk_root, walk_name, LAG_SECONDS / 4 if quick else LAG_SECONDS, mounts, run, work, res)
+
+
+def _warm_reads(bench: ModuleType, data: Any, reps: int, mounts: Any, run: Path, res: Any) -> None:
+    mountpoint = run / "cache-warm"
+    command = bench.pinfs_mount_command(mountpoint, data.root, 256)
+    mounts.start(command, mountpoint, run / "cache-mount.log")
+    try:
+        base = mountpoint / "backends" / data.names[0]
+        cids = data.cids[0].slice(0, 50).to_pylist()
+        status = base / "by-cid" / cids[0] / "status"
+        _cat(status)
+        say(f"cache: warm cat and stat ({reps} each)")
+        for _ in range(reps):
+            res.add("cache_cat_warm", _cat(status))
+        for cid in cids:
+            for name in OTHER_FILES:
+                os.stat(base / "by-cid" / cid / name)  # the kernel learns the name and its attributes
+        for _ in range(reps // (len(cids) * len(OTHER_FILES)) + 1):
+            for cid in cids:
+                for name in OTHER_FILES:
+                    res.add("cache_stat_warm", bench.t_stat(base / "by-cid" / cid / name))
+        failed = base / "by-status" / "failed"
+        expected = data.status_count(0, "failed")
+        elapsed, count = bench.t_ls(failed)
+        res.check(count == expected, f"ls by-status/failed: {count} entries, expected {expected}")
+        for _ in range(LS_REPS):
+            res.add("cache_ls_failed_warm", bench.t_ls(failed)[0])
+        res.notes["cache_failed_entries"] = expected
+    finally:
+        mounts.stop(mountpoint)
+
+
+def _tmpfs_listing(data: Any, res: Any) -> None:
+    """D for ``ls by-status/failed``: a tmpfs directory of as many symlinks."""
+    tree = Path(f"/dev/shm/pinfs-bench-ls-{os.getpid()}")
+    try:
+        tree.mkdir()
+        names = data.cids[0].filter(bench_failed_mask(data)).to_pylist()
+        for name in names:
+            os.symlink(f"../../by-cid/{name}", tree / name)
+        os.listdir(tree)
+        for _ in range(LS_REPS):
+            started = time.perf_counter()
+            os.listdir(tree)
+            res.add("D_ls_failed", time.perf_counter() - started)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def bench_failed_mask(data: Any) -> Any:
+    import pyarrow.compute as pc
+
+    return pc.equal(data.statuses[0], "failed")
+
+
+def _walk_data(data: Any, quick: bool) -> tuple[Path, str, int]:
+    """(root, backend, pins) of the walk backend: its own cached data set, or with --quick the main
+    data's first backend."""
+    if quick:
+        return data.root, data.names[0], data.n
+    cache = bench_gen.ensure_data(data.cache.parent, WALK_PINS, 1)
+    return cache / "root", bench_gen.backend_names(1)[0][0], WALK_PINS
+
+
+def _walks(bench: ModuleType, root: Path, name: str, pins: int, mounts: Any, run: Path, res: Any) -> None:
+    mountpoint = run / "cache-walk"
+    process, _ready = mounts.start(bench.pinfs_mount_command(mountpoint, root, 256), mountpoint, run / "walk.log")
+    try:
+        by_cid = mountpoint / "backends" / name / "by-cid"
+        say(f"cache: walk of {pins} CIDs, cold")
+        elapsed, count = walk(by_cid)
+        res.check(count == pins, f"walk: {count} status files, expected {pins}")
+        res.add("walk_cold_per_cid", elapsed / max(count, 1))
+        say("cache: walk, warm")
+        for _ in range(2):
+            elapsed, count = walk(by_cid)
+            res.add("walk_warm_per_cid", elapsed / max(count, 1))
+        res.notes["rss_mb_after_walks"] = round(bench.rss_mb(process.pid), 1)
+        for _ in range(2):
+            elapsed, out = _shell(f"find {by_cid} -name 'baf*' | wc -l")
+            res.check(out == str(pins), f"find: {out} names, expected {pins}")
+            res.add("find_warm", elapsed)
+    finally:
+        mounts.stop(mountpoint)
+    mounts.start(bench.pinfs_mount_command(mountpoint, root, 256), mountpoint, run / "walk.log")
+    try:
+        say("cache: find, cold")
+        elapsed, out = _shell(f"find {mountpoint / 'backends' / name / 'by-cid'} -name 'baf*' | wc -l")
+        res.add("find_cold", elapsed)
+    finally:
+        mounts.stop(mountpoint)
+
+
+def _tmpfs_walk(root: Path, name: str, pins: int, res: Any) -> None:
+    """D for the walks: ``TMPFS_WALK`` CID directories with their seven files on tmpfs, scaled."""
+    import pyarrow.parquet as pq
+
+    sample = min(pins, TMPFS_WALK)
+    cids = pq.read_table(root / "backends" / name / "pin_mappings.parquet", columns=["cid"]).column("cid")
+    tree = Path(f"/dev/shm/pinfs-bench-walk-{os.getpid()}")
+    say(f"cache: tmpfs tree of {sample} CID directories")
+    try:
+        by_cid = tree / "by-cid"
+        by_cid.mkdir(parents=True)
+        for cid in cids.slice(0, sample).to_pylist():
+            directory = by_cid / cid
+            directory.mkdir()
+            (directory / "status").write_bytes(b"stored\n")
+            for other in OTHER_FILES:
+                (directory / other).touch()  # empty: no page each (the walk reads only status)
+        walk(by_cid)
+        for _ in range(3):
+            elapsed, count = walk(by_cid)
+            res.add("D_walk_per_cid", elapsed / count)
+            elapsed, _out = _shell(f"find {by_cid} -name 'baf*' | wc -l")
+            res.add("D_find", elapsed * pins / sample)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def _lag(
+    bench: ModuleType, root: Path, name: str, seconds: float, mounts: Any, run: Path, work: Path, res: Any
+) -> None:
+    """Writes of ~100 pins/s to a copy of the walk backend; the lag until a cached file shows each."""
+    copy = work / "lag-root"
+    (copy / "backends").mkdir(parents=True)
+    shutil.copytree(root / "backends" / name, copy / "backends" / name, symlinks=True)
+    mountpoint = run / "cache-lag"
+    mounts.start(bench.pinfs_mount_command(mountpoint, copy, 256), mountpoint, run / "lag.log")
+    try:
+        backend = get_backend(copy, name)
+        store = PinStore(backend)
+        by_cid = mountpoint / "backends" / name / "by-cid"
+        probes = [cid for cid in _sample_cids(copy, name, 400)]
+        for cid in probes:
+            _cat(by_cid / cid / "status")  # cached by the kernel from now on
+        committed: queue.Queue[tuple[str, str, float] | None] = queue.Queue()
+        rng = random.Random(3)
+        writer = threading.Thread(target=_write_load, args=(store, backend, probes, rng, seconds, committed))
+        say(f"cache: invalidation lag under {PINS_PER_SECOND} pins/s for {seconds:.0f} s")
+        writer.start()
+        lags = []
+        while (item := committed.get(timeout=120)) is not None:
+            cid, status, done = item
+            path = by_cid / cid / "status"
+            while path.read_text() != f"{status}\n":
+                if time.perf_counter() - done > 10:
+                    res.check(False, f"lag: {cid} not {status} after 10 s")
+                    break
+                time.sleep(0.001)
+            lags.append(time.perf_counter() - done)
+        writer.join()
+        for lag in lags:
+            res.add("lag", lag)
+        res.notes["lag_probes"] = len(lags)
+        if lags:
+            res.add("lag_p99", sorted(lags)[max(0, math.ceil(len(lags) * 0.99) - 1)])
+    finally:
+        mounts.stop(mountpoint)
+
+
+def _sample_cids(root: Path, name: str, count: int) -> list[str]:
+    import pyarrow.parquet as pq
+
+    cids = pq.read_table(root / "backends" / name / "pin_mappings.parquet", columns=["cid"]).column("cid")
+    return random.Random(5).sample(cids.to_pylist(), count)
+
+
+def _write_load(
+    store: PinStore, backend: Any, probes: list[str], rng: random.Random, seconds: float, committed: queue.Queue
+) -> None:
+    """Commit ``PINS_PER_SECOND`` pins a second in batches of ten (one of them a probe's status change)
+    for ``LAG_SECONDS``; each probe is queued with the time its commit returned. None at the end."""
+    batch, interval = 10, 10 / PINS_PER_SECOND
+    started = time.perf_counter()
+    pins = 0
+    try:
+        for number, probe in enumerate(probes):
+            due = started + number * interval
+            if due - started > seconds:
+                break
+            time.sleep(max(due - time.perf_counter(), 0))
+            status = ("failed", "pending")[number % 2]
+            records = {
+                cid: make_record(cid, backend.name, backend.type) for cid in bench_gen.random_cids(rng, batch - 1)
+            }
+            records[probe] = make_record(probe, backend.name, backend.type, status=status)
+            store.write(lambda txn, records=records: txn.update(records))
+            pins += batch
+            committed.put((probe, status, time.perf_counter()))
+    finally:
+        say(f"cache: wrote {pins} pins in {time.perf_counter() - started:.1f} s")
+        committed.put(None)
+
+
+# -- rows --
+
+
+def row_specs(row_spec: Any) -> list[Any]:
+    """This module's rows, as bench_main's ``RowSpec`` (passed in)."""
+
+    def ratio_at_most(limit: float) -> Any:
+        return lambda median, ratio: ratio is not None and ratio <= limit
+
+    return [
+        row_spec("cache_cat_warm", "cat status, warm, vs tmpfs", "D_cat_warm", "D tmpfs", "<= 3x D", ratio_at_most(3)),
+        row_spec(
+            "cache_stat_warm",
+            "stat of a per-CID file, warm, vs tmpfs",
+            "D_stat_warm",
+            "D tmpfs",
+            "<= 3x D",
+            ratio_at_most(3),
+        ),
+        row_spec(
+            "cache_ls_failed_warm",
+            "ls by-status/failed, repeated, vs tmpfs",
+            "D_ls_failed",
+            "D tmpfs",
+            "<= 3x D",
+            ratio_at_most(3),
+        ),
+        row_spec(
+            "find_cold", "find by-cid -name 'baf*' | wc -l, cold", "D_find", "D tmpfs", "-", lambda median, ratio: True
+        ),
+        row_spec(
+            "find_warm", "find by-cid -name 'baf*' | wc -l, warm", "D_find", "D tmpfs", "<= 3x D", ratio_at_most(3)
+        ),
+        row_spec(
+            "walk_cold_per_cid",
+            "walk by-cid, read every status, cold (per CID)",
+            "D_walk_per_cid",
+            "D tmpfs",
+            "<= 0.5 ms",
+            lambda median, ratio: median <= 0.0005,
+        ),
+        row_spec(
+            "walk_warm_per_cid",
+            "walk by-cid, read every status, warm (per CID)",
+            "D_walk_per_cid",
+            "D tmpfs",
+            "<= 3x D",
+            ratio_at_most(3),
+        ),
+        row_spec(
+            "lag",
+            f"change -> visible in a cached file, {PINS_PER_SECOND} pins/s",
+            None,
+            "-",
+            "-",
+            lambda median, ratio: True,
+        ),
+        row_spec("lag_p99", "  same, p99", None, "-", "<= 2 s", lambda median, ratio: median <= 2.0),
+    ]
+
+
+# -- alone --
+
+
+def main(argv: list[str]) -> int:
+    import bench_main
+
+    parser = argparse.ArgumentParser(prog="scripts/bench_cache.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10k pins, few repetitions")
+    parser.add_argument("--pins", type=int, help="pins of the main data (default 1000000; 10000 with --quick)")
+    parser.add_argument("--cache", type=Path, default=bench_main.PROJECT / ".bench-cache")
+    args = parser.parse_args(argv)
+    pins = args.pins or (10_000 if args.quick else 1_000_000)
+    plan = bench_main.QUICK if args.quick else bench_main.FULL
+    data = bench_main.Data(bench_gen.ensure_data(args.cache, pins, 1), 1)
+    res = bench_main.Results()
+    run = Path(f"/tmp/pinfs-bench-cache-{os.getpid()}")
+    work = args.cache / f"work-{os.getpid()}"
+    mounts = bench_main.Mounts()
+    try:
+        run.mkdir(parents=True)
+        work.mkdir(parents=True)
+        bench_main.session_tmpfs(data, plan, res)
+        session_cache(bench_main, data, args.quick, mounts, run, work, res)
+    finally:
+        mounts.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(run, ignore_errors=True)
+    rows = bench_main.build_rows(res, 1, 256)  # rows without samples (bench_main's own) are left out
+    print(bench_main.format_table(rows))
+    for key, value in res.notes.items():
+        print(f"note: {key} = {value}")
+    for problem in res.problems:
+        print(f"PROBLEM: {problem}")
+    return 1 if res.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

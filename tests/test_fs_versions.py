@@ -1,0 +1,255 @@
+"""Issue #19 without a mount: the record cache's leases (with a fake clock), the diff of two versions,
+the version watch, and the kernel-cache duty's invalidations (recorded instead of sent to a kernel)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyfuse3
+import pytest
+import trio
+from helpers import cid_for, make_backend
+
+from pinfs.backends import get_backend
+from pinfs.fs.adapter import PinfsOperations
+from pinfs.fs.control import ControlRegistry
+from pinfs.fs.kernel import KernelCache
+from pinfs.fs.tree import PinTree
+from pinfs.fs.versions import LONG_SECONDS, RecordCache, VersionWatch, differing_cids
+from pinfs.ops.pins import PinRequest, add_pins, remove_pins
+from pinfs.snapshots import StoreCache
+from pinfs.store import PinStore
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def version(number: int, table: str = "t") -> Any:
+    from pinfs.delta import TableVersion
+
+    return TableVersion("loc", table, number, number * 1000)
+
+
+# -- the record cache --
+
+
+def test_a_record_of_the_current_version_is_leased_for_long_and_others_briefly() -> None:
+    clock = FakeClock()
+    cache = RecordCache(clock=clock)
+    cache.advance("b", version(3), set())
+    current = cache.keep("b", "x", {"status": "stored"}, version(3))
+    assert current.lease is not None and cache.remaining(current.lease) == LONG_SECONDS
+    unseen = cache.keep("b", "y", {"status": "stored"}, version(4))  # newer than the watch knows
+    assert unseen.lease is None and cache.remaining(unseen.lease) is None
+    clock.now += 10
+    assert cache.remaining(current.lease) == LONG_SECONDS - 10  # the kernel is told what remains
+    assert cache.get("b", "y") is None  # the brief one expired
+    clock.now += LONG_SECONDS
+    assert cache.get("b", "x") is None and cache.remaining(current.lease) == 0
+
+
+def test_a_change_ends_exactly_the_leases_of_the_changed_cids() -> None:
+    cache = RecordCache(clock=FakeClock())
+    cache.advance("b", version(1), set())
+    changed = cache.keep("b", "x", {"status": "stored"}, version(1))
+    unchanged = cache.keep("b", "y", {"status": "stored"}, version(1))
+    listing = cache.lease("b", version(1))
+    cache.advance("b", version(2), {"x"})
+    assert cache.get("b", "x") is None and cache.remaining(changed.lease) == 0
+    assert cache.get("b", "y") is unchanged and cache.remaining(unchanged.lease) == LONG_SECONDS
+    assert cache.remaining(listing) == 0  # a lease on the whole version ends with it
+    cache.advance("b", version(3), None)  # everything may have changed
+    assert cache.get("b", "y") is None
+
+
+def test_a_newer_record_is_never_replaced_by_an_older_one() -> None:
+    cache = RecordCache(clock=FakeClock())
+    cache.advance("b", version(2), set())
+    newer = cache.keep("b", "x", {"status": "failed"}, version(2))
+    assert cache.keep("b", "x", {"status": "stored"}, version(1)) is newer
+    assert cache.get("b", "x") is newer
+
+
+def test_a_record_read_before_the_current_version_is_not_kept() -> None:
+    cache = RecordCache(clock=FakeClock())
+    cache.advance("b", version(5), set())
+    late = cache.keep("b", "x", {"status": "stored"}, version(4))  # a read that started before version 5
+    assert late.lease is None and cache.get("b", "x") is None
+
+
+# -- diffs --
+
+
+def rows(**records: dict[str, str | None]) -> pa.Table:
+    return pa.Table.from_pylist([{"cid": cid, **fields} for cid, fields in sorted(records.items())])
+
+
+def test_differing_cids_are_the_added_removed_and_changed_ones() -> None:
+    before = rows(a={"status": "stored"}, b={"status": "stored"}, c={"status": "pending"})
+    after = rows(b={"status": "stored"}, c={"status": "failed"}, d={"status": "stored"})
+    assert differing_cids(before, after) == {"a", "c", "d"}
+    assert differing_cids(before, None) == {"a", "b", "c"}
+
+
+def test_a_column_present_on_one_side_only_counts_as_null() -> None:
+    before = rows(a={"status": "stored"}, b={"status": "stored"})
+    after = rows(a={"status": "stored", "verified_at": None}, b={"status": "stored", "verified_at": "2026-01-01"})
+    assert differing_cids(before, after) == {"b"}
+
+
+# -- the version watch, on a real store --
+
+
+@pytest.fixture
+def pinned(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PINFS_FILE_ROWS", "64")  # several data files, so a change rewrites one of them
+    make_backend(root, "b")
+    add_pins(root, "b", [PinRequest(cid_for(i), "stored") for i in range(300)])
+    return root
+
+
+def watch_for(root: Path) -> VersionWatch:
+    cache = StoreCache()
+    return VersionWatch(root, cache, RecordCache())
+
+
+def test_the_watch_finds_exactly_the_cids_a_commit_changed(pinned: Path) -> None:
+    watch = watch_for(pinned)
+    [first] = watch.check()
+    assert first.backend == "b" and first.cids == frozenset()  # seen for the first time
+    assert watch.check() == []
+    add_pins(pinned, "b", [PinRequest(cid_for(7), "failed"), PinRequest(cid_for("new"), "pending")])
+    remove_pins(pinned, "b", [cid_for(9)])
+    [change] = watch.check()  # two commits, diffed at once
+    assert change.cids == {cid_for(7), cid_for("new"), cid_for(9)}
+    assert change.after == PinStore(get_backend(pinned, "b")).table_state().identity  # type: ignore[union-attr]
+
+
+def test_a_table_made_again_changes_everything(pinned: Path) -> None:
+    import shutil
+
+    watch = watch_for(pinned)
+    watch.check()
+    shutil.rmtree(pinned / "backends" / "b" / "pin_mappings.delta")
+    add_pins(pinned, "b", [PinRequest(cid_for(1), "stored")])
+    [change] = watch.check()
+    assert change.cids is None
+
+
+def test_a_backend_that_goes_away_changes_everything(pinned: Path) -> None:
+    import shutil
+
+    watch = watch_for(pinned)
+    watch.check()
+    shutil.rmtree(pinned / "backends" / "b")
+    [change] = watch.check()
+    assert change.backend == "b" and change.cids is None and change.after is None
+
+
+# -- the duty and the adapter: what the kernel is told --
+
+
+@dataclass
+class Recorder:
+    """Invalidations as the kernel would get them."""
+
+    entries: list[tuple[int, str]]
+    inodes: list[int]
+
+    def entry(self, parent: int, name: str) -> None:
+        self.entries.append((parent, name))
+
+    def inode(self, inode: int) -> None:
+        self.inodes.append(inode)
+
+
+@dataclass
+class FakeContext:
+    uid: int = os.getuid()
+    gid: int = os.getgid()
+    pid: int = 1
+    umask: int = 0o022
+
+
+CTX: Any = FakeContext()
+
+
+async def walk(ops: PinfsOperations, *names: str) -> int:
+    inode = pyfuse3.ROOT_INODE
+    for name in names:
+        inode = (await ops.lookup(inode, name.encode(), CTX)).st_ino
+    return inode
+
+
+def mount_model(root: Path) -> tuple[PinfsOperations, KernelCache, Recorder]:
+    records = RecordCache()
+    tree = PinTree(root, StoreCache(), records)
+    ops = PinfsOperations(tree, ControlRegistry(root))
+    recorder = Recorder([], [])
+    kernel = KernelCache(tree, ops.inodes, VersionWatch(root, tree.cache, records), notifier=recorder)
+    ops.after_command = kernel.sync
+    return ops, kernel, recorder
+
+
+@pytest.mark.trio
+async def test_a_pin_through_a_control_file_is_told_to_the_kernel_before_close_returns(pinned: Path) -> None:
+    ops, kernel, recorder = mount_model(pinned)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(kernel, pinned)
+        await kernel.sync()  # the first round: the version is current, leases are long from now on
+        status = await walk(ops, "backends", "b", "by-cid", cid_for(7), "status")
+        other = await walk(ops, "backends", "b", "by-cid", cid_for(8), "status")
+        attributes = await ops.getattr(status, CTX)
+        assert attributes.entry_timeout > 30 and attributes.attr_timeout > 30  # leased: the kernel keeps it
+        control = await walk(ops, "backends", "b", ".control", "pin")
+        handle = (await ops.open(control, os.O_WRONLY, CTX)).fh
+        await ops.write(handle, 0, f"{cid_for(7)} status=failed\n".encode())
+        await ops.flush(handle)  # close(): returns once the kernel has been told
+        await ops.release(handle)
+        by_cid = ops.inodes.held(("backends", "b", "by-cid"))
+        assert (by_cid, cid_for(7)) in recorder.entries and status in recorder.inodes
+        assert other not in recorder.inodes and (by_cid, cid_for(8)) not in recorder.entries  # only what changed
+        node = await ops.getattr(status, CTX)
+        assert node.st_size == len(b"failed\n")
+        handle = (await ops.open(status, os.O_RDONLY, CTX)).fh
+        assert await ops.read(handle, 0, 100) == b"failed\n"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_an_answer_made_before_a_change_gets_no_lifetime(pinned: Path) -> None:
+    ops, kernel, _recorder = mount_model(pinned)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(kernel, pinned)
+        await kernel.sync()
+        path = ("backends", "b", "by-cid", cid_for(7), "status")
+        node = await trio.to_thread.run_sync(ops.tree.resolve, path)  # on its way to the kernel...
+        add_pins(pinned, "b", [PinRequest(cid_for(7), "failed")])
+        await kernel.sync()  # ...when the change is seen
+        assert ops.tree.kernel_timeout(node) == 0
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_an_outside_change_is_told_to_the_kernel_without_anyone_asking(pinned: Path) -> None:
+    ops, kernel, recorder = mount_model(pinned)
+    kernel.poll_seconds = 0.05
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(kernel, pinned)
+        await kernel.sync()
+        await walk(ops, "backends", "b", "by-cid", cid_for(3))
+        by_cid = ops.inodes.held(("backends", "b", "by-cid"))
+        await trio.to_thread.run_sync(lambda: remove_pins(pinned, "b", [cid_for(3)]))
+        with trio.fail_after(10):  # a hang guard: inotify or the poll see it in milliseconds
+            while (by_cid, cid_for(3)) not in recorder.entries:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
