@@ -383,19 +383,16 @@ def _write_files(table: DeltaPins, tables: Sequence[pa.Table]) -> list[DataFile]
 
 
 def _rows_at(store: PinStore, state: TableState, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
-    """The records of ``cids`` present in version ``state``, reading only the files that hold them."""
+    """The records of ``cids`` present in version ``state``, reading only the row groups that would
+    hold them (``PinSnapshot.records``)."""
     if not cids:
         return {}
     ranged = [data_file for data_file in state.files if data_file.rows]
     if not ranged:
         return {}
-    if not _layout_is_sound(state):
-        table = table_snapshot(state, store.cache).table()
-    else:
-        mins = [data_file.min_cid for data_file in ranged if data_file.min_cid is not None]
-        numbers = sorted({_file_for(ranged, mins, cid) for cid in cids})
-        tables = [_file_table(store, ranged[number]) for number in numbers]
-        table = pa.concat_tables(tables)
+    if _layout_is_sound(state):
+        return table_snapshot(state, store.cache).records(cids)
+    table = table_snapshot(state, store.cache).table()
     wanted = pa.array(list(cids), pa.string())
     return {row["cid"]: row for row in table.filter(pc.is_in(table.column("cid"), wanted)).to_pylist()}
 
