@@ -48,6 +48,7 @@ from pinfs.tables import (
     normalize_table,
     one_line,
     open_parquet,
+    parallel_map,
 )
 
 DEFAULT_CACHE_BYTES = 256 << 20
@@ -396,6 +397,34 @@ class PinSnapshot:
             if piece.may_hold_aliases():
                 found.update(piece.aliases())
         return found
+
+    def records(self, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        """The records of those of ``cids`` present. Reads the ``cid`` column of each row group that
+        could hold one of them, and every column only of the groups that do: a batch of new pins
+        reads ~1/5 of the bytes of the files it touches, and the writer reads those files once more,
+        whole, to rewrite them."""
+        wanted: dict[tuple[int, int], list[str]] = {}
+        group_max: dict[int, list[str]] = {}
+        for cid in cids:
+            index = bisect.bisect_left(self._piece_max, cid)
+            if index == len(self.pieces) or (self.pieces[index].min_cid or "") > cid:
+                continue
+            if index not in group_max:
+                group_max[index] = [group.max_cid for group in self.pieces[index].row_groups()]
+            position = bisect.bisect_left(group_max[index], cid)
+            if position < len(group_max[index]):
+                wanted.setdefault((index, position), []).append(cid)
+
+        def found(item: tuple[tuple[int, int], list[str]]) -> list[dict[str, str | None]]:
+            (index, position), group_cids = item
+            piece, values = self.pieces[index], pa.array(group_cids, pa.string())
+            if not pc.any(pc.is_in(self._group(piece, position, ["cid"]).column("cid"), values)).as_py():
+                return []
+            table = self._group(piece, position, None)
+            return table.filter(pc.is_in(table.column("cid"), values)).to_pylist()
+
+        rows = parallel_map(found, wanted.items()) if len(wanted) > 1 else map(found, wanted.items())
+        return {row["cid"]: row for group_rows in rows for row in group_rows}  # type: ignore[misc]
 
     def _group(self, piece: Piece, index: int, columns: Sequence[str] | None) -> pa.Table:
         key = ("group", piece.key, index, tuple(columns) if columns else None)

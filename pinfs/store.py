@@ -478,8 +478,15 @@ def _write_files(table: DeltaPins, tables: Sequence[pa.Table]) -> list[DataFile]
     return written
 
 
+# Up to this many CIDs, a write looks its records up in the files it will rewrite (read whole).
+_WHOLE_FILES_MAX_CIDS = 64
+
+
 def _rows_at(store: PinStore, state: TableState, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
-    """The records of ``cids`` present in version ``state``, reading only the files that hold them."""
+    """The records of ``cids`` present in version ``state``. A few CIDs: their files are read whole
+    (through the cache), as the rewrite that follows needs them anyway. A batch: only the row groups
+    that would hold them (``PinSnapshot.records``), since its files, read whole, would not all stay in
+    the read cache until the rewrite reads them again (62 files of 5.5 MB in a 1M-pin backend)."""
     if not cids:
         return {}
     ranged = [data_file for data_file in state.files if data_file.rows]
@@ -487,6 +494,8 @@ def _rows_at(store: PinStore, state: TableState, cids: Sequence[str]) -> dict[st
         return {}
     if not _layout_is_sound(state):
         table = table_snapshot(state, store.cache).table()
+    elif len(cids) > _WHOLE_FILES_MAX_CIDS:
+        return table_snapshot(state, store.cache).records(cids)
     else:
         mins = [data_file.min_cid for data_file in ranged if data_file.min_cid is not None]
         numbers = sorted({_file_for(ranged, mins, cid) for cid in cids})
