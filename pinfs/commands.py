@@ -113,9 +113,7 @@ def _filter_matches(root: Path, text: str) -> object:
 
 
 def _backend(help: str = "only this backend (repeatable)") -> Option:
-    return Option(
-        "backend", "backends", help, metavar="NAME", default=[], repeatable=True, check=_backend_exists
-    )
+    return Option("backend", "backends", help, metavar="NAME", default=[], repeatable=True, check=_backend_exists)
 
 
 DRY_RUN_SYNC = Option("dry-run", "dry_run", "list what would move; write nothing")
@@ -162,8 +160,7 @@ COMMANDS: dict[str, Command] = {
                 Option(
                     "restore-from-backup",
                     "restore_from_backup",
-                    "rebuild the parquet from the newest pins.json.backup.* (the current parquet is kept as a "
-                    "backup)",
+                    "rebuild the parquet from the newest pins.json.backup.* (the current parquet is kept as a backup)",
                 ),
                 Option(
                     "verify-only",

@@ -23,12 +23,12 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import Backend
 from pinfs import commands as declared
+from pinfs.backends import Backend
 from pinfs.commands import BACKEND_COMMANDS, MAX_LINE_BYTES, ROOT_COMMANDS, Command, Option
 from pinfs.errors import Busy, InvalidInput, NotFound, PinfsError, describe
 from pinfs.rootfs import as_path

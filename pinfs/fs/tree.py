@@ -397,7 +397,8 @@ def _pretty(value: Any) -> bytes:
     return (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode()
 
 
-README_TEXT = """\
+README_TEXT = (
+    """\
 pinfs: IPFS pin mappings of the data root, one directory per storage backend.
 
   health.json  status.json  insights.json   reports over every backend
@@ -412,7 +413,9 @@ pinfs: IPFS pin mappings of the data root, one directory per storage backend.
   backends/<b>/by-status/<status>/<cid>     symlinks to ../../by-cid/<cid>
   cids/<cid>/<b>                            one symlink per backend holding the CID
 
-""" + control_readme() + """\
+"""
+    + control_readme()
+    + """\
 The command runs once, on everything written, at the last close of the open file: when the
 process that opened it and every process that inherited it have closed it, so
 ( cat a; cat b ) > backends/<b>/.control/pin is one batch of both. That close returns when the
@@ -429,6 +432,7 @@ Mounted with --sync-interval / --verify-interval (e.g. 15m, 1d), the mount also 
 verify on that schedule; health.json and status.json show their last runs. CIDs containing "/" (base64 multibase)
 cannot be file names and are left out of listings.
 """
+)
 
 
 # -- the tree --
