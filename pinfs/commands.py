@@ -6,7 +6,9 @@ options of ``pinfs migrate``/``sync``/``verify``/``car regenerate``/``pin add``/
 (``pinfs.cli.options``), the control-file word parser (``pinfs.fs.control``) and the control-file section
 of ``MOUNT/README`` (``control_readme``). A new option is one ``Option`` here; a new command is one
 ``Command`` here, one control file name in ``ROOT_COMMANDS``/``BACKEND_COMMANDS`` and one CLI parser that
-calls ``add_options``. It also holds the one line limit and the one parser of each value type.
+calls ``add_options``; then run ``scripts/readme_commands.py`` (README.md's list). The one line limit
+(``pinfs.ops.pins.MAX_LINE_BYTES``) and the one days parser (``pinfs.ops.verify.parse_days``) live
+with the operations, which check their own input too; the CLI and the control files get them here.
 
 What it must not do: import ``pinfs.cli`` or ``pinfs.fs`` (both import it), or do any work of the
 operations: it names them, and ``pinfs.ops`` validates again what it is given.
@@ -116,8 +118,6 @@ def _backend(help: str = "only this backend (repeatable)") -> Option:
     return Option("backend", "backends", help, metavar="NAME", default=[], repeatable=True, check=_backend_exists)
 
 
-DRY_RUN_SYNC = Option("dry-run", "dry_run", "list what would move; write nothing")
-
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
@@ -183,7 +183,7 @@ COMMANDS: dict[str, Command] = {
             sync,
             options_class=SyncOptions,
             example="dry-run",
-            options=(_backend(), DRY_RUN_SYNC),
+            options=(_backend(), Option("dry-run", "dry_run", "list what would move; write nothing")),
         ),
         Command(
             "verify",
