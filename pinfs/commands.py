@@ -77,7 +77,7 @@ class Option:
 class Command:
     """An operation reachable both as ``pinfs <cli>`` and as the control file ``name``.
 
-    A words command (``lines`` None) takes one line of words, turned into ``options_class`` and passed
+    A words command (``parse_lines`` None) takes one line of words, turned into ``options_class`` and passed
     to ``function(root, options)``. A lines command (pin, unpin) takes one item per line, parsed by
     ``parse_lines`` and passed to ``function(root, backend, items)``; its options are the words of a
     line (``status=``, ``meta.<key>=``), and the backend is the control file's own.
@@ -245,11 +245,6 @@ COMMANDS: dict[str, Command] = {
 }
 ROOT_COMMANDS: tuple[str, ...] = ("migrate", "regenerate-car", "sync", "verify")
 BACKEND_COMMANDS: tuple[str, ...] = (*ROOT_COMMANDS, "pin", "unpin")
-
-
-def by_cli(words: tuple[str, ...]) -> Command:
-    """The command ``pinfs <words>`` is."""
-    return next(command for command in COMMANDS.values() if command.cli == words)
 
 
 # -- MOUNT/README --
