@@ -353,7 +353,8 @@ async def test_only_the_owner_may_open_a_control_file_for_writing(ops: PinfsOper
 def replace_sync(monkeypatch: pytest.MonkeyPatch, function: Any) -> None:
     """Make the sync control file call ``function`` instead of the real sync."""
     command = control_module.COMMANDS["sync"]
-    monkeypatch.setitem(control_module.COMMANDS, "sync", replace(command, function=function))
+    declaration = replace(command.declaration, function=function)
+    monkeypatch.setitem(control_module.COMMANDS, "sync", replace(command, declaration=declaration))
 
 
 async def test_failed_command_fails_the_flush_with_eio_and_says_why(

@@ -17,7 +17,7 @@ from helpers import break_store, cid_for, make_backend, run_pinfs, run_pinfs_jso
 from mounting import REJECTIONS, mounted, needs_fuse, sh
 from s3server import fs_config
 
-from pinfs.cli import build_parser, main, ops_cmd
+from pinfs.cli import build_parser, main, sync_cmd
 from pinfs.errors import InvalidInput
 from pinfs.fs.control import ControlRegistry
 
@@ -143,7 +143,7 @@ def test_skip_backend_is_a_word_of_the_migrate_control_file(root: Path) -> None:
 def test_sync_text_says_how_many_failed_lines_it_left_out(
     root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ops_cmd, "TEXT_DETAILS", 2)
+    monkeypatch.setattr(sync_cmd, "TEXT_DETAILS", 2)
     make_backend(root, "fs", fs_config("fs", tmp_path / "store"))
     cids = [cid_for(index) for index in range(5)]
     assert cli(capsys, root, "pin", "add", *cids, "--backend", "fs")[0] == 0

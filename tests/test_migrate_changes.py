@@ -24,7 +24,7 @@ from helpers import cid_for, file_digests, make_backend, run_pinfs, run_pinfs_js
 from s3server import content_car, fs_config, pin_record, put_pins
 
 from pinfs.cli import build_parser, rewrite_aliases
-from pinfs.fs.control import COMMANDS, ControlRegistry, WordsCommand
+from pinfs.fs.control import ControlRegistry
 from pinfs.legacy import list_backups
 from pinfs.ops.state import STATE_NAME
 
@@ -397,42 +397,3 @@ def test_backups_with_the_same_time_are_ordered_by_mtime(tmp_path: Path, monkeyp
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
-
-
-# -- 8. the same options on the command line and in the control files --
-
-
-CLI_OF_CONTROL = {
-    "migrate": ("migrate",),
-    "regenerate-car": ("car", "regenerate"),
-    "sync": ("sync",),
-    "verify": ("verify",),
-}
-
-
-def _cli_options(words: tuple[str, ...]) -> set[str]:
-    parser: Any = build_parser()
-    for word in words:
-        sub = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
-        parser = sub.choices[word]
-    names = {option for action in parser._actions for option in action.option_strings if option.startswith("--")}
-    names -= {"--help", "--root", "--json"}
-    return {"backend" if name in ("--backend", "--backend-filter") else name[2:] for name in names}
-
-
-@pytest.mark.parametrize("control", sorted(CLI_OF_CONTROL))
-def test_every_option_of_a_command_is_a_word_of_its_control_file(control: str) -> None:
-    command = COMMANDS[control]
-    assert isinstance(command, WordsCommand)
-    words = {*command.flags, *command.values, "backend"}
-
-    assert words == _cli_options(CLI_OF_CONTROL[control])
-
-
-def test_deep_is_a_verify_control_word(root: Path) -> None:
-    make_backend(root, "s3-main")
-
-    prepared = ControlRegistry(root).parse((None, "verify"), b"deep older-than=0 backend=s3-main")
-
-    assert prepared.args == {"backends": ["s3-main"], "deep": True, "older_than_days": 0.0}
-    assert prepared.run()["ok"]

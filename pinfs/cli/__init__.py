@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import sys
@@ -22,20 +21,33 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from pinfs import __version__
+from pinfs.cli import (
+    car_cmd,
+    completion_cmd,
+    maintain_cmd,
+    migrate_cmd,
+    mount_cmd,
+    pin_cmd,
+    query_cmd,
+    reports_cmd,
+    sync_cmd,
+)
 from pinfs.cli.completion_cmd import autocomplete
 from pinfs.cli.mount_helper import helper_argv
 from pinfs.errors import InvalidInput, PinfsError, describe
 
-# Each module defines ``register(subparsers, common)``; order is the order shown in --help.
+# Each module defines ``register(subparsers, common)``; order is the order shown in --help. They are
+# imported here, not found by name, so that one that cannot be imported fails loudly (issue #18).
 COMMAND_MODULES = (
-    "pinfs.cli.migrate_cmd",
-    "pinfs.cli.pin_cmd",
-    "pinfs.cli.car_cmd",
-    "pinfs.cli.ops_cmd",
-    "pinfs.cli.maintain_cmd",
-    "pinfs.cli.query_cmd",
-    "pinfs.cli.mount_cmd",
-    "pinfs.cli.completion_cmd",
+    migrate_cmd,
+    pin_cmd,
+    car_cmd,
+    sync_cmd,
+    reports_cmd,
+    maintain_cmd,
+    query_cmd,
+    mount_cmd,
+    completion_cmd,
 )
 
 # The seed's spellings, rewritten to ours before parsing (CONTRACT §3). ``backend`` and ``daemon`` are
@@ -96,13 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pinfs {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = common_options()
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # a command group not built yet
+    for module in COMMAND_MODULES:
         module.register(subparsers, common)
     _register_seed_spellings(subparsers, common)
     return parser

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pinfs.cli.options import add_options, options_of
 from pinfs.cli.output import emit, exit_status, make_progress, root_of
+from pinfs.commands import COMMANDS
 from pinfs.errors import NotFound
 
 
@@ -36,9 +38,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         description="Write pin_mappings.car (and pin_mappings.parquet) of each backend again from its pins "
         "(the Delta table), e.g. when health says an export is missing or behind.",
     )
-    regenerate.add_argument(
-        "--backend", action="append", default=[], metavar="NAME", help="only this backend (repeatable)"
-    )
+    add_options(regenerate, COMMANDS["regenerate-car"])
     regenerate.set_defaults(handler=run_regenerate)
 
 
@@ -54,9 +54,9 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_regenerate(args: argparse.Namespace) -> int:
-    from pinfs.ops.carops import RegenerateOptions, regenerate_car
+    from pinfs.ops.carops import regenerate_car
 
-    report = regenerate_car(root_of(args), RegenerateOptions(backends=args.backend), make_progress(args))
+    report = regenerate_car(root_of(args), options_of(args, COMMANDS["regenerate-car"]), make_progress(args))
     emit(args, report, _describe)
     return exit_status(report)
 

@@ -6,7 +6,9 @@ import argparse
 import json
 from typing import Any
 
+from pinfs.cli.options import add_options, options_of
 from pinfs.cli.output import emit, exit_status, make_progress, root_of
+from pinfs.commands import COMMANDS
 
 DESCRIPTION = """\
 Import each backend's legacy pins.json (or, without one, its newest pins.json.backup.*) into
@@ -27,58 +29,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--dry-run", action="store_true", help="report exactly what would change; write nothing")
-    parser.add_argument(
-        "--backend-filter",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="only the backend of this name, or else every backend whose name contains it, in any case (repeatable)",
-    )
-    parser.add_argument(
-        "--skip-backend",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="leave out the backend of exactly this name, e.g. one that failed before (repeatable)",
-    )
-    parser.add_argument(
-        "--verbose", action="store_true", help="list the CIDs added, updated and rejected, with each rejected value"
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="re-import every pins.json entry, also changed ones and ones removed through pinfs",
-    )
-    parser.add_argument(
-        "--force-car-regeneration", action="store_true", help="rebuild pin_mappings.car from the parquet"
-    )
-    parser.add_argument(
-        "--restore-from-backup",
-        action="store_true",
-        help="rebuild the parquet from the newest pins.json.backup.* (the current parquet is kept as a backup)",
-    )
-    parser.add_argument(
-        "--verify-only",
-        action="store_true",
-        help="check parquet schema and values, CAR validity and agreement; exit 1 if anything is wrong",
-    )
+    add_options(parser, COMMANDS["migrate"])
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pinfs.ops.migrate import MigrateOptions, migrate
+    from pinfs.ops.migrate import migrate
 
-    options = MigrateOptions(
-        backends=args.backend_filter,
-        skip=args.skip_backend,
-        dry_run=args.dry_run,
-        verbose=args.verbose,
-        force=args.force,
-        force_car_regeneration=args.force_car_regeneration,
-        restore_from_backup=args.restore_from_backup,
-        verify_only=args.verify_only,
-    )
+    options = options_of(args, COMMANDS["migrate"])
     report = migrate(root_of(args), options, make_progress(args))
     emit(args, report, describe)
     return exit_status(report)

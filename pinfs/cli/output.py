@@ -58,3 +58,8 @@ def make_progress(args: argparse.Namespace) -> Progress:
     if not args.json and sys.stderr.isatty():
         return TerminalProgress()
     return NullProgress()
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """``3 stored, 1 failed``."""
+    return ", ".join(f"{value} {name}" for name, value in counts.items())

@@ -7,7 +7,9 @@ import json
 import sys
 from typing import Any
 
+from pinfs.cli.options import add_options
 from pinfs.cli.output import emit, root_of
+from pinfs.commands import COMMANDS
 from pinfs.errors import describe
 from pinfs.schema import STATUSES
 
@@ -39,11 +41,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "nothing new is reported unchanged. " + IDENTITY,
     )
     add.add_argument("cids", nargs="+", metavar="CID", help=CID_HELP)
-    add.add_argument("--backend", required=True, metavar="NAME", help="the backend to pin in")
-    add.add_argument("--status", choices=STATUSES, help="status to set (new pins default to pending)")
-    add.add_argument(
-        "--meta", action="append", default=[], metavar="KEY=VALUE", help="a metadata key to set (repeatable)"
-    )
+    add_options(add, COMMANDS["pin"])
     add.set_defaults(handler=run_add)
 
     remove = actions.add_parser(
@@ -54,7 +52,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "changes and the command says which (exit 1). " + IDENTITY,
     )
     remove.add_argument("cids", nargs="+", metavar="CID", help=CID_HELP)
-    remove.add_argument("--backend", required=True, metavar="NAME", help="the backend to unpin from")
+    add_options(remove, COMMANDS["unpin"])
     remove.set_defaults(handler=run_remove)
 
     listing = actions.add_parser(

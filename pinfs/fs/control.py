@@ -21,28 +21,22 @@ import contextlib
 import difflib
 import json
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import Backend, get_backend, validate_backend_name
+from pinfs import commands as declared
+from pinfs.backends import Backend
+from pinfs.commands import BACKEND_COMMANDS, MAX_LINE_BYTES, ROOT_COMMANDS, Command, Option
 from pinfs.errors import Busy, InvalidInput, NotFound, PinfsError, describe
-from pinfs.ops.carops import RegenerateOptions, regenerate_car
-from pinfs.ops.common import match_backends
-from pinfs.ops.migrate import MigrateOptions, migrate
-from pinfs.ops.pins import add_pins, parse_pin_lines, parse_unpin_lines, remove_pins
-from pinfs.ops.sync import SyncOptions, sync
-from pinfs.ops.verify import VerifyOptions, verify
 from pinfs.rootfs import as_path
 from pinfs.schema import now_iso
 
 log = logging.getLogger(__name__)
 
-# CONTRACT §2: a command line is at most 4 KiB; a pin/unpin batch may have many such lines.
-MAX_LINE_BYTES = 4096
+# CONTRACT §2: a command line is at most MAX_LINE_BYTES (4 KiB); a pin/unpin batch may have many.
 MAX_BATCH_BYTES = 16 << 20
 
 IDLE, RUNNING, SUCCEEDED, FAILED, REJECTED = "idle", "running", "succeeded", "failed", "rejected"
@@ -81,41 +75,24 @@ def decode_input(data: bytes, multiline: bool) -> str:
     return text
 
 
-def _check_backend(root: Path, name: str) -> str:
+def _value(option: Option, text: str) -> Any:
+    """A word's value, parsed by the option's declared parser. Raises InvalidInput saying which word."""
+    if option.parse is None:
+        return text
     try:
-        validate_backend_name(name)
-        get_backend(root, name)
-    except (InvalidInput, NotFound) as exc:
-        raise InvalidInput(f"line 1: backend={name}: {exc}") from None
-    return name
-
-
-def _check_filter(root: Path, text: str) -> str:
-    """A migrate ``backend=`` word: a ``--backend-filter`` (an exact name, or part of names) that
-    selects at least one backend."""
-    try:
-        match_backends(root, [text])
-    except (InvalidInput, NotFound) as exc:
-        raise InvalidInput(f"line 1: backend={text}: {exc}") from None
-    return text
-
-
-def _skipped_backend(name: str) -> str:
-    """A ``skip-backend=`` value: a backend name (``migrate`` checks that it exists)."""
-    try:
-        return validate_backend_name(name)
+        return option.parse(text)
     except InvalidInput as exc:
-        raise InvalidInput(f"line 1: skip-backend={name[:60]}: {exc}") from None
+        raise InvalidInput(f"line 1: {option.word}={text[:60]!r}: {exc}") from None
 
 
-def _parse_days(text: str) -> float:
+def _checked(root: Path, option: Option, text: str) -> str:
+    """A ``backend=`` value that names (or, for migrate, selects) a backend that exists."""
     try:
-        days = float(text)
-    except ValueError:
-        raise InvalidInput(f"line 1: older-than={text!r}: expected a number of days") from None
-    if not math.isfinite(days) or days < 0:
-        raise InvalidInput(f"line 1: older-than={text!r}: expected a number of days, 0 or more")
-    return days
+        if option.check is not None:
+            option.check(root, text)
+    except (InvalidInput, NotFound) as exc:
+        raise InvalidInput(f"line 1: {option.word}={text}: {exc}") from None
+    return text
 
 
 # -- the command table --
@@ -123,17 +100,16 @@ def _parse_days(text: str) -> float:
 
 @dataclass(frozen=True)
 class WordsCommand:
-    """A command taking one line of words: flags (``dry-run``), ``backend=<name>`` (repeatable) and
-    valued words (``older-than=<days>``), turned into ``options_class`` and passed to ``function``."""
+    """A command taking one line of words, as ``pinfs.commands`` declares them: flags (``dry-run``),
+    ``backend=<name>`` (repeatable, implied in a backend's own ``.control``) and valued words
+    (``older-than=<days>``), turned into the operation's options and passed to the operation."""
 
-    name: str
-    options_class: Callable[..., Any]
-    function: Callable[[Path, Any], dict[str, Any]]
-    flags: dict[str, str] = field(default_factory=dict)  # word -> options field
-    values: dict[str, tuple[str, Callable[[str], Any]]] = field(default_factory=dict)  # key -> (field, parser)
-    repeatable: frozenset[str] = frozenset()  # keys of ``values`` that may be given again (a list)
-    check_backend: Callable[[Path, str], str] = _check_backend  # validates a backend= value
+    declaration: Command
     multiline = False
+
+    @property
+    def name(self) -> str:
+        return self.declaration.name
 
     def parse(self, root: Path, backend: str | None, data: bytes) -> Prepared:
         """Validate ``data`` and bind it to the operation. Raises InvalidInput (nothing has run)."""
@@ -142,32 +118,32 @@ class WordsCommand:
         backends: list[str] = [backend] if backend else []
         for word in words:
             key, has_value, value = word.partition("=")
-            if not has_value and key in self.flags:
-                fields[self.flags[key]] = True
-            elif has_value and key == "backend":
+            option = self.declaration.option(key)
+            if option is None or bool(has_value) != (option.metavar is not None):
+                raise InvalidInput(f"line 1: unknown word {word[:60]!r}{self._suggestion(word)}")
+            if not has_value:
+                fields[option.field] = True
+            elif key == "backend":
                 if backend is not None and value != backend:
                     raise InvalidInput(f"backend={value}: this control file acts on {backend!r} only")
                 if value not in backends:
-                    backends.append(self.check_backend(root, value))
-            elif has_value and key in self.values:
-                target, parser = self.values[key]
-                if key in self.repeatable:
-                    fields.setdefault(target, []).append(parser(value))
-                elif target in fields:
-                    raise InvalidInput(f"line 1: {key}= given twice")
-                else:
-                    fields[target] = parser(value)
+                    backends.append(_checked(root, option, value))
+            elif option.repeatable:
+                fields.setdefault(option.field, []).append(_value(option, value))
+            elif option.field in fields:
+                raise InvalidInput(f"line 1: {key}= given twice")
             else:
-                raise InvalidInput(f"line 1: unknown word {word[:60]!r}{self._suggestion(word)}")
+                fields[option.field] = _value(option, value)
         args = {"backends": backends, **fields}
 
-        options = self.options_class(**args)
-        return Prepared(self.name, args, lambda: self.function(root, options))
+        assert self.declaration.options_class is not None
+        options = self.declaration.options_class(**args)
+        return Prepared(self.name, args, lambda: self.declaration.function(root, options))
 
     def _suggestion(self, word: str) -> str:
         """`` (did you mean 'dry-run'?)`` for a near miss, else the words there are (issue #16)."""
         key, has_value, value = word.partition("=")
-        words = [*self.flags, "backend=", *(f"{name}=" for name in self.values)]
+        words = [option.word + ("=" if option.metavar else "") for option in self.declaration.options]
         close = difflib.get_close_matches(key + has_value, words, n=1, cutoff=0.6)
         if close:
             return f" (did you mean {close[0] + value if close[0].endswith('=') else close[0]!r}?)"
@@ -178,10 +154,16 @@ class WordsCommand:
 class LinesCommand:
     """``pin``/``unpin``: one item per line, parsed by the operation's own line parser, one batch."""
 
-    name: str
-    parse_lines: Callable[[str], list[Any]]
-    function: Callable[..., dict[str, Any]]  # (root, backend, items, defer_car=...)
+    declaration: Command
     multiline = True
+
+    @property
+    def name(self) -> str:
+        return self.declaration.name
+
+    def parse_lines(self, text: str) -> list[Any]:
+        assert self.declaration.parse_lines is not None
+        return self.declaration.parse_lines(text)
 
     def parse(
         self, root: Path, backend: str | None, data: bytes, defer_car: Callable[[Backend], None] | None = None
@@ -191,10 +173,11 @@ class LinesCommand:
         items = self.parse_lines(decode_input(data, multiline=True))
         if not items:
             raise InvalidInput(f"{self.name}: no lines given")
+        function = self.declaration.function
         return Prepared(
             self.name,
             {"backend": backend, "lines": len(items)},
-            lambda: self.function(root, backend, items, defer_car=defer_car),
+            lambda: function(root, backend, items, defer_car=defer_car),
         )
 
     def check_lines(self, data: bytes) -> None:
@@ -204,42 +187,14 @@ class LinesCommand:
             self.parse_lines(text)
 
 
-Command = WordsCommand | LinesCommand
+ControlCommand = WordsCommand | LinesCommand
 
-COMMANDS: dict[str, Command] = {
-    command.name: command
-    for command in (
-        WordsCommand(
-            "migrate",
-            MigrateOptions,
-            migrate,
-            flags={
-                "dry-run": "dry_run",
-                "verbose": "verbose",
-                "force": "force",
-                "force-car-regeneration": "force_car_regeneration",
-                "restore-from-backup": "restore_from_backup",
-                "verify-only": "verify_only",
-            },
-            values={"skip-backend": ("skip", _skipped_backend)},  # issue #16: leave a broken one out
-            repeatable=frozenset({"skip-backend"}),
-            check_backend=_check_filter,  # the CLI's --backend-filter (CONTRACT §3)
-        ),
-        WordsCommand("regenerate-car", RegenerateOptions, regenerate_car),
-        WordsCommand("sync", SyncOptions, sync, flags={"dry-run": "dry_run"}),
-        WordsCommand(
-            "verify",
-            VerifyOptions,
-            verify,
-            flags={"deep": "deep"},  # CONTRACT §2: every option of a command is a word of its control file
-            values={"older-than": ("older_than_days", _parse_days)},
-        ),
-        LinesCommand("pin", parse_pin_lines, add_pins),
-        LinesCommand("unpin", parse_unpin_lines, remove_pins),
-    )
+# The control files' commands, made from their declarations (pinfs.commands).
+COMMANDS: dict[str, ControlCommand] = {
+    name: LinesCommand(declaration) if declaration.multiline else WordsCommand(declaration)
+    for name, declaration in declared.COMMANDS.items()
 }
-ROOT_COMMANDS: tuple[str, ...] = ("migrate", "regenerate-car", "sync", "verify")
-BACKEND_COMMANDS: tuple[str, ...] = (*ROOT_COMMANDS, "pin", "unpin")
+__all__ = ["BACKEND_COMMANDS", "ROOT_COMMANDS", "COMMANDS", "ControlFile", "ControlRegistry"]
 
 
 # -- state of one control file --
@@ -260,7 +215,7 @@ def failure_summary(report: dict[str, Any]) -> str:
 class ControlFile:
     """One control file: at most one run at a time, and what its last run did."""
 
-    def __init__(self, command: Command, backend: str | None) -> None:
+    def __init__(self, command: ControlCommand, backend: str | None) -> None:
         self.command = command
         self.backend = backend
         self._lock = threading.Lock()

@@ -45,6 +45,7 @@ import pyarrow as pa
 
 from pinfs.backends import NAME_PATTERN, Backend, discover_backends, get_backend
 from pinfs.cids import is_valid_cid
+from pinfs.commands import control_readme
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, describe
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
 from pinfs.fs.versions import FRESH_SECONDS, SHORT_SECONDS, Kept, Lease, RecordCache
@@ -396,7 +397,8 @@ def _pretty(value: Any) -> bytes:
     return (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode()
 
 
-README_TEXT = """\
+README_TEXT = (
+    """\
 pinfs: IPFS pin mappings of the data root, one directory per storage backend.
 
   health.json  status.json  insights.json   reports over every backend
@@ -411,21 +413,9 @@ pinfs: IPFS pin mappings of the data root, one directory per storage backend.
   backends/<b>/by-status/<status>/<cid>     symlinks to ../../by-cid/<cid>
   cids/<cid>/<b>                            one symlink per backend holding the CID
 
-Everything is read-only except the control files, which run commands when written:
-
-  echo 'dry-run backend=s3-main' > .control/migrate
-  echo '' > .control/regenerate-car            (words: backend=<name>)
-  echo 'dry-run' > .control/sync               (words: backend=<name>, dry-run)
-  echo 'older-than=3' > .control/verify        (words: backend=<name>, older-than=<days>, deep)
-  migrate words: dry-run verbose force force-car-regeneration restore-from-backup
-                 verify-only backend=<name or part of names> (repeatable)
-                 skip-backend=<name> (repeatable)
-
-In backends/<b>/.control/ the same files act on that backend only, plus:
-
-  echo '<cid> status=stored meta.source=x' > backends/<b>/.control/pin   (one pin per line)
-  echo '<cid>' > backends/<b>/.control/unpin                             (one CID per line)
-
+"""
+    + control_readme()
+    + """\
 The command runs once, on everything written, at the last close of the open file: when the
 process that opened it and every process that inherited it have closed it, so
 ( cat a; cat b ) > backends/<b>/.control/pin is one batch of both. That close returns when the
@@ -442,6 +432,7 @@ Mounted with --sync-interval / --verify-interval (e.g. 15m, 1d), the mount also 
 verify on that schedule; health.json and status.json show their last runs. CIDs containing "/" (base64 multibase)
 cannot be file names and are left out of listings.
 """
+)
 
 
 # -- the tree --

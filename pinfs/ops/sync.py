@@ -55,7 +55,7 @@ from pinfs.store import PinStore
 STAGING_DIR = "cars"
 CAR_KEY = "pin_mappings.car"
 # Per-pin details kept in a report per backend and kind; counts are always complete. The text output
-# shows fewer (``pinfs.cli.ops_cmd``) and says how many more --json has (issue #16).
+# shows fewer (``pinfs.cli.sync_cmd``) and says how many more --json has (issue #16).
 MAX_DETAILS = 10_000
 # What a pin whose content CAR is nowhere to be found fails with; health recognises it (issue #16).
 NO_CONTENT = "no copy of its content CAR found"

@@ -15,6 +15,7 @@ is an error for that backend (recorded in its state file) and nothing of it chan
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -41,11 +42,30 @@ class VerifyOptions:
     deep: bool = False
 
 
+def parse_days(text: str) -> float:
+    """``older-than``'s value, from the command line or a control file: a number of days, 0 or more.
+    The one days parser (issue #18). Raises InvalidInput."""
+    try:
+        days = float(text)
+    except ValueError:
+        raise InvalidInput("expected a number of days") from None
+    return check_days(days)
+
+
+def check_days(days: object) -> float:
+    """``days`` as a float when it is a finite number, 0 or more. Raises InvalidInput."""
+    if isinstance(days, bool) or not isinstance(days, int | float) or not days >= 0 or math.isinf(days):
+        raise InvalidInput("expected a number of days, 0 or more")
+    return float(days)
+
+
 def verify(root: Path, options: VerifyOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Verify the chosen backends; see the module docstring. InvalidInput for bad names or days."""
     days = options.older_than_days
-    if isinstance(days, bool) or not isinstance(days, int | float) or not days >= 0 or days == float("inf"):
-        raise InvalidInput(f"older-than must be a number of days, 0 or more, not {days!r}")
+    try:
+        check_days(days)
+    except InvalidInput as exc:
+        raise InvalidInput(f"older-than={days!r}: {exc}") from None
     progress = progress or NullProgress()
     chosen = select_backends(root, options.backends)
     entries = [_verify_backend(root, backend, _window(float(days)), options, progress) for backend in chosen]
