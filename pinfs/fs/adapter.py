@@ -36,8 +36,8 @@ from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
 from pinfs.errors import InvalidInput, PinfsError, ReadOnly
 from pinfs.fs.control import ControlFile, ControlRegistry
 from pinfs.fs.holders import held_elsewhere
-from pinfs.fs.inodes import Epoch, InodeTable
-from pinfs.fs.tree import BytesContent, Content, Listing, NameBlock, NameListing, Node, NodeKind, PinTree
+from pinfs.fs.inodes import InodeTable, ListedVersion
+from pinfs.fs.tree import BytesContent, Content, Listing, ListingCursor, NameListing, Node, NodeKind, PinTree, TreePath
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +122,12 @@ class DirHandle:
 
 @dataclass
 class ListingHandle:
-    """A big directory (``NameListing``): entries get listing inodes of ``epoch``, held until
-    ``releasedir`` so the epoch outlives a listing whose entries the kernel has not taken yet."""
+    """A big directory (``NameListing``, paged by its ``ListingCursor``): entries get listing inodes of
+    ``epoch``, held until ``releasedir`` so the epoch outlives a listing whose entries the kernel has
+    not taken yet."""
 
-    listing: NameListing
-    epoch: Epoch
-    block: NameBlock | None = None  # the last block fetched; the kernel takes it over several requests
-    end: int | None = None  # the position past the last entry, once a fetch found it (the version is pinned)
+    cursor: ListingCursor
+    epoch: ListedVersion
 
 
 # -- the operations --
@@ -168,7 +167,7 @@ class PinfsOperations(pyfuse3.Operations):
     async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(function, *args, limiter=self._read_limiter)
 
-    async def _resolve(self, path: tuple[str, ...]) -> Node:
+    async def _resolve(self, path: TreePath) -> Node:
         """The node at ``path``: from memory on the loop when the tree has it fresh, else resolved on a
         worker thread. The hop to a thread and back is most of a warm ``stat`` or ``cat`` (issue #6)."""
         node = self.tree.resolve_cached(path)
@@ -294,7 +293,7 @@ class PinfsOperations(pyfuse3.Operations):
             listing = await self._blocking(self.tree.listing, path)
         if isinstance(listing, NameListing):
             epoch = self.inodes.listings.open(path, listing.version, READDIR_BATCH)
-            return self._add_handle(ListingHandle(listing, epoch))
+            return self._add_handle(ListingHandle(ListingCursor(listing, READDIR_BATCH), epoch))
         return self._add_handle(DirHandle(listing))
 
     @_errors
@@ -322,14 +321,15 @@ class PinfsOperations(pyfuse3.Operations):
         """Entries of a big listing with listing inodes. Offsets are positions in the version pinned by
         opendir, + 1. A block holds far more entries than one request takes; it is kept, so resuming
         inside it costs no hop to a thread."""
-        listing, epoch = handle.listing, handle.epoch
+        cursor, epoch = handle.cursor, handle.epoch
+        listing = cursor.listing
         shared = None if listing.template is None else self._attributes(listing.template, pyfuse3.ROOT_INODE)
         while True:
-            block = handle.block
-            if block is None or not block.start <= position < block.stop:
-                if handle.end is not None and position >= handle.end:
+            block = cursor.cached(position)
+            if block is None:
+                if cursor.at_end(position):
                     return  # the end of this version, already known: no hop to a thread
-                block = await self._fetch_block(handle, position)
+                block = await self._blocking(cursor.fetch, position)
                 if block is None:
                     return  # the end of this version
             offsets, names, column = block.offsets, block.names, block.column
@@ -346,16 +346,6 @@ class PinfsOperations(pyfuse3.Operations):
                 epoch.hold(next_offset - 1, column)  # readdirplus: the kernel now holds a lookup on it
             position = block.stop  # past names that cannot be file names, too
             await trio.lowlevel.checkpoint()
-
-    async def _fetch_block(self, handle: ListingHandle, position: int) -> NameBlock | None:
-        """Fetch the block holding ``position`` into ``handle`` (on a worker thread); None past the end."""
-        size = handle.epoch.block_size
-        start = position - position % size  # blocks start at multiples of the size: see READDIR_BATCH
-        block: NameBlock = await self._blocking(handle.listing.block, start, size)
-        handle.block = block
-        if len(block.column) < size:
-            handle.end = block.stop
-        return block if position < block.stop else None
 
     @_errors
     async def releasedir(self, fh: FileHandleT) -> None:
