@@ -21,7 +21,7 @@ the lock the newest version is always what is exported. Readers see the whole pr
 whole new one.
 
 Threading: synchronous, slow for big tables (a million pins: ~2 s); the mount runs it off the event
-loop (``pinfs.ops.carops.ExportRefresher``).
+loop (the mount's export duty, ``pinfs.fs.duties.ExportDuty``).
 """
 
 from __future__ import annotations

@@ -524,6 +524,11 @@ class PinStore:
     def has_table(self) -> bool:
         return self.table.exists()
 
+    def served_files(self) -> dict[str, Path]:
+        """The files of this backend a reader may open as they are (the exports), by name; whether
+        each exists is for the caller to find out (the mount's tree serves them, issue #18)."""
+        return {path.name: path for path in (self.backend.parquet_path, self.backend.car_path)}
+
     def has_parquet(self) -> bool:
         """Whether the backend has been migrated: it has a table, or a parquet of an older form."""
         return self.has_table() or old_form_exists(self.path)

@@ -116,7 +116,7 @@ async def test_readdir_resumes_inside_and_across_batches(ops: PinfsOperations, m
     real_blocking = ops._blocking
 
     async def counting(function: Any, *args: Any) -> Any:
-        if getattr(function, "__name__", "") == "block":
+        if getattr(function, "__name__", "") == "fetch":  # ListingCursor.fetch: one block read
             fetched.append(args[0])
         return await real_blocking(function, *args)
 

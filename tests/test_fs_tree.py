@@ -16,6 +16,7 @@ from pinfs.errors import CorruptData, NotFound
 from pinfs.fs import tree as tree_module
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
 from pinfs.fs.tree import (
+    ListingCursor,
     NameListing,
     Node,
     NodeKind,
@@ -319,3 +320,20 @@ def test_by_cid_blocks_are_slices_of_the_cached_columns_and_a_rewrite_is_a_new_v
     listing = tree.listing(("backends", "s3-main", "by-cid"))
     add_pins(root, "s3-main", [cid_for(30)])
     assert tree.listing(("backends", "s3-main", "by-cid")).version != listing.version  # type: ignore[union-attr]
+
+
+def test_a_listing_cursor_reads_each_block_once_and_knows_the_end(root: Path, tree: PinTree) -> None:
+    add_pins(root, "s3-main", [cid_for(i) for i in range(20)])
+    listing = tree.listing(("backends", "s3-main", "by-cid"))
+    assert isinstance(listing, NameListing)
+    cursor = ListingCursor(listing, 8)
+    assert cursor.cached(0) is None and not cursor.at_end(0)
+    first = cursor.fetch(3)  # the block holding position 3 starts at 0
+    assert first is not None and (first.start, first.stop) == (0, 8)
+    assert cursor.cached(7) is first and cursor.cached(8) is None
+    last = cursor.fetch(17)
+    assert last is not None and (last.start, last.stop) == (16, 20)
+    assert cursor.at_end(20) and not cursor.at_end(19)  # a short block is the end of this version
+    assert cursor.fetch(20) is None
+    listed = [name for block in (first, cursor.fetch(8), last) if block for name in block.names]
+    assert listed == sorted(cid_for(i) for i in range(20))

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 from helpers import cid_for, make_backend
 
 from pinfs.backends import get_backend
@@ -205,6 +206,7 @@ async def test_a_pin_through_a_control_file_is_told_to_the_kernel_before_close_r
     ops, kernel, recorder = mount_model(pinned)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(kernel, pinned)
+        await trio.testing.wait_all_tasks_blocked()  # the duty runs: sync() waits for its round
         await kernel.sync()  # the first round: the version is current, leases are long from now on
         status = await walk(ops, "backends", "b", "by-cid", cid_for(7), "status")
         other = await walk(ops, "backends", "b", "by-cid", cid_for(8), "status")
@@ -230,6 +232,7 @@ async def test_an_answer_made_before_a_change_gets_no_lifetime(pinned: Path) -> 
     ops, kernel, _recorder = mount_model(pinned)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(kernel, pinned)
+        await trio.testing.wait_all_tasks_blocked()  # the duty runs: sync() waits for its round
         await kernel.sync()
         path = ("backends", "b", "by-cid", cid_for(7), "status")
         node = await trio.to_thread.run_sync(ops.tree.resolve, path)  # on its way to the kernel...
@@ -245,6 +248,7 @@ async def test_an_outside_change_is_told_to_the_kernel_without_anyone_asking(pin
     kernel.poll_seconds = 0.05
     async with trio.open_nursery() as nursery:
         nursery.start_soon(kernel, pinned)
+        await trio.testing.wait_all_tasks_blocked()  # the duty runs: sync() waits for its round
         await kernel.sync()
         await walk(ops, "backends", "b", "by-cid", cid_for(3))
         by_cid = ops.inodes.held(("backends", "b", "by-cid"))

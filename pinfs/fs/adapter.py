@@ -7,7 +7,7 @@ listings an epoch and a position); ``forget`` frees them.
 
 What it must not do: decide what exists or what a file holds (that is the tree), or let any exception
 but ``FUSEError`` leave a handler: pyfuse3 ends the main loop on any other. Domain errors become their
-``errno`` in ``_errors`` (the one place), an OSError keeps its own, anything else is logged with its
+``errno`` in ``pinfs.fs.fuse_errors`` (the one place), an OSError keeps its own, anything else is logged with its
 traceback and answered EIO.
 
 Threading: handlers run as trio tasks on the event-loop thread and never block it. Everything that
@@ -20,24 +20,23 @@ from __future__ import annotations
 
 import bisect
 import errno
-import functools
 import itertools
 import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
 
 from pinfs.errors import InvalidInput, PinfsError, ReadOnly
-from pinfs.fs.control import ControlFile, ControlRegistry
-from pinfs.fs.holders import held_elsewhere
-from pinfs.fs.inodes import Epoch, InodeTable
-from pinfs.fs.tree import BytesContent, Content, Listing, NameBlock, NameListing, Node, NodeKind, PinTree
+from pinfs.fs.control import ControlRegistry, ControlSession
+from pinfs.fs.fuse_errors import answer_errors
+from pinfs.fs.handles import ControlHandle, DirHandle, FileHandle, Handle, ListingHandle, close_content
+from pinfs.fs.inodes import InodeTable
+from pinfs.fs.tree import BytesContent, ListingCursor, NameListing, Node, NodeKind, PinTree, TreePath
 
 log = logging.getLogger(__name__)
 
@@ -50,86 +49,6 @@ log = logging.getLogger(__name__)
 # ListingHandle. Blocks start at multiples of it, so a listing epoch keeps each block once.
 READDIR_BATCH = 4096
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
-
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-# -- errors: the one place --
-
-
-def fuse_error_for(exc: BaseException) -> pyfuse3.FUSEError:
-    """The FUSEError to answer for ``exc``: domain errors by their errno, OSError by its own."""
-    if isinstance(exc, pyfuse3.FUSEError):
-        return exc
-    if isinstance(exc, PinfsError):
-        return pyfuse3.FUSEError(exc.errno)
-    if isinstance(exc, OSError) and exc.errno:
-        return pyfuse3.FUSEError(exc.errno)
-    return pyfuse3.FUSEError(errno.EIO)
-
-
-def _errors(handler: F) -> F:
-    """Let only FUSEError leave ``handler``; log unexpected exceptions with their traceback."""
-
-    @functools.wraps(handler)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await handler(*args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
-        except (PinfsError, OSError) as exc:
-            log.debug("%s: %s", handler.__name__, exc)
-            raise fuse_error_for(exc) from None
-        except Exception:
-            log.exception("unexpected error in %s", handler.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-# -- handles --
-
-
-@dataclass
-class FileHandle:
-    node: Node
-    content: Content
-
-
-@dataclass
-class ControlHandle:
-    node: Node
-    control: ControlFile
-    writable: bool
-    content: Content | None = None  # the last-run JSON, for reads
-    buffer: bytearray = field(default_factory=bytearray)
-    checked: int = 0  # bytes of ``buffer`` already validated line by line
-    wrote: bool = False  # something was written that has not run yet: the last close runs it
-    rejected: bool = False  # a write failed validation: nothing runs from this handle
-    ran: bool = False  # the command of this open file has run: it takes no more input
-    inode: int = 0  # the control file's inode and the pid that opened it: who else holds it
-    opener_pid: int = 0  # (``pinfs.fs.holders``)
-    position: int = 0  # the open file's offset: where the last write ended
-    append: bool = False  # opened with O_APPEND ('>>', 'tee -a'): writes come at the file's size, not 0
-
-
-@dataclass
-class DirHandle:
-    """A small directory: every entry is in memory from ``opendir`` on; entries get path inodes."""
-
-    listing: Listing
-
-
-@dataclass
-class ListingHandle:
-    """A big directory (``NameListing``): entries get listing inodes of ``epoch``, held until
-    ``releasedir`` so the epoch outlives a listing whose entries the kernel has not taken yet."""
-
-    listing: NameListing
-    epoch: Epoch
-    block: NameBlock | None = None  # the last block fetched; the kernel takes it over several requests
-    end: int | None = None  # the position past the last entry, once a fetch found it (the version is pinned)
-
 
 # -- the operations --
 
@@ -157,7 +76,7 @@ class PinfsOperations(pyfuse3.Operations):
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.inodes = InodeTable()
-        self._handles: dict[int, FileHandle | ControlHandle | DirHandle | ListingHandle] = {}
+        self._handles: dict[int, Handle] = {}
         self._next_handle = itertools.count(1)
         self._read_limiter = read_limiter or trio.CapacityLimiter(8)
         self._command_limiter = command_limiter or trio.CapacityLimiter(4)
@@ -168,7 +87,7 @@ class PinfsOperations(pyfuse3.Operations):
     async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(function, *args, limiter=self._read_limiter)
 
-    async def _resolve(self, path: tuple[str, ...]) -> Node:
+    async def _resolve(self, path: TreePath) -> Node:
         """The node at ``path``: from memory on the loop when the tree has it fresh, else resolved on a
         worker thread. The hop to a thread and back is most of a warm ``stat`` or ``cat`` (issue #6)."""
         node = self.tree.resolve_cached(path)
@@ -197,12 +116,12 @@ class PinfsOperations(pyfuse3.Operations):
         attributes.st_atime_ns = attributes.st_mtime_ns = attributes.st_ctime_ns = node.mtime_ns
         return attributes
 
-    def _add_handle(self, handle: FileHandle | ControlHandle | DirHandle | ListingHandle) -> FileHandleT:
+    def _add_handle(self, handle: Handle) -> FileHandleT:
         number = next(self._next_handle)
         self._handles[number] = handle
         return FileHandleT(number)
 
-    def _handle(self, fh: int) -> FileHandle | ControlHandle | DirHandle | ListingHandle:
+    def _handle(self, fh: int) -> Handle:
         try:
             return self._handles[fh]
         except KeyError:
@@ -217,7 +136,7 @@ class PinfsOperations(pyfuse3.Operations):
 
     # -- names and attributes --
 
-    @_errors
+    @answer_errors
     async def lookup(self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext) -> Any:
         parent = self.inodes.path_of(parent_inode)
         if name == b".":
@@ -242,15 +161,15 @@ class PinfsOperations(pyfuse3.Operations):
         """At unmount the kernel may not have sent every forget (pyfuse3 ``forget`` docs)."""
         self.inodes.forget_all()
         for handle in self._handles.values():
-            _close_content(handle)
+            close_content(handle)
         self._handles.clear()
 
-    @_errors
+    @answer_errors
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> Any:
         node = await self._resolve(self.inodes.path_of(inode))
         return self._attributes(node, inode)
 
-    @_errors
+    @answer_errors
     async def setattr(
         self,
         inode: InodeT,
@@ -271,7 +190,7 @@ class PinfsOperations(pyfuse3.Operations):
         # buffered per open handle, so it always starts empty (CONTRACT §2).
         return self._attributes(node, inode)
 
-    @_errors
+    @answer_errors
     async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
         node = await self._resolve(self.inodes.path_of(inode))
         if node.target is None:
@@ -286,7 +205,7 @@ class PinfsOperations(pyfuse3.Operations):
 
     # -- directories --
 
-    @_errors
+    @answer_errors
     async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
         path = self.inodes.path_of(inode)
         listing = self.tree.listing_cached(path)  # a by-cid/<cid> of a kept record: no hop to a thread
@@ -294,10 +213,10 @@ class PinfsOperations(pyfuse3.Operations):
             listing = await self._blocking(self.tree.listing, path)
         if isinstance(listing, NameListing):
             epoch = self.inodes.listings.open(path, listing.version, READDIR_BATCH)
-            return self._add_handle(ListingHandle(listing, epoch))
+            return self._add_handle(ListingHandle(ListingCursor(listing, READDIR_BATCH), epoch))
         return self._add_handle(DirHandle(listing))
 
-    @_errors
+    @answer_errors
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._handle(fh)
         if isinstance(handle, ListingHandle):
@@ -322,14 +241,15 @@ class PinfsOperations(pyfuse3.Operations):
         """Entries of a big listing with listing inodes. Offsets are positions in the version pinned by
         opendir, + 1. A block holds far more entries than one request takes; it is kept, so resuming
         inside it costs no hop to a thread."""
-        listing, epoch = handle.listing, handle.epoch
+        cursor, epoch = handle.cursor, handle.epoch
+        listing = cursor.listing
         shared = None if listing.template is None else self._attributes(listing.template, pyfuse3.ROOT_INODE)
         while True:
-            block = handle.block
-            if block is None or not block.start <= position < block.stop:
-                if handle.end is not None and position >= handle.end:
+            block = cursor.cached(position)
+            if block is None:
+                if cursor.at_end(position):
                     return  # the end of this version, already known: no hop to a thread
-                block = await self._fetch_block(handle, position)
+                block = await self._blocking(cursor.fetch, position)
                 if block is None:
                     return  # the end of this version
             offsets, names, column = block.offsets, block.names, block.column
@@ -347,17 +267,7 @@ class PinfsOperations(pyfuse3.Operations):
             position = block.stop  # past names that cannot be file names, too
             await trio.lowlevel.checkpoint()
 
-    async def _fetch_block(self, handle: ListingHandle, position: int) -> NameBlock | None:
-        """Fetch the block holding ``position`` into ``handle`` (on a worker thread); None past the end."""
-        size = handle.epoch.block_size
-        start = position - position % size  # blocks start at multiples of the size: see READDIR_BATCH
-        block: NameBlock = await self._blocking(handle.listing.block, start, size)
-        handle.block = block
-        if len(block.column) < size:
-            handle.end = block.stop
-        return block if position < block.stop else None
-
-    @_errors
+    @answer_errors
     async def releasedir(self, fh: FileHandleT) -> None:
         handle = self._handles.pop(fh, None)
         if isinstance(handle, ListingHandle):
@@ -365,7 +275,7 @@ class PinfsOperations(pyfuse3.Operations):
 
     # -- files --
 
-    @_errors
+    @answer_errors
     async def open(self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = await self._resolve(self.inodes.path_of(inode))
         if node.is_dir:
@@ -379,9 +289,10 @@ class PinfsOperations(pyfuse3.Operations):
                 control.check_idle()
                 # '>>' works like '>' (issue #16): input is per handle and starts empty either way.
                 append = bool(flags & os.O_APPEND)
-                handle = ControlHandle(node, control, writable=True, inode=inode, opener_pid=ctx.pid, append=append)
+                session = ControlSession(control, node.control_key, inode=inode, opener_pid=ctx.pid, append=append)
+                handle = ControlHandle(node, control, session)
             else:
-                handle = ControlHandle(node, control, writable=False, content=BytesContent(control.describe()))
+                handle = ControlHandle(node, control, content=BytesContent(control.describe()))
             return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
         if writing:
             raise ReadOnly("read-only filesystem")
@@ -396,7 +307,7 @@ class PinfsOperations(pyfuse3.Operations):
         keep = node.lease is not None and not direct
         return pyfuse3.FileInfo(fh=self._add_handle(FileHandle(node, content)), direct_io=direct, keep_cache=keep)
 
-    @_errors
+    @answer_errors
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         handle = self._handle(fh)
         if isinstance(handle, DirHandle | ListingHandle):
@@ -409,56 +320,40 @@ class PinfsOperations(pyfuse3.Operations):
             return handle.content.read(off, size)
         return await self._blocking(handle.content.read, off, size)
 
-    @_errors
+    @answer_errors
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
         handle = self._handle(fh)
-        if not isinstance(handle, ControlHandle) or not handle.writable:
+        if not isinstance(handle, ControlHandle) or handle.session is None:
             raise pyfuse3.FUSEError(errno.EBADF if isinstance(handle, ControlHandle) else errno.EROFS)
-        if handle.rejected:
-            raise InvalidInput("an earlier write to this handle was rejected")
-        if handle.ran:
-            raise InvalidInput("the command written to this open file has run; open the file again for another")
-        handle.control.check_idle()
-        if off != len(handle.buffer) and not handle.append:  # with O_APPEND the kernel says the file's size
-            raise InvalidInput("control files take their input in order, from offset 0")
-        handle.buffer += buf
-        handle.position = off + len(buf)
+        session = handle.session
+        written = session.accept(off, buf)
         try:
-            handle.checked = await self._blocking(
-                self.controls.check_partial, handle.node.control_key, bytes(handle.buffer), handle.checked
-            )
+            checked = await self._blocking(self.controls.check_partial, session.key, written, session.checked)
         except InvalidInput as exc:
-            handle.rejected = True
+            session.reject()
             log.info("rejected input for %s: %s", "/".join(handle.node.path), exc)
             raise
-        handle.wrote = True
+        session.checked_up_to(checked)
         return len(buf)
 
-    @_errors
+    @answer_errors
     async def flush(self, fh: FileHandleT) -> None:
         """A close(): the command written through this open file runs now, unless another process still
         holds the open file (``pinfs.fs.holders``): then the close of the last one runs it, so that it
         runs once, on everything written (issue #15). Its failure makes this close() fail with EIO."""
         handle = self._handle(fh)
-        if not isinstance(handle, ControlHandle) or not handle.wrote or handle.rejected:
+        if not isinstance(handle, ControlHandle) or handle.session is None or not handle.session.pending:
             return  # nothing buffered (a shell may flush before it writes): nothing to run
-        if await self._blocking(self._held_elsewhere, handle):
+        if await self._blocking(handle.session.held_elsewhere, "/".join(handle.node.path)):
             return
-        await self._run_command(handle)
+        await self._run_command(handle, handle.session)
 
-    @staticmethod
-    def _held_elsewhere(handle: ControlHandle) -> bool:
-        suffix = "/" + "/".join(handle.node.path)
-        return held_elsewhere(handle.opener_pid, suffix, handle.inode, handle.position)
-
-    async def _run_command(self, handle: ControlHandle) -> None:
+    async def _run_command(self, handle: ControlHandle, session: ControlSession) -> None:
         """Validate what was written and run it (on a command thread). Raises InvalidInput, Busy, or
         FUSEError(EIO) when the command failed (its error is in the file's JSON)."""
-        data, key = bytes(handle.buffer), handle.node.control_key
-        handle.buffer, handle.checked, handle.wrote, handle.ran = bytearray(), 0, False, True
-        assert key is not None
+        data = session.take()
         try:
-            prepared = await self._blocking(self.controls.parse, key, data)
+            prepared = await self._blocking(self.controls.parse, session.key, data)
         except InvalidInput as exc:
             log.info("rejected input for %s: %s", "/".join(handle.node.path), exc)
             raise
@@ -470,17 +365,17 @@ class PinfsOperations(pyfuse3.Operations):
         if not succeeded:
             raise pyfuse3.FUSEError(errno.EIO)  # close() fails; the error is in the file's JSON
 
-    @_errors
+    @answer_errors
     async def release(self, fh: FileHandleT) -> None:
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
-        _close_content(handle)
-        if isinstance(handle, ControlHandle) and handle.wrote and not handle.rejected:
+        close_content(handle)
+        if isinstance(handle, ControlHandle) and handle.session is not None and handle.session.pending:
             # No close ran it: the last one still saw a holder that is gone now (one we could not tell
             # from this open file). Run it here; pyfuse3 drops errors from release, the JSON has them.
             try:
-                await self._run_command(handle)
+                await self._run_command(handle, handle.session)
             except (pyfuse3.FUSEError, PinfsError) as exc:
                 log.info("%s, run at release: %s", "/".join(handle.node.path), exc)
 
@@ -493,60 +388,5 @@ class PinfsOperations(pyfuse3.Operations):
     async def _read_only(self, *_args: Any) -> Any:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def mknod(
-        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int, ctx: pyfuse3.RequestContext
-    ) -> Any:
-        return await self._read_only()
-
-    async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: pyfuse3.RequestContext) -> Any:
-        return await self._read_only()
-
-    async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext) -> None:
-        return await self._read_only()
-
-    async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext) -> None:
-        return await self._read_only()
-
-    async def symlink(
-        self, parent_inode: InodeT, name: FileNameT, target: FileNameT, ctx: pyfuse3.RequestContext
-    ) -> Any:
-        return await self._read_only()
-
-    async def rename(
-        self,
-        parent_inode_old: InodeT,
-        name_old: FileNameT,
-        parent_inode_new: InodeT,
-        name_new: FileNameT,
-        flags: FlagT,
-        ctx: pyfuse3.RequestContext,
-    ) -> None:
-        return await self._read_only()
-
-    async def link(
-        self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT, ctx: pyfuse3.RequestContext
-    ) -> Any:
-        return await self._read_only()
-
-    async def create(
-        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT, ctx: pyfuse3.RequestContext
-    ) -> Any:
-        return await self._read_only()
-
-    async def setxattr(self, inode: InodeT, name: Any, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        return await self._read_only()
-
-    async def removexattr(self, inode: InodeT, name: Any, ctx: pyfuse3.RequestContext) -> None:
-        return await self._read_only()
-
-
-# -- helpers --
-
-
-def _close_content(handle: FileHandle | ControlHandle | DirHandle | ListingHandle) -> None:
-    content = getattr(handle, "content", None)
-    if content is not None:
-        try:
-            content.close()
-        except OSError:
-            log.exception("closing a file handle failed")
+    # Everything that would create, remove, rename or relabel an entry: refused, whatever the arguments.
+    mknod = mkdir = unlink = rmdir = symlink = rename = link = create = setxattr = removexattr = _read_only

@@ -31,6 +31,7 @@ from pinfs import commands as declared
 from pinfs.backends import Backend
 from pinfs.commands import BACKEND_COMMANDS, MAX_LINE_BYTES, ROOT_COMMANDS, Command, Option
 from pinfs.errors import Busy, InvalidInput, NotFound, PinfsError, describe
+from pinfs.fs.holders import held_elsewhere
 from pinfs.rootfs import as_path
 from pinfs.schema import now_iso
 
@@ -356,3 +357,67 @@ class ControlRegistry:
         if complete or len(data) > MAX_LINE_BYTES:
             command.parse(self.root, key[0], data)
         return complete
+
+
+# -- what one open control file has been written --
+
+
+class ControlSession:
+    """The write state of one open control file (one handle opened for writing): what was written,
+    how much of it is checked, whether its command ran or its input was rejected, and who opened it
+    (``pinfs.fs.holders``: the command runs at the last close, issue #15).
+
+    Threading: ``accept``, ``checked_up_to``, ``reject`` and ``take`` are called on the event loop;
+    ``held_elsewhere`` blocks (it reads /proc) and runs on a worker thread."""
+
+    def __init__(
+        self, control: ControlFile, key: tuple[str | None, str], *, inode: int, opener_pid: int, append: bool
+    ) -> None:
+        self.control = control
+        self.key = key
+        self.inode = inode  # the control file's inode and the pid that opened it: who else holds it
+        self.opener_pid = opener_pid
+        self.append = append  # opened with O_APPEND ('>>', 'tee -a'): writes come at the file's size, not 0
+        self.buffer = bytearray()
+        self.checked = 0  # bytes of ``buffer`` already validated line by line
+        self.wrote = False  # something was written that has not run yet: the last close runs it
+        self.rejected = False  # a write failed validation: nothing runs from this open file
+        self.ran = False  # the command of this open file has run: it takes no more input
+        self.position = 0  # the open file's offset: where the last write ended
+
+    @property
+    def pending(self) -> bool:
+        """Whether input is waiting to run (a shell may flush before it writes: then nothing is)."""
+        return self.wrote and not self.rejected
+
+    def accept(self, offset: int, data: bytes) -> bytes:
+        """Add ``data`` written at ``offset``; returns everything written so far, to check. Raises
+        InvalidInput (out of order, after a rejection or a run) or Busy (a run is in progress)."""
+        if self.rejected:
+            raise InvalidInput("an earlier write to this handle was rejected")
+        if self.ran:
+            raise InvalidInput("the command written to this open file has run; open the file again for another")
+        self.control.check_idle()
+        if offset != len(self.buffer) and not self.append:  # with O_APPEND the kernel says the file's size
+            raise InvalidInput("control files take their input in order, from offset 0")
+        self.buffer += data
+        self.position = offset + len(data)
+        return bytes(self.buffer)
+
+    def checked_up_to(self, checked: int) -> None:
+        """What was written up to now is valid as far as ``checked`` (``ControlRegistry.check_partial``)."""
+        self.checked, self.wrote = checked, True
+
+    def reject(self) -> None:
+        self.rejected = True
+
+    def take(self) -> bytes:
+        """Everything written, to run now: this open file takes no more input."""
+        data = bytes(self.buffer)
+        self.buffer, self.checked, self.wrote, self.ran = bytearray(), 0, False, True
+        return data
+
+    def held_elsewhere(self, path: str) -> bool:
+        """Whether another process still holds this open file of the control file at ``path``
+        (``/``-separated, from the mount's root): then its last close runs the command. Blocking."""
+        return held_elsewhere(self.opener_pid, "/" + path, self.inode, self.position)

@@ -8,7 +8,7 @@ the 64-bit space:
   entries of small listings. One dictionary item per inode the kernel holds; a path gets the same
   number again after ``forget``, so no path -> inode table is needed.
 - *Listing inodes* (bit 62 set) are for the entries of big listings (``by-cid``, ``by-status/<s>``,
-  ``cids``). The number encodes (epoch, position): an ``Epoch`` is one version of one directory's
+  ``cids``). The number encodes (epoch, position): an epoch (``ListedVersion``) is one version of one directory's
   listing, and keeps the names it handed out as the Arrow blocks the tree read them into (for
   ``by-cid`` and ``by-status`` the very buffers the read cache holds), with a lookup count per
   position. Issue #6: after readdirplus the kernel holds one inode per listed name until it forgets
@@ -46,7 +46,8 @@ from collections.abc import Hashable
 import pyarrow as pa
 import pyfuse3
 
-Path_ = tuple[str, ...]
+from pinfs.fs.tree.names import TreePath
+
 Names = pa.Array | pa.ChunkedArray
 
 HASH_MASK = (1 << 60) - 1  # path inodes: a 60-bit int costs 32 bytes in CPython, a 63-bit one 40
@@ -84,14 +85,14 @@ class PathInodes:
         self._paths: dict[int, str] = {pyfuse3.ROOT_INODE: ""}
 
     @staticmethod
-    def key_of(path: Path_) -> str:
+    def key_of(path: TreePath) -> str:
         return "/".join(path)
 
     @staticmethod
     def hash_key(key: str, salt: int = 0) -> int:
         return hash((salt, key) if salt else key) & HASH_MASK
 
-    def inode_of(self, path: Path_) -> int:
+    def inode_of(self, path: TreePath) -> int:
         """The inode for ``path``; not known to the kernel until ``remember``."""
         return self.inode_of_key(self.key_of(path)) if path else pyfuse3.ROOT_INODE
 
@@ -172,7 +173,7 @@ class _Block:
         self.held = 0  # positions whose count is above 0
 
 
-class Epoch:
+class ListedVersion:
     """One version of one directory's big listing, and the lookups the kernel holds on its entries.
 
     ``version`` comes from the tree (``NameListing.version``): two listings of a directory with equal
@@ -180,7 +181,7 @@ class Epoch:
     the same numbers (the kernel then only counts one more lookup, instead of replacing every entry).
     """
 
-    def __init__(self, number: int, directory: Path_, version: Hashable | None, block_size: int) -> None:
+    def __init__(self, number: int, directory: TreePath, version: Hashable | None, block_size: int) -> None:
         self.number = number
         self.base = LISTING_FLAG | (number << POSITION_BITS)  # the inode of position 0
         self.directory = directory
@@ -329,18 +330,18 @@ class ListingInodes:
     lookups and for listing the same version again)."""
 
     def __init__(self) -> None:
-        self._epochs: dict[int, Epoch] = {}
-        self._current: dict[Path_, Epoch] = {}
+        self._epochs: dict[int, ListedVersion] = {}
+        self._current: dict[TreePath, ListedVersion] = {}
         self._numbers = itertools.count(1)
 
-    def open(self, directory: Path_, version: Hashable | None, block_size: int) -> Epoch:
+    def open(self, directory: TreePath, version: Hashable | None, block_size: int) -> ListedVersion:
         """The epoch for listing ``directory`` in ``version`` (None: a version that cannot be told
         apart from others, so never shared), held until ``close``."""
         current = self._current.get(directory)
         if current is not None and current.lists(version, block_size):
             epoch = current
         else:
-            epoch = Epoch(self._new_number(), directory, version, block_size)
+            epoch = ListedVersion(self._new_number(), directory, version, block_size)
             self._epochs[epoch.number] = epoch
             self._current[directory] = epoch
             if current is not None:
@@ -349,7 +350,7 @@ class ListingInodes:
         epoch.handles += 1
         return epoch
 
-    def close(self, epoch: Epoch) -> None:
+    def close(self, epoch: ListedVersion) -> None:
         epoch.handles -= 1
         self._drop_if_unused(epoch)
 
@@ -360,27 +361,27 @@ class ListingInodes:
                 return number
         raise AssertionError("unreachable: more epochs than numbers")
 
-    def _drop_if_unused(self, epoch: Epoch) -> None:
+    def _drop_if_unused(self, epoch: ListedVersion) -> None:
         if epoch.unused and self._epochs.get(epoch.number) is epoch:
             del self._epochs[epoch.number]
             if self._current.get(epoch.directory) is epoch:
                 del self._current[epoch.directory]
 
-    def _epoch_of(self, inode: int) -> tuple[Epoch, int]:
+    def _epoch_of(self, inode: int) -> tuple[ListedVersion, int]:
         epoch = self._epochs.get((inode >> POSITION_BITS) & EPOCH_MASK)
         if epoch is None:
             raise _not_known()
         return epoch, inode & POSITION_MASK
 
-    def epoch(self, inode: int) -> Epoch | None:
+    def epoch(self, inode: int) -> ListedVersion | None:
         """The live epoch a listing inode belongs to (for tests and diagnostics)."""
         return self._epochs.get((inode >> POSITION_BITS) & EPOCH_MASK)
 
-    def path_of(self, inode: int) -> Path_:
+    def path_of(self, inode: int) -> TreePath:
         epoch, position = self._epoch_of(inode)
         return (*epoch.directory, epoch.name_at(position))
 
-    def find(self, directory: Path_, name: str) -> int | None:
+    def find(self, directory: TreePath, name: str) -> int | None:
         """The listing inode of ``directory/name`` in the directory's current epoch, if it keeps the name
         (nothing is counted yet: ``hold_again``)."""
         epoch = self._current.get(directory)
@@ -421,10 +422,10 @@ class InodeTable:
         self.listings = ListingInodes()
 
     @classmethod
-    def hash_path(cls, path: Path_, salt: int = 0) -> int:
+    def hash_path(cls, path: TreePath, salt: int = 0) -> int:
         return PathInodes.hash_key(PathInodes.key_of(path), salt)
 
-    def inode_of(self, path: Path_) -> int:
+    def inode_of(self, path: TreePath) -> int:
         """The inode a lookup of ``path`` gives: its listing inode when the current epoch of its directory
         keeps the name, else its path inode. Not counted until ``remember``."""
         if path:
@@ -433,14 +434,14 @@ class InodeTable:
                 return found
         return self.paths.inode_of(path)
 
-    def remember(self, inode: int, path: Path_) -> None:
+    def remember(self, inode: int, path: TreePath) -> None:
         """The kernel learned of ``inode`` (from ``inode_of(path)``, no await in between) once more."""
         if is_listing_inode(inode):
             self.listings.hold_again(inode)
         else:
             self.paths.remember(inode, PathInodes.key_of(path))
 
-    def path_of(self, inode: int) -> Path_:
+    def path_of(self, inode: int) -> TreePath:
         """The path ``inode`` stands for. Raises FUSEError(ENOENT) for a number the kernel does not hold."""
         if is_listing_inode(inode):
             return self.listings.path_of(inode)
@@ -453,7 +454,7 @@ class InodeTable:
         else:
             self.paths.forget(inode, count)
 
-    def held(self, path: Path_) -> int | None:
+    def held(self, path: TreePath) -> int | None:
         """The inode the kernel may hold for ``path`` (its listing inode if the current epoch of its
         directory keeps the name, else its path inode if that is known), else None. For telling the
         kernel that the node changed (``pinfs.fs.kernel``)."""

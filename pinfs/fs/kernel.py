@@ -36,7 +36,7 @@ from pyfuse3 import FileNameT, InodeT
 
 from pinfs.backends import backends_dir
 from pinfs.delta import LOG_DIR, TABLE_DIR
-from pinfs.fs.inodes import InodeTable, Path_
+from pinfs.fs.inodes import InodeTable
 from pinfs.fs.inotify import Inotify
 from pinfs.fs.tree import (
     BACKENDS_DIR,
@@ -50,6 +50,7 @@ from pinfs.fs.tree import (
     REPORT_FILES,
     SUMMARY,
     PinTree,
+    TreePath,
 )
 from pinfs.fs.versions import Change, VersionWatch, describe
 from pinfs.rootfs import S3Path
@@ -106,18 +107,18 @@ async def plan_for(inodes: InodeTable, changes: Sequence[Change]) -> Plan:
     """The invalidations ``changes`` call for, among what the kernel holds (on the event loop)."""
     plan = Plan()
 
-    def inode(path: Path_) -> None:
+    def inode(path: TreePath) -> None:
         found = inodes.held(path)
         if found is not None:
             plan.inodes.append(found)
 
-    def entry(parent: Path_, name: str) -> None:
+    def entry(parent: TreePath, name: str) -> None:
         found = inodes.held(parent)
         if found is not None:
             plan.entries.append((found, name))
 
     for change in changes:
-        base: Path_ = (BACKENDS_DIR, change.backend)
+        base: TreePath = (BACKENDS_DIR, change.backend)
         for path in (
             (BACKENDS_DIR,),
             base,

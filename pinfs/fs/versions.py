@@ -335,7 +335,7 @@ class VersionWatch:
             for name in [name for name in self._states if name not in seen]:
                 before = self._states.pop(name)
                 self.records.advance(name, None, None)
-                changes.append(Change(name, _identity(before), None, None))
+                changes.append(Change(name, _version_of(before), None, None))
             return changes
 
     def _check_one(self, backend: Backend) -> Change | None:
@@ -345,7 +345,7 @@ class VersionWatch:
             log.debug("backend %s: no version to watch (%s)", backend.name, exc)
             state = None
         before = self._states.get(backend.name, _UNSEEN)
-        if _identity(before) == _identity(state) and before is not _UNSEEN:
+        if _version_of(before) == _version_of(state) and before is not _UNSEEN:
             return None
         self._states[backend.name] = state
         if before is _UNSEEN:
@@ -355,10 +355,10 @@ class VersionWatch:
         else:
             cids = None  # to or from a form without versions: anything may have changed
         self.records.advance(backend.name, None if state is None else state.identity, cids)
-        return Change(backend.name, _identity(before), _identity(state), None if cids is None else frozenset(cids))
+        return Change(backend.name, _version_of(before), _version_of(state), None if cids is None else frozenset(cids))
 
 
-def _identity(state: object) -> Hashable | None:
+def _version_of(state: object) -> Hashable | None:
     return state.identity if isinstance(state, TableState) else None
 
 

@@ -4,8 +4,9 @@ Every change to a backend's pins (pin, unpin, sync and verify outcomes, migratio
 table (``pinfs.store``), after which the exports (``pin_mappings.parquet`` and ``pin_mappings.car``,
 ``pinfs.exports``) are brought up to the new version: at once for a backend of up to
 ``EXPORT_AT_ONCE_ROWS`` pins (a few tens of ms), and for a bigger one either before the command returns
-(the command line) or, in the mount, by ``ExportRefresher`` once writes to the backend pause, so that a
-pin through a control file returns as soon as it is committed. ``health`` says "export pending" meanwhile.
+(the command line) or, in the mount, by its export duty (``pinfs.fs.duties``, calling ``refresh_deferred``)
+once writes to the backend pause, so that a pin through a control file returns as soon as it is committed.
+``DEFERRED_EXPORTS`` records those pending refreshes: ``health`` says "export pending" meanwhile.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 
 class DeferExport(Protocol):
-    """Takes over a backend's export refresh (the mount's ``ExportRefresher.defer``); ``failed`` says
+    """Takes over a backend's export refresh (the mount's ``ExportDuty.defer``); ``failed`` says
     why the refresh just tried failed."""
 
     def __call__(self, backend: Backend, failed: str | None = None) -> None: ...
@@ -205,117 +205,45 @@ def _left_behind(backend: Backend) -> bool:
     return any(value in ("pending", "missing") for value in states.values())
 
 
-class ExportRefresher:
-    """Export refreshes deferred by a long-running process: each backend's is done ``quiet`` seconds
-    after its last change, and at most ``at_most`` seconds after the first one still waiting, on one
-    background thread, so the pin commands themselves return as soon as they are committed.
+def refresh_deferred(backend: Backend) -> None:
+    """Bring ``backend``'s exports up to its table now, then maintain it if due: what a long-running
+    process does for a refresh it deferred (the mount's export duty, ``pinfs.fs.duties``). Blocking.
+    Raises PinfsError or OSError (a full disk, a read-only root: issue #15) for the caller to retry."""
+    refresh_exports(backend)
+    maybe_maintain(backend)
 
-    A refresh that fails with an OSError or PinfsError (a full disk, a read-only root: issue #15) is
-    tried again ``retry`` seconds later, then twice as long after each failure up to ``retry_at_most``,
-    until it succeeds; ``last_error`` says why meanwhile (health shows it)."""
 
-    def __init__(
-        self, quiet: float = 1.0, at_most: float = 10.0, retry: float = 2.0, retry_at_most: float = 60.0
-    ) -> None:
-        self.quiet, self.at_most = quiet, at_most
-        self.retry, self.retry_at_most = retry, retry_at_most
-        # directory -> (backend, first change waiting, last change, not before)
-        self._waiting: dict[Path, tuple[Backend, float, float, float]] = {}
-        self._running: set[Path] = set()
-        self._failures: dict[Path, tuple[int, str]] = {}  # directory -> (failures in a row, last error)
-        self._condition = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closing = False
+class PendingExports:
+    """Which backends' export refreshes this process has deferred and not yet done, and why the last
+    try of each failed: what ``health`` says about them ("export pending"). Written by whoever does the
+    deferred refreshes (the mount's export duty), read by the reports; thread-safe."""
 
-    def defer(self, backend: Backend, failed: str | None = None) -> None:
-        """Refresh ``backend``'s exports once its changes pause; ``failed``: a refresh just failed
-        (with that error), so the next one waits as a retry does."""
-        now = time.monotonic()
-        with self._condition:
-            _old, first, _last, not_before = self._waiting.get(backend.directory, (backend, now, now, now))
-            if failed is not None:
-                not_before = max(not_before, now + self._note_failure(backend, failed))
-            self._waiting[backend.directory] = (backend, first, now, not_before)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="pinfs-export-refresh", daemon=True)
-                self._thread.start()
-            self._condition.notify()
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: set[Path] = set()
+        self._errors: dict[Path, str] = {}
+
+    def add(self, backend: Backend) -> None:
+        with self._lock:
+            self._pending.add(backend.directory)
+
+    def done(self, backend: Backend, error: str | None = None) -> None:
+        """A refresh ended: with ``error`` it failed (still pending: it is tried again), else it worked."""
+        with self._lock:
+            if error is None:
+                self._pending.discard(backend.directory)
+                self._errors.pop(backend.directory, None)
+            else:
+                self._errors[backend.directory] = error
 
     def is_pending(self, backend: Backend) -> bool:
-        with self._condition:
-            return backend.directory in self._waiting or backend.directory in self._running
+        with self._lock:
+            return backend.directory in self._pending
 
     def last_error(self, backend: Backend) -> str | None:
         """Why the last refresh of ``backend`` failed, while it is waiting to be tried again."""
-        with self._condition:
-            found = self._failures.get(backend.directory)
-            return found[1] if found is not None else None
-
-    def close(self, timeout: float | None = None) -> None:
-        """Do every refresh still waiting, now, and stop the thread (at unmount)."""
-        with self._condition:
-            self._closing = True
-            self._condition.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        with self._condition:
-            self._thread, self._closing = None, False
-
-    def _due(self, first: float, last: float, not_before: float) -> float:
-        return max(min(last + self.quiet, first + self.at_most), not_before)
-
-    def _next(self) -> Backend | None:
-        """Wait for the next refresh that is due; None when closing with nothing left."""
-        with self._condition:
-            while True:
-                if not self._waiting:
-                    if self._closing:
-                        return None
-                    self._condition.wait()
-                    continue
-                directory, (backend, *times) = min(self._waiting.items(), key=lambda item: self._due(*item[1][1:]))
-                delay = self._due(*times) - time.monotonic()
-                if delay <= 0 or self._closing:
-                    del self._waiting[directory]
-                    self._running.add(directory)
-                    return backend
-                self._condition.wait(delay)
-
-    def _loop(self) -> None:
-        while (backend := self._next()) is not None:
-            try:
-                refresh_exports(backend)
-                maybe_maintain(backend)
-            except (PinfsError, OSError) as exc:  # a full disk: tried again a while later (issue #15)
-                self._failed(backend, describe(exc))
-            except Exception:  # logged; the next change, sync or regenerate-car tries again
-                log.exception("refreshing the exports of %s failed", backend.directory)
-            else:
-                with self._condition:
-                    if self._failures.pop(backend.directory, None) is not None:
-                        log.info("the exports of %s are up to date again", backend.directory)
-            finally:
-                with self._condition:
-                    self._running.discard(backend.directory)
-
-    def _note_failure(self, backend: Backend, error: str) -> float:
-        """Count a failed refresh (call with the condition held); returns how long to wait before the next."""
-        failures = self._failures.get(backend.directory, (0, ""))[0] + 1
-        self._failures[backend.directory] = (failures, error)
-        return min(self.retry * 2 ** (failures - 1), self.retry_at_most)
-
-    def _failed(self, backend: Backend, error: str) -> None:
-        with self._condition:
-            delay = self._note_failure(backend, error)
-            if self._closing:  # unmounting: the next command (or car regenerate) catches them up
-                log.warning("the exports of %s are behind: %s", backend.directory, error)
-                return
-            now = time.monotonic()
-            if backend.directory not in self._waiting:
-                self._waiting[backend.directory] = (backend, now, now, now + delay)
-            self._condition.notify()
-        log.warning("refreshing the exports of %s failed: %s; trying again in %g s", backend.directory, error, delay)
+        with self._lock:
+            return self._errors.get(backend.directory)
 
 
-DEFERRED_EXPORTS = ExportRefresher()
+DEFERRED_EXPORTS = PendingExports()
