@@ -113,7 +113,7 @@ def test_pin_ls_lists_every_other_backend_and_exits_1(three_backends: Path, extr
     listed = [json.loads(line)["cid"] if json_lines else line.split("\t")[0] for line in lines]
     assert sorted(listed) == sorted(cid_for(f"{name}{n}") for name in ("a1", "c3") for n in range(5))
     errors = result.stderr.splitlines()
-    assert len(errors) == 1 and errors[0].startswith("pinfs pin: error: backend b2: ")
+    assert len(errors) == 1 and errors[0].startswith("pinfs pin ls: error: backend b2: ")
     assert "Traceback" not in result.stderr
 
 

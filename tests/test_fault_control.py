@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import cid_for, make_backend
-from mounting import Mount, mounted, needs_fuse, sh
+from mounting import REJECTIONS, Mount, mounted, needs_fuse, sh
 
 from pinfs.backends import get_backend
 from pinfs.store import PinStore
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.mount, needs_fuse]
 def rw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
     root = tmp_path_factory.mktemp("pieces") / "ipfs_kit"
     (root / "backends").mkdir(parents=True)
-    with mounted(root, tmp_path_factory.mktemp("pieces-mnt") / "m") as mount:
+    with mounted(root, tmp_path_factory.mktemp("pieces-mnt") / "m", expected_log=REJECTIONS) as mount:
         yield mount
 
 
@@ -64,7 +64,7 @@ def test_a_bad_line_in_the_second_piece_pins_nothing_of_the_first(rw: Mount, tmp
     result = sh(f"( cat {tmp_path / 'a'}; cat {tmp_path / 'b'} ) > {target}")
     assert "Invalid argument" in result.stderr  # cat b's write is refused
     assert pinned(rw.root, "bad-second") == {}
-    assert state_of(rw, "bad-second", "pin")["state"] == "idle"  # nothing ran
+    assert state_of(rw, "bad-second", "pin")["state"] == "rejected"  # nothing ran, and it says why (issue #16)
 
 
 def test_unpin_in_pieces_with_a_bad_line_removes_nothing(rw: Mount, tmp_path: Path) -> None:

@@ -115,7 +115,7 @@ def test_a_full_disk_before_the_commit_is_one_line_and_changes_nothing(big_backe
         result = run_pinfs(root, *command)
         assert result.returncode == 1
         line = one_line(result)
-        assert line.startswith("pinfs pin: error: ") and f"{root}/backends/b1/" in line
+        assert line.startswith(f"pinfs {' '.join(command[:2])}: error: ") and f"{root}/backends/b1/" in line
         assert line.endswith("No space left on device (ENOSPC)")
     assert pins_in_table(root) == before and exports(root) == {"parquet": "current", "car": "current"}
     disk.empty()

@@ -209,9 +209,12 @@ def test_generated_files_stat_their_true_size(ro: Mount, parts: tuple[str, ...])
 
 
 def test_absent_cid_is_enoent(ro: Mount) -> None:
-    for path in (ro.path("backends", "s3-main", "by-cid", cid_for("absent")), ro.path("cids", cid_for("absent"))):
-        with pytest.raises(FileNotFoundError):
-            os.stat(path)
+    with pytest.raises(FileNotFoundError):
+        os.stat(ro.path("backends", "s3-main", "by-cid", cid_for("absent")))
+    # Under cids/ no one can say it is absent while backend 'bad' cannot be read (issue #15, item 8).
+    with pytest.raises(OSError) as caught:
+        os.stat(ro.path("cids", cid_for("absent")))
+    assert caught.value.errno == errno.EIO
     result = sh(f"stat {ro.path('backends', 's3-main', 'by-cid', cid_for('absent'), 'status')}")
     assert result.returncode != 0 and "No such file" in result.stderr
 
@@ -383,7 +386,7 @@ def test_bad_words_fail_the_write_with_einval_and_change_nothing(rw: Mount, cont
     before = file_digests(rw.root)
     assert write_errno(rw.mountpoint / control, f"{line}\n".encode()) == errno.EINVAL
     assert file_digests(rw.root) == before
-    assert json.loads((rw.mountpoint / control).read_text())["state"] == "idle"
+    assert json.loads((rw.mountpoint / control).read_text())["state"] == "rejected"  # issue #16: said, nothing ran
 
 
 def test_shell_echo_of_a_bad_word_fails(rw: Mount) -> None:
@@ -627,7 +630,7 @@ def test_background_returns_once_mounted(tmp_path: Path) -> None:
 
 def test_mount_on_a_missing_directory_fails_with_one_line(tmp_path: Path) -> None:
     result = run_pinfs(small_root(tmp_path), "mount", str(tmp_path / "missing"))
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad input (issue #16)
     assert len(result.stderr.strip().splitlines()) == 1 and "mount point" in result.stderr
 
 

@@ -142,7 +142,7 @@ def run_list(args: argparse.Namespace) -> int:
     def report_broken(backend: Any, error: BaseException) -> None:  # said at once, the others still listed
         broken.append(backend.name)
         sys.stdout.flush()
-        print(f"pinfs pin: error: backend {backend.name}: {describe(error)}", file=sys.stderr)
+        print(f"pinfs pin ls: error: backend {backend.name}: {describe(error)}", file=sys.stderr)
 
     for record in iter_pins(root_of(args), args.backend, args.status, on_error=report_broken):
         if args.json:

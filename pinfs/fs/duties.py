@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +177,7 @@ class ScheduledDuties:
         self.sync_interval = sync_interval if _enabled(sync_interval) else None
         self.verify_interval = verify_interval if _enabled(verify_interval) else None
         self.limiter = limiter
+        self.after_run: Callable[[], Awaitable[None]] | None = None  # the kernel-cache duty's sync
         self.last_runs: dict[str, float] = {}  # time.monotonic() of each duty's last run
         # Runs on worker threads (an abandoned one may still be going after unmount), and whether the
         # mount is closing (a run whose thread starts only then does nothing).
@@ -249,6 +251,8 @@ class ScheduledDuties:
             return None
         for name, report in outcome["ran"].items():
             _log_duty(name, report)
+        if self.after_run is not None:
+            await self.after_run()  # what a run changed shows at once, as a control command's does
         return outcome
 
 

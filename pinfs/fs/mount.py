@@ -129,6 +129,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] | None = None) ->
     kernel_cache = KernelCache(operations.tree, operations.inodes, watch)
     operations.after_command = kernel_cache.sync
     scheduled = ScheduledDuties(config.sync_interval, config.verify_interval, limiter)
+    scheduled.after_run = kernel_cache.sync
     duties: list[Duty] = [kernel_cache, exports, *config.duties]
     if scheduled.active:
         duties.append(scheduled)
