@@ -105,8 +105,8 @@ def _regenerate_one(backend: Backend) -> dict[str, Any]:
         return {"backend": backend.name, "type": backend.type, "ok": True, "skipped": reason}
     try:
         if not store.has_table():
-            with store.transaction():
-                store.convert_old_form()
+            with store.transaction() as txn:
+                txn.convert_old_form()
         report = refresh_exports(backend, force_car=True)
     except (PinfsError, OSError) as exc:
         return error_entry(backend, exc)

@@ -50,18 +50,18 @@ import pyarrow.compute as pc
 
 from pinfs.backends import LEGACY_NAME, REJECTED_NAME, Backend, get_backend
 from pinfs.cids import identity_columns, spelling_duplicates
+from pinfs.datafiles import table_snapshot
 from pinfs.errors import CorruptData, NotFound, PinfsError
 from pinfs.exports import export_state, refresh_exports
 from pinfs.fsutil import atomic_write_bytes, read_regular_file
-from pinfs.legacy import (
-    LegacyPins,
+from pinfs.legacy import mtime_iso, parse_legacy, read_legacy_bytes
+from pinfs.legacy_entries import LegacyPins
+from pinfs.legacy_files import (
+    BACKUP_PREFIX,
     future_backups,
     is_own_backup,
     list_backups,
-    mtime_iso,
     new_backup_path,
-    parse_legacy,
-    read_legacy_bytes,
     write_rejected,
 )
 from pinfs.oldforms import old_form_exists
@@ -70,10 +70,9 @@ from pinfs.ops.common import discovery_problems, error_entry, match_backends
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import read_state, record_run, update_state_locked
 from pinfs.schema import REQUIRED_COLUMNS, dump_metadata, load_metadata, now_iso, record_problems, utc_stamp
-from pinfs.store import PinStore, Transaction, table_snapshot
+from pinfs.store import PinStore, Transaction
 from pinfs.tables import empty_table, first_duplicate_cid, normalize_table, read_whole_table, write_table
 
-BACKUP_PREFIX = "pins.json.backup."
 PARQUET_BACKUP_PREFIX = "pin_mappings.parquet.backup."
 # The run-state section naming what the last migration imported: {"backup", "sha256", "source", "at"}.
 IMPORT_SECTION = "legacy_import"
@@ -315,7 +314,7 @@ def _migrate_backend(backend: Backend, options: MigrateOptions) -> dict[str, Any
     if options.dry_run:
         return _describe(backend, _plan(backend, Transaction(store), path, options), options)
     with store.transaction() as txn:
-        converted = store.convert_old_form()  # the upgrade of issue #12: the table from the old parquet
+        converted = txn.convert_old_form()  # the upgrade of issue #12: the table from the old parquet
         plan = _plan(backend, txn, path, options)
         entry = _describe(backend, plan, options)
         entry.update(_apply(backend, txn, plan))
