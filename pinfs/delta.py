@@ -45,15 +45,8 @@ import pyarrow as pa
 
 from pinfs.errors import CorruptData
 from pinfs.fsutil import fsync_file, local_temp_for, naming
-from pinfs.rootfs import (
-    S3Path,
-    S3Unreachable,
-    delta_storage_options,
-    forget_metadata,
-    keep_local,
-    put_object,
-    unreachable,
-)
+from pinfs.rootfs import S3Path, forget_metadata, keep_local, put_object
+from pinfs.s3client import S3Unreachable, delta_storage_options, unreachable
 from pinfs.schema import arrow_schema
 
 TABLE_DIR = "pin_mappings.delta"

@@ -54,7 +54,8 @@ from pinfs.fsutil import TEMP_MARKER
 from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import PinRequest, add_pins
 from pinfs.ops.sync import SyncOptions, sync
-from pinfs.rootfs import S3Path, forget_metadata, local_copy, parse_root, s3_client
+from pinfs.rootfs import S3Path, forget_metadata, local_copy, parse_root
+from pinfs.s3client import s3_client
 from pinfs.schema import make_record
 from pinfs.snapshots import DEFAULT_CACHE, StoreCache
 from pinfs.store import PinStore

@@ -30,7 +30,7 @@ from pinfs.ops.drivers import DriverError, driver_for, has_driver
 from pinfs.ops.drivers.filesystem import FilesystemDriver
 from pinfs.ops.sync import NO_CONTENT
 from pinfs.ops.synccontext import STAGING_DIR
-from pinfs.rootfs import S3Error
+from pinfs.s3client import S3Error
 from pinfs.schema import FAILED, PENDING, now_iso
 from pinfs.store import PinStore
 
