@@ -25,12 +25,9 @@ import pyarrow.parquet as pq
 
 from pinfs.delta import DataFile, DeltaPins, TableState, file_rows
 from pinfs.errors import CorruptData
+from pinfs.pieces import FilePiece
 from pinfs.rootfs import S3Path, as_location
-from pinfs.snapshots import (
-    FilePiece,
-    PinSnapshot,
-    StoreCache,
-)
+from pinfs.snapshots import PinSnapshot, StoreCache
 from pinfs.tables import (
     empty_table,
     merge_records,

@@ -53,10 +53,11 @@ from pinfs.fsutil import (
     naming,
 )
 from pinfs.oldforms import read_old_form, remove_shard_dir
+from pinfs.pieces import FileIdentity
 from pinfs.rootfs import S3Path, head, local_copy, put_object
 from pinfs.s3client import PreconditionFailed
 from pinfs.schema import REQUIRED_COLUMNS, STORE_COLUMNS, now_iso, utc_stamp
-from pinfs.snapshots import FileIdentity, PinSnapshot
+from pinfs.snapshots import PinSnapshot
 from pinfs.store import PinStore, Transaction
 from pinfs.tables import parquet_writer
 

@@ -26,14 +26,8 @@ import pyarrow as pa
 
 from pinfs.errors import CorruptData
 from pinfs.fsutil import SHARD_DIR
-from pinfs.snapshots import (
-    FileIdentity,
-    FilePiece,
-    OpenParquet,
-    PinSnapshot,
-    StoreCache,
-    memory_snapshot,
-)
+from pinfs.pieces import FileIdentity, FilePiece, OpenParquet
+from pinfs.snapshots import PinSnapshot, StoreCache, memory_snapshot
 from pinfs.tables import empty_table, first_duplicate_cid, parallel_map, read_whole_table
 
 MANIFEST_NAME = "_pinfs_shards.json"

@@ -51,14 +51,9 @@ from pinfs.fsutil import backend_lock
 from pinfs.legacy import read_legacy_pins
 from pinfs.legacy_files import find_legacy_source
 from pinfs.oldforms import old_form_exists, old_form_snapshot, read_old_form
+from pinfs.pieces import FileIdentity
 from pinfs.rootfs import S3Path, require_writable
-from pinfs.snapshots import (
-    DEFAULT_CACHE,
-    FileIdentity,
-    PinSnapshot,
-    StoreCache,
-    memory_snapshot,
-)
+from pinfs.snapshots import DEFAULT_CACHE, PinSnapshot, StoreCache, memory_snapshot
 from pinfs.tables import (
     checked_for_writing,
     empty_table,
