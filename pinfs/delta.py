@@ -70,7 +70,6 @@ TABLE_PROPERTIES: dict[str, str] = {
     "delta.logRetentionDuration": "interval 1 days",
     "delta.enableExpiredLogCleanup": "true",
 }
-VACUUM_RETENTION_MINUTES = 15
 # How far back a retried request looks for the commit that did it (issue #15: a command whose commit
 # went in, but whose exports failed, is run again once the disk has room).
 RECENT_COMMITS = 32

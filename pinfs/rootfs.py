@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pinfs.errors import CorruptData, PinfsError
+from pinfs.errors import PinfsError
 from pinfs.s3client import ConditionalPutsIgnored, PreconditionFailed, calling, s3_client, unreachable
 
 S3_SCHEME = "s3://"
@@ -301,12 +301,6 @@ class S3Path:
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
 
-    def read_versioned(self) -> tuple[bytes, str]:
-        """The object's bytes and the ETag of exactly those bytes (for a later ``if_match``)."""
-        with calling(str(self)):
-            answer = s3_client().get_object(Bucket=self.bucket, Key=self.key)
-            return answer["Body"].read(), answer.get("ETag", "").strip('"')
-
     def write_bytes(self, data: bytes) -> int:
         put_object(self, data)
         return len(data)
@@ -442,12 +436,6 @@ def require_writable(location: object) -> None:
     """Before the first write to a root on S3: the conditional-put check (``check_conditional_puts``)."""
     if isinstance(location, S3Path):
         check_conditional_puts(S3Path(location.bucket, location.key.split("/backends/")[0]))
-
-
-def corrupt_if_link(path: object) -> None:
-    """``CorruptData`` for a local symlink (may lead outside the root); S3 has none."""
-    if isinstance(path, Path) and path.is_symlink():
-        raise CorruptData(f"{path}: is a symlink; refusing to follow it")
 
 
 def as_location(text: str) -> Path | S3Path:

@@ -10,11 +10,10 @@ pin through a control file returns as soon as it is committed. ``health`` says "
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -141,19 +140,6 @@ def change_pins(backend: Backend, body: Callable[[Transaction], T], defer: Defer
             raise ExportsBehind(behind["error"])
         result.update(behind)
     return result
-
-
-@contextlib.contextmanager
-def changing_pins(backend: Backend, defer: DeferExport | None = None) -> Iterator[Transaction]:
-    """``change_pins`` as a ``with`` block, for a body that need not run again: a write that meets a
-    concurrent change of the same pins fails with ``ConcurrentChange`` instead. Exports that cannot be
-    written after the commit raise ``ExportsBehind``."""
-    with PinStore(backend).transaction() as txn:
-        yield txn
-    if txn.changed:
-        behind = follow_change(backend, defer)
-        if behind is not None:
-            raise ExportsBehind(behind["error"])
 
 
 class ExportsBehind(PinfsError):
