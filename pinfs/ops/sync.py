@@ -4,7 +4,7 @@ For each chosen backend (all by default) whose pins are not all ``stored``: take
 first, then its ``pending`` ones, oldest first; for each, find the pin's content CAR -- the local
 staging directory ``ROOT/cars/<cid>.car``, then any other backend that holds the CID ``stored`` and has
 a driver, then the pin's own place on the target (already there) -- check that its root is the pin's
-CID and every block's hash is right (``car.verify_content_car``), put it at the pin's
+CID and every block's hash is right (``carv1.verify_content_car``), put it at the pin's
 ``car_file_path`` through the backend's driver, and mark it ``stored`` (metadata ``synced_at``,
 ``size``, ``synced_from``). A pin whose content cannot be found or is corrupt everywhere is marked
 ``failed`` (metadata ``last_error``, ``attempts``) and the run goes on. All of a backend's status
