@@ -43,7 +43,6 @@ _TYPE_WORDS: dict[str, str] = {
     "fs": "filesystem",
     "ipfs": "ipfs",
 }
-FILESYSTEM_TYPES = frozenset({"filesystem", "local", "sshfs"})
 
 PARQUET_NAME = "pin_mappings.parquet"
 CAR_NAME = "pin_mappings.car"

@@ -45,15 +45,8 @@ import pyarrow as pa
 
 from pinfs.errors import CorruptData
 from pinfs.fsutil import fsync_file, local_temp_for, naming
-from pinfs.rootfs import (
-    S3Path,
-    S3Unreachable,
-    delta_storage_options,
-    forget_metadata,
-    keep_local,
-    put_object,
-    unreachable,
-)
+from pinfs.rootfs import S3Path, forget_metadata, keep_local, put_object
+from pinfs.s3client import S3Unreachable, delta_storage_options, unreachable
 from pinfs.schema import arrow_schema
 
 TABLE_DIR = "pin_mappings.delta"
@@ -77,7 +70,6 @@ TABLE_PROPERTIES: dict[str, str] = {
     "delta.logRetentionDuration": "interval 1 days",
     "delta.enableExpiredLogCleanup": "true",
 }
-VACUUM_RETENTION_MINUTES = 15
 # How far back a retried request looks for the commit that did it (issue #15: a command whose commit
 # went in, but whose exports failed, is run again once the disk has room).
 RECENT_COMMITS = 32

@@ -39,7 +39,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pinfs.backends import Backend
-from pinfs.car import write_pin_mappings_car_columns
+from pinfs.car_columns import write_pin_mappings_car_columns
+from pinfs.datafiles import table_snapshot
 from pinfs.delta import TableState
 from pinfs.errors import CorruptData, PinfsError
 from pinfs.fsutil import (
@@ -52,10 +53,12 @@ from pinfs.fsutil import (
     naming,
 )
 from pinfs.oldforms import read_old_form, remove_shard_dir
-from pinfs.rootfs import PreconditionFailed, S3Path, head, local_copy, put_object
+from pinfs.pieces import FileIdentity
+from pinfs.rootfs import S3Path, head, local_copy, put_object
+from pinfs.s3client import PreconditionFailed
 from pinfs.schema import REQUIRED_COLUMNS, STORE_COLUMNS, now_iso, utc_stamp
-from pinfs.snapshots import FileIdentity, PinSnapshot
-from pinfs.store import PinStore, Transaction, table_snapshot
+from pinfs.snapshots import PinSnapshot
+from pinfs.store import PinStore, Transaction
 from pinfs.tables import parquet_writer
 
 log = logging.getLogger(__name__)
@@ -116,7 +119,7 @@ def _same_file(entry: object, identity: FileIdentity) -> bool:
 
 
 def record_converted(backend: Backend, identity: FileIdentity) -> None:
-    """Before an old-form parquet becomes version 0 of a new table (``PinStore.convert_old_form``):
+    """Before an old-form parquet becomes version 0 of a new table (``Transaction.convert_old_form``):
     record it as the export of version 0, which it is, so that it is not imported as a foreign file.
     The caller holds the backend's lock, not the export lock (which is never taken after it): no export
     runs on a backend that has no table yet."""

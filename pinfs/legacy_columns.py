@@ -8,7 +8,7 @@ integers, booleans and nulls with at most a flat ``metadata`` object) goes throu
 which checks CIDs and timestamps for the whole batch at once and puts each pin's six values straight
 into column lists (``RowCollector``), flushed to Arrow per batch.
 
-What it must not do: decide anything differently from the per-entry rules of ``pinfs.legacy``. Every
+What it must not do: decide anything differently from the per-entry rules of ``pinfs.legacy_entries``. Every
 entry it is not sure of (another key, an unusual status, a timestamp to convert, a CID the batch
 check does not vouch for and that libipld rejects) is handed back to them (``slow``), and a batch
 msgspec does not decode exactly as ``json`` would (NaN, floats, a lone surrogate, deep nesting) is

@@ -26,14 +26,8 @@ import pyarrow as pa
 
 from pinfs.errors import CorruptData
 from pinfs.fsutil import SHARD_DIR
-from pinfs.snapshots import (
-    FileIdentity,
-    FilePiece,
-    OpenParquet,
-    PinSnapshot,
-    StoreCache,
-    memory_snapshot,
-)
+from pinfs.pieces import FileIdentity, FilePiece, OpenParquet
+from pinfs.snapshots import PinSnapshot, StoreCache, memory_snapshot
 from pinfs.tables import empty_table, first_duplicate_cid, parallel_map, read_whole_table
 
 MANIFEST_NAME = "_pinfs_shards.json"
@@ -67,12 +61,6 @@ class Manifest:
     @property
     def count(self) -> int:
         return sum(shard.rows for shard in self.shards)
-
-
-def shard_generation(name: str) -> str | None:
-    """The generation directory a shard's name says it belongs to, or None for any other name."""
-    match = _PART.match(name)
-    return match.group(1) if match else None
 
 
 def is_sharded(parquet_path: Path) -> bool:
@@ -136,38 +124,6 @@ def data_files(parquet_path: Path) -> list[Path]:
         return [parquet_path]
     directory = generation_dir(parquet_path)
     return [directory / shard.file for shard in read_manifest(directory).shards]
-
-
-def generation_problems(parquet_path: Path) -> list[str]:
-    """What is wrong with the generation ``parquet_path`` links to (for verify-only): shards missing,
-    of another size than the manifest says, out of CID order, or parquet files the manifest does not
-    name (pandas would read those too)."""
-    try:
-        directory = generation_dir(parquet_path)
-        manifest = read_manifest(directory)
-    except CorruptData as exc:
-        return [str(exc)]
-    problems: list[str] = []
-    named = {shard.file for shard in manifest.shards}
-    extra = sorted(name for name in os.listdir(directory) if name.endswith(".parquet") and name not in named)
-    if extra:
-        problems.append(f"{directory}: parquet files the manifest does not name: {', '.join(extra)}")
-    previous_max: str | None = None
-    for shard in manifest.shards:
-        path = directory / shard.file
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            problems.append(f"{path}: missing")
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            problems.append(f"{path}: not a regular file")
-        elif info.st_size != shard.bytes:
-            problems.append(f"{path}: {info.st_size} bytes, the manifest says {shard.bytes}")
-        if previous_max is not None and shard.min_cid <= previous_max:
-            problems.append(f"{path}: its CIDs overlap the shard before it")
-        previous_max = shard.max_cid
-    return problems
 
 
 # -- reading either form --

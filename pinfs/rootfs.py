@@ -20,11 +20,11 @@ above name files the same way on both. What differs between the two is decided h
   ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``; ``AWS_ALLOW_HTTP=true`` for a plain
   HTTP endpoint), which boto3 and delta-rs both read.
 
-Errors are pinfs errors with one line each: a missing object is ``FileNotFoundError`` (as for a
-local file), a refused login ``S3AccessDenied``, an unreachable endpoint ``S3Unreachable``.
+The S3 client, its request bounds and its errors (one line each: a missing object is
+``FileNotFoundError`` as for a local file, a refused login ``S3AccessDenied``, an unreachable endpoint
+``S3Unreachable``) are in ``pinfs.s3client``.
 
-Threading: boto3 clients are thread-safe; the metadata cache has its own lock. A forked child drops the
-parent's clients (their pooled sockets are shared with the parent) and makes its own.
+Threading: the metadata cache has its own lock, made anew in a forked child.
 """
 
 from __future__ import annotations
@@ -42,31 +42,21 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pinfs.errors import CorruptData, PinfsError
+from pinfs.errors import PinfsError
+from pinfs.s3client import ConditionalPutsIgnored, PreconditionFailed, calling, s3_client, unreachable
 
 S3_SCHEME = "s3://"
 S3_METADATA_SECONDS = 1.0
 _CACHE_LOCK = threading.Lock()
 
 
-class S3Error(PinfsError):
-    """The store answered with an error other than not-found."""
+def _new_lock_in_child() -> None:
+    """Another thread of the parent may have held the cache's lock at the fork: the child makes its own."""
+    global _CACHE_LOCK
+    _CACHE_LOCK = threading.Lock()
 
 
-class S3AccessDenied(S3Error):
-    """The credentials were refused."""
-
-
-class S3Unreachable(S3Error):
-    """The endpoint did not answer."""
-
-
-class PreconditionFailed(S3Error):
-    """A conditional put lost: the object exists already, or changed since it was read."""
-
-
-class ConditionalPutsIgnored(PinfsError):
-    """The store accepted a put it should have refused; writing to it could lose commits."""
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def is_s3(location: object) -> bool:
@@ -89,120 +79,6 @@ def cache_root() -> Path:
     base = Path(configured) if configured else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "pinfs"
     base.mkdir(parents=True, exist_ok=True)
     return base
-
-
-# -- the S3 client --
-
-
-_CLIENTS: dict[tuple[str | None, ...], Any] = {}
-
-# Bounds on every request, so that a server that stopped (or stopped answering) is an error in seconds,
-# never a hang: the mount answers EIO for what it cannot read (issue #13). The wait for an answer is
-# per read of the socket (boto3), or for a whole request of delta-rs (which only moves small log files).
-CONNECT_SECONDS = 3
-ANSWER_SECONDS = 10
-ATTEMPTS = 2
-# After the endpoint failed to answer, requests fail at once for this long instead of each waiting out
-# its timeouts again (a listing in the mount would otherwise wait once per entry).
-UNREACHABLE_SECONDS = 2.0
-_unreachable_until: dict[str, float] = {}
-
-
-def s3_client() -> Any:
-    """One boto3 client per process and configuration (the variables above), with the bounds above."""
-    import boto3
-    from botocore.config import Config
-
-    key = tuple(os.environ.get(name) for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_REGION"))
-    with _CACHE_LOCK:
-        client = _CLIENTS.get(key)
-        if client is None:
-            config = Config(
-                connect_timeout=CONNECT_SECONDS,
-                read_timeout=ANSWER_SECONDS,
-                retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
-                s3={"addressing_style": "path"},
-            )
-            client = _CLIENTS[key] = boto3.client("s3", config=config, region_name=os.environ.get("AWS_REGION"))
-        return client
-
-
-def _after_fork_in_child() -> None:
-    """A forked child makes its own client: the parent's pooled connections are the same sockets, and a
-    child that used one could read an answer meant for another process (or leave one half-read). The
-    lock is made anew, since another thread of the parent may have held it at the fork."""
-    global _CACHE_LOCK
-    _CACHE_LOCK = threading.Lock()
-    _CLIENTS.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def delta_storage_options() -> dict[str, str]:
-    """The same bounds for delta-rs (its object_store client), for a table on S3."""
-    return {
-        "connect_timeout": f"{CONNECT_SECONDS}s",
-        "timeout": f"{ANSWER_SECONDS}s",
-        "max_retries": str(ATTEMPTS - 1),
-        "retry_timeout": f"{ATTEMPTS * ANSWER_SECONDS}s",
-    }
-
-
-def _endpoint() -> str:
-    return os.environ.get("AWS_ENDPOINT_URL", "the S3 endpoint")
-
-
-def unreachable(where: str, why: str) -> S3Unreachable:
-    """The error for a request the endpoint did not answer; requests fail at once for a moment after it."""
-    endpoint = _endpoint()
-    with _CACHE_LOCK:
-        _unreachable_until[endpoint] = time.monotonic() + UNREACHABLE_SECONDS
-    return S3Unreachable(f"{where}: cannot reach {endpoint} ({why})")
-
-
-def _refuse_while_unreachable(where: str) -> None:
-    endpoint = _endpoint()
-    with _CACHE_LOCK:
-        until = _unreachable_until.get(endpoint, 0.0)
-    if time.monotonic() < until:
-        raise S3Unreachable(f"{where}: cannot reach {endpoint} (it did not answer a moment ago)")
-
-
-def _translate(error: Exception, where: str) -> Exception:
-    """A botocore error as the pinfs error (or FileNotFoundError) a user can act on."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
-
-    if isinstance(error, ClientError):
-        code = str(error.response.get("Error", {}).get("Code", ""))
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-            return FileNotFoundError(2, "no such object", where)
-        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status in (409, 412):
-            return PreconditionFailed(f"{where}: changed by another writer meanwhile")
-        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403") or status == 403:
-            return S3AccessDenied(f"{where}: access denied ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
-        if code == "NoSuchBucket":
-            return S3Error(f"{where}: the bucket does not exist")
-        return S3Error(f"{where}: {code or status}: {error.response.get('Error', {}).get('Message', '')}".strip())
-    if isinstance(error, NoCredentialsError):
-        return S3AccessDenied(f"{where}: no credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
-    if isinstance(error, EndpointConnectionError) or "Connect" in type(error).__name__:
-        return unreachable(where, type(error).__name__)
-    if isinstance(error, ReadTimeoutError):
-        return unreachable(where, f"no answer within {ANSWER_SECONDS} s")
-    return S3Error(f"{where}: {type(error).__name__}: {error}")
-
-
-@contextlib.contextmanager
-def _calling(where: str) -> Iterator[None]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    _refuse_while_unreachable(where)
-    try:
-        yield
-    except (ClientError, BotoCoreError) as exc:
-        raise _translate(exc, where) from None
 
 
 # -- metadata cache --
@@ -353,7 +229,7 @@ class S3Path:
         if found is False:
             return None
         try:
-            with _calling(uri):
+            with calling(uri):
                 answer = s3_client().head_object(Bucket=self.bucket, Key=self.key)
         except FileNotFoundError:
             _remember("stat", uri, False)
@@ -390,7 +266,7 @@ class S3Path:
             return found
         prefix = f"{self.key}/" if self.key else ""
         entries: list[tuple[str, bool]] = []
-        with _calling(uri):
+        with calling(uri):
             paginator = s3_client().get_paginator("list_objects_v2")
             options = {"PaginationConfig": {"MaxItems": limit}} if limit else {}
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/", **options):
@@ -419,17 +295,11 @@ class S3Path:
     # -- content --
 
     def read_bytes(self) -> bytes:
-        with _calling(str(self)):
+        with calling(str(self)):
             return s3_client().get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
-
-    def read_versioned(self) -> tuple[bytes, str]:
-        """The object's bytes and the ETag of exactly those bytes (for a later ``if_match``)."""
-        with _calling(str(self)):
-            answer = s3_client().get_object(Bucket=self.bucket, Key=self.key)
-            return answer["Body"].read(), answer.get("ETag", "").strip('"')
 
     def write_bytes(self, data: bytes) -> int:
         put_object(self, data)
@@ -439,7 +309,7 @@ class S3Path:
         return self.write_bytes(text.encode(encoding))
 
     def unlink(self, missing_ok: bool = False) -> None:
-        with _calling(str(self)):
+        with calling(str(self)):
             s3_client().delete_object(Bucket=self.bucket, Key=self.key)  # S3 deletes are idempotent
         forget_metadata(self)
 
@@ -469,7 +339,7 @@ def put_object(
         options["IfMatch"] = f'"{if_match}"'
     body = data.read_bytes() if isinstance(data, Path) else data
     try:
-        with _calling(str(target)):
+        with calling(str(target)):
             answer = s3_client().put_object(Bucket=target.bucket, Key=target.key, Body=body, **options)
     finally:
         forget_metadata(target)
@@ -481,7 +351,7 @@ def head(target: S3Path) -> tuple[str, dict[str, str]] | None:
     it answered is what a ``stat`` right after it says."""
     forget_metadata(target)
     try:
-        with _calling(str(target)):
+        with calling(str(target)):
             answer = s3_client().head_object(Bucket=target.bucket, Key=target.key)
     except FileNotFoundError:
         return None
@@ -504,7 +374,7 @@ def local_copy(path: Path | S3Path, etag: str | None = None) -> Path:
     from s3transfer.exceptions import RetriesExceededError
 
     try:
-        with _calling(str(path)):
+        with calling(str(path)):
             try:
                 s3_client().download_file(path.bucket, path.key, str(temp))
             except RetriesExceededError as exc:  # the transfer's own retries of a body that stopped coming
@@ -566,12 +436,6 @@ def require_writable(location: object) -> None:
     """Before the first write to a root on S3: the conditional-put check (``check_conditional_puts``)."""
     if isinstance(location, S3Path):
         check_conditional_puts(S3Path(location.bucket, location.key.split("/backends/")[0]))
-
-
-def corrupt_if_link(path: object) -> None:
-    """``CorruptData`` for a local symlink (may lead outside the root); S3 has none."""
-    if isinstance(path, Path) and path.is_symlink():
-        raise CorruptData(f"{path}: is a symlink; refusing to follow it")
 
 
 def as_location(text: str) -> Path | S3Path:

@@ -15,46 +15,48 @@ asks the caller to start again, which ``PinStore.write`` does by itself. So no w
 another's pin, across processes and hosts, with no lock of ours in the argument. Local writers of one
 backend still take ``fsutil.backend_lock`` around a transaction, which only saves them from retrying.
 
+Which data files a change rewrites, and the reading of a version's files, are in ``pinfs.datafiles``.
+
 Threading: synchronous, may block on disk; the mount calls it from worker threads.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import cachetools
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pinfs.backends import Backend
 from pinfs.cids import aliases_of, candidate_forms
+from pinfs.datafiles import (
+    check_kept_files,
+    compact,
+    file_table,
+    files_of,
+    layout_is_sound,
+    patched,
+    plan_update,
+    rows_at,
+    table_snapshot,
+    write_files,
+)
 from pinfs.delta import REQUEST_KEY, TABLE_DIR, CommitConflict, DataFile, DeltaPins, TableState, file_rows
 from pinfs.errors import Busy, CorruptData, NotFound, PinfsError
 from pinfs.fsutil import backend_lock
+from pinfs.legacy import read_legacy_pins
+from pinfs.legacy_files import find_legacy_source
 from pinfs.oldforms import old_form_exists, old_form_snapshot, read_old_form
-from pinfs.rootfs import S3Path, as_location, require_writable
-from pinfs.snapshots import (
-    DEFAULT_CACHE,
-    FileIdentity,
-    FilePiece,
-    PinSnapshot,
-    StoreCache,
-    memory_snapshot,
-)
+from pinfs.pieces import FileIdentity
+from pinfs.rootfs import S3Path, require_writable
+from pinfs.snapshots import DEFAULT_CACHE, PinSnapshot, StoreCache, memory_snapshot
 from pinfs.tables import (
     checked_for_writing,
     empty_table,
-    merge_records,
-    one_line,
-    parallel_map,
     records_to_table,
     split_into_files,
 )
@@ -83,24 +85,6 @@ def delta_pins(backend: Backend) -> DeltaPins:
         if found is None:
             found = _TABLES[str(directory)] = DeltaPins(directory)
         return found
-
-
-def table_snapshot(state: TableState, cache: StoreCache) -> PinSnapshot:
-    directory = as_location(state.identity.location)
-    pieces = [_file_piece(directory, data_file, cache) for data_file in state.files]
-    return PinSnapshot(state.identity, pieces, cache, "table")
-
-
-def _file_piece(directory: Path, data_file: DataFile, cache: StoreCache) -> FilePiece:
-    return FilePiece(
-        directory / data_file.path,
-        cache,
-        data_file.rows,
-        data_file.min_cid,
-        data_file.max_cid,
-        data_file.size,
-        aliased=data_file.aliased,
-    )
 
 
 class Transaction:
@@ -144,7 +128,7 @@ class Transaction:
             table = self.current()
             wanted = pa.array(list(cids), pa.string())
             return {row["cid"]: row for row in table.filter(pc.is_in(table.column("cid"), wanted)).to_pylist()}
-        return _rows_at(self.store, state, cids)
+        return rows_at(self.store, state, cids)
 
     def records_by_identity(self, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         """For each of ``cids`` whose CID is here, spelled in any way (issue #16), its record (whose
@@ -197,16 +181,16 @@ class Transaction:
         info["cids"] = len(cids)
         state = self._table_for_writing()
         if state is None:  # a backend's first pins: the table is created holding them
-            table = _patched(empty_table(), replacements, removals)
-            if self.store.create_table(table, {"operation": "create"}):
+            table = patched(empty_table(), replacements, removals)
+            if self._create(table, {"operation": "create"}):
                 return self._committed(table.num_rows)
             state = self.store.table_state(reload=True)  # another writer created it first
             assert state is not None
-        base = _rows_at(self.store, state, cids)
+        base = rows_at(self.store, state, cids)
         for _attempt in range(COMMIT_ATTEMPTS):
-            if not _layout_is_sound(state):
-                return self.write(_patched(table_snapshot(state, self.store.cache).table(), replacements, removals))
-            plan = _plan_update(self.store, state, replacements, removals)
+            if not layout_is_sound(state):
+                return self.write(patched(table_snapshot(state, self.store.cache).table(), replacements, removals))
+            plan = plan_update(self.store, state, replacements, removals)
             try:
                 check_kept_files(self.store, state, plan.removed)
             except BaseException:
@@ -227,7 +211,7 @@ class Transaction:
         state = self.state()
         if state is None and old_form_exists(self.store.backend.parquet_path):
             state = self._table_for_writing()  # converted first: the old file is then an export of version 0
-        added = _write_files(self.store.table, _files_of(table))
+        added = write_files(self.store.table, files_of(table))
         try:
             if state is None:
                 self.store.table.create(added, {"operation": "create"})
@@ -254,7 +238,7 @@ class Transaction:
             return 0
         ranged = [data_file for data_file in state.files if data_file.rows]
         empties = [data_file for data_file in state.files if not data_file.rows]
-        if not _layout_is_sound(state):
+        if not layout_is_sound(state):
             self.write(table_snapshot(state, self.store.cache).table())
             return len(state.files)
         target = file_rows()
@@ -263,14 +247,14 @@ class Transaction:
         for data_file in ranged:
             if data_file.rows > 2 * target or (data_file.rows < target // 4 and len(ranged) > 1):
                 removed.append(data_file)
-                parts.extend(split_into_files(_file_table(self.store, data_file), target))
+                parts.extend(split_into_files(file_table(self.store, data_file), target))
             else:
                 parts.append(data_file)
         if not removed:
             return 0
-        parts = _compact(self.store, parts, removed)
+        parts = compact(self.store, parts, removed)
         check_kept_files(self.store, state, removed)
-        added = _write_files(self.store.table, [part for part in parts if isinstance(part, pa.Table)])
+        added = write_files(self.store.table, [part for part in parts if isinstance(part, pa.Table)])
         try:
             self.store.table.commit(state, removed, added, {"operation": "relayout"})
         except CommitConflict:
@@ -278,6 +262,39 @@ class Transaction:
             raise ConcurrentChange(f"backend {self.store.backend.name!r} changed while being laid out again") from None
         self._committed(state.count)
         return len(removed)
+
+    def convert_old_form(self) -> bool:
+        """Make the table from the old-form parquet, as version 0 holding exactly its pins; False when
+        there is a table already or nothing to convert. The old file stays where it is until the
+        first export replaces it, and is recorded as an export of version 0 first (``pinfs.exports``),
+        so that it is never taken for a file another tool wrote. Killed at any instant, the old form
+        stays readable and the conversion starts again (data files without a commit are removed by
+        vacuum). The next read of this transaction sees the new table."""
+        from pinfs.exports import record_converted
+
+        store = self.store
+        if store.has_table() or not old_form_exists(store.path):
+            return False
+        table = read_old_form(store.path)
+        record_converted(store.backend, FileIdentity.of(store.path))
+        converted = self._create(table, {"operation": "convert", "from": store.path.name, "pins": table.num_rows})
+        self._loaded = False
+        return converted
+
+    def _create(self, table: pa.Table, info: dict[str, object]) -> bool:
+        """Create the table holding ``table`` (sorted, checked); False when another writer created it
+        first (theirs stands)."""
+        delta = self.store.table
+        added = write_files(delta, files_of(table))
+        try:
+            delta.create(added, info)
+        except CommitConflict:
+            delta.discard(added)
+            return False
+        except BaseException:
+            delta.discard(added)
+            raise
+        return True
 
     def _table_for_writing(self) -> TableState | None:
         """The table to change; an old form is converted first. None when there is nothing yet (the
@@ -288,15 +305,14 @@ class Transaction:
         if not old_form_exists(self.store.backend.parquet_path):
             self._refuse_legacy()
             return None
-        self.store.convert_old_form()
-        self._loaded = False
+        self.convert_old_form()
         return self.state()
 
     def _rebase(self, cids: Sequence[str], base: Mapping[str, Mapping[str, str | None]]) -> TableState:
         """The newest version, if the records of ``cids`` in it are still ``base``; else ConcurrentChange."""
         state = self.store.table_state(reload=True)
         assert state is not None
-        if _rows_at(self.store, state, cids) != base:
+        if rows_at(self.store, state, cids) != base:
             raise ConcurrentChange(
                 f"backend {self.store.backend.name!r}: another writer changed the same pins meanwhile; "
                 "nothing was written"
@@ -308,201 +324,6 @@ class Transaction:
         self.changed = True
         self._loaded = False  # the next read sees the version just committed (and any newer)
         return count
-
-
-# -- the files a commit keeps --
-
-# Data files found sound, by identity (path, device, inode, size, mtime): a file that changes in place
-# (damage, a tool writing over it) gets a new identity and is checked again.
-_SOUND_FILES: cachetools.LRUCache = cachetools.LRUCache(maxsize=1 << 16)
-_SOUND_FILES_LOCK = threading.Lock()
-
-
-def check_kept_files(store: PinStore, state: TableState, removed: Sequence[DataFile]) -> None:
-    """CorruptData naming the first data file of ``state`` that a commit removing ``removed`` would
-    carry into the new version but that is damaged (missing, another size than the log says, or no
-    readable parquet footer with the logged row count): a writer refuses to build on it, so nothing
-    new depends on it (issue #15, item 6). Each file is read once per identity; after that, a stat.
-    Not on S3, where data files are immutable objects and a stat is a request."""
-    directory = store.table.directory
-    if isinstance(directory, S3Path):
-        return
-    gone = {data_file.path for data_file in removed}
-    for data_file in state.files:
-        if data_file.path not in gone:
-            _check_data_file(directory / data_file.path, data_file)
-
-
-def _check_data_file(path: Path, data_file: DataFile) -> None:
-    advice = "nothing was written; restore the file, or see 'pinfs migrate --verify-only'"
-    try:
-        info = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        raise CorruptData(f"{path}: missing, but the table's log names it; {advice}") from None
-    if info.st_size != data_file.size:
-        raise CorruptData(f"{path}: is {info.st_size} bytes, the table's log says {data_file.size}; {advice}")
-    key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-    with _SOUND_FILES_LOCK:
-        if key in _SOUND_FILES:
-            return
-    try:
-        with pa.OSFile(str(path), "r") as handle:
-            rows = pq.ParquetFile(handle).metadata.num_rows
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others for a bad footer
-        raise CorruptData(f"{path}: not a readable parquet file ({one_line(exc)}); {advice}") from None
-    if rows != data_file.rows:
-        raise CorruptData(f"{path}: holds {rows} rows, the table's log says {data_file.rows}; {advice}")
-    with _SOUND_FILES_LOCK:
-        _SOUND_FILES[key] = True
-
-
-@dataclass
-class _UpdatePlan:
-    removed: list[DataFile] = field(default_factory=list)
-    added: list[DataFile] = field(default_factory=list)
-    delta: int = 0  # change in the number of rows
-
-
-def _layout_is_sound(state: TableState) -> bool:
-    """Whether the files' CID ranges are disjoint and in order (always, unless another tool wrote)."""
-    ranged = [data_file for data_file in state.files if data_file.rows]
-    return all(left.max_cid < right.min_cid for left, right in zip(ranged, ranged[1:], strict=False))  # type: ignore[operator]
-
-
-def _file_for(ranged: Sequence[DataFile], mins: Sequence[str], cid: str) -> int:
-    """Which file a CID belongs in: file i holds CIDs from its first one up to the next file's first;
-    the first file also holds every CID below its own first one."""
-    return max(bisect.bisect_right(mins, cid) - 1, 0) if ranged else 0
-
-
-def _plan_update(
-    store: PinStore,
-    state: TableState,
-    replacements: Mapping[str, Mapping[str, str | None]],
-    removals: Sequence[str],
-) -> _UpdatePlan:
-    ranged = [data_file for data_file in state.files if data_file.rows]
-    mins = [data_file.min_cid for data_file in ranged if data_file.min_cid is not None]
-    by_file: dict[int, list[str]] = {}
-    for cid in dict.fromkeys([*removals, *replacements]):
-        by_file.setdefault(_file_for(ranged, mins, cid), []).append(cid)
-    plan = _UpdatePlan()
-    if not ranged:  # an empty table: its empty file(s) go, whatever is added replaces them
-        plan.removed = list(state.files)
-        table = _patched(empty_table(), replacements, removals)
-        plan.added = _write_files(store.table, _files_of(table))
-        plan.delta = table.num_rows
-        return plan
-    removal_set = set(removals)
-    touched = sorted(by_file)
-
-    def rewritten(number: int) -> pa.Table:
-        cids = by_file[number]
-        table = _file_table(store, ranged[number])
-        return _patched(
-            table,
-            {cid: replacements[cid] for cid in cids if cid in replacements},
-            [cid for cid in cids if cid in removal_set],
-        )
-
-    new_tables = dict(zip(touched, parallel_map(rewritten, touched), strict=True))
-    parts: list[DataFile | pa.Table] = []
-    for number, data_file in enumerate(ranged):
-        if number in new_tables:
-            parts.extend(split_into_files(new_tables[number], file_rows()))
-            plan.removed.append(data_file)
-        else:
-            parts.append(data_file)
-    parts = _compact(store, parts, plan.removed)
-    new = [part for part in parts if isinstance(part, pa.Table)]
-    if not parts:
-        new = [empty_table()]  # the table stays with one empty file, which every later write removes
-    plan.added = _write_files(store.table, new)
-    plan.delta = sum(table.num_rows for table in new) - sum(data_file.rows for data_file in plan.removed)
-    return plan
-
-
-def _compact(store: PinStore, parts: list[DataFile | pa.Table], removed: list[DataFile]) -> list[DataFile | pa.Table]:
-    """Merge every rewritten piece smaller than a quarter of the target into a neighbour (which is then
-    rewritten too), so removals do not leave a trail of tiny files."""
-    floor = file_rows() // 4
-    index = 0
-    while index < len(parts):
-        part = parts[index]
-        if not isinstance(part, pa.Table) or part.num_rows >= floor or len(parts) == 1:
-            index += 1
-            continue
-        low = index if index + 1 < len(parts) else index - 1
-        tables = []
-        for neighbour in parts[low : low + 2]:
-            if isinstance(neighbour, DataFile):
-                removed.append(neighbour)
-                tables.append(_file_table(store, neighbour))
-            else:
-                tables.append(neighbour)
-        parts[low : low + 2] = split_into_files(pa.concat_tables(tables), file_rows())
-        index = low
-    return parts
-
-
-def _patched(
-    table: pa.Table, replacements: Mapping[str, Mapping[str, str | None]], removals: Sequence[str]
-) -> pa.Table:
-    if removals:
-        table = table.filter(pc.invert(pc.is_in(table.column("cid"), pa.array(list(removals), pa.string()))))
-    return merge_records(table, replacements)
-
-
-def _file_table(store: PinStore, data_file: DataFile) -> pa.Table:
-    """A data file read whole, through the cache: files never change, so a writer that rewrites the
-    same range again (one pin after another) reads nothing from disk."""
-    piece = _file_piece(store.table.directory, data_file, store.cache)
-    return store.cache.get_data(("whole", piece.key), lambda: piece.read(None))  # type: ignore[return-value]
-
-
-def _files_of(table: pa.Table) -> list[pa.Table]:
-    """A whole table cut into data files; an empty table is one empty file (see ``pinfs.delta``: every
-    write must remove a file, so that two first writers of an empty table conflict)."""
-    return split_into_files(table, file_rows(), exact=True) or [empty_table()]
-
-
-def _write_files(table: DeltaPins, tables: Sequence[pa.Table]) -> list[DataFile]:
-    """New data files for ``tables`` (written on a few threads; Arrow works without the GIL)."""
-    written: list[DataFile] = []
-    try:
-        for data_file in parallel_map(table.write_file, tables):
-            written.append(data_file)
-    except BaseException:
-        table.discard(written)
-        raise
-    return written
-
-
-# Up to this many CIDs, a write looks its records up in the files it will rewrite (read whole).
-_WHOLE_FILES_MAX_CIDS = 64
-
-
-def _rows_at(store: PinStore, state: TableState, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
-    """The records of ``cids`` present in version ``state``. A few CIDs: their files are read whole
-    (through the cache), as the rewrite that follows needs them anyway. A batch: only the row groups
-    that would hold them (``PinSnapshot.records``), since its files, read whole, would not all stay in
-    the read cache until the rewrite reads them again (62 files of 5.5 MB in a 1M-pin backend)."""
-    if not cids:
-        return {}
-    ranged = [data_file for data_file in state.files if data_file.rows]
-    if not ranged:
-        return {}
-    if not _layout_is_sound(state):
-        table = table_snapshot(state, store.cache).table()
-    elif len(cids) > _WHOLE_FILES_MAX_CIDS:
-        return table_snapshot(state, store.cache).records(cids)
-    else:
-        mins = [data_file.min_cid for data_file in ranged if data_file.min_cid is not None]
-        numbers = sorted({_file_for(ranged, mins, cid) for cid in cids})
-        tables = [_file_table(store, ranged[number]) for number in numbers]
-        table = pa.concat_tables(tables)
-    wanted = pa.array(list(cids), pa.string())
-    return {row["cid"]: row for row in table.filter(pc.is_in(table.column("cid"), wanted)).to_pylist()}
 
 
 class PinStore:
@@ -562,13 +383,9 @@ class PinStore:
         return self._legacy_snapshot()
 
     def legacy_source(self) -> Path | None:
-        from pinfs.legacy import find_legacy_source
-
         return find_legacy_source(self.backend.directory)
 
     def _legacy_snapshot(self) -> PinSnapshot:
-        from pinfs.legacy import read_legacy_pins
-
         source = self.legacy_source()
         if source is None:
             return memory_snapshot(empty_table(), self.cache, None, source="empty")
@@ -580,35 +397,6 @@ class PinStore:
             return memory_snapshot(table, self.cache, identity, source="legacy")
 
         return self.cache.get_snapshot(identity, load)
-
-    def convert_old_form(self) -> bool:
-        """Make the table from the old-form parquet, as version 0 holding exactly its pins; False when
-        there is a table already or nothing to convert. The old file stays where it is until the
-        first export replaces it, and is recorded as an export of version 0 first (``pinfs.exports``),
-        so that it is never taken for a file another tool wrote. Killed at any instant, the old form
-        stays readable and the conversion starts again (data files without a commit are removed by
-        vacuum)."""
-        from pinfs.exports import record_converted
-
-        if self.has_table() or not old_form_exists(self.path):
-            return False
-        table = read_old_form(self.path)
-        record_converted(self.backend, FileIdentity.of(self.path))
-        return self.create_table(table, {"operation": "convert", "from": self.path.name, "pins": table.num_rows})
-
-    def create_table(self, table: pa.Table, info: dict[str, object]) -> bool:
-        """Create the table holding ``table`` (sorted, checked); False when another writer created it
-        first (theirs stands)."""
-        added = _write_files(self.table, _files_of(table))
-        try:
-            self.table.create(added, info)
-        except CommitConflict:
-            self.table.discard(added)
-            return False
-        except BaseException:
-            self.table.discard(added)
-            raise
-        return True
 
     @contextlib.contextmanager
     def transaction(self, *, lock_timeout: float | None = None) -> Iterator[Transaction]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import operator
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -294,10 +293,6 @@ def split_into_files(table: pa.Table, target: int, *, exact: bool = False) -> li
     pieces = -(-rows // target)
     size = -(-rows // pieces)
     return [table.slice(start, size) for start in range(0, rows, size)]
-
-
-def metadata_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 # -- merging --

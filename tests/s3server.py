@@ -128,7 +128,7 @@ def s3_server() -> Iterator[S3Server]:
 
 def content_car(seed: object) -> tuple[str, bytes]:
     """A real one-block content CAR: ``(cid, car_bytes)`` whose root is the block's raw CID."""
-    from pinfs.car import encode_car, make_raw_block
+    from pinfs.carv1 import encode_car, make_raw_block
 
     cid, block = make_raw_block(f"content of {seed}".encode())
     return cid, encode_car([cid], [(cid, block)])

@@ -1,4 +1,4 @@
-"""Tests for pinfs.car: the pin_mappings.car codec and the generic CARv1 helpers."""
+"""Tests for pinfs.car (the pin_mappings.car codec) and pinfs.carv1 (the generic CARv1 helpers)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import dag_cbor
 import pytest
 from multiformats import CID, varint
 
-from pinfs import car
+from pinfs import car, carv1
 from pinfs.errors import CorruptData
 from pinfs.schema import REQUIRED_COLUMNS
 
@@ -21,7 +21,7 @@ CREATED = "2026-11-24T19:09:23.123456+00:00"
 def make_records(n: int, backend: str = "s3-main") -> list[dict[str, str]]:
     records = []
     for i in range(n):
-        cid = car.make_raw_block(f"content {i}".encode())[0]
+        cid = carv1.make_raw_block(f"content {i}".encode())[0]
         records.append(
             {
                 "cid": cid,
@@ -208,12 +208,12 @@ def test_independent_decoder(records: list[dict[str, str]], encoded: bytes) -> N
 
 
 def test_generic_car_is_readable_independently() -> None:
-    blocks = [car.make_raw_block(b"hello"), car.make_raw_block(b"world")]
-    data = car.encode_car([blocks[0][0]], blocks)
+    blocks = [carv1.make_raw_block(b"hello"), carv1.make_raw_block(b"world")]
+    data = carv1.encode_car([blocks[0][0]], blocks)
     header, sections = independent_parse(data)
     assert [str(c) for c in header["roots"]] == [CID.decode(blocks[0][0]).encode("base58btc")]
     assert [(c.encode("base32"), b) for c, b in sections] == blocks
-    roots, it = car.iter_car_blocks(data)
+    roots, it = carv1.iter_car_blocks(data)
     assert roots == [blocks[0][0]]
     assert list(it) == blocks
 
@@ -261,7 +261,7 @@ def test_truncation_is_caught(encoded: bytes) -> None:
 
 
 def test_unlinked_or_missing_blocks_are_caught(encoded: bytes) -> None:
-    extra = car.make_raw_block(b"stray")
+    extra = carv1.make_raw_block(b"stray")
     stray = (
         bytes(varint.encode(len(bytes(CID.decode(extra[0]))) + len(extra[1]))) + bytes(CID.decode(extra[0])) + extra[1]
     )
@@ -346,16 +346,16 @@ def test_bad_varints_and_huge_lengths_fail_fast(encoded: bytes) -> None:
         with pytest.raises(CorruptData):
             car.decode_pin_mappings_car(data, "v.car")
         with pytest.raises(CorruptData):
-            roots, blocks = car.iter_car_blocks(data, "v.car")
+            roots, blocks = carv1.iter_car_blocks(data, "v.car")
             list(blocks)
         # A hang guard (it takes milliseconds): an absurd declared length must not be read or allocated.
         assert time.perf_counter() - started < 10
 
 
 def test_wrong_root_count_and_non_car() -> None:
-    blocks = [car.make_raw_block(b"a")]
+    blocks = [carv1.make_raw_block(b"a")]
     with pytest.raises(CorruptData, match="one root"):
-        car.decode_pin_mappings_car(car.encode_car([], blocks))
+        car.decode_pin_mappings_car(carv1.encode_car([], blocks))
     with pytest.raises(CorruptData):
         car.decode_pin_mappings_car(b"\x05hello")
 
@@ -364,13 +364,13 @@ def test_wrong_root_count_and_non_car() -> None:
 
 
 def content_car() -> tuple[str, list[tuple[str, bytes]], bytes]:
-    blocks = [car.make_raw_block(f"chunk {i}".encode() * 100) for i in range(5)]
+    blocks = [carv1.make_raw_block(f"chunk {i}".encode() * 100) for i in range(5)]
     root = blocks[0][0]
-    return root, blocks, car.encode_car([root], blocks)
+    return root, blocks, carv1.encode_car([root], blocks)
 
 
 def test_make_raw_block() -> None:
-    cid, data = car.make_raw_block(b"hello")
+    cid, data = carv1.make_raw_block(b"hello")
     decoded = CID.decode(cid)
     assert cid.startswith("bafkrei") and data == b"hello"
     assert (decoded.version, decoded.codec.name, decoded.raw_digest) == (1, "raw", hashlib.sha256(b"hello").digest())
@@ -378,24 +378,24 @@ def test_make_raw_block() -> None:
 
 def test_verify_content_car_accepts_the_right_root() -> None:
     root, blocks, data = content_car()
-    assert car.verify_content_car(data, root, "c.car") == len(blocks)
+    assert carv1.verify_content_car(data, root, "c.car") == len(blocks)
     base58_form = CID.decode(root).encode("base58btc")
-    assert car.verify_content_car(data, base58_form, "c.car") == len(blocks)
+    assert carv1.verify_content_car(data, base58_form, "c.car") == len(blocks)
 
 
 def test_verify_content_car_rejects_wrong_root_and_corruption() -> None:
     root, blocks, data = content_car()
     with pytest.raises(CorruptData, match="do not include"):
-        car.verify_content_car(data, blocks[1][0], "c.car")
+        carv1.verify_content_car(data, blocks[1][0], "c.car")
     with pytest.raises(CorruptData, match="not a CID"):
-        car.verify_content_car(data, "nonsense", "c.car")
+        carv1.verify_content_car(data, "nonsense", "c.car")
     corrupted = bytearray(data)
     corrupted[-10] ^= 0xFF
     with pytest.raises(CorruptData, match=r"^c\.car: block .* does not match its hash"):
-        car.verify_content_car(bytes(corrupted), root, "c.car")
-    without_root = car.encode_car([root], blocks[1:])
+        carv1.verify_content_car(bytes(corrupted), root, "c.car")
+    without_root = carv1.encode_car([root], blocks[1:])
     with pytest.raises(CorruptData, match="missing"):
-        car.verify_content_car(without_root, root, "c.car")
+        carv1.verify_content_car(without_root, root, "c.car")
 
 
 def test_cidv0_root_matches_cidv1_dag_pb() -> None:
@@ -403,19 +403,19 @@ def test_cidv0_root_matches_cidv1_dag_pb() -> None:
     digest = hashlib.sha256(block).digest()
     v0 = CID("base58btc", 0, "dag-pb", ("sha2-256", digest)).encode()
     v1 = CID("base32", 1, "dag-pb", ("sha2-256", digest)).encode()
-    data = car.encode_car([v0], [(v0, block)])
-    assert car.verify_content_car(data, v1, "c.car") == 1
-    assert car.verify_content_car(car.encode_car([v1], [(v1, block)]), v0, "c.car") == 1
-    roots, blocks = car.iter_car_blocks(data)
+    data = carv1.encode_car([v0], [(v0, block)])
+    assert carv1.verify_content_car(data, v1, "c.car") == 1
+    assert carv1.verify_content_car(carv1.encode_car([v1], [(v1, block)]), v0, "c.car") == 1
+    roots, blocks = carv1.iter_car_blocks(data)
     assert roots == [v0]
     assert list(blocks) == [(v0, block)]
 
 
 def test_identity_hash_blocks_are_verified() -> None:
     cid = CID("base32", 1, "raw", ("identity", b"tiny")).encode()
-    assert car.verify_content_car(car.encode_car([cid], [(cid, b"tiny")]), cid, "c.car") == 1
+    assert carv1.verify_content_car(carv1.encode_car([cid], [(cid, b"tiny")]), cid, "c.car") == 1
     with pytest.raises(CorruptData, match="does not match"):
-        car.verify_content_car(car.encode_car([cid], [(cid, b"tinY")]), cid, "c.car")
+        carv1.verify_content_car(carv1.encode_car([cid], [(cid, b"tinY")]), cid, "c.car")
 
 
 def test_carv2_payload_is_read() -> None:
@@ -423,7 +423,7 @@ def test_carv2_payload_is_read() -> None:
     pragma = bytes.fromhex("0aa16776657273696f6e02")
     offset = len(pragma) + 40
     header = bytes(16) + offset.to_bytes(8, "little") + len(v1).to_bytes(8, "little") + bytes(8)
-    assert car.verify_content_car(pragma + header + v1, root, "c.car") == len(blocks)
+    assert carv1.verify_content_car(pragma + header + v1, root, "c.car") == len(blocks)
     bad = pragma + bytes(16) + offset.to_bytes(8, "little") + (len(v1) + 1).to_bytes(8, "little") + bytes(8) + v1
     with pytest.raises(CorruptData, match="CARv2"):
-        car.verify_content_car(bad, root, "c.car")
+        carv1.verify_content_car(bad, root, "c.car")

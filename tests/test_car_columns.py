@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pinfs import car
+from pinfs import car, car_columns
 from pinfs.schema import REQUIRED_COLUMNS
 from pinfs.tables import merge_records, records_to_table, sort_by_cid
 
@@ -35,7 +35,7 @@ def test_column_encoder_matches_record_encoder(tmp_path: Path, count: int) -> No
         table = pa.Table.from_batches(table.to_batches(max_chunksize=777))  # chunks not aligned to blocks
     expected = car.write_pin_mappings_car(tmp_path / "a.car", records, "b", CREATED)
     columns = {c: table.column(c) for c in REQUIRED_COLUMNS}
-    written = car.write_pin_mappings_car_columns(tmp_path / "b.car", columns, count, "b", CREATED)
+    written = car_columns.write_pin_mappings_car_columns(tmp_path / "b.car", columns, count, "b", CREATED)
     assert written == expected
     assert (tmp_path / "a.car").read_bytes() == (tmp_path / "b.car").read_bytes()
     assert car.read_pin_mappings_car(tmp_path / "b.car").records == records

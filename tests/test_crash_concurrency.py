@@ -16,7 +16,7 @@ from helpers import cid_for, make_backend
 
 from pinfs.backends import get_backend
 from pinfs.fsutil import TEMP_MARKER
-from pinfs.ops.migrate import verify_backend
+from pinfs.ops.migrate_verify import verify_backend
 from pinfs.ops.pins import PinRequest, add_pins
 
 # Adds pins in batches forever (or COUNT pins in batches of 1-10), printing each batch's CIDs once

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 from helpers import cid_for, make_backend, run_pinfs, run_pinfs_json
 
-from pinfs import car
-from pinfs.schema import make_record
+from pinfs import car, car_columns, carv1
+from pinfs.schema import REQUIRED_COLUMNS, make_record
 
 CREATED = "2026-01-01T00:00:00.000000+00:00"
 MEGABYTE = 1_000_000
@@ -24,11 +24,11 @@ def records_with(metadata_sizes: list[int]) -> list[dict[str, str]]:
         for n, size in enumerate(metadata_sizes)
     ]
     records.sort(key=lambda record: record["cid"])
-    return [{name: record[name] for name in car.REQUIRED_COLUMNS} for record in records]
+    return [{name: record[name] for name in REQUIRED_COLUMNS} for record in records]
 
 
 def entry_block_sizes(data: bytes) -> list[int]:
-    roots, blocks = car.iter_car_blocks(data)
+    roots, blocks = carv1.iter_car_blocks(data)
     return [len(block) for cid, block in blocks if cid not in roots]
 
 
@@ -37,8 +37,8 @@ def write_both(tmp_path: Path, records: list[dict[str, str]]) -> bytes:
     by_records = tmp_path / "records.car"
     by_columns = tmp_path / "columns.car"
     car.write_pin_mappings_car(by_records, records, "b", CREATED)
-    columns = {name: pa.array([record[name] for record in records], pa.string()) for name in car.REQUIRED_COLUMNS}
-    car.write_pin_mappings_car_columns(by_columns, columns, len(records), "b", CREATED)
+    columns = {name: pa.array([record[name] for record in records], pa.string()) for name in REQUIRED_COLUMNS}
+    car_columns.write_pin_mappings_car_columns(by_columns, columns, len(records), "b", CREATED)
     assert by_records.read_bytes() == by_columns.read_bytes()
     return by_records.read_bytes()
 
@@ -70,7 +70,7 @@ def test_a_record_bigger_than_a_block_is_a_block_of_its_own(tmp_path: Path) -> N
 
 
 def test_a_record_too_big_for_the_reader_is_refused_by_the_writer(tmp_path: Path) -> None:
-    records = records_with([car.MAX_SECTION_BYTES])
+    records = records_with([carv1.MAX_SECTION_BYTES])
     with pytest.raises(ValueError, match="more than a CAR block may hold"):
         car.write_pin_mappings_car(tmp_path / "x.car", records, "b", CREATED)
     assert not (tmp_path / "x.car").exists()

@@ -26,7 +26,8 @@ from pinfs.fs.tree import (
     merge_sorted_unique,
 )
 from pinfs.fs.versions import RecordCache
-from pinfs.snapshots import FilePiece, StoreCache
+from pinfs.pieces import FilePiece
+from pinfs.snapshots import StoreCache
 from pinfs.store import PinStore
 
 

@@ -48,12 +48,14 @@ from seaweed import Seaweed
 import pinfs.rootfs
 import pinfs.store
 from pinfs.backends import get_backend
-from pinfs.car import encode_car, make_raw_block, read_pin_mappings_car, verify_content_car
+from pinfs.car import read_pin_mappings_car
+from pinfs.carv1 import encode_car, make_raw_block, verify_content_car
 from pinfs.fsutil import TEMP_MARKER
 from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import PinRequest, add_pins
 from pinfs.ops.sync import SyncOptions, sync
-from pinfs.rootfs import S3Path, forget_metadata, local_copy, parse_root, s3_client
+from pinfs.rootfs import S3Path, forget_metadata, local_copy, parse_root
+from pinfs.s3client import s3_client
 from pinfs.schema import make_record
 from pinfs.snapshots import DEFAULT_CACHE, StoreCache
 from pinfs.store import PinStore
@@ -67,7 +69,7 @@ import os, random, signal, sys, time, traceback
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from helpers import cid_for
-from pinfs.car import encode_car, make_raw_block
+from pinfs.carv1 import encode_car, make_raw_block
 from pinfs.fsutil import atomic_write_bytes
 from pinfs.ops.carops import RegenerateOptions, regenerate_car
 from pinfs.ops.migrate import MigrateOptions, migrate

@@ -304,12 +304,12 @@ def test_huge_declared_lengths_fail_fast_with_bounded_memory() -> None:
 def test_cbor_inside_a_block_claiming_a_huge_array_is_corrupt_data() -> None:
     import hashlib
 
-    from pinfs.car import _DAG_CBOR_SHA256_PREFIX, _car_parts  # forging needs the codec's own pieces
+    from pinfs.carv1 import DAG_CBOR_SHA256_PREFIX, car_parts  # forging needs the codec's own pieces
 
     block = b"\x9b" + (1 << 40).to_bytes(8, "big")  # an array of 2^40 items, correctly hashed
-    cid = _DAG_CBOR_SHA256_PREFIX + hashlib.sha256(block).digest()
+    cid = DAG_CBOR_SHA256_PREFIX + hashlib.sha256(block).digest()
     with pytest.raises(CorruptData, match="not DAG-CBOR"):
-        decode_pin_mappings_car(b"".join(_car_parts([cid], [(cid, block)])), "forged.car")
+        decode_pin_mappings_car(b"".join(car_parts([cid], [(cid, block)])), "forged.car")
 
 
 def test_an_entry_linking_back_to_the_root_is_a_cycle() -> None:
@@ -317,12 +317,12 @@ def test_an_entry_linking_back_to_the_root_is_a_cycle() -> None:
 
     import libipld
 
-    from pinfs.car import _DAG_CBOR_SHA256_PREFIX, _car_parts
+    from pinfs.carv1 import DAG_CBOR_SHA256_PREFIX, car_parts
 
     # A root listing itself cannot be built (its CID hashes its own bytes), so link to a block that
     # claims to be the root: the decoder must refuse the loop, not follow it.
     entry = libipld.encode_dag_cbor([])
-    entry_cid = _DAG_CBOR_SHA256_PREFIX + hashlib.sha256(entry).digest()
+    entry_cid = DAG_CBOR_SHA256_PREFIX + hashlib.sha256(entry).digest()
     root = {
         "format": "pin_mappings_car",
         "version": "2.0",
@@ -332,14 +332,14 @@ def test_an_entry_linking_back_to_the_root_is_a_cycle() -> None:
         "entries": [entry_cid, entry_cid],
     }
     root_block = libipld.encode_dag_cbor(root)
-    root_cid = _DAG_CBOR_SHA256_PREFIX + hashlib.sha256(root_block).digest()
-    data = b"".join(_car_parts([root_cid], [(root_cid, root_block), (entry_cid, entry)]))
+    root_cid = DAG_CBOR_SHA256_PREFIX + hashlib.sha256(root_block).digest()
+    data = b"".join(car_parts([root_cid], [(root_cid, root_block), (entry_cid, entry)]))
     assert decode_pin_mappings_car(data).records == []  # a repeated empty chunk is harmless
     looped = {**root, "entries": [root_cid]}  # now pointing at a *different* root: missing block / cycle
     block = libipld.encode_dag_cbor(looped)
-    cid = _DAG_CBOR_SHA256_PREFIX + hashlib.sha256(block).digest()
+    cid = DAG_CBOR_SHA256_PREFIX + hashlib.sha256(block).digest()
     with pytest.raises(CorruptData):
-        decode_pin_mappings_car(b"".join(_car_parts([cid], [(cid, block), (root_cid, root_block)])))
+        decode_pin_mappings_car(b"".join(car_parts([cid], [(cid, block), (root_cid, root_block)])))
 
 
 def test_broken_car_on_disk_is_reported_by_verify_only(root: Path) -> None:

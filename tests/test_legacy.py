@@ -12,14 +12,9 @@ from hypothesis import strategies as st
 
 from pinfs import legacy
 from pinfs.errors import CorruptData, NotFound
-from pinfs.legacy import (
-    MAX_DEPTH,
-    LegacyPins,
-    Rejected,
-    find_legacy_source,
-    read_legacy_pins,
-    write_rejected,
-)
+from pinfs.legacy import MAX_DEPTH, read_legacy_pins
+from pinfs.legacy_entries import LegacyPins, Rejected
+from pinfs.legacy_files import find_legacy_source, write_rejected
 from pinfs.schema import REQUIRED_COLUMNS, load_metadata, record_problems
 
 V0 = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"

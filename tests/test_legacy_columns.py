@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pinfs import legacy
+from pinfs import legacy_entries
 from pinfs.cids import cid_problem
 from pinfs.legacy import parse_legacy
 from pinfs.legacy_columns import _ENCODER, canonical_shape_mask, valid_cid_mask
@@ -127,8 +127,8 @@ entry = st.one_of(
 def _read(document: Any, *, batches: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
     with monkeypatch.context() as patched:
         if not batches:
-            patched.setattr(legacy, "decode_batch", lambda raws: None)
-            patched.setattr(legacy, "decode_objects", lambda raws: None)
+            patched.setattr(legacy_entries, "decode_batch", lambda raws: None)
+            patched.setattr(legacy_entries, "decode_objects", lambda raws: None)
         result = parse_legacy(
             json.dumps(document).encode(), Path("pins.json"), "s3-main", "s3", default_created_at=DEFAULT
         )

@@ -25,7 +25,7 @@ from s3server import content_car, fs_config, pin_record, put_pins
 
 from pinfs.cli import build_parser, rewrite_aliases
 from pinfs.fs.control import ControlRegistry
-from pinfs.legacy import list_backups
+from pinfs.legacy_files import list_backups
 from pinfs.ops.state import STATE_NAME
 
 C = [cid_for(f"c{i}") for i in range(6)]

@@ -15,7 +15,7 @@ from s3server import content_car, fs_config, pin_record, put_pins
 from pinfs.backends import get_backend
 from pinfs.errors import InvalidInput, NotFound
 from pinfs.ops import reports
-from pinfs.ops.reports import EXAMPLES, _replication
+from pinfs.ops.insights import EXAMPLES, _replication
 from pinfs.ops.state import record_run
 from pinfs.snapshots import PinSnapshot
 from pinfs.store import PinStore
@@ -239,7 +239,7 @@ def test_cli_reports(populated: Path) -> None:
 
 
 def test_content_car_helper_is_valid() -> None:
-    from pinfs.car import verify_content_car
+    from pinfs.carv1 import verify_content_car
 
     cid, data = content_car("x")
     assert verify_content_car(data, cid, "test") == 1

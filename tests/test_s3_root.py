@@ -258,7 +258,7 @@ def test_two_hosts_with_a_mount_and_a_cli_each_lose_nothing(seaweed: Seaweed, tm
 
 
 # A hang guard for one read in the mount while the store is down or hung: a request waits at most
-# ANSWER_SECONDS per attempt (pinfs.rootfs), so a read answers within ~20 s even from a hung server.
+# ANSWER_SECONDS per attempt (pinfs.s3client), so a read answers within ~20 s even from a hung server.
 STORE_DOWN_GUARD = 60
 
 

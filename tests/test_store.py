@@ -21,8 +21,8 @@ from pinfs.backends import get_backend
 from pinfs.errors import CorruptData, InvalidInput
 from pinfs.exports import refresh_exports
 from pinfs.ops.pins import PinRequest, add_pins
+from pinfs.pieces import FilePiece
 from pinfs.schema import REQUIRED_COLUMNS, make_record
-from pinfs.snapshots import FilePiece
 from pinfs.store import PinStore
 from pinfs.tables import records_to_table, write_table
 

@@ -283,4 +283,4 @@ def test_cli_sync(two_fs: Path, tmp_path: Path) -> None:
     failed = run_pinfs(root, "sync", "--backend", "fs-a")
     assert failed.returncode == 1 and "FAILED" in failed.stdout
     assert run_pinfs(root, "sync", "--backend", "../x").returncode == 2
-    assert run_pinfs(root, "sync", "--backend", "missing").returncode == 1
+    assert run_pinfs(root, "sync", "--backend", "missing").returncode == 2  # bad input (issue #16)

@@ -45,8 +45,9 @@ from pinfs.backends import Backend, discover_backends
 from pinfs.cids import cid_key
 from pinfs.delta import DataFile, TableState, TableVersion
 from pinfs.errors import InvalidInput, PinfsError
+from pinfs.pieces import FilePiece
 from pinfs.rootfs import S3Path, as_location
-from pinfs.snapshots import FilePiece, StoreCache
+from pinfs.snapshots import StoreCache
 from pinfs.store import PinStore
 
 log = logging.getLogger(__name__)

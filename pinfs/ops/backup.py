@@ -31,7 +31,7 @@ from pinfs.oldforms import data_files, is_sharded, read_old_form
 from pinfs.ops.drivers import FILESYSTEM_DRIVER_TYPES
 from pinfs.ops.drivers.base import flag_setting
 from pinfs.ops.state import read_state, record_run
-from pinfs.ops.sync import SyncContext
+from pinfs.ops.synccontext import SyncContext
 from pinfs.schema import now_iso
 from pinfs.tables import parquet_bytes
 

@@ -11,10 +11,9 @@ once writes to the backend pause, so that a pin through a control file returns a
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -105,8 +104,8 @@ def _regenerate_one(backend: Backend) -> dict[str, Any]:
         return {"backend": backend.name, "type": backend.type, "ok": True, "skipped": reason}
     try:
         if not store.has_table():
-            with store.transaction():
-                store.convert_old_form()
+            with store.transaction() as txn:
+                txn.convert_old_form()
         report = refresh_exports(backend, force_car=True)
     except (PinfsError, OSError) as exc:
         return error_entry(backend, exc)
@@ -141,19 +140,6 @@ def change_pins(backend: Backend, body: Callable[[Transaction], T], defer: Defer
             raise ExportsBehind(behind["error"])
         result.update(behind)
     return result
-
-
-@contextlib.contextmanager
-def changing_pins(backend: Backend, defer: DeferExport | None = None) -> Iterator[Transaction]:
-    """``change_pins`` as a ``with`` block, for a body that need not run again: a write that meets a
-    concurrent change of the same pins fails with ``ConcurrentChange`` instead. Exports that cannot be
-    written after the commit raise ``ExportsBehind``."""
-    with PinStore(backend).transaction() as txn:
-        yield txn
-    if txn.changed:
-        behind = follow_change(backend, defer)
-        if behind is not None:
-            raise ExportsBehind(behind["error"])
 
 
 class ExportsBehind(PinfsError):

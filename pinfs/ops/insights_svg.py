@@ -1,4 +1,4 @@
-"""``insights.svg``: the insights report (``pinfs.ops.reports.insights``) drawn as four charts (issue #20).
+"""``insights.svg``: the insights report (``pinfs.ops.insights.insights``) drawn as four charts (issue #20).
 
 What it is for: pins by status per backend, how long pending and failed pins have waited, CIDs by the
 number of backends holding them, and how long ago each backend last synced, as one SVG a browser or

@@ -4,7 +4,7 @@ For each chosen backend (all by default) whose pins are not all ``stored``: take
 first, then its ``pending`` ones, oldest first; for each, find the pin's content CAR -- the local
 staging directory ``ROOT/cars/<cid>.car``, then any other backend that holds the CID ``stored`` and has
 a driver, then the pin's own place on the target (already there) -- check that its root is the pin's
-CID and every block's hash is right (``car.verify_content_car``), put it at the pin's
+CID and every block's hash is right (``carv1.verify_content_car``), put it at the pin's
 ``car_file_path`` through the backend's driver, and mark it ``stored`` (metadata ``synced_at``,
 ``size``, ``synced_from``). A pin whose content cannot be found or is corrupt everywhere is marked
 ``failed`` (metadata ``last_error``, ``attempts``) and the run goes on. All of a backend's status
@@ -31,28 +31,26 @@ nothing, not even the state file.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pinfs.backends import Backend, discover_backends
-from pinfs.car import verify_content_car
-from pinfs.cids import is_valid_cid, standard_forms
+from pinfs.carv1 import verify_content_car
 from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported, describe
 from pinfs.exports import export_state, refresh_exports
 from pinfs.fsutil import read_regular_file
+from pinfs.ops.backup import backup_to, wants_backups
 from pinfs.ops.carops import change_pins
 from pinfs.ops.common import select_backends, usable_snapshot
-from pinfs.ops.drivers import Driver, DriverError, TooLarge, driver_for, has_driver, key_for
-from pinfs.ops.drivers.filesystem import FilesystemDriver
+from pinfs.ops.drivers import Driver, DriverError, TooLarge, has_driver, key_for
 from pinfs.ops.progress import NullProgress, Progress
 from pinfs.ops.state import read_state, record_run
+from pinfs.ops.synccontext import STAGING_DIR, SyncContext, bind_exists, bind_get
 from pinfs.schema import FAILED, PENDING, STORED, dump_metadata, load_metadata, now_iso
-from pinfs.snapshots import PinSnapshot
 from pinfs.store import PinStore
 
-STAGING_DIR = "cars"
 CAR_KEY = "pin_mappings.car"
 # Per-pin details kept in a report per backend and kind; counts are always complete. The text output
 # shows fewer (``pinfs.cli.sync_cmd``) and says how many more --json has (issue #16).
@@ -83,9 +81,6 @@ def _finish(
     context: SyncContext, chosen: list[Backend], entries: list[dict[str, Any]], options: SyncOptions
 ) -> dict[str, Any]:
     """Backups, then publishing what is staged, then the state records and the report."""
-
-    from pinfs.ops.backup import backup_to, wants_backups  # local: backup imports helpers from here
-
     backups = []
     for backend in chosen:
         if backend.enabled and not backend.config_error and wants_backups(backend):
@@ -100,117 +95,6 @@ def _finish(
     totals["errors"] = sum(1 for entry in entries if entry.get("error")) + sum(1 for b in backups if not b["ok"])
     ok = all(entry["ok"] for entry in entries) and all(backup["ok"] for backup in backups)
     return {"ok": ok, "dry_run": options.dry_run, "backends": entries, "backups": backups, "totals": totals}
-
-
-# -- where content comes from --
-
-
-class SyncContext:
-    """Shared by one run: drivers (created and checked once each) and snapshots of every backend."""
-
-    def __init__(self, root: Path, backends: list[Backend], dry_run: bool) -> None:
-        self.root = root
-        self.backends = backends
-        self.dry_run = dry_run
-        self._drivers: dict[str, Driver | PinfsError] = {}
-        self._snapshots: dict[str, PinSnapshot | None] = {}
-        # What waits for a driver's flush (pin_mappings.car and backup copies: one commit at the end).
-        self._staged: dict[str, list[tuple[Callable[[], object], Callable[[str], None]]]] = {}
-
-    def close(self) -> None:
-        for driver in self._drivers.values():
-            if not isinstance(driver, PinfsError):
-                driver.close()
-
-    def after_flush(self, backend: Backend, done: Callable[[], object], failed: Callable[[str], None]) -> None:
-        """Call ``done`` once the files put on ``backend`` are published by ``finish``, else ``failed(reason)``."""
-        self._staged.setdefault(backend.name, []).append((done, failed))
-
-    def finish(self) -> None:
-        """Flush every driver that has files staged (one commit each on git and the Hub)."""
-        for name, waiting in self._staged.items():
-            driver = self._drivers.get(name)
-            try:
-                if isinstance(driver, PinfsError) or driver is None:
-                    raise driver or DriverError(f"{name}: no driver")
-                driver.flush(f"pinfs sync: pin mappings ({len(waiting)} file{'s' if len(waiting) != 1 else ''})")
-            except PinfsError as exc:
-                for _done, failed in waiting:
-                    failed(f"publishing failed: {exc}")
-                continue
-            for done, _failed in waiting:
-                done()
-        self._staged.clear()
-
-    def driver(self, backend: Backend) -> Driver:
-        """The backend's driver, reachable; raises Unsupported or DriverError (remembered per run)."""
-        found = self._drivers.get(backend.name)
-        if found is None:
-            try:
-                driver = driver_for(backend, self.root)
-                if not (self.dry_run and isinstance(driver, FilesystemDriver) and driver.create):
-                    driver.check()  # (a dry run must not create a storage directory)
-                found = driver
-            except (Unsupported, DriverError) as exc:
-                found = exc
-            self._drivers[backend.name] = found
-        if isinstance(found, PinfsError):
-            raise found
-        return found
-
-    def snapshot(self, backend: Backend) -> PinSnapshot | None:
-        if backend.name not in self._snapshots:
-            try:
-                self._snapshots[backend.name] = PinStore(backend).snapshot()
-            except (PinfsError, OSError):
-                self._snapshots[backend.name] = None
-        return self._snapshots[backend.name]
-
-    def staging_paths(self, cid: str) -> list[Path]:
-        """``ROOT/cars/<cid>.car``, under the pin's spelling and then its standard ones (issue #16)."""
-        if "/" in cid or not is_valid_cid(cid):
-            return []
-        return [self.root / STAGING_DIR / f"{form}.car" for form in dict.fromkeys([cid, *standard_forms(cid)])]
-
-    def sources(self, target: Backend, cid: str) -> Iterator[tuple[str, Callable[[], bytes], Callable[[], bool]]]:
-        """Candidate places for ``cid``'s content CAR, best first: (label, fetch, exists)."""
-        for staged in self.staging_paths(cid):
-            yield str(staged), _bind_read(staged), staged.is_file
-        for other in self.backends:
-            if other.name == target.name or not other.enabled or not has_driver(other):
-                continue
-            snapshot = self.snapshot(other)
-            record = snapshot.find(cid) if snapshot is not None else None  # spelled in any way (issue #16)
-            if record is None or record.get("status") != STORED:
-                continue
-            try:
-                driver = self.driver(other)
-                key = key_for(str(record.get("car_file_path")))
-            except PinfsError:
-                continue
-            label = f"backend {other.name} ({key})"
-            yield label, _bind_get(driver, cid, key), _bind_exists(driver, cid, key)
-
-
-def _bind_read(path: Path) -> Callable[[], bytes]:
-    return lambda: _read_file(path)
-
-
-def _bind_get(driver: Driver, cid: str, key: str) -> Callable[[], bytes]:
-    return lambda: driver.get_car(cid, key)
-
-
-def _bind_exists(driver: Driver, cid: str, key: str) -> Callable[[], bool]:
-    return lambda: driver.has_car(cid, key)
-
-
-def _read_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise NotFound(f"{path} does not exist") from None
-    except OSError as exc:
-        raise DriverError(f"reading {path} failed ({exc.strerror or exc})") from None
 
 
 # -- one backend --
@@ -391,7 +275,7 @@ def _sync_pin(context: SyncContext, backend: Backend, driver: Driver, record: di
     reasons: list[str] = []
     candidates = list(context.sources(backend, cid))
     candidates.append(
-        (f"backend {backend.name} itself ({key})", _bind_get(driver, cid, key), _bind_exists(driver, cid, key))
+        (f"backend {backend.name} itself ({key})", bind_get(driver, cid, key), bind_exists(driver, cid, key))
     )
     for label, fetch, exists in candidates:
         if context.dry_run:

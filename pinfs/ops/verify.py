@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pinfs.backends import Backend
-from pinfs.car import verify_content_car
+from pinfs.carv1 import verify_content_car
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, Unsupported, describe
 from pinfs.ops.common import select_backends, usable_snapshot
 from pinfs.ops.drivers import Driver, DriverError, driver_for, key_for

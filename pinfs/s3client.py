@@ -1,0 +1,151 @@
+"""The S3 client of a root on S3 (``pinfs.rootfs``): one bounded boto3 client per process and
+configuration, delta-rs' storage options with the same bounds, and S3's errors translated into pinfs
+errors of one line (a missing object is ``FileNotFoundError``, a refused login ``S3AccessDenied``, an
+unreachable endpoint ``S3Unreachable``, remembered for ``UNREACHABLE_SECONDS``).
+
+Threading: boto3 clients are thread-safe; the client table has its own lock. A forked child drops the
+parent's clients (their pooled sockets are shared with the parent) and makes its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from pinfs.errors import PinfsError
+
+
+class S3Error(PinfsError):
+    """The store answered with an error other than not-found."""
+
+
+class S3AccessDenied(S3Error):
+    """The credentials were refused."""
+
+
+class S3Unreachable(S3Error):
+    """The endpoint did not answer."""
+
+
+class PreconditionFailed(S3Error):
+    """A conditional put lost: the object exists already, or changed since it was read."""
+
+
+class ConditionalPutsIgnored(PinfsError):
+    """The store accepted a put it should have refused; writing to it could lose commits."""
+
+
+_CLIENTS: dict[tuple[str | None, ...], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+# Bounds on every request, so that a server that stopped (or stopped answering) is an error in seconds,
+# never a hang: the mount answers EIO for what it cannot read (issue #13). The wait for an answer is
+# per read of the socket (boto3), or for a whole request of delta-rs (which only moves small log files).
+CONNECT_SECONDS = 3
+ANSWER_SECONDS = 10
+ATTEMPTS = 2
+# After the endpoint failed to answer, requests fail at once for this long instead of each waiting out
+# its timeouts again (a listing in the mount would otherwise wait once per entry).
+UNREACHABLE_SECONDS = 2.0
+_unreachable_until: dict[str, float] = {}
+
+
+def s3_client() -> Any:
+    """One boto3 client per process and configuration (the variables above), with the bounds above."""
+    import boto3
+    from botocore.config import Config
+
+    key = tuple(os.environ.get(name) for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_REGION"))
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            config = Config(
+                connect_timeout=CONNECT_SECONDS,
+                read_timeout=ANSWER_SECONDS,
+                retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
+                s3={"addressing_style": "path"},
+            )
+            client = _CLIENTS[key] = boto3.client("s3", config=config, region_name=os.environ.get("AWS_REGION"))
+        return client
+
+
+def _after_fork_in_child() -> None:
+    """A forked child makes its own client: the parent's pooled connections are the same sockets, and a
+    child that used one could read an answer meant for another process (or leave one half-read). The
+    lock is made anew, since another thread of the parent may have held it at the fork."""
+    global _CLIENTS_LOCK
+    _CLIENTS_LOCK = threading.Lock()
+    _CLIENTS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def delta_storage_options() -> dict[str, str]:
+    """The same bounds for delta-rs (its object_store client), for a table on S3."""
+    return {
+        "connect_timeout": f"{CONNECT_SECONDS}s",
+        "timeout": f"{ANSWER_SECONDS}s",
+        "max_retries": str(ATTEMPTS - 1),
+        "retry_timeout": f"{ATTEMPTS * ANSWER_SECONDS}s",
+    }
+
+
+def _endpoint() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL", "the S3 endpoint")
+
+
+def unreachable(where: str, why: str) -> S3Unreachable:
+    """The error for a request the endpoint did not answer; requests fail at once for a moment after it."""
+    endpoint = _endpoint()
+    with _CLIENTS_LOCK:
+        _unreachable_until[endpoint] = time.monotonic() + UNREACHABLE_SECONDS
+    return S3Unreachable(f"{where}: cannot reach {endpoint} ({why})")
+
+
+def _refuse_while_unreachable(where: str) -> None:
+    endpoint = _endpoint()
+    with _CLIENTS_LOCK:
+        until = _unreachable_until.get(endpoint, 0.0)
+    if time.monotonic() < until:
+        raise S3Unreachable(f"{where}: cannot reach {endpoint} (it did not answer a moment ago)")
+
+
+def _translate(error: Exception, where: str) -> Exception:
+    """A botocore error as the pinfs error (or FileNotFoundError) a user can act on."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
+
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return FileNotFoundError(2, "no such object", where)
+        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status in (409, 412):
+            return PreconditionFailed(f"{where}: changed by another writer meanwhile")
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403") or status == 403:
+            return S3AccessDenied(f"{where}: access denied ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+        if code == "NoSuchBucket":
+            return S3Error(f"{where}: the bucket does not exist")
+        return S3Error(f"{where}: {code or status}: {error.response.get('Error', {}).get('Message', '')}".strip())
+    if isinstance(error, NoCredentialsError):
+        return S3AccessDenied(f"{where}: no credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+    if isinstance(error, EndpointConnectionError) or "Connect" in type(error).__name__:
+        return unreachable(where, type(error).__name__)
+    if isinstance(error, ReadTimeoutError):
+        return unreachable(where, f"no answer within {ANSWER_SECONDS} s")
+    return S3Error(f"{where}: {type(error).__name__}: {error}")
+
+
+@contextlib.contextmanager
+def calling(where: str) -> Iterator[None]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    _refuse_while_unreachable(where)
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise _translate(exc, where) from None
