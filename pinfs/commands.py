@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import get_backend, validate_backend_name
+from pinfs.data.backends import get_backend, validate_backend_name
+from pinfs.data.schema import STATUSES
 from pinfs.ops.carops import RegenerateOptions, regenerate_car
 from pinfs.ops.common import match_backends
 from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import MAX_LINE_BYTES, add_pins, parse_pin_lines, parse_unpin_lines, remove_pins
 from pinfs.ops.sync import SyncOptions, sync
 from pinfs.ops.verify import VerifyOptions, parse_days, verify
-from pinfs.schema import STATUSES
 
 __all__ = ["MAX_LINE_BYTES", "COMMANDS", "ROOT_COMMANDS", "BACKEND_COMMANDS", "Command", "Option"]
 

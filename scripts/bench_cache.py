@@ -34,9 +34,9 @@ from typing import Any
 import bench_gen
 from bench_gen import say
 
-from pinfs.backends import get_backend
-from pinfs.schema import make_record
-from pinfs.store import PinStore
+from pinfs.data.backends import get_backend
+from pinfs.data.schema import make_record
+from pinfs.data.store import PinStore
 
 WALK_PINS = 100_000  # the walk backend (10k with --quick: the main data's first backend)
 TMPFS_WALK = 20_000  # CID directories of the tmpfs tree the walks are compared with

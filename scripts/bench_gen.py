@@ -3,8 +3,8 @@
 Layout of a cache entry (``.bench-cache/n<N>-k<K>-v<VERSION>/``)::
 
     root/backends/<b>.yaml
-    root/backends/<b>/pin_mappings.delta/      the backend's table, written through pinfs.store (one commit)
-    root/backends/<b>/pin_mappings.parquet     its exports, written by pinfs.exports
+    root/backends/<b>/pin_mappings.delta/      the backend's table, written through pinfs.data.store (one commit)
+    root/backends/<b>/pin_mappings.parquet     its exports, written by pinfs.data.exports
     root/backends/<b>/pin_mappings.car
     legacy/pins.json                           backend 0's pins as a legacy list of objects
     meta.json                                  what was generated (written last: its presence = complete)
@@ -29,12 +29,12 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from pinfs.backends import get_backend
-from pinfs.cids import is_valid_cid
-from pinfs.exports import refresh_exports
-from pinfs.schema import car_path_for, dump_metadata
-from pinfs.store import PinStore
-from pinfs.tables import normalize_table
+from pinfs.data.backends import get_backend
+from pinfs.data.cids import is_valid_cid
+from pinfs.data.exports import refresh_exports
+from pinfs.data.schema import car_path_for, dump_metadata
+from pinfs.data.store import PinStore
+from pinfs.data.tables import normalize_table
 
 VERSION = 3  # 3: a Delta table per backend with one-file exports (issue #12)
 CHUNK = 500_000  # records built as Python values at a time (10M at once would need ~10 GB)

@@ -48,9 +48,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bench_gen import say
 
-from pinfs.backends import get_backend
-from pinfs.snapshots import StoreCache
-from pinfs.store import PinStore
+from pinfs.data.backends import get_backend
+from pinfs.data.snapshots import StoreCache
+from pinfs.data.store import PinStore
 
 PROJECT = Path(__file__).resolve().parent.parent
 SCRIPTS = PROJECT / "scripts"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from pinfs.carv1 import encode_car, make_raw_block
+from pinfs.data.carv1 import encode_car, make_raw_block
 
 
 def content_car(text: str) -> tuple[str, bytes]:

@@ -15,7 +15,7 @@ from ipfsnode import ipfs_node  # noqa: F401
 from requirements import missing
 from storachaserver import storacha  # noqa: F401
 
-from pinfs.snapshots import DEFAULT_CACHE
+from pinfs.data.snapshots import DEFAULT_CACHE
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -46,7 +46,7 @@ def _fresh_cache():
 @pytest.fixture
 def count_commits(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every commit to a backend's table (a creation included), by the backend's directory."""
-    from pinfs.delta import DeltaPins
+    from pinfs.data.delta import DeltaPins
 
     committed: list[Path] = []
     original_commit, original_create = DeltaPins.commit, DeltaPins.create

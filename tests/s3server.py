@@ -128,7 +128,7 @@ def s3_server() -> Iterator[S3Server]:
 
 def content_car(seed: object) -> tuple[str, bytes]:
     """A real one-block content CAR: ``(cid, car_bytes)`` whose root is the block's raw CID."""
-    from pinfs.carv1 import encode_car, make_raw_block
+    from pinfs.data.carv1 import encode_car, make_raw_block
 
     cid, block = make_raw_block(f"content of {seed}".encode())
     return cid, encode_car([cid], [(cid, block)])
@@ -141,9 +141,9 @@ def fs_config(name: str, storage: Path, backend_type: str = "filesystem") -> dic
 def put_pins(root: Path, name: str, records: list[dict[str, Any]]) -> None:
     """Write records (``make_record`` dicts, extra keys kept) to a backend's table in one commit, and
     its exports."""
-    from pinfs.backends import get_backend
-    from pinfs.exports import refresh_exports
-    from pinfs.store import PinStore
+    from pinfs.data.backends import get_backend
+    from pinfs.data.exports import refresh_exports
+    from pinfs.data.store import PinStore
 
     backend = get_backend(root, name)
     backend.directory.mkdir(parents=True, exist_ok=True)
@@ -154,8 +154,8 @@ def put_pins(root: Path, name: str, records: list[dict[str, Any]]) -> None:
 
 def pin_record(root: Path, name: str, cid: str, status: str = "pending", **extra: Any) -> dict[str, Any]:
     """A record for ``cid`` in backend ``name`` (type from its config), with extra columns/metadata."""
-    from pinfs.backends import get_backend
-    from pinfs.schema import make_record
+    from pinfs.data.backends import get_backend
+    from pinfs.data.schema import make_record
 
     backend = get_backend(root, name)
     metadata = extra.pop("metadata", None)
@@ -173,9 +173,9 @@ def read_pin(root: Path, name: str, cid: str) -> dict[str, Any]:
 
     import pyarrow.parquet as pq
 
-    from pinfs.backends import get_backend
-    from pinfs.snapshots import StoreCache
-    from pinfs.store import PinStore
+    from pinfs.data.backends import get_backend
+    from pinfs.data.snapshots import StoreCache
+    from pinfs.data.store import PinStore
 
     table = pq.read_table(root / "backends" / name / "pin_mappings.parquet")
     rows = [row for row in table.to_pylist() if row["cid"] == cid]

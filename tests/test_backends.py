@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from helpers import _base58, cid_for, make_backend
 
-from pinfs.backends import discover_backends, get_backend, type_from_name
-from pinfs.cids import cid_problem, is_valid_cid, validate_cid
+from pinfs.data.backends import discover_backends, get_backend, type_from_name
+from pinfs.data.cids import cid_problem, is_valid_cid, validate_cid
+from pinfs.data.schema import car_path_for
 from pinfs.errors import InvalidInput, NotFound
-from pinfs.schema import car_path_for
 
 
 def _names(root: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""Tests for pinfs.car (the pin_mappings.car codec) and pinfs.carv1 (the generic CARv1 helpers)."""
+"""Tests for pinfs.data.car (the pin_mappings.car codec) and pinfs.data.carv1 (the generic CARv1 helpers)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import dag_cbor
 import pytest
 from multiformats import CID, varint
 
-from pinfs import car, carv1
+from pinfs.data import car, carv1
+from pinfs.data.schema import REQUIRED_COLUMNS
 from pinfs.errors import CorruptData
-from pinfs.schema import REQUIRED_COLUMNS
 
 CREATED = "2026-11-24T19:09:23.123456+00:00"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pinfs import car, car_columns
-from pinfs.schema import REQUIRED_COLUMNS
-from pinfs.tables import merge_records, records_to_table, sort_by_cid
+from pinfs.data import car, car_columns
+from pinfs.data.schema import REQUIRED_COLUMNS
+from pinfs.data.tables import merge_records, records_to_table, sort_by_cid
 
 CREATED = "2026-01-01T00:00:00.000000+00:00"
 

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import break_store, cid_for, file_digests, make_backend, run_pinfs, run_pinfs_json
 
-from pinfs.backends import get_backend
-from pinfs.car import FORMAT
 from pinfs.cli import build_parser, main
+from pinfs.data.backends import get_backend
+from pinfs.data.car import FORMAT
+from pinfs.data.store import PinStore
 from pinfs.ops.pins import PinRequest, add_pins, find_cid
-from pinfs.store import PinStore
 
 CIDS = [cid_for(i) for i in range(4)]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 from helpers import cid_for, make_backend
 
-from pinfs.backends import get_backend
-from pinfs.fsutil import TEMP_MARKER
+from pinfs.data.backends import get_backend
+from pinfs.data.fsutil import TEMP_MARKER
 from pinfs.ops.migrate_verify import verify_backend
 from pinfs.ops.pins import PinRequest, add_pins
 

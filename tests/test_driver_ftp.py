@@ -13,7 +13,7 @@ from helpers import assert_no_secret, make_backend, run_pinfs
 from mounting import mounted, needs_fuse, write_errno
 from s3server import content_car, fs_config, pin_record, put_pins, read_pin
 
-from pinfs.backends import get_backend
+from pinfs.data.backends import get_backend
 from pinfs.ops import reports
 from pinfs.ops.drivers import driver_for
 from pinfs.ops.sync import SyncOptions, sync

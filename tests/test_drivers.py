@@ -9,7 +9,7 @@ import pytest
 from helpers import make_backend
 from s3server import S3Server, fs_config, s3_backend_config, s3_server  # noqa: F401 (fixture)
 
-from pinfs.backends import get_backend
+from pinfs.data.backends import get_backend
 from pinfs.errors import CorruptData, NotFound, Unsupported
 from pinfs.ops.drivers import DriverError, FilesystemDriver, S3Driver, driver_for, key_for
 

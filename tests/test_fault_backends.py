@@ -21,11 +21,11 @@ import pytest
 from helpers import break_store, cid_for, file_digests, make_backend, run_pinfs
 from mounting import mounted, needs_fuse
 
-from pinfs.backends import get_backend
-from pinfs.car import read_pin_mappings_car
+from pinfs.data.backends import get_backend
+from pinfs.data.car import read_pin_mappings_car
+from pinfs.data.snapshots import DEFAULT_CACHE
+from pinfs.data.store import PinStore
 from pinfs.ops.pins import PinRequest, add_pins
-from pinfs.snapshots import DEFAULT_CACHE
-from pinfs.store import PinStore
 
 
 def damage(path: Path) -> bytes:

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 from helpers import cid_for, make_backend, run_pinfs, run_pinfs_json
 
-from pinfs import car, car_columns, carv1
-from pinfs.schema import REQUIRED_COLUMNS, make_record
+from pinfs.data import car, car_columns, carv1
+from pinfs.data.schema import REQUIRED_COLUMNS, make_record
 
 CREATED = "2026-01-01T00:00:00.000000+00:00"
 MEGABYTE = 1_000_000

@@ -16,7 +16,7 @@ import pytest
 from helpers import cid_for, make_backend, run_pinfs, run_pinfs_json
 from s3server import content_car, fs_config, pin_record, put_pins, read_pin
 
-from pinfs.store import PinStore
+from pinfs.data.store import PinStore
 
 A_YEAR_AHEAD = "+365d"
 
@@ -103,6 +103,6 @@ def test_a_backup_made_under_a_clock_ahead_does_not_stay_newest(root: Path) -> N
 
 
 def _backend(root: Path):
-    from pinfs.backends import get_backend
+    from pinfs.data.backends import get_backend
 
     return get_backend(root, "b1")

@@ -15,8 +15,8 @@ import pytest
 from helpers import cid_for, make_backend
 from mounting import REJECTIONS, Mount, mounted, needs_fuse, sh
 
-from pinfs.backends import get_backend
-from pinfs.store import PinStore
+from pinfs.data.backends import get_backend
+from pinfs.data.store import PinStore
 
 pytestmark = [pytest.mark.mount, needs_fuse]
 

@@ -23,11 +23,11 @@ from helpers import cid_for, make_backend, run_pinfs
 from mounting import mounted, needs_fuse, write_errno
 from requirements import needs
 
-from pinfs.backends import get_backend
-from pinfs.exports import export_state
+from pinfs.data.backends import get_backend
+from pinfs.data.exports import export_state
+from pinfs.data.snapshots import DEFAULT_CACHE
+from pinfs.data.store import PinStore
 from pinfs.ops.pins import PinRequest, add_pins
-from pinfs.snapshots import DEFAULT_CACHE
-from pinfs.store import PinStore
 
 pytestmark = needs(
     "root", None if os.geteuid() == 0 and shutil.which("setpriv") and shutil.which("fallocate") else "not root"

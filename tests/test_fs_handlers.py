@@ -16,8 +16,9 @@ import pytest
 import trio
 from helpers import cid_for, make_backend, store_records
 
-from pinfs import schema
-from pinfs.backends import get_backend
+from pinfs.data import schema
+from pinfs.data.backends import get_backend
+from pinfs.data.snapshots import StoreCache
 from pinfs.fs import adapter as adapter_module
 from pinfs.fs import control as control_module
 from pinfs.fs.adapter import PinfsOperations
@@ -26,7 +27,6 @@ from pinfs.fs.inodes import InodeTable, is_listing_inode
 from pinfs.fs.tree import PinTree
 from pinfs.ops import sync as sync_module
 from pinfs.ops.pins import remove_pins
-from pinfs.snapshots import StoreCache
 
 pytestmark = pytest.mark.trio
 

@@ -10,8 +10,11 @@ import pyarrow as pa
 import pytest
 from helpers import cid_for, make_backend, store_records
 
-from pinfs import schema
-from pinfs.backends import get_backend
+from pinfs.data import schema
+from pinfs.data.backends import get_backend
+from pinfs.data.pieces import FilePiece
+from pinfs.data.snapshots import StoreCache
+from pinfs.data.store import PinStore
 from pinfs.errors import CorruptData, NotFound
 from pinfs.fs import tree as tree_module
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
@@ -26,9 +29,6 @@ from pinfs.fs.tree import (
     merge_sorted_unique,
 )
 from pinfs.fs.versions import RecordCache
-from pinfs.pieces import FilePiece
-from pinfs.snapshots import StoreCache
-from pinfs.store import PinStore
 
 
 def add_pins(root: Path, name: str, cids: list[str], status: str = "pending", **extra: object) -> None:

@@ -15,15 +15,15 @@ import trio
 import trio.testing
 from helpers import cid_for, make_backend
 
-from pinfs.backends import get_backend
+from pinfs.data.backends import get_backend
+from pinfs.data.snapshots import StoreCache
+from pinfs.data.store import PinStore
 from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
 from pinfs.fs.kernel import KernelCache
 from pinfs.fs.tree import PinTree
 from pinfs.fs.versions import LONG_SECONDS, RecordCache, VersionWatch, differing_cids
 from pinfs.ops.pins import PinRequest, add_pins, remove_pins
-from pinfs.snapshots import StoreCache
-from pinfs.store import PinStore
 
 
 class FakeClock:
@@ -35,7 +35,7 @@ class FakeClock:
 
 
 def version(number: int, table: str = "t") -> Any:
-    from pinfs.delta import TableVersion
+    from pinfs.data.delta import TableVersion
 
     return TableVersion("loc", table, number, number * 1000)
 

@@ -3,7 +3,7 @@
 ``test_crash_concurrency.py`` kills one kind of writer a few times; here every kind of writer (pin
 batches, migration, CAR regeneration, restore-from-backup, sync to a filesystem backend) is killed with
 SIGKILL at random instants, 200+ times (and 100+ more with data files of 8 rows, so every write
-rewrites and commits several files of the Delta table, ``pinfs.store``), and after every kill:
+rewrites and commits several files of the Delta table, ``pinfs.data.store``), and after every kill:
 
 * every table loads and reads, every exported parquet parses (pyarrow), every CAR parses
   (``read_pin_mappings_car``), every state file and sync backup parses, and ``migrate --verify-only``
@@ -45,20 +45,20 @@ from deltalake import DeltaTable
 from helpers import cid_for, make_backend
 from seaweed import Seaweed
 
-import pinfs.rootfs
-import pinfs.store
-from pinfs.backends import get_backend
-from pinfs.car import read_pin_mappings_car
-from pinfs.carv1 import encode_car, make_raw_block, verify_content_car
-from pinfs.fsutil import TEMP_MARKER
+import pinfs.data.rootfs
+import pinfs.data.store
+from pinfs.data.backends import get_backend
+from pinfs.data.car import read_pin_mappings_car
+from pinfs.data.carv1 import encode_car, make_raw_block, verify_content_car
+from pinfs.data.fsutil import TEMP_MARKER
+from pinfs.data.rootfs import S3Path, forget_metadata, local_copy, parse_root
+from pinfs.data.s3client import s3_client
+from pinfs.data.schema import make_record
+from pinfs.data.snapshots import DEFAULT_CACHE, StoreCache
+from pinfs.data.store import PinStore
 from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import PinRequest, add_pins
 from pinfs.ops.sync import SyncOptions, sync
-from pinfs.rootfs import S3Path, forget_metadata, local_copy, parse_root
-from pinfs.s3client import s3_client
-from pinfs.schema import make_record
-from pinfs.snapshots import DEFAULT_CACHE, StoreCache
-from pinfs.store import PinStore
 
 TESTS_DIR = str(Path(__file__).parent)
 KILLS = 210
@@ -69,15 +69,15 @@ import os, random, signal, sys, time, traceback
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from helpers import cid_for
-from pinfs.carv1 import encode_car, make_raw_block
-from pinfs.fsutil import atomic_write_bytes
+from pinfs.data.carv1 import encode_car, make_raw_block
+from pinfs.data.fsutil import atomic_write_bytes
 from pinfs.ops.carops import RegenerateOptions, regenerate_car
 from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import PinRequest, add_pins, remove_pins
 from pinfs.ops.sync import SyncOptions, sync
-from pinfs.schema import STATUSES
+from pinfs.data.schema import STATUSES
 
-from pinfs.rootfs import parse_root
+from pinfs.data.rootfs import parse_root
 
 root, acks = parse_root(sys.argv[1]), Path(sys.argv[2])
 # On an S3 root each writer is a host of its own: its own cache directory (read cache and local locks),
@@ -152,16 +152,16 @@ def warm_up():
     import shutil, tempfile
     import deltalake, deltalake.transaction, deltalake.exceptions  # imported, not run
     import pyarrow.parquet as pq
-    from pinfs import exports, oldforms, store, legacy  # noqa: F401
-    from pinfs.tables import records_to_table, write_table
-    from pinfs.schema import make_record
+    from pinfs.data import exports, oldforms, store, legacy  # noqa: F401
+    from pinfs.data.tables import records_to_table, write_table
+    from pinfs.data.schema import make_record
     warm = Path(tempfile.mkdtemp())
     table = records_to_table([make_record(cid_for(n), "w", "filesystem") for n in range(50)])
     write_table(warm / "w.parquet", table)
     pq.read_table(warm / "w.parquet")
     shutil.rmtree(warm)
     if hosts is not None:  # boto3 and the store's conditional-put check (a child makes its own client)
-        from pinfs.rootfs import require_writable
+        from pinfs.data.rootfs import require_writable
 
         require_writable(root)
 
@@ -178,8 +178,8 @@ def writer(op, tag, ready):
             # A new host: its own cache, and its client and delta-rs runtime made (a table loaded) before
             # the clock starts, so that the kills land in writes rather than in start-up (~1 s on S3).
             os.environ["PINFS_CACHE_DIR"] = str(hosts / tag)
-            from pinfs.backends import get_backend
-            from pinfs.store import PinStore
+            from pinfs.data.backends import get_backend
+            from pinfs.data.store import PinStore
 
             PinStore(get_backend(root, "pins")).table_state()
         os.write(ready, b"r")
@@ -460,9 +460,9 @@ def _remove_tree(path: Root) -> None:
             client.delete_object(Bucket=path.bucket, Key=item["Key"])
     forget_metadata(path, below=True)
     # This process's cached table would read the new table's log on top of the old one's: on S3 nothing
-    # tells a table made again from the old one (pinfs.delta.DeltaPins.log_stamp), and only a table
+    # tells a table made again from the old one (pinfs.data.delta.DeltaPins.log_stamp), and only a table
     # deleted by hand is ever made again.
-    pinfs.store._TABLES.clear()
+    pinfs.data.store._TABLES.clear()
 
 
 def _kill_loop(
@@ -580,7 +580,7 @@ def test_two_hundred_sigkills_of_writers_on_an_s3_root(
     # The checks ask S3 for what they need once per round: what this process knew of the bucket is
     # forgotten after the writers are killed (``_kill_loop``), and its own writes forget what they
     # touch; in between nothing else writes, so nothing it remembers expires.
-    monkeypatch.setattr(pinfs.rootfs, "S3_METADATA_SECONDS", 3600.0)
+    monkeypatch.setattr(pinfs.data.rootfs, "S3_METADATA_SECONDS", 3600.0)
     world = _setup(parse_root(os.environ["PINFS_ROOT"]), tmp_path / "storage")
     _kill_loop(world, tmp_path, KILLS // S3_WRITERS, S3_WRITERS, S3_LONGEST_MS, adapt=True)
 
@@ -593,7 +593,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from helpers import cid_for
 from pinfs.ops.pins import PinRequest, add_pins, remove_pins
-from pinfs.rootfs import parse_root
+from pinfs.data.rootfs import parse_root
 root, tag = parse_root(sys.argv[1]), sys.argv[2]
 for i in range(int(sys.argv[4])):
     cids = [cid_for(f"{tag}-{i}-{k}") for k in range(5)]
@@ -623,7 +623,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pinfs.car import decode_pin_mappings_car, read_pin_mappings_car
+from pinfs.data.car import decode_pin_mappings_car, read_pin_mappings_car
 directory, stop = sys.argv[1], Path(sys.argv[2])
 on_s3 = directory.startswith("s3://")
 if on_s3:  # a reader of the bucket, as boto3 (or any S3 client) reads: one GET is one whole object

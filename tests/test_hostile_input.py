@@ -23,13 +23,13 @@ from helpers import cid_for, make_backend, run_pinfs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pinfs.backends import discover_backends, get_backend, validate_backend_name
-from pinfs.car import decode_pin_mappings_car, encode_pin_mappings_car
+from pinfs.data.backends import discover_backends, get_backend, validate_backend_name
+from pinfs.data.car import decode_pin_mappings_car, encode_pin_mappings_car
+from pinfs.data.schema import make_record
+from pinfs.data.store import PinStore
 from pinfs.errors import CorruptData, InvalidInput, PinfsError
 from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.pins import PinRequest, add_pins, parse_pin_lines, parse_unpin_lines
-from pinfs.schema import make_record
-from pinfs.store import PinStore
 
 VALID = [cid_for(n) for n in range(6)] + [cid_for("v0", version=0)]
 INVALID = ["", "Qm", "not-a-cid", "bafy" + "a" * 300, " " + VALID[0], "\x00", "b" * 70, "💥"]
@@ -304,7 +304,7 @@ def test_huge_declared_lengths_fail_fast_with_bounded_memory() -> None:
 def test_cbor_inside_a_block_claiming_a_huge_array_is_corrupt_data() -> None:
     import hashlib
 
-    from pinfs.carv1 import DAG_CBOR_SHA256_PREFIX, car_parts  # forging needs the codec's own pieces
+    from pinfs.data.carv1 import DAG_CBOR_SHA256_PREFIX, car_parts  # forging needs the codec's own pieces
 
     block = b"\x9b" + (1 << 40).to_bytes(8, "big")  # an array of 2^40 items, correctly hashed
     cid = DAG_CBOR_SHA256_PREFIX + hashlib.sha256(block).digest()
@@ -317,7 +317,7 @@ def test_an_entry_linking_back_to_the_root_is_a_cycle() -> None:
 
     import libipld
 
-    from pinfs.carv1 import DAG_CBOR_SHA256_PREFIX, car_parts
+    from pinfs.data.carv1 import DAG_CBOR_SHA256_PREFIX, car_parts
 
     # A root listing itself cannot be built (its CID hashes its own bytes), so link to a block that
     # claims to be the root: the decoder must refuse the loop, not follow it.

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pytest
 from helpers import cid_for, make_backend, run_pinfs, run_pinfs_json
 
-from pinfs.backends import get_backend
-from pinfs.cids import cid_key, identity_columns, is_standard, spelling_duplicates, standard_forms
+from pinfs.data.backends import get_backend
+from pinfs.data.cids import cid_key, identity_columns, is_standard, spelling_duplicates, standard_forms
+from pinfs.data.snapshots import StoreCache
+from pinfs.data.store import PinStore
 from pinfs.fs.tree import NodeKind, PinTree
-from pinfs.snapshots import StoreCache
-from pinfs.store import PinStore
 
 V0 = cid_for("content", version=0)  # Qm…
 V1 = standard_forms(V0)[1]  # bafybei…: the same CID as CIDv1 base32
@@ -181,9 +181,9 @@ def test_migration_matches_pins_json_to_the_store_by_identity(root: Path) -> Non
 
 
 def test_verify_only_reports_two_spellings_of_one_cid_written_by_another_tool(root: Path) -> None:
-    from pinfs import schema
-    from pinfs.store import PinStore as Store
-    from pinfs.tables import records_to_table
+    from pinfs.data import schema
+    from pinfs.data.store import PinStore as Store
+    from pinfs.data.tables import records_to_table
 
     make_backend(root, "b1")
     backend = get_backend(root, "b1")

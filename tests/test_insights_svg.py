@@ -14,9 +14,9 @@ from mounting import mounted, needs_fuse, sh
 from PIL import Image
 from s3server import fs_config, pin_record, put_pins
 
-from pinfs.backends import get_backend
+from pinfs.data.backends import get_backend
+from pinfs.data.runstate import record_run
 from pinfs.ops.insights_svg import COLOURS, TITLES
-from pinfs.ops.state import record_run
 
 SVG = "{http://www.w3.org/2000/svg}"
 

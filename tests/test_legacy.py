@@ -1,4 +1,4 @@
-"""Tests for pinfs.legacy: every pins.json shape, rejects, hostile input, backups, pins.rejected.json."""
+"""Tests for pinfs.data.legacy: every pins.json shape, rejects, hostile input, backups, pins.rejected.json."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pinfs import legacy
+from pinfs.data import legacy
+from pinfs.data.legacy import MAX_DEPTH, read_legacy_pins
+from pinfs.data.legacy_entries import LegacyPins, Rejected
+from pinfs.data.legacy_files import find_legacy_source, write_rejected
+from pinfs.data.schema import REQUIRED_COLUMNS, load_metadata, record_problems
 from pinfs.errors import CorruptData, NotFound
-from pinfs.legacy import MAX_DEPTH, read_legacy_pins
-from pinfs.legacy_entries import LegacyPins, Rejected
-from pinfs.legacy_files import find_legacy_source, write_rejected
-from pinfs.schema import REQUIRED_COLUMNS, load_metadata, record_problems
 
 V0 = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"
 V1 = "bafyreigdmqpykrgxyaxtlafqpqhzrb7qy2rh75nldvfd4tucqmqqme5yje"

@@ -1,4 +1,4 @@
-"""The legacy reader's batch path (``pinfs.legacy_columns``) decides exactly as the per-entry rules do.
+"""The legacy reader's batch path (``pinfs.data.legacy_columns``) decides exactly as the per-entry rules do.
 
 Each shortcut is checked against the rule it stands for: the batch CID check only vouches for CIDs
 libipld accepts; msgspec's sorted encoding of plain metadata is ``dump_metadata``'s text; and whole
@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pinfs import legacy_entries
-from pinfs.cids import cid_problem
-from pinfs.legacy import parse_legacy
-from pinfs.legacy_columns import _ENCODER, canonical_shape_mask, valid_cid_mask
-from pinfs.schema import _CANONICAL_TIMESTAMP, dump_metadata
+from pinfs.data import legacy_entries
+from pinfs.data.cids import cid_problem
+from pinfs.data.legacy import parse_legacy
+from pinfs.data.legacy_columns import _ENCODER, canonical_shape_mask, valid_cid_mask
+from pinfs.data.schema import _CANONICAL_TIMESTAMP, dump_metadata
 
 DEFAULT = "2026-01-02T03:04:05.000006+00:00"
 

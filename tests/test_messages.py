@@ -452,8 +452,8 @@ def test_health_reports_an_unreachable_s3_endpoint(root: Path) -> None:
 
 
 def test_mount_directories_are_0755_so_a_copy_can_be_removed(root: Path) -> None:
+    from pinfs.data.snapshots import StoreCache
     from pinfs.fs.tree import NodeKind, PinTree
-    from pinfs.snapshots import StoreCache
 
     make_backend(root, "b1")
     node = PinTree(root, StoreCache()).resolve(("backends", "b1"))

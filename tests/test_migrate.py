@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import cid_for, file_digests, make_backend, run_pinfs, run_pinfs_json
 
-from pinfs.backends import get_backend
+from pinfs.data.backends import get_backend
 from pinfs.ops.migrate import MigrateOptions, migrate
 from pinfs.ops.migrate_verify import verify_backend
 from pinfs.ops.pins import PinRequest, add_pins

@@ -24,9 +24,9 @@ from helpers import cid_for, file_digests, make_backend, run_pinfs, run_pinfs_js
 from s3server import content_car, fs_config, pin_record, put_pins
 
 from pinfs.cli import build_parser, rewrite_aliases
+from pinfs.data.legacy_files import list_backups
+from pinfs.data.runstate import STATE_NAME
 from pinfs.fs.control import ControlRegistry
-from pinfs.legacy_files import list_backups
-from pinfs.ops.state import STATE_NAME
 
 C = [cid_for(f"c{i}") for i in range(6)]
 PROJECT = Path(__file__).resolve().parent.parent

@@ -23,9 +23,9 @@ import pytest
 from helpers import cid_for, file_digests, make_backend, run_pinfs, store_records
 from mounting import REJECTIONS, Mount, force_unmount, mounted, needs_fuse, sh, start_mount, stop_with, write_errno
 
-from pinfs import schema
-from pinfs.backends import get_backend
-from pinfs.car import read_pin_mappings_car, to_legacy_json, write_pin_mappings_car
+from pinfs.data import schema
+from pinfs.data.backends import get_backend
+from pinfs.data.car import read_pin_mappings_car, to_legacy_json, write_pin_mappings_car
 from pinfs.fs.mount import is_mounted
 
 pytestmark = [pytest.mark.mount, needs_fuse]

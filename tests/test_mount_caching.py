@@ -19,9 +19,9 @@ import pytest
 from helpers import cid_for, make_backend
 from mounting import Mount, mounted, needs_fuse, sh
 
-from pinfs.backends import get_backend
+from pinfs.data.backends import get_backend
+from pinfs.data.store import PinStore
 from pinfs.ops.pins import PinRequest, add_pins, remove_pins
-from pinfs.store import PinStore
 
 pytestmark = [pytest.mark.mount, needs_fuse]
 

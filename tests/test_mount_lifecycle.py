@@ -18,8 +18,8 @@ import pytest
 from helpers import cid_for, make_backend, store_records
 from mounting import force_unmount, needs_fuse, start_mount, stop_with, write_control
 
-from pinfs import schema
-from pinfs.backends import get_backend
+from pinfs.data import schema
+from pinfs.data.backends import get_backend
 from pinfs.fs.mount import is_mounted
 from pinfs.ops.migrate import MigrateOptions, migrate
 

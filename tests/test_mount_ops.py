@@ -35,7 +35,7 @@ from s3server import (  # noqa: F401 (s3_server is a fixture)
     s3_server,
 )
 
-from pinfs.car import read_pin_mappings_car
+from pinfs.data.car import read_pin_mappings_car
 from pinfs.fs.mount import is_mounted
 
 pytestmark = [pytest.mark.mount, needs_fuse]

@@ -13,9 +13,9 @@ import pytest
 from helpers import cid_for, file_digests, make_backend, run_on_terminal, run_pinfs
 from s3server import fs_config, pin_record, put_pins
 
-from pinfs.backends import get_backend
+from pinfs.data.backends import get_backend
+from pinfs.data.schema import STORE_COLUMNS
 from pinfs.ops.query import pin_files, run_query
-from pinfs.schema import STORE_COLUMNS
 
 COUNT_SQL = "SELECT backend_name, status, count(*) AS n FROM pins GROUP BY ALL ORDER BY ALL"
 

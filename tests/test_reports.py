@@ -12,13 +12,13 @@ import pytest
 from helpers import ago, cid_for, make_backend, run_pinfs, run_pinfs_json
 from s3server import content_car, fs_config, pin_record, put_pins
 
-from pinfs.backends import get_backend
+from pinfs.data.backends import get_backend
+from pinfs.data.runstate import record_run
+from pinfs.data.snapshots import PinSnapshot
+from pinfs.data.store import PinStore
 from pinfs.errors import InvalidInput, NotFound
 from pinfs.ops import reports
 from pinfs.ops.insights import EXAMPLES, _replication
-from pinfs.ops.state import record_run
-from pinfs.snapshots import PinSnapshot
-from pinfs.store import PinStore
 
 
 @pytest.fixture
@@ -239,7 +239,7 @@ def test_cli_reports(populated: Path) -> None:
 
 
 def test_content_car_helper_is_valid() -> None:
-    from pinfs.carv1 import verify_content_car
+    from pinfs.data.carv1 import verify_content_car
 
     cid, data = content_car("x")
     assert verify_content_car(data, cid, "test") == 1

@@ -258,7 +258,7 @@ def test_two_hosts_with_a_mount_and_a_cli_each_lose_nothing(seaweed: Seaweed, tm
 
 
 # A hang guard for one read in the mount while the store is down or hung: a request waits at most
-# ANSWER_SECONDS per attempt (pinfs.s3client), so a read answers within ~20 s even from a hung server.
+# ANSWER_SECONDS per attempt (pinfs.data.s3client), so a read answers within ~20 s even from a hung server.
 STORE_DOWN_GUARD = 60
 
 
@@ -306,7 +306,7 @@ def test_the_server_stopped_mid_write_loses_no_acknowledged_pin(tmp_path: Path) 
             # A hung store: each backend's read fails (EIO) within the timeouts, then answers again.
             os.killpg(server.process.pid, signal.SIGSTOP)
             try:
-                time.sleep(1.5)  # what the mount knew of the store expires (pinfs.rootfs.S3_METADATA_SECONDS)
+                time.sleep(1.5)  # what the mount knew of the store expires (pinfs.data.rootfs.S3_METADATA_SECONDS)
                 for path in status.values():
                     elapsed, text = _timed_read(path)
                     assert isinstance(text, OSError) and text.errno == errno.EIO, text

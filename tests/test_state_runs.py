@@ -9,9 +9,9 @@ from typing import Any
 
 from helpers import cid_for, file_digests, make_backend, run_pinfs, run_pinfs_json
 
-from pinfs.backends import get_backend
+from pinfs.data.backends import get_backend
+from pinfs.data.runstate import STATE_NAME, read_state
 from pinfs.ops.migrate import MigrateOptions, migrate
-from pinfs.ops.state import STATE_NAME, read_state
 
 CIDS = [cid_for(i) for i in range(3)]
 

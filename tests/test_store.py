@@ -16,15 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import cid_for, make_backend
 
-from pinfs import tables as tables_module
-from pinfs.backends import get_backend
+from pinfs.data import tables as tables_module
+from pinfs.data.backends import get_backend
+from pinfs.data.exports import refresh_exports
+from pinfs.data.pieces import FilePiece
+from pinfs.data.schema import REQUIRED_COLUMNS, make_record
+from pinfs.data.store import PinStore
+from pinfs.data.tables import records_to_table, write_table
 from pinfs.errors import CorruptData, InvalidInput
-from pinfs.exports import refresh_exports
 from pinfs.ops.pins import PinRequest, add_pins
-from pinfs.pieces import FilePiece
-from pinfs.schema import REQUIRED_COLUMNS, make_record
-from pinfs.store import PinStore
-from pinfs.tables import records_to_table, write_table
 
 
 def _records(count: int, backend: str = "b1", seed: str = "") -> list[dict[str, str]]:

@@ -19,11 +19,11 @@ from s3server import (  # noqa: F401 (s3_server is a fixture)
     s3_server,
 )
 
-from pinfs.backends import get_backend
+from pinfs.data.backends import get_backend
+from pinfs.data.runstate import record_run
 from pinfs.errors import InvalidInput, NotFound
 from pinfs.ops import reports
 from pinfs.ops.schedule import run_due_duties, seconds_until_due
-from pinfs.ops.state import record_run
 from pinfs.ops.sync import SyncOptions, sync
 
 

@@ -18,18 +18,18 @@ import pytest
 from deltalake import DeltaTable
 from helpers import cid_for, make_backend, run_pinfs, run_pinfs_json
 
-from pinfs import delta as delta_module
-from pinfs.backends import get_backend
-from pinfs.car import read_pin_mappings_car
-from pinfs.delta import TABLE_DIR
-from pinfs.exports import export_state, read_record, refresh_exports
-from pinfs.fsutil import SHARD_DIR
+from pinfs.data import delta as delta_module
+from pinfs.data.backends import get_backend
+from pinfs.data.car import read_pin_mappings_car
+from pinfs.data.delta import TABLE_DIR
+from pinfs.data.exports import export_state, read_record, refresh_exports
+from pinfs.data.fsutil import SHARD_DIR
+from pinfs.data.schema import STORE_COLUMNS, make_record
+from pinfs.data.snapshots import StoreCache
+from pinfs.data.store import ConcurrentChange, PinStore, Transaction
+from pinfs.data.tables import records_to_table, write_table
 from pinfs.ops.maintain import MaintainOptions, maintain
 from pinfs.ops.pins import PinRequest, add_pins, remove_pins
-from pinfs.schema import STORE_COLUMNS, make_record
-from pinfs.snapshots import StoreCache
-from pinfs.store import ConcurrentChange, PinStore, Transaction
-from pinfs.tables import records_to_table, write_table
 
 FILE_ROWS = 64
 

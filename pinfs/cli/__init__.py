@@ -250,7 +250,7 @@ def warn_root_problems(args: argparse.Namespace, command: str) -> None:
     invalid directory name, a symlink), which every command leaves out (issue #16)."""
     if command in _PROBLEMS_SHOWN_OR_NOT_LOOKED_AT or not hasattr(args, "root"):
         return
-    from pinfs.backends import discover_backends, resolve_root
+    from pinfs.data.backends import discover_backends, resolve_root
 
     try:
         problems = discover_backends(resolve_root(args.root))[1]

@@ -43,7 +43,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from pinfs.car import read_pin_mappings_car, to_legacy_json
+    from pinfs.data.car import read_pin_mappings_car, to_legacy_json
 
     if not args.file.is_file():
         raise NotFound(f"{args.file}: no such file")

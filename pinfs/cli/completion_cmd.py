@@ -79,7 +79,7 @@ def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParse
 
 def complete_backends(prefix: str, parsed_args: argparse.Namespace, **_kwargs: Any) -> list[str]:
     """The backends of the data root the command line names (``--root``), or of the default one."""
-    from pinfs.backends import discover_backends, resolve_root
+    from pinfs.data.backends import discover_backends, resolve_root
     from pinfs.errors import PinfsError
 
     try:
@@ -91,7 +91,7 @@ def complete_backends(prefix: str, parsed_args: argparse.Namespace, **_kwargs: A
 
 def complete_mounts(prefix: str, **_kwargs: Any) -> list[str]:
     """Mount points of pinfs filesystems (``fuse.pinfs`` in the mount table)."""
-    from pinfs.fsutil import unescape_mountinfo
+    from pinfs.data.fsutil import unescape_mountinfo
 
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:

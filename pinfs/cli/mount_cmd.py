@@ -23,8 +23,8 @@ from typing import Any
 from pinfs.cli.mount_helper import parse_options
 from pinfs.cli.output import emit, root_of
 from pinfs.cli.systemd import notify, service_unit
+from pinfs.data.rootfs import as_path
 from pinfs.errors import InvalidInput, NotFound, PinfsError
-from pinfs.rootfs import as_path
 
 READY = b"ready\n"
 

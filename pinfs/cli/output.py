@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pinfs.backends import resolve_root
+from pinfs.data.backends import resolve_root
 from pinfs.ops.progress import NullProgress, Progress
 
 

@@ -10,8 +10,8 @@ from typing import Any
 from pinfs.cli.options import add_options
 from pinfs.cli.output import emit, root_of
 from pinfs.commands import COMMANDS
+from pinfs.data.schema import STATUSES
 from pinfs.errors import describe
-from pinfs.schema import STATUSES
 
 CID_HELP = (
     "a CID: CIDv0 (Qm...) or CIDv1 in any multibase; every spelling of one CID (Qm... and bafybei..., "
@@ -89,7 +89,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from pinfs.cids import validate_cid
+    from pinfs.data.cids import validate_cid
     from pinfs.ops.pins import PinRequest, add_pins, parse_meta, parse_status
 
     metadata = dict(parse_meta(item, "--meta: ") for item in args.meta)
@@ -117,7 +117,7 @@ def _exports_status(args: argparse.Namespace, report: dict[str, Any]) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    from pinfs.cids import validate_cid
+    from pinfs.data.cids import validate_cid
     from pinfs.ops.pins import remove_pins
 
     cids = [validate_cid(cid) for cid in args.cids]
@@ -158,7 +158,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_get(args: argparse.Namespace) -> int:
-    from pinfs.cids import validate_cid
+    from pinfs.data.cids import validate_cid
     from pinfs.ops.pins import find_cid
 
     report = find_cid(root_of(args), validate_cid(args.cid), args.backend)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pinfs.cli.output import counts_text, emit, exit_status, root_of
+from pinfs.data.fsutil import atomic_write_bytes
 from pinfs.errors import PinfsError
-from pinfs.fsutil import atomic_write_bytes
 
 # health, status and insights exit alike (issue #16).
 REPORT_EXIT = (

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from pinfs import commands as declared
-from pinfs.backends import Backend
 from pinfs.commands import BACKEND_COMMANDS, MAX_LINE_BYTES, ROOT_COMMANDS, Command, Option
+from pinfs.data.backends import Backend
+from pinfs.data.rootfs import as_path
+from pinfs.data.schema import now_iso
 from pinfs.errors import Busy, InvalidInput, NotFound, PinfsError, describe
 from pinfs.fs.holders import held_elsewhere
-from pinfs.rootfs import as_path
-from pinfs.schema import now_iso
 
 log = logging.getLogger(__name__)
 

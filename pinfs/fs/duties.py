@@ -27,7 +27,7 @@ from pathlib import Path
 
 import trio
 
-from pinfs.backends import Backend
+from pinfs.data.backends import Backend
 from pinfs.errors import PinfsError, describe
 from pinfs.ops.carops import DEFERRED_EXPORTS, PendingExports, refresh_deferred
 

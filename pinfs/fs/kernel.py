@@ -34,8 +34,10 @@ import pyfuse3
 import trio
 from pyfuse3 import FileNameT, InodeT
 
-from pinfs.backends import backends_dir
-from pinfs.delta import LOG_DIR, TABLE_DIR
+from pinfs.data.backends import backends_dir
+from pinfs.data.delta import LOG_DIR, TABLE_DIR
+from pinfs.data.rootfs import S3Path
+from pinfs.data.schema import STATUSES
 from pinfs.fs.inodes import InodeTable
 from pinfs.fs.inotify import Inotify
 from pinfs.fs.tree import (
@@ -53,8 +55,6 @@ from pinfs.fs.tree import (
     TreePath,
 )
 from pinfs.fs.versions import Change, VersionWatch, describe
-from pinfs.rootfs import S3Path
-from pinfs.schema import STATUSES
 
 log = logging.getLogger(__name__)
 

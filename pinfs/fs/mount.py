@@ -32,6 +32,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from pinfs.data.snapshots import DEFAULT_CACHE_ENTRIES, StoreCache
 from pinfs.errors import PinfsError
 from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
@@ -42,7 +43,6 @@ from pinfs.fs.tree import PinTree
 from pinfs.fs.versions import VersionWatch
 from pinfs.fs.warmup import use_jemalloc, warm_up_arrow
 from pinfs.ops.carops import DeferExport
-from pinfs.snapshots import DEFAULT_CACHE_ENTRIES, StoreCache
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pinfs.data.fsutil import unescape_mountinfo
 from pinfs.errors import Busy, InvalidInput, NotFound, PinfsError
-from pinfs.fsutil import unescape_mountinfo
 
 
 def is_fd_mountpoint(mountpoint: Path) -> bool:

@@ -41,14 +41,14 @@ import cachetools
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.backends import Backend, discover_backends
-from pinfs.cids import cid_key
-from pinfs.delta import DataFile, TableState, TableVersion
+from pinfs.data.backends import Backend, discover_backends
+from pinfs.data.cids import cid_key
+from pinfs.data.delta import DataFile, TableState, TableVersion
+from pinfs.data.pieces import FilePiece
+from pinfs.data.rootfs import S3Path, as_location
+from pinfs.data.snapshots import StoreCache
+from pinfs.data.store import PinStore
 from pinfs.errors import InvalidInput, PinfsError
-from pinfs.pieces import FilePiece
-from pinfs.rootfs import S3Path, as_location
-from pinfs.snapshots import StoreCache
-from pinfs.store import PinStore
 
 log = logging.getLogger(__name__)
 

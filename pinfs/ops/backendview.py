@@ -16,15 +16,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.backends import Backend, discover_backends
-from pinfs.delta import TableState
+from pinfs.data.backends import Backend, discover_backends
+from pinfs.data.delta import TableState
+from pinfs.data.exports import export_state
+from pinfs.data.runstate import read_state
+from pinfs.data.schema import FAILED, FUTURE_TOLERANCE, STATUSES, STORED, load_metadata
+from pinfs.data.snapshots import PinSnapshot
+from pinfs.data.store import PinStore
 from pinfs.errors import PinfsError, describe
-from pinfs.exports import export_state
 from pinfs.ops.carops import DEFERRED_EXPORTS
-from pinfs.ops.state import read_state
-from pinfs.schema import FAILED, FUTURE_TOLERANCE, STATUSES, STORED, load_metadata
-from pinfs.snapshots import PinSnapshot
-from pinfs.store import PinStore
 
 STALE_VERIFY_DAYS = 7.0
 TOP_REASONS = 10

@@ -24,16 +24,16 @@ from typing import Any
 
 import cachetools
 
-from pinfs.backends import CAR_NAME, PARQUET_NAME, Backend
+from pinfs.data.backends import CAR_NAME, PARQUET_NAME, Backend
+from pinfs.data.fsutil import read_regular_file
+from pinfs.data.oldforms import data_files, is_sharded, read_old_form
+from pinfs.data.runstate import read_state, record_run
+from pinfs.data.schema import now_iso
+from pinfs.data.tables import parquet_bytes
 from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported
-from pinfs.fsutil import read_regular_file
-from pinfs.oldforms import data_files, is_sharded, read_old_form
 from pinfs.ops.drivers import FILESYSTEM_DRIVER_TYPES
 from pinfs.ops.drivers.base import flag_setting
-from pinfs.ops.state import read_state, record_run
 from pinfs.ops.synccontext import SyncContext
-from pinfs.schema import now_iso
-from pinfs.tables import parquet_bytes
 
 BACKUP_DIR = "pin_mappings"
 MANIFEST_KEY = f"{BACKUP_DIR}/manifest.json"
@@ -58,7 +58,7 @@ def _load_manifest(driver: Any) -> dict[str, Any]:
 
 def _content(source: Path) -> tuple[str, Callable[[], bytes]]:
     """The content hash of a pin-mapping file and a way to get its bytes. A backend still in the sharded
-    form of an older release (``pinfs.oldforms``) is copied as one parquet file of the whole table."""
+    form of an older release (``pinfs.data.oldforms``) is copied as one parquet file of the whole table."""
     if not is_sharded(source):
         data = read_regular_file(source)
         return hashlib.sha256(data).hexdigest(), lambda: data

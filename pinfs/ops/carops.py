@@ -1,8 +1,8 @@
 """Pin changes and the exports that follow them; regenerating ``pin_mappings.car``; checking it.
 
 Every change to a backend's pins (pin, unpin, sync and verify outcomes, migration) is a commit to its
-table (``pinfs.store``), after which the exports (``pin_mappings.parquet`` and ``pin_mappings.car``,
-``pinfs.exports``) are brought up to the new version: at once for a backend of up to
+table (``pinfs.data.store``), after which the exports (``pin_mappings.parquet`` and ``pin_mappings.car``,
+``pinfs.data.exports``) are brought up to the new version: at once for a backend of up to
 ``EXPORT_AT_ONCE_ROWS`` pins (a few tens of ms), and for a bigger one either before the command returns
 (the command line) or, in the mount, by its export duty (``pinfs.fs.duties``, calling ``refresh_deferred``)
 once writes to the backend pause, so that a pin through a control file returns as soon as it is committed.
@@ -20,16 +20,16 @@ from typing import Any, Protocol, TypeVar
 
 import pyarrow as pa
 
-from pinfs.backends import Backend
-from pinfs.car import read_pin_mappings_car
+from pinfs.data.backends import Backend
+from pinfs.data.car import read_pin_mappings_car
+from pinfs.data.exports import export_state, refresh_exports
+from pinfs.data.schema import REQUIRED_COLUMNS
+from pinfs.data.store import PinStore, Transaction
+from pinfs.data.tables import sort_by_cid
 from pinfs.errors import CorruptData, PinfsError, describe
-from pinfs.exports import export_state, refresh_exports
 from pinfs.ops.common import error_entry, select_backends
 from pinfs.ops.maintain import maybe_maintain
 from pinfs.ops.progress import NullProgress, Progress
-from pinfs.schema import REQUIRED_COLUMNS
-from pinfs.store import PinStore, Transaction
-from pinfs.tables import sort_by_cid
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import Backend, discover_backends, get_backend, validate_backend_name
+from pinfs.data.backends import Backend, discover_backends, get_backend, validate_backend_name
+from pinfs.data.snapshots import PinSnapshot
+from pinfs.data.store import PinStore
 from pinfs.errors import CorruptData, InvalidInput, UnknownBackend, describe
-from pinfs.snapshots import PinSnapshot
-from pinfs.store import PinStore
 
 
 def select_backends(root: Path, names: Sequence[str]) -> list[Backend]:

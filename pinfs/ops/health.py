@@ -11,9 +11,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from pinfs.backends import Backend
+from pinfs.data.backends import Backend
+from pinfs.data.legacy_files import future_backups
+from pinfs.data.s3client import S3Error
+from pinfs.data.schema import FAILED, PENDING, now_iso
+from pinfs.data.store import PinStore
 from pinfs.errors import PinfsError, describe
-from pinfs.legacy_files import future_backups
 from pinfs.ops.backendview import (
     STALE_VERIFY_DAYS,
     BackendView,
@@ -30,9 +33,6 @@ from pinfs.ops.drivers import DriverError, driver_for, has_driver
 from pinfs.ops.drivers.filesystem import FilesystemDriver
 from pinfs.ops.sync import NO_CONTENT
 from pinfs.ops.synccontext import STAGING_DIR
-from pinfs.s3client import S3Error
-from pinfs.schema import FAILED, PENDING, now_iso
-from pinfs.store import PinStore
 
 HEALTH_ORDER = {"ok": 0, "degraded": 1, "error": 2}
 

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pinfs.data.schema import FAILED, PENDING, STATUSES, STORED, now_iso
 from pinfs.errors import PinfsError, describe
 from pinfs.ops.backendview import (
     STALE_VERIFY_DAYS,
@@ -24,7 +25,6 @@ from pinfs.ops.backendview import (
     verification_ages,
     views_of,
 )
-from pinfs.schema import FAILED, PENDING, STATUSES, STORED, now_iso
 
 EXAMPLES = 20
 AGE_BUCKETS: tuple[tuple[str, timedelta | None], ...] = (

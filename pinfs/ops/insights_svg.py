@@ -20,7 +20,7 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
-from pinfs.schema import FAILED, PENDING, STATUSES
+from pinfs.data.schema import FAILED, PENDING, STATUSES
 
 COLOURS = {"stored": "#2e7d32", "pending": "#f9a825", "failed": "#c62828"}
 NEUTRAL = "#616161"

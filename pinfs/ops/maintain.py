@@ -1,10 +1,10 @@
 """Maintenance of the backends' tables: ``pinfs maintain``, and the same by itself now and then.
 
-Per backend with a table (``pinfs.store``): data files that grew past twice the target are split and
+Per backend with a table (``pinfs.data.store``): data files that grew past twice the target are split and
 those under a quarter of it merged into a neighbour (one commit; writers that meet it retry on the new
 version), a log checkpoint is written and expired log entries removed (so a table loads in a few ms
 after any number of commits), and vacuum deletes data files that no version younger than the
-retention needs (``pinfs.delta``: 15 minutes; readers in flight keep their open files). The version
+retention needs (``pinfs.data.delta``: 15 minutes; readers in flight keep their open files). The version
 the parquet export was made from is kept by vacuum, since importing a foreign parquet diffs against it.
 
 Nobody has to remember it: once a table is ``MAINTAIN_EVERY`` commits past its last maintenance (the
@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import Backend
+from pinfs.data.backends import Backend
+from pinfs.data.exports import PARQUET, read_record
+from pinfs.data.runstate import read_state, record_run
+from pinfs.data.schema import now_iso
+from pinfs.data.store import ConcurrentChange, PinStore
 from pinfs.errors import PinfsError, describe
-from pinfs.exports import PARQUET, read_record
 from pinfs.ops.common import error_entry, select_backends
 from pinfs.ops.progress import NullProgress, Progress
-from pinfs.ops.state import read_state, record_run
-from pinfs.schema import now_iso
-from pinfs.store import ConcurrentChange, PinStore
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Migration of legacy ``pins.json`` files into the store (the backend's Delta table, ``pinfs.store``,
+"""Migration of legacy ``pins.json`` files into the store (the backend's Delta table, ``pinfs.data.store``,
 and its exports ``pin_mappings.parquet`` + ``pin_mappings.car``).
 
 Per backend, under its lock (issue #14, CONTRACT §1 "Writes"):
@@ -31,7 +31,7 @@ the ``ops.carops`` helpers. The plan (what a run would change) is made by ``pinf
 verify-only is ``pinfs.ops.migrate_verify``.
 
 A run that wrote something (migrate or restore, not a dry run, not verify-only) is recorded as the
-backend's ``migrate`` section of its run state (``pinfs.ops.state``; status shows it as the last
+backend's ``migrate`` section of its run state (``pinfs.data.runstate``; status shows it as the last
 migration), after the lock is released. A run that wrote nothing records nothing (a second run changes
 no file); a failed one records its error but keeps the time of the last migration that worked.
 """
@@ -44,19 +44,23 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.backends import Backend, get_backend
-from pinfs.cids import identity_columns
-from pinfs.errors import NotFound, PinfsError
-from pinfs.exports import export_state, refresh_exports
-from pinfs.fsutil import atomic_write_bytes, read_regular_file
-from pinfs.legacy_entries import LegacyPins
-from pinfs.legacy_files import (
+from pinfs.data.backends import Backend, get_backend
+from pinfs.data.cids import identity_columns
+from pinfs.data.exports import export_state, refresh_exports
+from pinfs.data.fsutil import atomic_write_bytes, read_regular_file
+from pinfs.data.legacy_entries import LegacyPins
+from pinfs.data.legacy_files import (
     BACKUP_PREFIX,
     future_backups,
     list_backups,
     write_rejected,
 )
-from pinfs.oldforms import old_form_exists
+from pinfs.data.oldforms import old_form_exists
+from pinfs.data.runstate import read_state, record_run, update_state_locked
+from pinfs.data.schema import now_iso, utc_stamp
+from pinfs.data.store import PinStore, Transaction
+from pinfs.data.tables import normalize_table, write_table
+from pinfs.errors import NotFound, PinfsError
 from pinfs.ops.carops import exports_behind
 from pinfs.ops.common import discovery_problems, error_entry, match_backends
 from pinfs.ops.migrate_plan import (
@@ -71,10 +75,6 @@ from pinfs.ops.migrate_plan import (
 )
 from pinfs.ops.migrate_verify import verify_backend
 from pinfs.ops.progress import NullProgress, Progress
-from pinfs.ops.state import read_state, record_run, update_state_locked
-from pinfs.schema import now_iso, utc_stamp
-from pinfs.store import PinStore, Transaction
-from pinfs.tables import normalize_table, write_table
 
 PARQUET_BACKUP_PREFIX = "pin_mappings.parquet.backup."
 # The run-state section naming what the last migration imported: {"backup", "sha256", "source", "at"}.

@@ -18,23 +18,23 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.backends import LEGACY_NAME, REJECTED_NAME, Backend
-from pinfs.cids import identity_columns
-from pinfs.errors import CorruptData, NotFound
-from pinfs.exports import export_state
-from pinfs.fsutil import atomic_write_bytes, read_regular_file
-from pinfs.legacy import mtime_iso, parse_legacy, read_legacy_bytes
-from pinfs.legacy_entries import LegacyPins
-from pinfs.legacy_files import (
+from pinfs.data.backends import LEGACY_NAME, REJECTED_NAME, Backend
+from pinfs.data.cids import identity_columns
+from pinfs.data.exports import export_state
+from pinfs.data.fsutil import atomic_write_bytes, read_regular_file
+from pinfs.data.legacy import mtime_iso, parse_legacy, read_legacy_bytes
+from pinfs.data.legacy_entries import LegacyPins
+from pinfs.data.legacy_files import (
     is_own_backup,
     list_backups,
     new_backup_path,
 )
+from pinfs.data.runstate import read_state
+from pinfs.data.schema import REQUIRED_COLUMNS, dump_metadata, load_metadata, now_iso
+from pinfs.data.store import PinStore, Transaction
+from pinfs.data.tables import empty_table, normalize_table
+from pinfs.errors import CorruptData, NotFound
 from pinfs.ops.carops import car_agreement
-from pinfs.ops.state import read_state
-from pinfs.schema import REQUIRED_COLUMNS, dump_metadata, load_metadata, now_iso
-from pinfs.store import PinStore, Transaction
-from pinfs.tables import empty_table, normalize_table
 
 PARQUET_BACKUP_PREFIX = "pin_mappings.parquet.backup."
 # The run-state section naming what the last migration imported: {"backup", "sha256", "source", "at"}.

@@ -10,15 +10,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.backends import Backend
-from pinfs.cids import spelling_duplicates
-from pinfs.datafiles import table_snapshot
+from pinfs.data.backends import Backend
+from pinfs.data.cids import spelling_duplicates
+from pinfs.data.datafiles import table_snapshot
+from pinfs.data.schema import REQUIRED_COLUMNS, record_problems
+from pinfs.data.store import PinStore
+from pinfs.data.tables import first_duplicate_cid, read_whole_table
 from pinfs.errors import PinfsError
 from pinfs.ops.carops import car_agreement
 from pinfs.ops.migrate_plan import source_path
-from pinfs.schema import REQUIRED_COLUMNS, record_problems
-from pinfs.store import PinStore
-from pinfs.tables import first_duplicate_cid, read_whole_table
 
 PARQUET_BACKUP_PREFIX = "pin_mappings.parquet.backup."
 # The run-state section naming what the last migration imported: {"backup", "sha256", "source", "at"}.

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import Backend, discover_backends, ensure_backend_dir, get_backend
-from pinfs.cids import cid_key, validate_cid
+from pinfs.data.backends import Backend, discover_backends, ensure_backend_dir, get_backend
+from pinfs.data.cids import cid_key, validate_cid
+from pinfs.data.schema import REQUIRED_COLUMNS, STATUSES, dump_metadata, load_metadata, make_record
+from pinfs.data.store import PinStore, Transaction
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, describe
 from pinfs.ops.carops import DeferExport, change_pins
-from pinfs.schema import REQUIRED_COLUMNS, STATUSES, dump_metadata, load_metadata, make_record
-from pinfs.store import PinStore, Transaction
 
 DeferCar = DeferExport
 

@@ -12,7 +12,7 @@ connection's file-system access is switched off (``enable_external_access``), so
 DuckDB's spill directory is a private temporary directory outside the root, removed afterwards.
 
 ``pin_files`` is the one place that knows where a backend's rows are on disk: the data files of the
-newest version of its Delta table (``pinfs.store``), or the parquet of an older release's form.
+newest version of its Delta table (``pinfs.data.store``), or the parquet of an older release's form.
 
 Threading: blocking; one connection per call, used by one thread.
 """
@@ -29,12 +29,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from pinfs.backends import Backend, discover_backends
+from pinfs.data.backends import Backend, discover_backends
+from pinfs.data.oldforms import data_files, old_form_exists
+from pinfs.data.rootfs import as_location, local_copy
+from pinfs.data.schema import arrow_schema
+from pinfs.data.store import PinStore
 from pinfs.errors import CorruptData, InvalidInput, PinfsError, describe
-from pinfs.oldforms import data_files, old_form_exists
-from pinfs.rootfs import as_location, local_copy
-from pinfs.schema import arrow_schema
-from pinfs.store import PinStore
 
 VIEW = "pins"
 

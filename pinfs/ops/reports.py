@@ -4,7 +4,7 @@ insights (``pinfs.ops.insights``), and here each backend's ``summary.json``.
 Everything is computed from the table reading only the columns needed, a data file at a time
 (``snapshot.scan([...])``: at a million pins a whole column through the read cache would flush it;
 counts by status are cached per data file), the backend's small state file
-(``pinfs.ops.state``: last sync/verify) and ``stat`` of its files. Nothing here touches the network:
+(``pinfs.data.runstate``: last sync/verify) and ``stat`` of its files. Nothing here touches the network:
 an unreachable backend shows up through the error its last sync recorded.
 
 A backend whose files or config are bad shows its error in its own entry and never stops the others.
@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import discover_backends, get_backend
+from pinfs.data.backends import discover_backends, get_backend
 from pinfs.ops.backendview import safe_entry, view_of
 from pinfs.ops.health import health, health_of
 from pinfs.ops.insights import insights

@@ -11,9 +11,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.backends import Backend
+from pinfs.data.backends import Backend
+from pinfs.data.legacy_files import list_backups
+from pinfs.data.schema import FAILED, PENDING, STATUSES, now_iso
+from pinfs.data.snapshots import PinSnapshot
 from pinfs.errors import PinfsError, describe
-from pinfs.legacy_files import list_backups
 from pinfs.ops.backendview import (
     BackendView,
     car_state,
@@ -25,8 +27,6 @@ from pinfs.ops.backendview import (
     views_of,
 )
 from pinfs.ops.drivers import driver_for, has_driver
-from pinfs.schema import FAILED, PENDING, STATUSES, now_iso
-from pinfs.snapshots import PinSnapshot
 
 _SECRET_WORDS = ("secret", "password", "token", "access_key", "key_id", "credential", "private")
 

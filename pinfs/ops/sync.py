@@ -36,20 +36,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import Backend, discover_backends
-from pinfs.carv1 import verify_content_car
+from pinfs.data.backends import Backend, discover_backends
+from pinfs.data.carv1 import verify_content_car
+from pinfs.data.exports import export_state, refresh_exports
+from pinfs.data.fsutil import read_regular_file
+from pinfs.data.runstate import read_state, record_run
+from pinfs.data.schema import FAILED, PENDING, STORED, dump_metadata, load_metadata, now_iso
+from pinfs.data.store import PinStore
 from pinfs.errors import CorruptData, NotFound, PinfsError, Unsupported, describe
-from pinfs.exports import export_state, refresh_exports
-from pinfs.fsutil import read_regular_file
 from pinfs.ops.backup import backup_to, wants_backups
 from pinfs.ops.carops import change_pins
 from pinfs.ops.common import select_backends, usable_snapshot
 from pinfs.ops.drivers import Driver, DriverError, TooLarge, has_driver, key_for
 from pinfs.ops.progress import NullProgress, Progress
-from pinfs.ops.state import read_state, record_run
 from pinfs.ops.synccontext import STAGING_DIR, SyncContext, bind_exists, bind_get
-from pinfs.schema import FAILED, PENDING, STORED, dump_metadata, load_metadata, now_iso
-from pinfs.store import PinStore
 
 CAR_KEY = "pin_mappings.car"
 # Per-pin details kept in a report per backend and kind; counts are always complete. The text output

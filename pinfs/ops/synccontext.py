@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pinfs.backends import Backend
-from pinfs.cids import is_valid_cid, standard_forms
+from pinfs.data.backends import Backend
+from pinfs.data.cids import is_valid_cid, standard_forms
+from pinfs.data.schema import STORED
+from pinfs.data.snapshots import PinSnapshot
+from pinfs.data.store import PinStore
 from pinfs.errors import NotFound, PinfsError, Unsupported
 from pinfs.ops.drivers import Driver, DriverError, driver_for, has_driver, key_for
 from pinfs.ops.drivers.filesystem import FilesystemDriver
-from pinfs.schema import STORED
-from pinfs.snapshots import PinSnapshot
-from pinfs.store import PinStore
 
 STAGING_DIR = "cars"
 

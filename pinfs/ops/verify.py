@@ -24,15 +24,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.backends import Backend
-from pinfs.carv1 import verify_content_car
+from pinfs.data.backends import Backend
+from pinfs.data.carv1 import verify_content_car
+from pinfs.data.runstate import record_run
+from pinfs.data.schema import FAILED, FUTURE_TOLERANCE, STORED, load_metadata, now_iso
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, Unsupported, describe
 from pinfs.ops.common import select_backends, usable_snapshot
 from pinfs.ops.drivers import Driver, DriverError, driver_for, key_for
 from pinfs.ops.progress import NullProgress, Progress
-from pinfs.ops.state import record_run
 from pinfs.ops.sync import MAX_DETAILS, PinOutcome, write_outcomes
-from pinfs.schema import FAILED, FUTURE_TOLERANCE, STORED, load_metadata, now_iso
 
 
 @dataclass

@@ -58,7 +58,7 @@ def insights_svg(root: Path) -> bytes:
 
 def car_json(car_path: Path) -> bytes:
     """The CAR at ``car_path`` as legacy JSON. Raises NotFound, CorruptData."""
-    from pinfs.car import read_pin_mappings_car, to_legacy_json
+    from pinfs.data.car import read_pin_mappings_car, to_legacy_json
 
     try:
         car = read_pin_mappings_car(car_path)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pinfs.backends import discover_backends
+from pinfs.data.backends import discover_backends
+from pinfs.data.fsutil import refuse_symlink
+from pinfs.data.schema import STATUSES
 from pinfs.errors import CorruptData, NotFound
 from pinfs.fs.control import BACKEND_COMMANDS, ROOT_COMMANDS
 from pinfs.fs.tree.generated import car_json, insights_svg, make_report
@@ -54,9 +56,7 @@ from pinfs.fs.tree.nodes import Node, NodeKind, NotADirectory
 from pinfs.fs.tree.readme import README_TEXT
 from pinfs.fs.tree.records import pretty, record_file_bytes
 from pinfs.fs.versions import Kept
-from pinfs.fsutil import refuse_symlink
 from pinfs.ops import reports
-from pinfs.schema import STATUSES
 
 if TYPE_CHECKING:
     from pinfs.fs.tree.pintree import PinTree

@@ -20,10 +20,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
+from pinfs.data.rootfs import local_copy
 from pinfs.errors import PinfsError
 from pinfs.fs.tree.names import TreePath
 from pinfs.fs.versions import Lease
-from pinfs.rootfs import local_copy
 
 
 class NotADirectory(PinfsError):

@@ -29,8 +29,11 @@ from pathlib import Path
 
 import cachetools
 
-from pinfs.backends import NAME_PATTERN, Backend, discover_backends, get_backend
-from pinfs.cids import is_valid_cid
+from pinfs.data.backends import NAME_PATTERN, Backend, discover_backends, get_backend
+from pinfs.data.cids import is_valid_cid
+from pinfs.data.rootfs import as_path
+from pinfs.data.snapshots import PinSnapshot, StoreCache
+from pinfs.data.store import PinStore
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, describe
 from pinfs.fs.tree.generated import RenderCache
 from pinfs.fs.tree.kinds import Directory, RecordDir, directory_at
@@ -39,9 +42,6 @@ from pinfs.fs.tree.names import BACKENDS_DIR, BY_CID, TreePath, nameable, shown
 from pinfs.fs.tree.nodes import BytesContent, Content, Node, NodeKind, NotADirectory, RealFileContent
 from pinfs.fs.tree.records import record_mtime
 from pinfs.fs.versions import FRESH_SECONDS, SHORT_SECONDS, Kept, Lease, RecordCache
-from pinfs.rootfs import as_path
-from pinfs.snapshots import PinSnapshot, StoreCache
-from pinfs.store import PinStore
 
 log = logging.getLogger(__name__)
 

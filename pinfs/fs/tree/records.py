@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from pinfs.data.schema import load_metadata
 from pinfs.errors import NotFound
 from pinfs.fs.tree.names import RECORD_VALUE_FILES
-from pinfs.schema import load_metadata
 
 
 def record_file_bytes(record: Mapping[str, Any], name: str) -> bytes:

@@ -23,7 +23,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import Backend
+from pinfs.data.backends import Backend
 from pinfs.errors import Unsupported
 from pinfs.ops.drivers.base import (
     CONNECT_TIMEOUT,

@@ -26,7 +26,7 @@ import base64
 import os
 from typing import Any
 
-from pinfs.backends import Backend
+from pinfs.data.backends import Backend
 from pinfs.errors import CorruptData, PinfsError, Unsupported
 
 CONNECT_TIMEOUT = 3.0  # seconds

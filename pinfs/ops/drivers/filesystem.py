@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pinfs.backends import Backend
+from pinfs.data.backends import Backend
+from pinfs.data.fsutil import atomic_write_bytes
 from pinfs.errors import NotFound
-from pinfs.fsutil import atomic_write_bytes
 from pinfs.ops.drivers.base import MAX_OBJECT_BYTES, BaseDriver, DriverError
 from pinfs.ops.drivers.base import checked_key as _check_key
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pinfs.backends import Backend
+from pinfs.data.backends import Backend
 from pinfs.errors import NotFound
 from pinfs.ops.drivers.base import (
     CONNECT_TIMEOUT,

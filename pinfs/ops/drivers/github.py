@@ -29,7 +29,7 @@ import posixpath
 import subprocess
 from pathlib import Path
 
-from pinfs.backends import Backend
+from pinfs.data.backends import Backend
 from pinfs.errors import NotFound
 from pinfs.ops.drivers.base import (
     MAX_OBJECT_BYTES,

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import Backend
+from pinfs.data.backends import Backend
 from pinfs.errors import NotFound, Unsupported
 from pinfs.ops.drivers.base import (
     MAX_OBJECT_BYTES,

@@ -25,8 +25,8 @@ from urllib.parse import urlencode, urlparse
 
 import libipld
 
-from pinfs.backends import Backend
-from pinfs.carv1 import cid_to_bytes
+from pinfs.data.backends import Backend
+from pinfs.data.carv1 import cid_to_bytes
 from pinfs.errors import NotFound
 from pinfs.ops.drivers.base import (
     MAX_OBJECT_BYTES,

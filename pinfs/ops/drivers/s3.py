@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import cachetools
 
-from pinfs.backends import Backend
+from pinfs.data.backends import Backend
 from pinfs.errors import NotFound
 from pinfs.ops.drivers.base import (
     CONNECT_TIMEOUT,

@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import Backend
+from pinfs.data.backends import Backend
 from pinfs.errors import NotFound
 from pinfs.ops.drivers.base import (
     MAX_OBJECT_BYTES,

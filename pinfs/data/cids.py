@@ -74,7 +74,7 @@ def validate_cid(text: object) -> str:
 # Two spellings are *standard*: the CIDv0 text (for a dag-pb sha2-256 CID, the only one CIDv0 can
 # hold) and the lower-case base32 CIDv1 text. Any other spelling (``B…``, ``z…``, ``k…``, a mixed
 # case) is an *alias*: ``cid_key`` maps it to the key (the base32 CIDv1 text), and a store that holds
-# one records it (``pinfs.delta``), so that a lookup by any spelling costs the lookups of the standard
+# one records it (``pinfs.data.delta``), so that a lookup by any spelling costs the lookups of the standard
 # ones plus, at most, one of the alias.
 
 _V0_HEADER = b"\x01\x70\x12\x20"  # CIDv1, dag-pb, sha2-256, 32 bytes: what a CIDv0 holds

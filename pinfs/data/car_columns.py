@@ -1,6 +1,6 @@
 """The ``pin_mappings.car`` encoder from Arrow columns (``write_pin_mappings_car_columns``): the same bytes
-as ``pinfs.car.write_pin_mappings_car`` over the columns' records, without a Python object per record.
-Used by the exports (``pinfs.exports``).
+as ``pinfs.data.car.write_pin_mappings_car`` over the columns' records, without a Python object per record.
+Used by the exports (``pinfs.data.exports``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import libipld
 
-from pinfs.car import (
+from pinfs.data.car import (
     CAR_VERSION,
     DEFAULT_CHUNK_SIZE,
     FORMAT,
@@ -23,10 +23,10 @@ from pinfs.car import (
     entry_blocks,
     pin_mappings_parts,
 )
-from pinfs.carv1 import DAG_CBOR_SHA256_PREFIX, car_parts, cbor_uint_head, varint
-from pinfs.fsutil import atomic_writer
-from pinfs.rootfs import as_path
-from pinfs.schema import REQUIRED_COLUMNS
+from pinfs.data.carv1 import DAG_CBOR_SHA256_PREFIX, car_parts, cbor_uint_head, varint
+from pinfs.data.fsutil import atomic_writer
+from pinfs.data.rootfs import as_path
+from pinfs.data.schema import REQUIRED_COLUMNS
 
 # The same bytes as ``write_pin_mappings_car`` over the columns' records, but encoded from Arrow
 # columns without making a Python object per record: each record's DAG-CBOR map is assembled by one

@@ -1,7 +1,7 @@
 """The pin-mapping store of one backend: its current snapshot, and writes as Delta commits.
 
-``PinStore.snapshot()`` is the version to read now (``pinfs.snapshots``): the newest version of the
-backend's Delta table (``pinfs.delta``), else the form written before the table (``pinfs.oldforms``),
+``PinStore.snapshot()`` is the version to read now (``pinfs.data.snapshots``): the newest version of the
+backend's Delta table (``pinfs.data.delta``), else the form written before the table (``pinfs.data.oldforms``),
 else the legacy pins.json, else nothing. Which version is newest costs one ``stat`` when nothing
 changed (is there a commit after the one we know?).
 
@@ -15,7 +15,7 @@ asks the caller to start again, which ``PinStore.write`` does by itself. So no w
 another's pin, across processes and hosts, with no lock of ours in the argument. Local writers of one
 backend still take ``fsutil.backend_lock`` around a transaction, which only saves them from retrying.
 
-Which data files a change rewrites, and the reading of a version's files, are in ``pinfs.datafiles``.
+Which data files a change rewrites, and the reading of a version's files, are in ``pinfs.data.datafiles``.
 
 Threading: synchronous, may block on disk; the mount calls it from worker threads.
 """
@@ -31,9 +31,9 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.backends import Backend
-from pinfs.cids import aliases_of, candidate_forms
-from pinfs.datafiles import (
+from pinfs.data.backends import Backend
+from pinfs.data.cids import aliases_of, candidate_forms
+from pinfs.data.datafiles import (
     check_kept_files,
     compact,
     file_table,
@@ -45,21 +45,21 @@ from pinfs.datafiles import (
     table_snapshot,
     write_files,
 )
-from pinfs.delta import REQUEST_KEY, TABLE_DIR, CommitConflict, DataFile, DeltaPins, TableState, file_rows
-from pinfs.errors import Busy, CorruptData, NotFound, PinfsError
-from pinfs.fsutil import backend_lock
-from pinfs.legacy import read_legacy_pins
-from pinfs.legacy_files import find_legacy_source
-from pinfs.oldforms import old_form_exists, old_form_snapshot, read_old_form
-from pinfs.pieces import FileIdentity
-from pinfs.rootfs import S3Path, require_writable
-from pinfs.snapshots import DEFAULT_CACHE, PinSnapshot, StoreCache, memory_snapshot
-from pinfs.tables import (
+from pinfs.data.delta import REQUEST_KEY, TABLE_DIR, CommitConflict, DataFile, DeltaPins, TableState, file_rows
+from pinfs.data.fsutil import backend_lock
+from pinfs.data.legacy import read_legacy_pins
+from pinfs.data.legacy_files import find_legacy_source
+from pinfs.data.oldforms import old_form_exists, old_form_snapshot, read_old_form
+from pinfs.data.pieces import FileIdentity
+from pinfs.data.rootfs import S3Path, require_writable
+from pinfs.data.snapshots import DEFAULT_CACHE, PinSnapshot, StoreCache, memory_snapshot
+from pinfs.data.tables import (
     checked_for_writing,
     empty_table,
     records_to_table,
     split_into_files,
 )
+from pinfs.errors import Busy, CorruptData, NotFound, PinfsError
 
 T = TypeVar("T")
 # How often a write whose commit lost a race is tried again on the newer version before giving up.
@@ -266,11 +266,11 @@ class Transaction:
     def convert_old_form(self) -> bool:
         """Make the table from the old-form parquet, as version 0 holding exactly its pins; False when
         there is a table already or nothing to convert. The old file stays where it is until the
-        first export replaces it, and is recorded as an export of version 0 first (``pinfs.exports``),
+        first export replaces it, and is recorded as an export of version 0 first (``pinfs.data.exports``),
         so that it is never taken for a file another tool wrote. Killed at any instant, the old form
         stays readable and the conversion starts again (data files without a commit are removed by
         vacuum). The next read of this transaction sees the new table."""
-        from pinfs.exports import record_converted
+        from pinfs.data.exports import record_converted
 
         store = self.store
         if store.has_table() or not old_form_exists(store.path):

@@ -6,13 +6,13 @@ What it is for:
   DAG-CBOR under CIDv1 dag-cbor sha2-256 CIDs (a root map linking to entry blocks, each a list of
   records), and decode it again -- or its legacy JSON form (``"version": "1.0"``) -- into
   ``PinMappingsCar``.
-* The generic CARv1 pieces (varints, CIDs, sections, content CARs) are in ``pinfs.carv1``; the
-  encoder from Arrow columns (the exports' fast path) is in ``pinfs.car_columns``.
+* The generic CARv1 pieces (varints, CIDs, sections, content CARs) are in ``pinfs.data.carv1``; the
+  encoder from Arrow columns (the exports' fast path) is in ``pinfs.data.car_columns``.
 
 What it must not do: trust its input. Every varint is bounded, every section length is checked
 against the bytes that remain and ``MAX_SECTION_BYTES``, every block's multihash is recomputed, and
 anything wrong raises ``CorruptData("<source>: <what is wrong>")``. It does no I/O beyond the two
-``read_``/``write_`` helpers (atomic writes via ``pinfs.fsutil``), knows nothing about parquet,
+``read_``/``write_`` helpers (atomic writes via ``pinfs.data.fsutil``), knows nothing about parquet,
 backends or locks, and does not validate record *values* (CID syntax, statuses): that is
 ``schema.record_problems``' job.
 """
@@ -30,7 +30,7 @@ from typing import Any
 
 import libipld
 
-from pinfs.carv1 import (
+from pinfs.data.carv1 import (
     DAG_CBOR_SHA256_PREFIX,
     MAX_SECTION_BYTES,
     car_parts,
@@ -39,10 +39,10 @@ from pinfs.carv1 import (
     iter_sections,
     read_header,
 )
+from pinfs.data.fsutil import atomic_writer, read_regular_file
+from pinfs.data.rootfs import as_path
+from pinfs.data.schema import REQUIRED_COLUMNS, dump_metadata, normalize_timestamp
 from pinfs.errors import CorruptData
-from pinfs.fsutil import atomic_writer, read_regular_file
-from pinfs.rootfs import as_path
-from pinfs.schema import REQUIRED_COLUMNS, dump_metadata, normalize_timestamp
 
 FORMAT = "pin_mappings_car"
 CAR_VERSION = "2.0"

@@ -2,13 +2,13 @@
 
 Every file pinfs writes goes through ``atomic_writer``/``atomic_write_bytes``: a temporary file in the
 same directory, fsync, rename over the target, fsync of the directory. A crash at any instant leaves
-either the old or the new file. On an S3 root (``pinfs.rootfs.S3Path``) the same calls make one PUT of
+either the old or the new file. On an S3 root (``pinfs.data.rootfs.S3Path``) the same calls make one PUT of
 the whole object, which S3 makes atomic, from a local temporary file.
 
 Writers to one backend serialize on ``backend_lock`` (``fcntl.flock`` on ``<backend dir>/.pinfs.lock``),
 which works across processes and is released by the kernel if the holder dies. For an S3 root the lock
 file is in the local cache directory: it serializes the processes of one host, which saves them retries;
-correctness across hosts never rests on it (Delta commits and conditional puts, ``pinfs.store``).
+correctness across hosts never rests on it (Delta commits and conditional puts, ``pinfs.data.store``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pinfs.data.rootfs import S3Path, cache_root, put_object
 from pinfs.errors import Busy, CorruptData, errno_of
-from pinfs.rootfs import S3Path, cache_root, put_object
 
 TEMP_MARKER = ".pinfs-tmp."
 LOCK_NAME = ".pinfs.lock"
@@ -130,7 +130,7 @@ def atomic_write_bytes(target: Path | S3Path, data: bytes, mode: int = 0o644) ->
 def remove_stale_temps(directory: Path | S3Path, older_than_seconds: float = 0.0) -> list[Path]:
     """Delete temporary files (and temporary links) left by writers that died. Call with the
     directory's lock held. A temporary file of a process still alive is kept: one that writes a CAR
-    without the lock (``pinfs.ops.carops.refresh_car``) may be at work on it."""
+    without the lock (an export refresh) may be at work on it."""
     removed: list[Path] = []
     if isinstance(directory, S3Path):
         return removed  # nothing temporary is ever put on S3
@@ -191,7 +191,7 @@ def backend_lock(backend_dir: Path | S3Path, timeout: float | None = None) -> It
 
 @contextlib.contextmanager
 def export_lock(backend_dir: Path | S3Path, timeout: float | None = None) -> Iterator[None]:
-    """Hold the lock of the backend's exports (``pinfs.exports``): separate from ``backend_lock``, so
+    """Hold the lock of the backend's exports (``pinfs.data.exports``): separate from ``backend_lock``, so
     that rebuilding the exports of a million pins never holds up a writer. Take it before
     ``backend_lock`` when both are needed, never after."""
     fd = os.open(_lock_file(backend_dir, EXPORT_LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)

@@ -8,7 +8,7 @@ Until its first write after the upgrade, a backend may still be stored as:
   CID ranges and a manifest ``_pinfs_shards.json`` naming each with its rows, size and row groups.
 
 Both are served as they are (``old_form_snapshot``) and converted into the table at the first write or
-``pinfs migrate`` (``pinfs.store``). Nothing here writes; the only removal is ``remove_shard_dir``,
+``pinfs migrate`` (``pinfs.data.store``). Nothing here writes; the only removal is ``remove_shard_dir``,
 once the table and its export have replaced the sharded form.
 """
 
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pinfs.data.fsutil import SHARD_DIR
+from pinfs.data.pieces import FileIdentity, FilePiece, OpenParquet
+from pinfs.data.snapshots import PinSnapshot, StoreCache, memory_snapshot
+from pinfs.data.tables import empty_table, first_duplicate_cid, parallel_map, read_whole_table
 from pinfs.errors import CorruptData
-from pinfs.fsutil import SHARD_DIR
-from pinfs.pieces import FileIdentity, FilePiece, OpenParquet
-from pinfs.snapshots import PinSnapshot, StoreCache, memory_snapshot
-from pinfs.tables import empty_table, first_duplicate_cid, parallel_map, read_whole_table
 
 MANIFEST_NAME = "_pinfs_shards.json"
 MANIFEST_FORMAT = "pinfs_shards"

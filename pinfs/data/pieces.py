@@ -1,4 +1,4 @@
-"""The pieces a snapshot (``pinfs.snapshots``) is made of, each a sorted, disjoint range of CIDs: a
+"""The pieces a snapshot (``pinfs.data.snapshots``) is made of, each a sorted, disjoint range of CIDs: a
 parquet data file read by row group through the ``StoreCache`` (``FilePiece``, over an ``OpenParquet``
 reader checked against what the table's log says of it), or a table in memory (``MemoryPiece``); and
 ``FileIdentity``, what makes two reads of a path the same version of a file.
@@ -21,12 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pinfs.cids import aliases_of
-from pinfs.errors import CorruptData
-from pinfs.fsutil import refuse_symlink
-from pinfs.rootfs import S3Path, S3Stat, local_copy
-from pinfs.schema import STORE_COLUMNS
-from pinfs.tables import (
+from pinfs.data.cids import aliases_of
+from pinfs.data.fsutil import refuse_symlink
+from pinfs.data.rootfs import S3Path, S3Stat, local_copy
+from pinfs.data.schema import STORE_COLUMNS
+from pinfs.data.tables import (
     RowGroup,
     check_schema,
     checked_table,
@@ -34,9 +33,10 @@ from pinfs.tables import (
     one_line,
     open_parquet,
 )
+from pinfs.errors import CorruptData
 
 if TYPE_CHECKING:
-    from pinfs.snapshots import StoreCache
+    from pinfs.data.snapshots import StoreCache
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class Piece:
     max_cid: str | None
 
     def aliases(self) -> Mapping[str, str]:
-        """``{key: text}`` of the CIDs here spelled other than the standard ways (``pinfs.cids``)."""
+        """``{key: text}`` of the CIDs here spelled other than the standard ways (``pinfs.data.cids``)."""
         raise NotImplementedError
 
     def may_hold_aliases(self) -> bool:
@@ -175,13 +175,13 @@ class FilePiece(Piece):
         self.rows, self.min_cid, self.max_cid = rows, min_cid, max_cid
         self._size = size
         self._cache = cache
-        self._aliased = aliased  # from a data file's name (pinfs.delta); None: not known (older forms)
+        self._aliased = aliased  # from a data file's name (pinfs.data.delta); None: not known (older forms)
 
     def may_hold_aliases(self) -> bool:
         return self._aliased is not False
 
     def aliases(self) -> Mapping[str, str]:
-        """A table's data file lists them in its footer (``pinfs.delta``); a file of an older form is
+        """A table's data file lists them in its footer (``pinfs.data.delta``); a file of an older form is
         read once for them (its ``cid`` column), through the cache."""
         if self._aliased is False:
             return {}
@@ -287,8 +287,8 @@ def _groups_from_statistics(metadata: pq.FileMetaData) -> list[RowGroup] | None:
 
 
 def _footer_aliases(opened: OpenParquet, path: Path) -> dict[str, str]:
-    """The aliases a data file lists in its footer (``pinfs.delta.ALIASES_KEY``)."""
-    from pinfs.delta import ALIASES_KEY
+    """The aliases a data file lists in its footer (``pinfs.data.delta.ALIASES_KEY``)."""
+    from pinfs.data.delta import ALIASES_KEY
 
     raw = (opened.file.metadata.metadata or {}).get(ALIASES_KEY.encode())
     try:

@@ -1,4 +1,4 @@
-"""The S3 client of a root on S3 (``pinfs.rootfs``): one bounded boto3 client per process and
+"""The S3 client of a root on S3 (``pinfs.data.rootfs``): one bounded boto3 client per process and
 configuration, delta-rs' storage options with the same bounds, and S3's errors translated into pinfs
 errors of one line (a missing object is ``FileNotFoundError``, a refused login ``S3AccessDenied``, an
 unreachable endpoint ``S3Unreachable``, remembered for ``UNREACHABLE_SECONDS``).

@@ -1,14 +1,14 @@
 """Arrow tables of pins and their parquet files: building, normalizing, merging, reading and writing.
 
-A backend's pins are one table in one schema (``pinfs.schema.arrow_schema``: the same columns in the
+A backend's pins are one table in one schema (``pinfs.data.schema.arrow_schema``: the same columns in the
 same order in every backend, every table and every export, issue #12), sorted by CID, one row per CID.
 Parquet files are written with row groups of ``ROW_GROUP_ROWS`` rows, statistics and
 ``sorting_columns``, so a reader finds one CID's row group from the footer alone. The canonical store
-is a Delta table of such files (``pinfs.delta``); the one-file export and the old single-file and
+is a Delta table of such files (``pinfs.data.delta``); the one-file export and the old single-file and
 sharded forms (read for the upgrade) are such files too.
 
-Everything here is a plain function over tables and paths: no cache, no lock (``pinfs.store``), no
-snapshot (``pinfs.snapshots``).
+Everything here is a plain function over tables and paths: no cache, no lock (``pinfs.data.store``), no
+snapshot (``pinfs.data.snapshots``).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pinfs.data.fsutil import atomic_writer, refuse_symlink
+from pinfs.data.rootfs import local_copy
+from pinfs.data.schema import REQUIRED_COLUMNS, STORE_COLUMNS, arrow_schema, now_iso
 from pinfs.errors import CorruptData, InvalidInput
-from pinfs.fsutil import atomic_writer, refuse_symlink
-from pinfs.rootfs import local_copy
-from pinfs.schema import REQUIRED_COLUMNS, STORE_COLUMNS, arrow_schema, now_iso
 
 # Rows per row group: small enough that a lookup reads little (~200 KB), large enough that a 1M-pin
 # file has few enough groups for its footer to stay small.
@@ -158,7 +158,7 @@ def fold_extra_columns(table: pa.Table) -> pa.Table:
 
 
 def _with_extra_columns(text: str | None, kept: dict[str, str]) -> str:
-    from pinfs.schema import dump_metadata, load_metadata
+    from pinfs.data.schema import dump_metadata, load_metadata
 
     try:
         metadata = load_metadata(text)

@@ -1,4 +1,4 @@
-"""The fast path of the legacy reader (``pinfs.legacy``): entries straight into Arrow columns.
+"""The fast path of the legacy reader (``pinfs.data.legacy``): entries straight into Arrow columns.
 
 What it is for: a 1M-entry ``pins.json`` (issue #14: ~340 MB) must migrate faster than ``json.load`` plus a
 pyarrow write, in under 1 GB. So the document is not loaded whole. ``msgspec`` splits it into raw
@@ -8,7 +8,7 @@ integers, booleans and nulls with at most a flat ``metadata`` object) goes throu
 which checks CIDs and timestamps for the whole batch at once and puts each pin's six values straight
 into column lists (``RowCollector``), flushed to Arrow per batch.
 
-What it must not do: decide anything differently from the per-entry rules of ``pinfs.legacy_entries``. Every
+What it must not do: decide anything differently from the per-entry rules of ``pinfs.data.legacy_entries``. Every
 entry it is not sure of (another key, an unusual status, a timestamp to convert, a CID the batch
 check does not vouch for and that libipld rejects) is handed back to them (``slow``), and a batch
 msgspec does not decode exactly as ``json`` would (NaN, floats, a lone surrogate, deep nesting) is
@@ -32,8 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.cids import cid_problem, identity_columns
-from pinfs.schema import (
+from pinfs.data.cids import cid_problem, identity_columns
+from pinfs.data.schema import (
     LEGACY_STATUS_NAMES,
     PENDING,
     REQUIRED_COLUMNS,

@@ -1,7 +1,7 @@
 """Generic CARv1 codec: varints, CIDs, CAR sections and blocks, and the check of a content CAR (the CAR
 holding a pin's own data: its root is the pin's CID, every block's hash is right).
 
-Used by ``pinfs.car`` (the ``pin_mappings.car`` format), the sync and verify operations, the IPFS
+Used by ``pinfs.data.car`` (the ``pin_mappings.car`` format), the sync and verify operations, the IPFS
 driver, the demo and tests.
 
 What it must not do: trust its input. Every varint is bounded, every section length is checked

@@ -17,7 +17,7 @@ file; two blind appends never conflict. So every pinfs write removes the file(s)
 the CIDs it changes (a file covers from its first CID up to the next file's first), and a table with no
 pins keeps one empty data file that covers everything. Two writers touching one range therefore always
 race on one file, and delta-rs refuses the second with ``CommitFailedError``; the caller re-reads and
-redoes its change (``pinfs.store``). Writers of different ranges commit side by side.
+redoes its change (``pinfs.data.store``). Writers of different ranges commit side by side.
 
 What it must not do: read data through ``DeltaTable.to_pyarrow_table()``/``to_pyarrow_dataset()``
 (delta-rs #2184: the process may abort at exit with "terminate called without an active exception").
@@ -43,17 +43,17 @@ from typing import Any
 
 import pyarrow as pa
 
+from pinfs.data.fsutil import fsync_file, local_temp_for, naming
+from pinfs.data.rootfs import S3Path, forget_metadata, keep_local, put_object
+from pinfs.data.s3client import S3Unreachable, delta_storage_options, unreachable
+from pinfs.data.schema import arrow_schema
 from pinfs.errors import CorruptData
-from pinfs.fsutil import fsync_file, local_temp_for, naming
-from pinfs.rootfs import S3Path, forget_metadata, keep_local, put_object
-from pinfs.s3client import S3Unreachable, delta_storage_options, unreachable
-from pinfs.schema import arrow_schema
 
 TABLE_DIR = "pin_mappings.delta"
 LOG_DIR = "_delta_log"
 DEFAULT_FILE_ROWS = 16384
 DATA_FILE_PREFIX = "part-"
-# A data file holding CIDs spelled other than the two standard ways (``pinfs.cids``: ``B…``, ``z…``, a
+# A data file holding CIDs spelled other than the two standard ways (``pinfs.data.cids``: ``B…``, ``z…``, a
 # mixed case) says so in its name, and lists them in its footer under ALIASES_KEY as {key: text}: the
 # log is the one index readers load, and delta-rs keeps no field of ours in it but the path, so a
 # lookup by another spelling finds such a file without opening any other (issue #16).
@@ -139,7 +139,7 @@ def _deltalake() -> Any:
 
 
 class DeltaPins:
-    """The Delta table at ``directory``: a local directory, or a prefix on S3 (``pinfs.rootfs``), where
+    """The Delta table at ``directory``: a local directory, or a prefix on S3 (``pinfs.data.rootfs``), where
     delta-rs commits with conditional puts and pinfs puts its data files as whole objects."""
 
     def __init__(self, directory: Path | S3Path) -> None:
@@ -202,7 +202,7 @@ class DeltaPins:
         return self._table
 
     def _options(self) -> dict[str, str] | None:
-        """delta-rs' storage options: on S3 the request bounds of ``pinfs.rootfs`` (a stopped server is
+        """delta-rs' storage options: on S3 the request bounds of ``pinfs.data.rootfs`` (a stopped server is
         an error in seconds); the endpoint and credentials come from the same AWS_* variables."""
         return delta_storage_options() if isinstance(self.directory, S3Path) else None
 
@@ -233,8 +233,8 @@ class DeltaPins:
     def write_file(self, table: pa.Table) -> DataFile:
         """Write ``table`` (sorted by CID, in the store's schema) as a new data file, durably. It is
         part of no version until a commit adds it."""
-        from pinfs.cids import aliases_of
-        from pinfs.tables import write_parquet
+        from pinfs.data.cids import aliases_of
+        from pinfs.data.tables import write_parquet
 
         self._ensure_directory()
         aliases = aliases_of(table.column("cid"))
@@ -401,7 +401,7 @@ class DeltaPins:
 def _put_data_file(table: pa.Table, path: S3Path, metadata: dict[str, str] | None) -> int:
     """Write a data file to S3: encoded into a local temporary file, put in one PUT that must create the
     object (its name is new), and kept in the local read cache, so this host never downloads it."""
-    from pinfs.tables import write_parquet
+    from pinfs.data.tables import write_parquet
 
     temp = local_temp_for(path)
     try:

@@ -20,8 +20,8 @@ from typing import Any
 import cachetools
 import yaml
 
+from pinfs.data.rootfs import S3Path, parse_root
 from pinfs.errors import InvalidInput, RootMissing, UnknownBackend
-from pinfs.rootfs import S3Path, parse_root
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use with fullmatch: "$" would admit a trailing newline
 DEFAULT_ROOT = "~/.ipfs_kit"
@@ -95,7 +95,7 @@ class BackendProblem:
 
 def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
     """The data root: ``root`` if given, else ``$PINFS_ROOT``, else ``~/.ipfs_kit``. A root
-    ``s3://bucket/prefix`` is an ``S3Path`` (``pinfs.rootfs``), which the layers above use like a Path."""
+    ``s3://bucket/prefix`` is an ``S3Path`` (``pinfs.data.rootfs``), which the layers above use like a Path."""
     chosen = root if root is not None else os.environ.get("PINFS_ROOT") or DEFAULT_ROOT
     return parse_root(os.fspath(chosen))  # type: ignore[return-value]
 

@@ -4,9 +4,9 @@ legacy view start from.
 What it does: read a backend's legacy source (``pins.json``, else its newest backup), parse whichever
 of the shapes seen in the wild it holds, and turn every entry into either a complete record
 (``schema.make_record``) or a ``Rejected`` saying what is wrong and where. Nothing is dropped
-silently. The per-entry rules are in ``pinfs.legacy_entries``, the JSON value helpers in
-``pinfs.legacy_json``; the files around pins.json (its backups, ``pins.rejected.json``) in
-``pinfs.legacy_files``.
+silently. The per-entry rules are in ``pinfs.data.legacy_entries``, the JSON value helpers in
+``pinfs.data.legacy_json``; the files around pins.json (its backups, ``pins.rejected.json``) in
+``pinfs.data.legacy_files``.
 
 Accepted shapes (``LegacyPins.shape``):
 
@@ -40,7 +40,7 @@ Choices worth knowing:
 - A CID accepted twice is a duplicate: the first accepted entry wins (checked once, over the CID
   column, at the end). An entry that is both a duplicate and unbuildable is rejected as a duplicate.
 - Speed (issue #14): the document is split by msgspec and read a batch of entries at a time; plain
-  entries go straight into Arrow columns (``pinfs.legacy_columns``), every other one through the
+  entries go straight into Arrow columns (``pinfs.data.legacy_columns``), every other one through the
   per-entry rules here, which decide everything. A document msgspec cannot split is parsed whole.
 
 Threading: plain synchronous functions over local files, no shared state; call them from a worker
@@ -57,13 +57,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pinfs.errors import CorruptData, NotFound
-from pinfs.legacy_columns import (
+from pinfs.data.legacy_columns import (
     split_document,
 )
-from pinfs.legacy_entries import EntryReader, LegacyPins
-from pinfs.legacy_json import MAX_DEPTH, depth_exceeds, json_type, loads_json
-from pinfs.rootfs import S3Path, S3Stat, as_path
+from pinfs.data.legacy_entries import EntryReader, LegacyPins
+from pinfs.data.legacy_json import MAX_DEPTH, depth_exceeds, json_type, loads_json
+from pinfs.data.rootfs import S3Path, S3Stat, as_path
+from pinfs.errors import CorruptData, NotFound
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
 _JSON_WHITESPACE = " \t\r\n"
@@ -105,7 +105,7 @@ def parse_legacy(
     gives a file and the backup it is compared with the same one, so that such entries compare equal.
     Raises ``CorruptData`` as ``read_legacy_pins`` does.
 
-    The document is split by msgspec and read a batch of entries at a time (``pinfs.legacy_columns``);
+    The document is split by msgspec and read a batch of entries at a time (``pinfs.data.legacy_columns``);
     one msgspec cannot split (NaN, a scalar at the top, not JSON) is parsed whole by json, as before.
     """
     if not data.isascii():  # ASCII is UTF-8; anything else is decoded once to find a bad byte

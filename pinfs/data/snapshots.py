@@ -1,7 +1,7 @@
 """Snapshots: one immutable version of a backend's pins, read through a bounded cache.
 
 A ``PinSnapshot`` is a sequence of *pieces*, each a sorted, disjoint range of CIDs: the data files of
-one version of the Delta table (``pinfs.delta``; their row counts and CID ranges come from the log),
+one version of the Delta table (``pinfs.data.delta``; their row counts and CID ranges come from the log),
 the one file or the shards of the forms written before the table (read until the first write converts
 them), or a table in memory (a legacy ``pins.json``). A single-CID lookup is two binary searches: the
 piece whose range covers the CID, then the one row group of that piece whose footer statistics cover
@@ -13,7 +13,7 @@ and serves every version that still holds it: after a pin, only the one rewritte
 A file is opened when first needed and its reader is kept by ``StoreCache`` (a bounded number of open
 files), which keeps that version readable even after vacuum removes the file from the directory.
 
-The pieces themselves (data files, tables in memory) are in ``pinfs.pieces``.
+The pieces themselves (data files, tables in memory) are in ``pinfs.data.pieces``.
 
 Threading: everything here is synchronous and may block on disk; the mount calls it from worker
 threads. ``StoreCache`` guards its maps with a lock, and each open parquet file has its own.
@@ -31,10 +31,10 @@ import cachetools
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.cids import standard_forms
-from pinfs.pieces import MemoryPiece, OpenParquet, Piece
-from pinfs.schema import STATUSES, STORE_COLUMNS
-from pinfs.tables import (
+from pinfs.data.cids import standard_forms
+from pinfs.data.pieces import MemoryPiece, OpenParquet, Piece
+from pinfs.data.schema import STATUSES, STORE_COLUMNS
+from pinfs.data.tables import (
     empty_table,
     normalize_table,
     parallel_map,
@@ -68,7 +68,7 @@ class StoreCache:
         self._data: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_bytes, getsizeof=_table_bytes)
         self._snapshots: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_entries)
         self._files: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_open_files)
-        self.versions: dict[str, object] = {}  # table location -> newest state seen (pinfs.store)
+        self.versions: dict[str, object] = {}  # table location -> newest state seen (pinfs.data.store)
         self._lock = threading.RLock()
 
     def get_data(self, key: Hashable, load: Callable[[], object]) -> object:
@@ -116,7 +116,7 @@ DEFAULT_CACHE = StoreCache()
 class PinSnapshot:
     """One immutable version of a backend's pins, sorted by CID, as pieces in order.
 
-    ``identity`` says which version (a ``pinfs.delta.TableVersion``, a ``FileIdentity``, or None for an
+    ``identity`` says which version (a ``pinfs.data.delta.TableVersion``, a ``FileIdentity``, or None for an
     empty backend); ``source`` is ``table``, ``parquet`` (a form written before the table), ``legacy``
     (pins.json) or ``empty``."""
 

@@ -15,11 +15,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import LEGACY_NAME, REJECTED_NAME
-from pinfs.fsutil import atomic_write_bytes
-from pinfs.legacy_entries import Rejected
-from pinfs.rootfs import as_path
-from pinfs.schema import FUTURE_TOLERANCE, now_iso
+from pinfs.data.backends import LEGACY_NAME, REJECTED_NAME
+from pinfs.data.fsutil import atomic_write_bytes
+from pinfs.data.legacy_entries import Rejected
+from pinfs.data.rootfs import as_path
+from pinfs.data.schema import FUTURE_TOLERANCE, now_iso
 
 BACKUP_PREFIX = "pins.json.backup."
 # Backup stamps: ours (schema.utc_stamp) and ipfs_kit_py's (``%Y%m%d_%H%M%S``, local time).

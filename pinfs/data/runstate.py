@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pinfs.backends import Backend
-from pinfs.fsutil import atomic_write_bytes, backend_lock
+from pinfs.data.backends import Backend
+from pinfs.data.fsutil import atomic_write_bytes, backend_lock
 
 STATE_NAME = ".pinfs-state.json"
 MAX_STATE_BYTES = 1 << 20

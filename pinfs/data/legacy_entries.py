@@ -1,6 +1,6 @@
 """The entries of a legacy ``pins.json`` document turned into records or ``Rejected`` ones: the shapes
-seen in the wild and the per-entry rules that decide every entry (``pinfs.legacy`` describes them;
-plain entries take the vectorized path of ``pinfs.legacy_columns``). The result is a ``LegacyPins``.
+seen in the wild and the per-entry rules that decide every entry (``pinfs.data.legacy`` describes them;
+plain entries take the vectorized path of ``pinfs.data.legacy_columns``). The result is a ``LegacyPins``.
 
 What it must not do: read files or raise anything but ``CorruptData`` on hostile input. Threading:
 no shared state.
@@ -17,9 +17,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.cids import cid_problem
-from pinfs.errors import CorruptData
-from pinfs.legacy_columns import (
+from pinfs.data.cids import cid_problem
+from pinfs.data.legacy_columns import (
     BATCH_ENTRIES,
     RowCollector,
     add_object_batch,
@@ -29,9 +28,10 @@ from pinfs.legacy_columns import (
     join,
     split_document,
 )
-from pinfs.legacy_json import MAX_DEPTH, depth_exceeds, json_type, loads_json
-from pinfs.schema import PENDING, make_record, map_legacy_status, normalize_timestamp
-from pinfs.tables import empty_table
+from pinfs.data.legacy_json import MAX_DEPTH, depth_exceeds, json_type, loads_json
+from pinfs.data.schema import PENDING, make_record, map_legacy_status, normalize_timestamp
+from pinfs.data.tables import empty_table
+from pinfs.errors import CorruptData
 
 # Rejected.entry previews: a string longer than this is cut; a container whose JSON is longer
 # than MAX_PREVIEW_JSON is replaced by the cut JSON text.

@@ -26,7 +26,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 # Columns pinfs itself maintains, after the required ones. Every table and export has exactly
 # STORE_COLUMNS, in this order, from the start (issue #12: one schema everywhere, so DuckDB and pandas
 # read every backend's file together without union_by_name). A column another tool adds to a file that
-# pinfs imports is kept in the record's metadata (``pinfs.tables.EXTRA_COLUMNS_KEY``).
+# pinfs imports is kept in the record's metadata (``pinfs.data.tables.EXTRA_COLUMNS_KEY``).
 OPTIONAL_COLUMNS: tuple[str, ...] = ("updated_at", "verified_at")
 STORE_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
@@ -204,7 +204,7 @@ def make_record(
 
 def record_problems(record: Mapping[str, Any]) -> list[str]:
     """What is wrong with a record read from disk (empty when it is sound). Used by verify-only."""
-    from pinfs.cids import cid_problem  # local: schema stays importable without libipld at import
+    from pinfs.data.cids import cid_problem  # local: schema stays importable without libipld at import
 
     problems: list[str] = []
     for column in REQUIRED_COLUMNS:

@@ -1,6 +1,6 @@
 """JSON values as the legacy reader takes them: parsed with non-standard constants and overlong numbers
 kept as their text (so every value stays strict JSON), nesting checked without recursion, and a
-value's type named for a message. Used by ``pinfs.legacy`` and ``pinfs.legacy_entries``.
+value's type named for a message. Used by ``pinfs.data.legacy`` and ``pinfs.data.legacy_entries``.
 """
 
 from __future__ import annotations

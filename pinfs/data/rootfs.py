@@ -4,7 +4,7 @@ A local root is named with ``pathlib.Path``. A root on S3 is named with ``S3Path
 the part of pathlib's interface pinfs uses (``/``, ``name``, ``parent``, ``exists``, ``is_file``,
 ``is_dir``, ``iterdir``, ``glob``, ``stat``, ``read_bytes``, ``write_bytes``, ``unlink``), so the layers
 above name files the same way on both. What differs between the two is decided here and in
-``pinfs.fsutil`` (atomic writes, locks), once:
+``pinfs.data.fsutil`` (atomic writes, locks), once:
 
 * Writes. A local file is replaced through a temporary file and a rename; an S3 object by one PUT,
   which S3 makes atomic. Where two writers could race, the PUT is conditional (``put_object`` with
@@ -22,7 +22,7 @@ above name files the same way on both. What differs between the two is decided h
 
 The S3 client, its request bounds and its errors (one line each: a missing object is
 ``FileNotFoundError`` as for a local file, a refused login ``S3AccessDenied``, an unreachable endpoint
-``S3Unreachable``) are in ``pinfs.s3client``.
+``S3Unreachable``) are in ``pinfs.data.s3client``.
 
 Threading: the metadata cache has its own lock, made anew in a forked child.
 """
@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pinfs.data.s3client import ConditionalPutsIgnored, PreconditionFailed, calling, s3_client, unreachable
 from pinfs.errors import PinfsError
-from pinfs.s3client import ConditionalPutsIgnored, PreconditionFailed, calling, s3_client, unreachable
 
 S3_SCHEME = "s3://"
 S3_METADATA_SECONDS = 1.0

@@ -1,7 +1,7 @@
 """The data files of one version of a backend's table: read as a snapshot (``table_snapshot``), checked
 before a commit carries them into a new version (``check_kept_files``), and which of them a change
 rewrites and how (``plan_update``, ``compact``, ``write_files``): the write planning behind
-``pinfs.store.Transaction``.
+``pinfs.data.store.Transaction``.
 
 What it must not do: commit. It writes new data files only (``DeltaPins.write_file``); the caller
 commits them or discards them. Threading: synchronous; the lock of the sound-files cache is its only
@@ -23,21 +23,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pinfs.delta import DataFile, DeltaPins, TableState, file_rows
-from pinfs.errors import CorruptData
-from pinfs.pieces import FilePiece
-from pinfs.rootfs import S3Path, as_location
-from pinfs.snapshots import PinSnapshot, StoreCache
-from pinfs.tables import (
+from pinfs.data.delta import DataFile, DeltaPins, TableState, file_rows
+from pinfs.data.pieces import FilePiece
+from pinfs.data.rootfs import S3Path, as_location
+from pinfs.data.snapshots import PinSnapshot, StoreCache
+from pinfs.data.tables import (
     empty_table,
     merge_records,
     one_line,
     parallel_map,
     split_into_files,
 )
+from pinfs.errors import CorruptData
 
 if TYPE_CHECKING:
-    from pinfs.store import PinStore
+    from pinfs.data.store import PinStore
 
 
 def table_snapshot(state: TableState, cache: StoreCache) -> PinSnapshot:
@@ -207,7 +207,7 @@ def file_table(store: PinStore, data_file: DataFile) -> pa.Table:
 
 
 def files_of(table: pa.Table) -> list[pa.Table]:
-    """A whole table cut into data files; an empty table is one empty file (see ``pinfs.delta``: every
+    """A whole table cut into data files; an empty table is one empty file (see ``pinfs.data.delta``: every
     write must remove a file, so that two first writers of an empty table conflict)."""
     return split_into_files(table, file_rows(), exact=True) or [empty_table()]
 

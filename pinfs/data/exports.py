@@ -1,6 +1,6 @@
 """The exports of a backend's table: ``pin_mappings.parquet`` and ``pin_mappings.car`` (CONTRACT §1).
 
-Both are made from one version of the Delta table (``pinfs.store``) and say which: the parquet in its
+Both are made from one version of the Delta table (``pinfs.data.store``) and say which: the parquet in its
 key-value metadata (``pinfs.table_version``, ``pinfs.table_id``), and both in the export record
 ``ROOT/backends/<b>/.pinfs-exports.json``, with the identity (inode, size, mtime) of the file as
 written. An export is *current* when its record names the table's newest version and the file is still
@@ -38,12 +38,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinfs.backends import Backend
-from pinfs.car_columns import write_pin_mappings_car_columns
-from pinfs.datafiles import table_snapshot
-from pinfs.delta import TableState
-from pinfs.errors import CorruptData, PinfsError
-from pinfs.fsutil import (
+from pinfs.data.backends import Backend
+from pinfs.data.car_columns import write_pin_mappings_car_columns
+from pinfs.data.datafiles import table_snapshot
+from pinfs.data.delta import TableState
+from pinfs.data.fsutil import (
     atomic_write_bytes,
     atomic_writer,
     export_lock,
@@ -52,14 +51,15 @@ from pinfs.fsutil import (
     local_temp_for,
     naming,
 )
-from pinfs.oldforms import read_old_form, remove_shard_dir
-from pinfs.pieces import FileIdentity
-from pinfs.rootfs import S3Path, head, local_copy, put_object
-from pinfs.s3client import PreconditionFailed
-from pinfs.schema import REQUIRED_COLUMNS, STORE_COLUMNS, now_iso, utc_stamp
-from pinfs.snapshots import PinSnapshot
-from pinfs.store import PinStore, Transaction
-from pinfs.tables import parquet_writer
+from pinfs.data.oldforms import read_old_form, remove_shard_dir
+from pinfs.data.pieces import FileIdentity
+from pinfs.data.rootfs import S3Path, head, local_copy, put_object
+from pinfs.data.s3client import PreconditionFailed
+from pinfs.data.schema import REQUIRED_COLUMNS, STORE_COLUMNS, now_iso, utc_stamp
+from pinfs.data.snapshots import PinSnapshot
+from pinfs.data.store import PinStore, Transaction
+from pinfs.data.tables import parquet_writer
+from pinfs.errors import CorruptData, PinfsError
 
 log = logging.getLogger(__name__)
 
@@ -446,6 +446,6 @@ def _quarantine(backend: Backend, reason: str) -> dict[str, Any]:
 
 
 def _note_import(backend: Backend, report: dict[str, Any]) -> None:
-    from pinfs.ops.state import record_run  # the run state lives with the operations
+    from pinfs.data.runstate import record_run
 
     record_run(backend, "import", {**report, "finished_at": now_iso()})
