@@ -64,6 +64,9 @@ from pinfs.errors import NotFound, PinfsError
 from pinfs.ops.carops import exports_behind
 from pinfs.ops.common import discovery_problems, error_entry, match_backends
 from pinfs.ops.migrate_plan import (
+    IMPORT_SECTION,
+    MAX_LISTED_DROPS,
+    PARQUET_BACKUP_PREFIX,
     MigrateOptions,
     Plan,
     describe_plan,
@@ -75,20 +78,6 @@ from pinfs.ops.migrate_plan import (
 )
 from pinfs.ops.migrate_verify import verify_backend
 from pinfs.ops.progress import NullProgress, Progress
-
-PARQUET_BACKUP_PREFIX = "pin_mappings.parquet.backup."
-# The run-state section naming what the last migration imported: {"backup", "sha256", "source", "at"}.
-IMPORT_SECTION = "legacy_import"
-# verify-only lists at most this many problems per backend; the count says how many there were.
-MAX_LISTED_PROBLEMS = 50
-# A restore lists at most this many of the pins it drops; the count says how many there are.
-MAX_LISTED_DROPS = 10_000
-# Compared to tell whether a pins.json entry changed since the last import (cid and backend are the same).
-_COMPARED = ("car_file_path", "created_at", "status", "metadata")
-# Keys of ``metadata`` that pinfs' sync and verify write; ``--force`` keeps them (issue #14, item 3).
-_OWN_METADATA = frozenset(
-    {"synced_at", "synced_from", "size", "last_error", "last_error_at", "attempts", "verify_failed_at"}
-)
 
 
 def migrate(root: Path, options: MigrateOptions, progress: Progress | None = None) -> dict[str, Any]:

@@ -18,21 +18,7 @@ from pinfs.data.store import PinStore
 from pinfs.data.tables import first_duplicate_cid, read_whole_table
 from pinfs.errors import PinfsError
 from pinfs.ops.carops import car_agreement
-from pinfs.ops.migrate_plan import source_path
-
-PARQUET_BACKUP_PREFIX = "pin_mappings.parquet.backup."
-# The run-state section naming what the last migration imported: {"backup", "sha256", "source", "at"}.
-IMPORT_SECTION = "legacy_import"
-# verify-only lists at most this many problems per backend; the count says how many there were.
-MAX_LISTED_PROBLEMS = 50
-# A restore lists at most this many of the pins it drops; the count says how many there are.
-MAX_LISTED_DROPS = 10_000
-# Compared to tell whether a pins.json entry changed since the last import (cid and backend are the same).
-_COMPARED = ("car_file_path", "created_at", "status", "metadata")
-# Keys of ``metadata`` that pinfs' sync and verify write; ``--force`` keeps them (issue #14, item 3).
-_OWN_METADATA = frozenset(
-    {"synced_at", "synced_from", "size", "last_error", "last_error_at", "attempts", "verify_failed_at"}
-)
+from pinfs.ops.migrate_plan import MAX_LISTED_PROBLEMS, source_path
 
 
 def verify_backend(backend: Backend) -> dict[str, Any]:
