@@ -946,6 +946,8 @@ def main(argv: list[str]) -> int:
     generated = time.perf_counter() - started
     data = Data(cache, args.seed)
     res = Results()
+    # A shared machine's load changes every figure: said next to them (1-minute load average).
+    res.notes["load_average_start"] = round(os.getloadavg()[0], 1)
     run = Path(os.path.join("/tmp", f"pinfs-bench-{os.getpid()}"))
     work = args.cache / f"work-{os.getpid()}"
     mounts = Mounts()
@@ -970,6 +972,7 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(work, ignore_errors=True)
         if run.is_dir() and not any(_is_mounted(child) for child in run.iterdir()):
             shutil.rmtree(run, ignore_errors=True)
+    res.notes["load_average_end"] = round(os.getloadavg()[0], 1)
     rows = build_rows(res, args.backends, args.cache_mb, args.pins, args.quick)
     report = {
         "params": {
