@@ -951,27 +951,65 @@ def main(argv: list[str]) -> int:
     run = Path(os.path.join("/tmp", f"pinfs-bench-{os.getpid()}"))
     work = args.cache / f"work-{os.getpid()}"
     mounts = Mounts()
+    bench = sys.modules[__name__]
+    # The rows of the issues' targets first: a run stopped early (SIGTERM, Ctrl-C: e.g. a `timeout` on
+    # a slow machine) still reports, and --save holds, what was measured before it stopped.
+    sessions: list[tuple[str, Callable[[], None]]] = [
+        ("pinfs", lambda: session_pinfs(data, plan, mounts, run, res, args.cache_mb)),
+        ("writes", lambda: session_writes(data, plan, mounts, run, work, res, args.cache_mb)),
+        ("store", lambda: bench_store.session_store(bench, data, args.quick, mounts, run, work, res, args.cache_mb)),
+        ("floor", lambda: session_floor(data, plan, mounts, run, res)),
+        ("tmpfs", lambda: session_tmpfs(data, plan, res)),
+        ("baselines", lambda: session_fresh_baselines(data, plan, res)),
+    ]
+    if args.s3:
+        sessions.append(
+            ("s3", lambda: bench_s3.session_s3(bench, data, args.quick, mounts, run, work, res, args.cache_mb))
+        )
+    if args.pins <= bench_gen.LEGACY_MAX:
+        sessions.append(("cache", lambda: bench_cache.session_cache(bench, data, args.quick, mounts, run, work, res)))
+    else:
+        res.notes["cache_rows"] = "issue #19's rows are measured up to 2M pins, not here"
     try:
         run.mkdir(parents=True)
         work.mkdir(parents=True)
-        session_pinfs(data, plan, mounts, run, res, args.cache_mb)
-        session_floor(data, plan, mounts, run, res)
-        session_tmpfs(data, plan, res)
-        session_fresh_baselines(data, plan, res)
-        session_writes(data, plan, mounts, run, work, res, args.cache_mb)
-        bench = sys.modules[__name__]
-        bench_store.session_store(bench, data, args.quick, mounts, run, work, res, args.cache_mb)
-        if args.s3:
-            bench_s3.session_s3(bench, data, args.quick, mounts, run, work, res, args.cache_mb)
-        if args.pins <= bench_gen.LEGACY_MAX:
-            bench_cache.session_cache(bench, data, args.quick, mounts, run, work, res)
-        else:
-            res.notes["cache_rows"] = "issue #19's rows are measured up to 2M pins, not here"
+        for name, session in sessions:
+            try:
+                session()
+            except KeyboardInterrupt as exc:
+                res.check(
+                    False, f"stopped ({exc or 'interrupted'}) during the {name} session: rows after it are missing"
+                )
+                break
+            finally:
+                if args.save:
+                    _save(args.save, _report(args, plan, cache, generated, started, res))
     finally:
         mounts.stop_all()
         shutil.rmtree(work, ignore_errors=True)
         if run.is_dir() and not any(_is_mounted(child) for child in run.iterdir()):
             shutil.rmtree(run, ignore_errors=True)
+    report = _report(args, plan, cache, generated, started, res)
+    rows = report["rows"]
+    if args.save:
+        _save(args.save, report)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"pinfs bench: {args.backends} backends x {args.pins} pins; met? judged on the median")
+        print(format_table(rows))
+        if res.notes.get("tmpfs_entries", args.pins) < args.pins:
+            print(f"D tmpfs: a sample of {res.notes['tmpfs_entries']} entries; 'ls by-cid' scaled to {args.pins}")
+        for key, value in res.notes.items():
+            print(f"note: {key} = {value}")
+        for problem in res.problems:
+            print(f"PROBLEM: {problem}")
+    return 1 if res.problems else 0
+
+
+def _report(
+    args: argparse.Namespace, plan: Plan, cache: Path, generated: float, started: float, res: Results
+) -> dict[str, Any]:
     res.notes["load_average_end"] = round(os.getloadavg()[0], 1)
     rows = build_rows(res, args.backends, args.cache_mb, args.pins, args.quick)
     report = {
@@ -991,20 +1029,11 @@ def main(argv: list[str]) -> int:
         "problems": res.problems,
         "samples": {key: [round(value, 7) for value in values] for key, values in res.samples.items()},
     }
-    if args.save:
-        args.save.write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"pinfs bench: {args.backends} backends x {args.pins} pins; met? judged on the median")
-        print(format_table(rows))
-        if res.notes.get("tmpfs_entries", args.pins) < args.pins:
-            print(f"D tmpfs: a sample of {res.notes['tmpfs_entries']} entries; 'ls by-cid' scaled to {args.pins}")
-        for key, value in res.notes.items():
-            print(f"note: {key} = {value}")
-        for problem in res.problems:
-            print(f"PROBLEM: {problem}")
-    return 1 if res.problems else 0
+    return report
+
+
+def _save(path: Path, report: dict[str, Any]) -> None:
+    path.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
