@@ -8,7 +8,7 @@ exports are then made by ``pinfs car regenerate`` on the S3 root, as a host woul
 
 Each round is a fresh mount with an empty local read cache (``PINFS_CACHE_DIR``), so it is a host
 that has never read this root: its first ``cat status`` downloads the data file holding the CID
-(~5.5 MB for 16k pins) and reads one row group of it. Further cold samples in the same mount are from
+(~2.6 MB for 16k pins) and reads one row group of it. Further cold samples in the same mount are from
 other data files. One pin through ``.control/pin`` is a data file put, a conditional put of the log
 entry, and what the mount then reloads.
 """

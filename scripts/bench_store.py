@@ -15,7 +15,7 @@ but the exports: ``maybe_maintain`` (checkpoint, clean-up, vacuum, relayout ever
 commits), so what is measured afterwards (table loads, a cold lookup after mount, ``pinfs maintain``)
 is what the maintenance nobody has to remember leaves. The one thing added for the bench: every
 ``VACUUM_EVERY`` writes the superseded data files are deleted at once (vacuum with no retention,
-keeping the exported version), since 10,000 rewrites of 5.5 MB files would otherwise hold ~55 GB of
+keeping the exported version), since 10,000 rewrites of ~2.6 MB files would otherwise hold ~26 GB of
 this shared disk for the table's 15 minutes of retention.
 """
 
