@@ -833,13 +833,15 @@ def row_specs(k: int, cache_mb: int, n: int) -> list[RowSpec]:
     ]
 
 
-def build_rows(res: Results, k: int, cache_mb: int, n: int = 1_000_000, quick: bool = False) -> list[dict[str, Any]]:
+def build_rows(
+    res: Results, k: int, cache_mb: int, n: int = 1_000_000, quick: bool = False, writes: int | None = None
+) -> list[dict[str, Any]]:
     """One row per spec with samples; a row judged against a baseline that was not measured (B and
     migrate's reference have no pins.json above 2M pins) is left out."""
     rows = []
     specs = [
         *row_specs(k, cache_mb, n),
-        *bench_store.row_specs(RowSpec, n, quick),
+        *bench_store.row_specs(RowSpec, n, quick, writes),
         *bench_s3.row_specs(RowSpec, n),
         *bench_cache.row_specs(RowSpec),
     ]
@@ -920,6 +922,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--s3", action="store_true", help="also the S3 rows: the first backend on a local SeaweedFS (issue #13)"
     )
+    parser.add_argument(
+        "--writes",
+        type=int,
+        help="single-pin writes before the after-writes rows (default 10000; 1000 above 2M pins; 200 with --quick)",
+    )
     parser.add_argument("--cache", type=Path, default=PROJECT / ".bench-cache", help="data cache directory")
     parser.add_argument("--cache-mb", type=int, default=256, help="the mount's --cache-mb (RSS target)")
     parser.add_argument("--seed", type=int, default=1)
@@ -957,7 +964,12 @@ def main(argv: list[str]) -> int:
     sessions: list[tuple[str, Callable[[], None]]] = [
         ("pinfs", lambda: session_pinfs(data, plan, mounts, run, res, args.cache_mb)),
         ("writes", lambda: session_writes(data, plan, mounts, run, work, res, args.cache_mb)),
-        ("store", lambda: bench_store.session_store(bench, data, args.quick, mounts, run, work, res, args.cache_mb)),
+        (
+            "store",
+            lambda: bench_store.session_store(
+                bench, data, args.quick, mounts, run, work, res, args.cache_mb, args.writes
+            ),
+        ),
         ("floor", lambda: session_floor(data, plan, mounts, run, res)),
         ("tmpfs", lambda: session_tmpfs(data, plan, res)),
         ("baselines", lambda: session_fresh_baselines(data, plan, res)),
@@ -1011,7 +1023,7 @@ def _report(
     args: argparse.Namespace, plan: Plan, cache: Path, generated: float, started: float, res: Results
 ) -> dict[str, Any]:
     res.notes["load_average_end"] = round(os.getloadavg()[0], 1)
-    rows = build_rows(res, args.backends, args.cache_mb, args.pins, args.quick)
+    rows = build_rows(res, args.backends, args.cache_mb, args.pins, args.quick, args.writes)
     report = {
         "params": {
             "pins": args.pins,

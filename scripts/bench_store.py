@@ -72,7 +72,9 @@ def _probe(*args: object) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-def writes_for(n: int, quick: bool) -> int:
+def writes_for(n: int, quick: bool, writes: int | None = None) -> int:
+    if writes is not None:
+        return writes
     return WRITES_QUICK if quick else WRITES if n <= 2 * MILLION else WRITES_BIG
 
 
@@ -80,7 +82,15 @@ def writes_for(n: int, quick: bool) -> int:
 
 
 def session_store(
-    bench: ModuleType, data: Any, quick: bool, mounts: Any, run: Path, work: Path, res: Any, cache_mb: int
+    bench: ModuleType,
+    data: Any,
+    quick: bool,
+    mounts: Any,
+    run: Path,
+    work: Path,
+    res: Any,
+    cache_mb: int,
+    writes: int | None = None,
 ) -> None:
     """This module's rows (see the module docstring)."""
     name = data.names[0]
@@ -93,7 +103,7 @@ def session_store(
         res.check(report["parquet_rows"] == data.n + index + 1, f"export: {json.dumps(report)[:300]}")
         res.add("export", report["seconds"])
         res.notes["export_bytes"] = report["bytes"]
-    count = writes_for(data.n, quick)
+    count = writes_for(data.n, quick, writes)
     say(f"store: {count} single-pin writes, one commit each, maintenance by itself")
     report = _probe("writes", root, name, count)
     for value in report["per_write"]:
@@ -131,13 +141,13 @@ def _lookups_after(
 # -- rows --
 
 
-def row_specs(row_spec: Any, n: int, quick: bool) -> list[Any]:
+def row_specs(row_spec: Any, n: int, quick: bool, writes: int | None = None) -> list[Any]:
     """This module's rows, as bench_main's ``RowSpec`` (passed in). Targets of issue #12 at 1M, scaled
     linearly with the pins where the issue gives none for the size (said so in the target)."""
     millions = max(n / MILLION, 1.0)
     export_limit = 3.0 * millions
     lookup_limit = 0.010 if n <= MILLION else 0.020
-    count = writes_for(n, quick)
+    count = writes_for(n, quick, writes)
     single_limit = 0.030 if n <= MILLION else 0.050
     return [
         row_spec(
