@@ -841,7 +841,7 @@ def build_rows(
     rows = []
     specs = [
         *row_specs(k, cache_mb, n),
-        *bench_store.row_specs(RowSpec, n, quick, writes),
+        *bench_store.row_specs(RowSpec, n, quick, res.notes.get("store_writes", {}).get("writes", writes)),
         *bench_s3.row_specs(RowSpec, n),
         *bench_cache.row_specs(RowSpec),
     ]
