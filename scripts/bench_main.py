@@ -931,6 +931,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cache-mb", type=int, default=256, help="the mount's --cache-mb (RSS target)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--save", type=Path, help="also write the JSON report to this file")
+    parser.add_argument("--report", type=Path, help="print the table of a run saved with --save, and exit")
     args = parser.parse_args(argv)
     args.pins = args.pins or (10_000 if args.quick else 1_000_000)
     args.backends = args.backends or (2 if args.quick else 3)
@@ -945,6 +946,8 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.report:
+        return _print_saved(args.report)
     plan = QUICK if args.quick else BIG if args.pins > bench_gen.LEGACY_MAX else FULL
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
@@ -1042,6 +1045,21 @@ def _report(
         "samples": {key: [round(value, 7) for value in values] for key, values in res.samples.items()},
     }
     return report
+
+
+def _print_saved(path: Path) -> int:
+    """The table of a saved run, with the row specs of this code (a run stopped early, or re-judged)."""
+    saved = json.loads(path.read_text())
+    params = saved["params"]
+    res = Results(saved["samples"], saved["notes"], saved["problems"])
+    rows = build_rows(res, params["backends"], params["cache_mb"], params["pins"], params["quick"])
+    print(f"pinfs bench: {params['backends']} backends x {params['pins']} pins; met? judged on the median")
+    print(format_table(rows))
+    for key, value in res.notes.items():
+        print(f"note: {key} = {value}")
+    for problem in res.problems:
+        print(f"PROBLEM: {problem}")
+    return 1 if res.problems else 0
 
 
 def _save(path: Path, report: dict[str, Any]) -> None:
