@@ -836,8 +836,9 @@ def row_specs(k: int, cache_mb: int, n: int) -> list[RowSpec]:
 def build_rows(
     res: Results, k: int, cache_mb: int, n: int = 1_000_000, quick: bool = False, writes: int | None = None
 ) -> list[dict[str, Any]]:
-    """One row per spec with samples; a row judged against a baseline that was not measured (B and
-    migrate's reference have no pins.json above 2M pins) is left out."""
+    """One row per spec with samples. A row judged against a baseline that was not measured (B and
+    migrate's reference have no pins.json above 2M pins; a run stopped early) is not judged (met
+    None), and its "  same, vs X" repetitions are left out."""
     rows = []
     specs = [
         *row_specs(k, cache_mb, n),
@@ -847,7 +848,8 @@ def build_rows(
     ]
     for spec in specs:
         values = res.samples.get(spec.key, [])
-        if not values or (spec.baseline is not None and not res.samples.get(spec.baseline)):
+        unmeasured = spec.baseline is not None and not res.samples.get(spec.baseline)
+        if not values or (unmeasured and spec.what.startswith("  same")):
             continue
         row: dict[str, Any] = {
             "key": spec.key,
@@ -871,7 +873,8 @@ def build_rows(
         floor = res.samples.get(spec.floor or "", [])
         if floor:
             row["floor_tmpfs_median"] = median(floor)
-        row["met"] = bool(spec.met(row["median"], row["ratio"]))
+        # None: judged against a baseline that was not measured (a run stopped early)
+        row["met"] = None if unmeasured else bool(spec.met(row["median"], row["ratio"]))
         rows.append(row)
     return rows
 
@@ -897,7 +900,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 fmt_value(row["baseline_median"], row["unit"]),
                 ratio_text,
                 row["target"],
-                "yes" if row["met"] else "NO",
+                "?" if row["met"] is None else "yes" if row["met"] else "NO",
                 fmt_value(row["floor_tmpfs_median"], row["unit"]),
             ]
         )
