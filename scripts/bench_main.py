@@ -995,10 +995,15 @@ def main(argv: list[str]) -> int:
             try:
                 session()
             except KeyboardInterrupt as exc:
+                # A second signal (``timeout`` signals the whole group) must not cut the report short.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 res.check(
                     False, f"stopped ({exc or 'interrupted'}) during the {name} session: rows after it are missing"
                 )
                 break
+            except (OSError, RuntimeError) as exc:  # e.g. a mount that died: the other sessions still run
+                res.check(False, f"the {name} session failed: {exc}")
             finally:
                 if args.save:
                     _save(args.save, _report(args, plan, cache, generated, started, res))
