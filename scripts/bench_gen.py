@@ -68,13 +68,21 @@ def backend_names(k: int) -> list[tuple[str, str]]:
 
 
 def random_cids(rng: random.Random, count: int) -> list[str]:
-    """``count`` distinct-with-overwhelming-probability CIDv1 raw sha2-256 in base32."""
-    blob = rng.randbytes(32 * count)
+    """``count`` distinct-with-overwhelming-probability CIDv1 raw sha2-256 in base32. The random bytes
+    are drawn a million CIDs at a time: ``randbytes`` of more than 2^31 bits fails (10M pins), and up
+    to a million the draw is the one it always was, so cached data sets stay valid."""
     encode = base64.b32encode
     prefix = _RAW_SHA256_PREFIX
-    return [
-        "b" + encode(prefix + blob[i : i + 32]).decode("ascii").lower().rstrip("=") for i in range(0, len(blob), 32)
-    ]
+    out: list[str] = []
+    for start in range(0, count, _CIDS_PER_DRAW):
+        blob = rng.randbytes(32 * min(_CIDS_PER_DRAW, count - start))
+        out.extend(
+            "b" + encode(prefix + blob[i : i + 32]).decode("ascii").lower().rstrip("=") for i in range(0, len(blob), 32)
+        )
+    return out
+
+
+_CIDS_PER_DRAW = 1_000_000
 
 
 def _table(rng: random.Random, cids: list[str], name: str, kind: str) -> pa.Table:
