@@ -16,6 +16,7 @@ import trio.testing
 from helpers import cid_for, make_backend
 
 from pinfs.data.backends import get_backend
+from pinfs.data.cids import standard_forms
 from pinfs.data.snapshots import StoreCache
 from pinfs.data.store import PinStore
 from pinfs.fs.adapter import PinfsOperations
@@ -256,4 +257,30 @@ async def test_an_outside_change_is_told_to_the_kernel_without_anyone_asking(pin
         with trio.fail_after(10):  # a hang guard: inotify or the poll see it in milliseconds
             while (by_cid, cid_for(3)) not in recorder.entries:
                 await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_change_is_told_for_the_other_spelling_the_kernel_holds_too(pinned: Path) -> None:
+    stored = cid_for("spelled", version=0)  # Qm…, looked up as its CIDv1 bafybei… (issue #16)
+    other = standard_forms(stored)[-1]
+    add_pins(pinned, "b", [PinRequest(stored, "pending")])
+    ops, kernel, recorder = mount_model(pinned)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(kernel, pinned)
+        await trio.testing.wait_all_tasks_blocked()
+        await kernel.sync()
+        status = await walk(ops, "backends", "b", "by-cid", other, "status")
+        handle = (await ops.open(status, os.O_RDONLY, CTX)).fh
+        assert await ops.read(handle, 0, 100) == b"pending\n"
+        await ops.release(handle)
+        control = await walk(ops, "backends", "b", ".control", "unpin")
+        handle = (await ops.open(control, os.O_WRONLY, CTX)).fh
+        await ops.write(handle, 0, f"{stored}\n".encode())
+        await ops.flush(handle)
+        await ops.release(handle)
+        by_cid = ops.inodes.held(("backends", "b", "by-cid"))
+        assert (by_cid, other) in recorder.entries and status in recorder.inodes
+        with pytest.raises(pyfuse3.FUSEError):
+            await walk(ops, "backends", "b", "by-cid", other)
         nursery.cancel_scope.cancel()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -35,9 +35,11 @@ import trio
 from pyfuse3 import FileNameT, InodeT
 
 from pinfs.data.backends import backends_dir
+from pinfs.data.cids import standard_forms
 from pinfs.data.delta import LOG_DIR, TABLE_DIR
 from pinfs.data.rootfs import S3Path
 from pinfs.data.schema import STATUSES
+from pinfs.errors import InvalidInput
 from pinfs.fs.inodes import InodeTable
 from pinfs.fs.inotify import Inotify
 from pinfs.fs.tree import (
@@ -131,7 +133,7 @@ async def plan_for(inodes: InodeTable, changes: Sequence[Change]) -> Plan:
         if change.cids is None:
             await _plan_everything(inodes, plan, change.backend)
             continue
-        for count, cid in enumerate(change.cids, 1):
+        for count, cid in enumerate(_spellings(change.cids), 1):
             entry((*base, BY_CID), cid)
             inode((*base, BY_CID, cid))
             for name in RECORD_FILES:
@@ -146,6 +148,18 @@ async def plan_for(inodes: InodeTable, changes: Sequence[Change]) -> Plan:
         for name in REPORT_FILES:
             inode((name,))
     return plan
+
+
+def _spellings(cids: Collection[str]) -> Iterator[str]:
+    """Each changed CID as stored and in its other standard spelling (``Qm…`` and ``bafy…``): a name
+    the kernel holds for either one shows the same record (issue #16)."""
+    for cid in cids:
+        yield cid
+        try:
+            forms = standard_forms(cid)
+        except InvalidInput:
+            continue
+        yield from (form for form in forms if form != cid)
 
 
 async def _plan_everything(inodes: InodeTable, plan: Plan, backend: str) -> None:
