@@ -1,18 +1,21 @@
 """Issue #19's bench rows: warm reads at kernel speed, whole-tree walks, and the invalidation lag.
 
-Called from ``bench_main`` (``session_cache`` and ``row_specs``; its helpers are passed in as
-``bench``), or alone for these rows only: ``.venv/bin/python scripts/bench_cache.py [--quick]``.
+Called from ``bench_main`` (``session_cache`` and ``row_specs``; bench_main itself is passed in as
+``bench``), or alone for these rows only: ``.venv/bin/python scripts/bench_cache.py [--quick]
+[--rows warm,walk,lag]`` (1M pins for the warm rows, as bench_main's default; 10k with --quick).
 
-Every row is judged as a ratio to baseline D, the same tree on tmpfs measured in the same run:
+Every row is judged as a ratio to baseline D, the same thing on tmpfs measured in the same run:
 
-* warm ``cat status`` and ``stat`` (D: ``session_tmpfs`` of bench_main);
-* repeated ``ls by-status/failed`` (D: a tmpfs directory of as many symlinks);
-* ``find by-cid -name 'baf*' | wc -l`` and a walk that lists every ``by-cid/<cid>`` directory and reads
-  its ``status`` (what ``grep -r --include=status`` does), on a backend of ``WALK_PINS`` pins, cold (a
-  fresh mount) and warm (again in that mount). D: a tmpfs tree of ``TMPFS_WALK`` such directories with
-  their seven files, scaled to the backend's size. Cold: at most 0.5 ms per CID (one file read each).
-* the invalidation lag: while a writer commits about 100 pins/s to the walk backend (a copy of it),
-  how long after a commit returns the mount shows it in a ``status`` file the kernel had cached.
+* warm ``cat status`` and ``stat`` of per-CID files (D: ``session_tmpfs`` of bench_main);
+* repeated ``ls by-status/failed`` (30k entries at 1M pins; D: a tmpfs directory of as many symlinks);
+* on a backend of its own of ``WALK_PINS`` pins (``QUICK_WALK_PINS`` with --quick): a walk that lists
+  every ``by-cid/<cid>`` directory and reads its ``status`` (what ``grep -r --include=status`` does),
+  cold (a fresh mount) and warm (again in that mount), per CID, and a warm
+  ``find by-cid -name 'baf*' | wc -l``. D: a tmpfs tree of ``TMPFS_WALK`` such directories with their
+  seven files, scaled to the backend's size. Cold: at most 0.5 ms per CID.
+* the invalidation lag: while another process commits ``PINS_PER_SECOND`` pins a second to a copy of
+  the walk backend (one commit at a time, each changing one probe's status), how long after a commit
+  returns a ``status`` file the kernel had cached shows it; p99 at most 2 s.
 """
 
 from __future__ import annotations
