@@ -98,7 +98,7 @@ def _newer(version: Hashable | None, than: Hashable | None) -> bool:
     )
 
 
-def _identity(cid: str) -> str:
+def _cid_identity(cid: str) -> str:
     """The key a record is kept under: the CID's identity, so that every spelling of one CID shares
     one entry and a change to it (named as stored) drops them all (issue #16)."""
     try:
@@ -149,14 +149,14 @@ class RecordCache:
                     del self._records[key]
                 return
             for cid in changed:
-                self._records.pop((backend, _identity(cid)), None)
+                self._records.pop((backend, _cid_identity(cid)), None)
 
     # -- records --
 
     def get(self, backend: str, cid: str, *, leased_only: bool = False) -> Kept | None:
         """The kept record of ``cid`` (``Kept.record`` None: known not to be pinned), unless it expired."""
         with self._lock:
-            kept = self._records.get((backend, _identity(cid)))
+            kept = self._records.get((backend, _cid_identity(cid)))
         if kept is None or kept.until <= self.clock() or (leased_only and kept.lease is None):
             return None
         return kept
@@ -175,7 +175,7 @@ class RecordCache:
         kept meanwhile wins). A record of a version older than the current one is not kept, nor one
         without a lease when ``unleased_ok`` is False (it was read before a control command ran)."""
         now = self.clock()
-        key = (backend, _identity(cid))
+        key = (backend, _cid_identity(cid))
         with self._lock:
             current = self._current.get(backend)
             found = self._records.get(key)
