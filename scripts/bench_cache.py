@@ -21,13 +21,17 @@ Every row is judged as a ratio to baseline D, the same thing on tmpfs measured i
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import queue
 import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -90,6 +94,8 @@ def session_cache(
     work: Path,
     res: Any,
     sections: tuple[str, ...] = SECTIONS,
+    lag_in_thread: bool = False,
+    walk_reps: int | None = None,
 ) -> None:
     """All of this module's rows (see the module docstring), or those of ``sections``."""
     if "warm" in sections:
@@ -98,10 +104,12 @@ def session_cache(
     if "walk" in sections or "lag" in sections:
         walk_root, walk_name, walk_n = _walk_data(data, quick)
     if "walk" in sections:
-        _walks(bench, walk_root, walk_name, walk_n, 1 if quick else 2, mounts, run, res)
+        reps = walk_reps or (1 if quick else 2)
+        _walks(bench, walk_root, walk_name, walk_n, reps, mounts, run, res)
         _tmpfs_walk(walk_root, walk_name, walk_n, res)
     if "lag" in sections:
-        _lag(bench, walk_root, walk_name, LAG_SECONDS / 5 if quick else LAG_SECONDS, mounts, run, work, res)
+        seconds = LAG_SECONDS / 5 if quick else LAG_SECONDS
+        _lag(bench, walk_root, walk_name, seconds, mounts, run, work, res, lag_in_thread)
 
 
 def _warm_reads(bench: ModuleType, data: Any, reps: int, mounts: Any, run: Path, res: Any) -> None:
@@ -215,10 +223,20 @@ def _tmpfs_walk(root: Path, name: str, pins: int, res: Any) -> None:
 
 
 def _lag(
-    bench: ModuleType, root: Path, name: str, seconds: float, mounts: Any, run: Path, work: Path, res: Any
+    bench: ModuleType,
+    root: Path,
+    name: str,
+    seconds: float,
+    mounts: Any,
+    run: Path,
+    work: Path,
+    res: Any,
+    in_thread: bool = False,
 ) -> None:
     """Writes of ~100 pins/s by another process to a copy of the walk backend; the lag until a status
-    file the kernel had cached shows each probe's change."""
+    file the kernel had cached shows each probe's change. ``in_thread``: the writer is a thread of this
+    process instead, with no warm-up commit (``--lag-writer thread``: on 2026-11-27 that made the mount
+    serve another CID's record under ``by-cid/<cid>`` for longer than ``LAG_GIVE_UP``, in most runs)."""
     copy = work / "lag-root"
     (copy / "backends").mkdir(parents=True)
     shutil.copyfile(root / "backends" / f"{name}.yaml", copy / "backends" / f"{name}.yaml")
@@ -235,11 +253,30 @@ def _lag(
             targets.append(f"{cid} {('failed', 'pending')[now == 'failed']}\n")
         (work / "probes").write_text("".join(targets))
         say(f"cache: invalidation lag under {PINS_PER_SECOND} pins/s for {seconds:.0f} s")
-        command = [sys.executable, __file__, "--write-load", str(copy), name, str(work / "probes"), str(seconds)]
-        writer = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
-        assert writer.stdout is not None
+        if in_thread:
+            lines: queue.Queue[str | None] = queue.Queue()
+            # As the first version of this row did: statuses alternate whatever each probe has.
+            pairs = [(line.split()[0], ("failed", "pending")[index % 2]) for index, line in enumerate(targets)]
+
+            def emit(line: str) -> None:
+                lines.put(line)
+
+            def load() -> None:
+                try:
+                    write_load(copy, name, pairs, seconds, emit=emit, warm_up=False)
+                finally:
+                    lines.put(None)
+
+            thread = threading.Thread(target=load)
+            thread.start()
+            commits: Iterable[str] = iter(lines.get, None)
+        else:
+            command = [sys.executable, __file__, "--write-load", str(copy), name, str(work / "probes"), str(seconds)]
+            writer = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+            assert writer.stdout is not None
+            commits = writer.stdout
         lags = []
-        for line in writer.stdout:
+        for line in commits:
             if line.startswith("wrote "):
                 res.notes["lag_writes"] = line.strip()[len("wrote ") :]
                 continue
@@ -247,7 +284,8 @@ def _lag(
             lag = _visible_after(by_cid / cid / "status", f"{status}\n", float(done), res)
             if lag is not None:
                 lags.append(lag)
-        res.check(writer.wait(timeout=120) == 0, f"lag: the writer exited {writer.returncode}")
+        if writer is not None:
+            res.check(writer.wait(timeout=120) == 0, f"lag: the writer exited {writer.returncode}")
         for lag in lags:
             res.add("lag", lag)
         res.notes["lag_probes"] = len(lags)
@@ -265,7 +303,11 @@ def _visible_after(path: Path, expected: str, done: float, res: Any) -> float | 
     problem) when it does not within ``LAG_GIVE_UP``."""
     while (seen := path.read_text()) != expected:
         if time.monotonic() - done > LAG_GIVE_UP:
-            res.check(False, f"lag: {path.parent.name} reads {seen!r}, not {expected!r}, after {LAG_GIVE_UP:.0f} s")
+            shown = json.loads((path.parent / "pin.json").read_text()).get("cid")
+            whose = "" if shown == path.parent.name else f" (its pin.json is the record of {shown})"
+            res.check(
+                False, f"lag: {path.parent.name} reads {seen!r}, not {expected!r}, after {LAG_GIVE_UP:.0f} s{whose}"
+            )
             return None
         time.sleep(0.005)  # each read is three FUSE requests: a tighter loop would load the mount it measures
     return time.monotonic() - done
@@ -278,16 +320,24 @@ def _sample_cids(root: Path, name: str, count: int) -> list[str]:
     return random.Random(5).sample(cids.to_pylist(), count)
 
 
-def write_load(root: Path, name: str, probes: list[tuple[str, str]], seconds: float) -> None:
+def write_load(
+    root: Path,
+    name: str,
+    probes: list[tuple[str, str]],
+    seconds: float,
+    emit: Callable[[str], None] = print,
+    warm_up: bool = True,
+) -> None:
     """The writer of the lag rows (a process of its own, as another tool would be): ``PINS_PER_SECOND``
     new pins a second for ``seconds``, one commit at a time, each with as many pins as are due (at least
-    ten) and one probe's change to its given status. Prints ``<probe> <status> <time.monotonic() at commit>`` per
-    commit, then ``wrote <pins> pins in <n> commits, <s> s``."""
+    ten) and one probe's change to its given status. Emits (prints) ``<probe> <status> <time.monotonic()
+    at commit>`` per commit, then ``wrote <pins> pins in <n> commits, <s> s``."""
     backend = get_backend(root, name)
     store = PinStore(backend)
     rng = random.Random(3)
-    warm_up = {cid: make_record(cid, backend.name, backend.type) for cid in bench_gen.random_cids(rng, 10)}
-    store.write(lambda txn: txn.update(warm_up))  # the first commit of a process takes seconds (imports)
+    if warm_up:  # the first commit of a process takes seconds (imports)
+        first = {cid: make_record(cid, backend.name, backend.type) for cid in bench_gen.random_cids(rng, 10)}
+        store.write(lambda txn: txn.update(first))
     started = time.monotonic()
     pins = commits = 0
     for probe, status in probes:
@@ -303,8 +353,8 @@ def write_load(root: Path, name: str, probes: list[tuple[str, str]], seconds: fl
         store.write(lambda txn, records=records: txn.update(records))
         pins += count
         commits += 1
-        print(probe, status, repr(time.monotonic()), flush=True)
-    print(f"wrote {pins} pins in {commits} commits, {time.monotonic() - started:.1f} s", flush=True)
+        emit(f"{probe} {status} {time.monotonic()!r}")
+    emit(f"wrote {pins} pins in {commits} commits, {time.monotonic() - started:.1f} s")
 
 
 # -- rows --
@@ -383,6 +433,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--rows", default=",".join(SECTIONS), help=f"sections to run, of {','.join(SECTIONS)} (default: all)"
     )
+    parser.add_argument(
+        "--lag-writer",
+        choices=("process", "thread"),
+        default="process",
+        help="who writes during the lag row: another process (default) or a thread of this one",
+    )
+    parser.add_argument("--walk-reps", type=int, help="warm walks and finds (default 2; 1 with --quick)")
     args = parser.parse_args(argv)
     sections = tuple(args.rows.split(","))
     if not set(sections) <= set(SECTIONS):
@@ -399,7 +456,9 @@ def main(argv: list[str]) -> int:
         work.mkdir(parents=True)
         if "warm" in sections:
             bench_main.session_tmpfs(data, plan, res)
-        session_cache(bench_main, data, args.quick, mounts, run, work, res, sections)
+        session_cache(
+            bench_main, data, args.quick, mounts, run, work, res, sections, args.lag_writer == "thread", args.walk_reps
+        )
     finally:
         mounts.stop_all()
         shutil.rmtree(work, ignore_errors=True)
