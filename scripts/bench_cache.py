@@ -235,8 +235,9 @@ def _lag(
 ) -> None:
     """Writes of ~100 pins/s by another process to a copy of the walk backend; the lag until a status
     file the kernel had cached shows each probe's change. ``in_thread``: the writer is a thread of this
-    process instead, with no warm-up commit (``--lag-writer thread``: on 2026-11-27 that made the mount
-    serve another CID's record under ``by-cid/<cid>`` for longer than ``LAG_GIVE_UP``, in most runs)."""
+    process instead, with no warm-up commit, statuses alternating whatever each probe has
+    (``--lag-writer thread``: how the record cache's one-key bug, fixed in a571061, showed: the mount
+    served another CID's record under ``by-cid/<cid>`` for longer than ``LAG_GIVE_UP``)."""
     copy = work / "lag-root"
     (copy / "backends").mkdir(parents=True)
     shutil.copyfile(root / "backends" / f"{name}.yaml", copy / "backends" / f"{name}.yaml")
