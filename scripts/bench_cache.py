@@ -326,13 +326,14 @@ def write_load(
     name: str,
     probes: list[tuple[str, str]],
     seconds: float,
-    emit: Callable[[str], None] = print,
+    emit: Callable[[str], None] | None = None,
     warm_up: bool = True,
 ) -> None:
     """The writer of the lag rows (a process of its own, as another tool would be): ``PINS_PER_SECOND``
     new pins a second for ``seconds``, one commit at a time, each with as many pins as are due (at least
     ten) and one probe's change to its given status. Emits (prints) ``<probe> <status> <time.monotonic()
     at commit>`` per commit, then ``wrote <pins> pins in <n> commits, <s> s``."""
+    emit = emit or (lambda line: print(line, flush=True))  # flushed: the reader times each line
     backend = get_backend(root, name)
     store = PinStore(backend)
     rng = random.Random(3)
