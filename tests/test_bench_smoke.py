@@ -54,6 +54,14 @@ def test_bench_quick_json_has_every_row(tmp_path: Path) -> None:
         "regen",
         "pin_batch",
         "pin_single",
+        "cache_cat_warm",
+        "cache_stat_warm",
+        "cache_ls_failed_warm",
+        "find_warm",
+        "walk_cold_per_cid",
+        "walk_warm_per_cid",
+        "lag",
+        "lag_p99",
     }
     assert expected <= keys
     for row in report["rows"]:

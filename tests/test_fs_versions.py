@@ -59,6 +59,20 @@ def test_a_record_of_the_current_version_is_leased_for_long_and_others_briefly()
     assert cache.get("b", "x") is None and cache.remaining(current.lease) == 0
 
 
+def test_each_cid_kept_in_one_version_is_found_with_its_own_record() -> None:
+    # Two functions once shared the name ``_identity``: every CID was kept under one key, and
+    # ``by-cid/<cid>`` showed the record of whichever CID was read last (issue #19 bench).
+    cache = RecordCache(clock=FakeClock())
+    cache.advance("b", version(3), set())
+    cids = [
+        "bafkreig3tj4xyyx24y6kbjliv4koyleilma5b33quefu4r3buum42ux6he",
+        "bafkreieuxhchbukiaax4cstymwet3cbhb6yxo2b6j22asnymmr472em43i",
+    ]
+    for cid in cids:
+        assert cache.keep("b", cid, {"cid": cid}, version(3)).record == {"cid": cid}
+    assert [cache.get("b", cid).record for cid in cids] == [{"cid": cid} for cid in cids]
+
+
 def test_a_change_ends_exactly_the_leases_of_the_changed_cids() -> None:
     cache = RecordCache(clock=FakeClock())
     cache.advance("b", version(1), set())
