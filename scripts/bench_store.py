@@ -208,8 +208,8 @@ def row_specs(row_spec: Any, n: int, quick: bool, writes: int | None = None) -> 
 
 
 def _probe_load(root: Path, name: str) -> dict[str, Any]:
-    from pinfs.backends import get_backend
-    from pinfs.store import delta_pins
+    from pinfs.data.backends import get_backend
+    from pinfs.data.store import delta_pins
 
     table = delta_pins(get_backend(root, name))
     import deltalake  # noqa: F401 - imported before the clock starts: the work alone is timed
@@ -222,10 +222,10 @@ def _probe_load(root: Path, name: str) -> dict[str, Any]:
 def _probe_export(root: Path, name: str) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    from pinfs.backends import get_backend
-    from pinfs.exports import refresh_exports
-    from pinfs.schema import make_record
-    from pinfs.store import PinStore
+    from pinfs.data.backends import get_backend
+    from pinfs.data.exports import refresh_exports
+    from pinfs.data.schema import make_record
+    from pinfs.data.store import PinStore
 
     backend = get_backend(root, name)
     cid = bench_gen.random_cids(random.Random(time.time_ns()), 1)[0]
@@ -241,11 +241,11 @@ def _probe_export(root: Path, name: str) -> dict[str, Any]:
 
 
 def _probe_writes(root: Path, name: str, count: int) -> dict[str, Any]:
-    from pinfs.backends import get_backend
-    from pinfs.exports import PARQUET, read_record
+    from pinfs.data.backends import get_backend
+    from pinfs.data.exports import PARQUET, read_record
+    from pinfs.data.schema import make_record
+    from pinfs.data.store import PinStore
     from pinfs.ops.maintain import maybe_maintain
-    from pinfs.schema import make_record
-    from pinfs.store import PinStore
 
     backend = get_backend(root, name)
     store = PinStore(backend)
