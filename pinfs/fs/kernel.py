@@ -39,7 +39,8 @@ from pinfs.data.cids import standard_forms
 from pinfs.data.delta import LOG_DIR, TABLE_DIR
 from pinfs.data.rootfs import S3Path
 from pinfs.data.schema import STATUSES
-from pinfs.errors import InvalidInput
+from pinfs.errors import InvalidInput, PinfsError
+from pinfs.errors import describe as describe_error
 from pinfs.fs.inodes import InodeTable
 from pinfs.fs.inotify import Inotify
 from pinfs.fs.tree import (
@@ -259,6 +260,9 @@ class KernelCache:
         self.rounds += 1
         try:
             changes = await trio.to_thread.run_sync(self.watch.check, limiter=self._check_limiter)
+        except (PinfsError, OSError) as exc:  # the root gone or unreachable: looked at again next round
+            log.info("looking for new versions: %s", describe_error(exc))
+            return
         except Exception:
             log.exception("looking for new versions failed")
             return
