@@ -320,18 +320,15 @@ def test_the_server_stopped_mid_write_loses_no_acknowledged_pin(tmp_path: Path) 
             control = mountpoint / "backends" / "b1" / ".control" / "pin"
             acknowledged: list[str] = []
             failures: list[OSError] = []
-            stop_writing = threading.Event()
 
             def write_batches() -> None:
                 for batch in range(1000):
-                    if stop_writing.is_set():
-                        return
                     cids = [cid_for(f"during-{batch}-{n}") for n in range(20)]
                     try:
                         control.write_text("".join(f"{cid}\n" for cid in cids))
                     except OSError as exc:
                         failures.append(exc)
-                        continue
+                        return  # the control file's last run is this failed one (checked below)
                     acknowledged.extend(cids)
 
             writer = threading.Thread(target=write_batches)
@@ -344,7 +341,8 @@ def test_the_server_stopped_mid_write_loses_no_acknowledged_pin(tmp_path: Path) 
             while not failures:
                 assert time.monotonic() < deadline + 60, "no write failed with the store gone"
                 time.sleep(0.05)
-            assert failures[0].errno == errno.EIO, failures[0]
+            writer.join(timeout=120)
+            assert not writer.is_alive() and failures[0].errno == errno.EIO, failures[0]
             line = one_line_error(pinfs(env, "pin", "add", cid_for("refused"), "--backend", "b1"))
             assert "cannot reach" in line
             for path in status.values():  # every backend on the dead store: EIO, at once
@@ -354,8 +352,6 @@ def test_the_server_stopped_mid_write_loses_no_acknowledged_pin(tmp_path: Path) 
             assert "control" in (mountpoint / "README").read_text()
             health = json.loads(_timed_read(mountpoint / "health.json")[1])  # type: ignore[arg-type]
             assert health["state"] == "error" and "cannot reach" in json.dumps(health), health
-            stop_writing.set()
-            writer.join(timeout=120)
 
             server.start()
             assert _until_readable(status["b1"]) == "pending\n"
