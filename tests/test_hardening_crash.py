@@ -21,9 +21,9 @@ that got nothing done in three rounds, as on a loaded machine; on S3, as ``_kill
 the machine's speed), kills the child with SIGKILL, reaps it and reports.
 A child acknowledges each completed operation by appending one line (one ``write``) to an ack file.
 
-The same loop runs on a root on S3 (SeaweedFS, ``tests/seaweed.py``), issue #13: there five writers,
-one of each kind, are killed in each round, each a host of its own (its own cache directory), and
-the checks read everything back from the bucket.
+The same loop runs on a root on S3 (SeaweedFS, ``tests/seaweed.py``; ``test_hardening_crash_s3.py``,
+issue #13): there five writers, one of each kind, are killed in each round, each a host of its own
+(its own cache directory), and the checks read everything back from the bucket.
 """
 
 from __future__ import annotations
@@ -557,32 +557,6 @@ def test_two_hundred_sigkills_across_every_kind_of_writer(
     _kill_loop(world, tmp_path, kills, 1, LOCAL_LONGEST_MS)
     if file_rows is not None:  # the kills did land in writes of many data files
         assert len(DeltaTable(str(world.root / "backends" / "pins" / "pin_mappings.delta")).file_uris()) > 4
-
-
-# On S3 every step is a few requests: a writer's write takes ~0.3 s alone, a sync round ~1 s, and
-# five of them share the machine (the loop adapts these to its speed).
-S3_WRITERS = len(OPS)
-S3_LONGEST_MS = {"pins": 1000, "migrate": 1000, "regen": 1000, "restore": 1000, "sync": 2000}
-
-
-def test_two_hundred_sigkills_of_writers_on_an_s3_root(
-    seaweed: Seaweed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The same loop on a root on S3: every writer is a host of its own (its own cache directory), the
-    checks read back from the bucket (this process has a cache directory of its own too), and five
-    writers, one of each kind, are killed in each round, so they also race each other (pins and CAR
-    regeneration share a backend) across hosts, with nothing but the bucket between them. Five a
-    round keep the checks' time down (42 rounds for 210 kills)."""
-    for name, value in seaweed.env(f"crash-{uuid.uuid4().hex}").items():
-        if name.startswith("AWS_") or name == "PINFS_ROOT":
-            monkeypatch.setenv(name, value)
-    monkeypatch.setenv("PINFS_CACHE_DIR", str(tmp_path / "checker-cache"))
-    # The checks ask S3 for what they need once per round: what this process knew of the bucket is
-    # forgotten after the writers are killed (``_kill_loop``), and its own writes forget what they
-    # touch; in between nothing else writes, so nothing it remembers expires.
-    monkeypatch.setattr(pinfs.data.rootfs, "S3_METADATA_SECONDS", 3600.0)
-    world = _setup(parse_root(os.environ["PINFS_ROOT"]), tmp_path / "storage")
-    _kill_loop(world, tmp_path, KILLS // S3_WRITERS, S3_WRITERS, S3_LONGEST_MS, adapt=True)
 
 
 # -- concurrency --
