@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import select
 import stat
 import subprocess
@@ -76,10 +77,14 @@ def is_mounted(mountpoint: Path) -> bool:
 
 
 def _connected(mountpoint: str) -> bool:
-    try:
-        os.stat(mountpoint)
-    except OSError as exc:
-        return exc.errno != errno.ENOTCONN
+    """Whether a process still answers the mount. A name never looked up is asked of it (the kernel may
+    answer a stat of the mount point itself from its cache, after the process died)."""
+    for path in (mountpoint, os.path.join(mountpoint, f".pinfs-probe-{secrets.token_hex(8)}")):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                return False
     return True
 
 
