@@ -433,6 +433,8 @@ def test_verify_interval_catches_a_deleted_car(tmp_path: Path) -> None:
     )
     with mounted(root, tmp_path / "m", "--verify-interval", "1", expected_log=DUTY_WARNINGS) as mount:
         wait_for(lambda: status_file(mount, "fs-duty", cid) == "failed\n", timeout=8)
+        # The run has ended (its exports are written) once it is logged.
+        wait_for(lambda: "scheduled verify: backend fs-duty" in mount.log(), timeout=8)
         assert cid in os.listdir(mount.path("backends", "fs-duty", "by-status", "failed"))
         assert status_file(mount, "fs-duty", kept_cid) == "stored\n"
         assert "missing" in read_pin(root, "fs-duty", cid)["metadata"]["last_error"]
