@@ -4,7 +4,7 @@
 ``--background`` starts a detached copy of itself and returns only once that copy's mount is ready
 (or has failed, with its error). The copy reports through a pipe (hidden ``--ready-fd``).
 ``--sync-interval``/``--verify-interval`` (off by default) make the mount sync/verify every backend
-on its own every so often (``pinfs.fs.mount.ScheduledDuties``).
+on its own every so often (``pinfs.fs.duties.ScheduledDuties``).
 """
 
 from __future__ import annotations
