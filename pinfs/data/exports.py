@@ -54,6 +54,7 @@ from pinfs.data.fsutil import (
 from pinfs.data.oldforms import read_old_form, remove_shard_dir
 from pinfs.data.pieces import FileIdentity
 from pinfs.data.rootfs import S3Path, head, local_copy, put_object
+from pinfs.data.runstate import record_run
 from pinfs.data.s3client import PreconditionFailed
 from pinfs.data.schema import REQUIRED_COLUMNS, STORE_COLUMNS, now_iso, utc_stamp
 from pinfs.data.snapshots import PinSnapshot
@@ -446,6 +447,4 @@ def _quarantine(backend: Backend, reason: str) -> dict[str, Any]:
 
 
 def _note_import(backend: Backend, report: dict[str, Any]) -> None:
-    from pinfs.data.runstate import record_run
-
     record_run(backend, "import", {**report, "finished_at": now_iso()})
