@@ -23,6 +23,16 @@ def cid_for(seed: object, version: int = 1) -> str:
     return "b" + base64.b32encode(bytes([1, 0x55, 0x12, 0x20]) + digest).decode().lower().rstrip("=")
 
 
+def spelled(cid: str, base: str) -> str:
+    """``cid`` as a CIDv1 in multibase ``base`` (``z`` base58btc, ``B`` upper-case base32, ``k`` base36):
+    another spelling of the same CID (issue #16)."""
+    import libipld
+
+    from pinfs.data.cids import standard_forms
+
+    return libipld.encode_multibase(base, libipld.decode_multibase(standard_forms(cid)[-1])[1])
+
+
 def ago(**delta: float) -> str:
     """An ISO-8601 UTC time ``delta`` (days=…, hours=…) before now, as the store writes them."""
     return (datetime.now(timezone.utc) - timedelta(**delta)).isoformat(timespec="microseconds")

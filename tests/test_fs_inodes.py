@@ -7,7 +7,9 @@ import itertools
 import pyarrow as pa
 import pyfuse3
 import pytest
+from helpers import cid_for, spelled
 
+from pinfs.data.cids import cid_key, standard_forms
 from pinfs.fs import inodes as inodes_module
 from pinfs.fs.inodes import COMPACT_HELD, EPOCH_MASK, InodeTable, ListingInodes, is_listing_inode
 
@@ -108,3 +110,36 @@ def test_epoch_numbers_wrap_around_past_those_in_use(monkeypatch: pytest.MonkeyP
     other = listings.open(("b",), None, 16)
     assert held.number == EPOCH_MASK and other.number not in (0, EPOCH_MASK)
     assert listings.path_of(held.base) == ("a", "n0000")
+
+
+def test_names_in_other_spellings_are_indexed_by_cid_identity_while_the_kernel_holds_them() -> None:
+    table = InodeTable()
+    cid = cid_for("indexed", version=0)  # Qm…
+    z, upper, v1 = spelled(cid, "z"), spelled(cid, "B"), standard_forms(cid)[-1]
+    held = [
+        ("backends", "b", "by-cid", z),
+        ("backends", "b", "by-cid", z, "status"),
+        ("backends", "b", "by-status", "stored", upper),
+        ("cids", upper, "b"),
+        ("backends", "b", "by-cid", cid),  # standard spellings are not indexed: they follow from the CID
+        ("cids", v1),
+        ("backends", "b", "by-status", "stored"),
+    ]
+    for path in [*held, held[0]]:  # by-cid/z… looked up twice
+        table.remember(table.inode_of(path), path)
+    assert sorted(table.aliases(cid_key(cid))) == sorted([z, upper])
+    assert table.aliases(cid_key(cid_for("another"))) == ()
+
+    def forget(path: tuple[str, ...], count: int = 1) -> None:
+        inode = table.held(path)
+        assert inode is not None
+        table.forget(inode, count)
+
+    forget(held[0])
+    forget(held[1])
+    assert sorted(table.aliases(cid_key(cid))) == sorted([z, upper])  # by-cid/z… is held once more
+    forget(held[0])
+    assert table.aliases(cid_key(cid)) == (upper,)
+    forget(held[2])
+    forget(held[3])
+    assert table.aliases(cid_key(cid)) == ()

@@ -13,7 +13,7 @@ import pyfuse3
 import pytest
 import trio
 import trio.testing
-from helpers import cid_for, make_backend
+from helpers import cid_for, make_backend, spelled
 
 from pinfs.data.backends import get_backend
 from pinfs.data.cids import standard_forms
@@ -274,10 +274,17 @@ async def test_an_outside_change_is_told_to_the_kernel_without_anyone_asking(pin
         nursery.cancel_scope.cancel()
 
 
+SPELLED = cid_for("spelled", version=0)  # Qm…, looked up in other spellings (issue #16)
+
+
 @pytest.mark.trio
-async def test_a_change_is_told_for_the_other_spelling_the_kernel_holds_too(pinned: Path) -> None:
-    stored = cid_for("spelled", version=0)  # Qm…, looked up as its CIDv1 bafybei… (issue #16)
-    other = standard_forms(stored)[-1]
+@pytest.mark.parametrize(
+    "other",
+    [standard_forms(SPELLED)[-1], spelled(SPELLED, "z"), spelled(SPELLED, "B"), spelled(SPELLED, "k")],
+    ids=["bafy", "z", "B", "k"],
+)
+async def test_a_change_is_told_for_every_spelling_the_kernel_holds(pinned: Path, other: str) -> None:
+    stored = SPELLED
     add_pins(pinned, "b", [PinRequest(stored, "pending")])
     ops, kernel, recorder = mount_model(pinned)
     async with trio.open_nursery() as nursery:
@@ -288,6 +295,8 @@ async def test_a_change_is_told_for_the_other_spelling_the_kernel_holds_too(pinn
         handle = (await ops.open(status, os.O_RDONLY, CTX)).fh
         assert await ops.read(handle, 0, 100) == b"pending\n"
         await ops.release(handle)
+        await walk(ops, "backends", "b", "by-status", "pending", other)
+        await walk(ops, "cids", other, "b")
         control = await walk(ops, "backends", "b", ".control", "unpin")
         handle = (await ops.open(control, os.O_WRONLY, CTX)).fh
         await ops.write(handle, 0, f"{stored}\n".encode())
@@ -295,6 +304,8 @@ async def test_a_change_is_told_for_the_other_spelling_the_kernel_holds_too(pinn
         await ops.release(handle)
         by_cid = ops.inodes.held(("backends", "b", "by-cid"))
         assert (by_cid, other) in recorder.entries and status in recorder.inodes
+        assert (ops.inodes.held(("backends", "b", "by-status", "pending")), other) in recorder.entries
+        assert (ops.inodes.held(("cids", other)), "b") in recorder.entries
         with pytest.raises(pyfuse3.FUSEError):
             await walk(ops, "backends", "b", "by-cid", other)
         nursery.cancel_scope.cancel()

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import libipld
 import pyarrow as pa
 import pytest
-from helpers import cid_for, make_backend, run_pinfs, run_pinfs_json
+from helpers import cid_for, make_backend, run_pinfs, run_pinfs_json, spelled
 
 from pinfs.data.backends import get_backend
 from pinfs.data.cids import cid_key, identity_columns, is_standard, spelling_duplicates, standard_forms
@@ -20,11 +19,6 @@ from pinfs.fs.tree import NodeKind, PinTree
 V0 = cid_for("content", version=0)  # Qm…
 V1 = standard_forms(V0)[1]  # bafybei…: the same CID as CIDv1 base32
 RAW = cid_for("raw leaf")  # bafkrei…: a CIDv1 with no CIDv0
-
-
-def spelled(cid: str, base: str) -> str:
-    """``cid`` as a CIDv1 in multibase ``base`` (``z`` base58btc, ``B`` upper-case base32, ``k`` base36)."""
-    return libipld.encode_multibase(base, libipld.decode_multibase(standard_forms(cid)[-1])[1])
 
 
 def mixed_case(cid: str) -> str:

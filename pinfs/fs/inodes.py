@@ -21,6 +21,13 @@ after the entry timeout finds the same number and keeps its entry); any other na
 inode. A name may thus have two numbers over time (listed, then looked up after its epoch let go of
 it): the kernel treats that like a file that was replaced.
 
+A CID has many spellings (issue #16), and the kernel holds a name in the one it was asked for, while
+a change names the CID as stored. The standard spellings (``Qm…``, ``bafy…``) follow from the stored
+one; any other (``B…``, ``z…``, mixed case) held in a path inode below ``by-cid``, ``by-status/<s>``
+or ``cids`` is indexed by the CID's identity (``PathInodes.aliases``), so that the kernel-cache duty
+can tell the kernel about every name it holds for a changed CID (issue #19). Listing inodes need no
+index: a listing shows the spellings as stored.
+
 Memory stays proportional to what the kernel holds: a block of names is dropped when no position in it
 is held, an epoch when none of its blocks is and no directory handle lists it. When a directory is
 listed in a new version, its previous epoch is *superseded*: the kernel drops most of its entries as
@@ -28,7 +35,8 @@ the new listing replaces them, and a block left with few held names (e.g. CIDs r
 just those names as strings instead of the whole block (``COMPACT_HELD``). No cap on epochs is needed:
 each costs memory only for names the kernel holds. ``forget_all`` (unmount) drops everything.
 
-What it must not do: know about the tree, pyfuse3 handles or errno other than ENOENT for a number it
+What it must not do: know about the tree (beyond ``tree.names.cid_named``: where a path names a CID),
+pyfuse3 handles or errno other than ENOENT for a number it
 does not know (the kernel asked about something it had forgotten).
 
 Threading: used only on the event-loop thread; no locks. The Arrow blocks come from worker threads and
@@ -41,12 +49,14 @@ import bisect
 import errno
 import itertools
 from array import array
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 
 import pyarrow as pa
 import pyfuse3
 
-from pinfs.fs.tree.names import TreePath
+from pinfs.data.cids import cid_key, is_standard
+from pinfs.errors import InvalidInput
+from pinfs.fs.tree.names import TreePath, cid_named
 
 Names = pa.Array | pa.ChunkedArray
 
@@ -79,10 +89,15 @@ class PathInodes:
     stable within a process, which is all an inode number must be: valid for the life of the mount.
     Each known inode is one dictionary item: the path joined with "/" (names never hold "/"), with the
     count appended after a NUL when it is above 1 (names never hold NUL either).
+
+    Paths that name a CID in a non-standard spelling are also indexed by the CID's identity
+    (``aliases``); a standard spelling costs a string test and no decoding.
     """
 
     def __init__(self) -> None:
         self._paths: dict[int, str] = {pyfuse3.ROOT_INODE: ""}
+        # CID identity (``cid_key``) -> {non-standard spelling: how many known paths name the CID so}
+        self._aliases: dict[str, dict[str, int]] = {}
 
     @staticmethod
     def key_of(path: TreePath) -> str:
@@ -130,6 +145,7 @@ class PathInodes:
         known = self._paths.get(inode)
         if known is None:
             self._paths[inode] = key
+            self._index(key, 1)
         else:
             _key, _nul, count = known.partition("\0")
             self._paths[inode] = f"{key}\0{int(count or 1) + 1}"
@@ -146,6 +162,31 @@ class PathInodes:
             self._paths[inode] = key
         else:
             del self._paths[inode]
+            if self._aliases:  # none held (the common case): no need to look at the path
+                self._index(key, -1)
+
+    def aliases(self, identity: str) -> Collection[str]:
+        """The non-standard spellings of the CID ``identity`` (its ``cid_key``) that known paths name
+        (a copy: the caller may yield to the event loop, where forgets change the index)."""
+        return tuple(self._aliases.get(identity, ()))
+
+    def _index(self, key: str, step: int) -> None:
+        """Count ``key`` in (``step`` 1) or out of (-1) the index of non-standard spellings."""
+        cid = cid_named(key)
+        if cid is None or is_standard(cid):
+            return
+        try:
+            identity = cid_key(cid)
+        except InvalidInput:  # not a CID: nothing a change could name
+            return
+        spellings = self._aliases.setdefault(identity, {})
+        count = spellings.get(cid, 0) + step
+        if count > 0:
+            spellings[cid] = count
+        else:
+            spellings.pop(cid, None)
+            if not spellings:
+                del self._aliases[identity]
 
     def holds(self, inode: int) -> bool:
         return inode in self._paths
@@ -465,6 +506,11 @@ class InodeTable:
             return found
         inode = self.paths.inode_of_key(PathInodes.key_of(path))
         return inode if self.paths.holds(inode) else None
+
+    def aliases(self, identity: str) -> Collection[str]:
+        """The non-standard spellings of the CID ``identity`` (its ``cid_key``) the kernel may hold
+        names in (path inodes; a listing's names are spelled as stored)."""
+        return self.paths.aliases(identity)
 
     def forget_all(self) -> None:
         self.paths = PathInodes()

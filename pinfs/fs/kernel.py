@@ -19,6 +19,10 @@ on a worker thread of their own; ``sync`` only waits for this duty's round.
 Threading: a trio task in the mount's nursery. The check runs on a worker thread, the plan (which
 inodes, which names) is made on the event loop where the inode table lives, the invalidations run on
 one worker thread at a time.
+
+Spellings (issue #16): a change names a CID as stored, while the kernel holds names in whatever spelling
+was looked up. Each changed CID is told in its stored spelling, its standard ones (``Qm…``, ``bafy…``)
+and every other one the inode table holds a path under (``InodeTable.aliases``).
 """
 
 from __future__ import annotations
@@ -134,7 +138,7 @@ async def plan_for(inodes: InodeTable, changes: Sequence[Change]) -> Plan:
         if change.cids is None:
             await _plan_everything(inodes, plan, change.backend)
             continue
-        for count, cid in enumerate(_spellings(change.cids), 1):
+        for count, cid in enumerate(_spellings(change.cids, inodes), 1):
             entry((*base, BY_CID), cid)
             inode((*base, BY_CID, cid))
             for name in RECORD_FILES:
@@ -151,9 +155,9 @@ async def plan_for(inodes: InodeTable, changes: Sequence[Change]) -> Plan:
     return plan
 
 
-def _spellings(cids: Collection[str]) -> Iterator[str]:
-    """Each changed CID as stored and in its other standard spelling (``Qm…`` and ``bafy…``): a name
-    the kernel holds for either one shows the same record (issue #16)."""
+def _spellings(cids: Collection[str], inodes: InodeTable) -> Iterator[str]:
+    """Each changed CID as stored, in its standard spellings (``Qm…`` and ``bafy…``) and in every other
+    spelling the kernel holds names in (``B…``, ``z…``…): each shows the same record (issue #16)."""
     for cid in cids:
         yield cid
         try:
@@ -161,6 +165,7 @@ def _spellings(cids: Collection[str]) -> Iterator[str]:
         except InvalidInput:
             continue
         yield from (form for form in forms if form != cid)
+        yield from (alias for alias in inodes.aliases(forms[-1]) if alias != cid)  # forms[-1]: the cid_key
 
 
 async def _plan_everything(inodes: InodeTable, plan: Plan, backend: str) -> None:

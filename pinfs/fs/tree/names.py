@@ -35,6 +35,22 @@ def shown(path: TreePath) -> str:
     return "/" + "/".join(path)
 
 
+def cid_named(key: str) -> str | None:
+    """The CID name the path ``key`` (its names joined with "/") is at or below: ``cids/<cid>``,
+    ``backends/<b>/by-cid/<cid>`` or ``backends/<b>/by-status/<s>/<cid>``; else None. A string test
+    and one split: the inode table asks it of every path the kernel learns of."""
+    parts = key.split("/", 5)
+    if parts[0] == CIDS_DIR:
+        return parts[1] if len(parts) > 1 else None
+    if parts[0] != BACKENDS_DIR or len(parts) < 4:
+        return None
+    if parts[2] == BY_CID:
+        return parts[3]
+    if parts[2] == BY_STATUS and len(parts) > 4:
+        return parts[4]
+    return None
+
+
 def nameable(cid: str) -> bool:
     """Whether ``cid`` can be a file name. base64 multibase CIDs ("m…", "u…") may hold "/": listings
     skip them (they stay readable through the parquet and the CLI). NUL cannot occur in a valid CID."""
