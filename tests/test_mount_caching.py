@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import cid_for, make_backend
+from helpers import cid_for, make_backend, run_pinfs, spelled
 from mounting import Mount, mounted, needs_fuse, sh
 
 from pinfs.data.backends import get_backend
@@ -87,6 +87,25 @@ def test_a_pin_through_a_control_file_shows_at_once_in_files_already_read(mount:
     assert by_cid(mount, "pin-now", new, "status").read_text() == "pending\n"
     assert os.listdir(mount.path("backends", "pin-now", "by-status", "failed")) == [cid]
     assert not os.path.lexists(mount.path("backends", "pin-now", "by-status", "stored", cid))
+
+
+@pytest.mark.parametrize("base", ["z", "B"])
+def test_changes_show_in_time_through_a_name_in_another_spelling(mount: Mount, base: str) -> None:
+    backend = f"spelled-{base.lower()}"
+    [cid] = pinned(mount, backend, 1)  # stored as bafkrei…, read as z… (base58btc) or B… (upper case)
+    alias = spelled(cid, base)
+    status = by_cid(mount, backend, alias, "status")
+    for _ in range(2):  # the kernel now holds the name, its attributes and its pages
+        assert sh(f"ls -d {by_cid(mount, backend, alias)}").returncode == 0
+        assert status.read_text() == "stored\n"
+    control = mount.path("backends", backend, ".control")
+    assert sh(f"echo '{cid} status=failed' > {control / 'pin'}").returncode == 0
+    assert status.read_text() == "failed\n"  # at once (same size: only a told kernel shows it)
+    run_pinfs(mount.root, "pin", "add", "--backend", backend, "--status", "stored", alias, check=True)
+    wait_until(lambda: status.read_text() == "stored\n")  # outside the mount: within 2 s
+    assert sh(f"echo {cid} > {control / 'unpin'}").returncode == 0
+    listed = sh(f"ls -d {by_cid(mount, backend, alias)}")
+    assert listed.returncode != 0 and "No such file" in listed.stderr
 
 
 def test_outside_changes_show_within_two_seconds_under_writes_and_a_rename_storm(mount: Mount) -> None:
