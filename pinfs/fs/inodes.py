@@ -36,8 +36,8 @@ just those names as strings instead of the whole block (``COMPACT_HELD``). No ca
 each costs memory only for names the kernel holds. ``forget_all`` (unmount) drops everything.
 
 What it must not do: know about the tree (beyond ``tree.names.cid_named``: where a path names a CID),
-pyfuse3 handles or errno other than ENOENT for a number it
-does not know (the kernel asked about something it had forgotten).
+pyfuse3 handles or errno other than ENOENT for a number it does not know (the kernel asked about
+something it had forgotten).
 
 Threading: used only on the event-loop thread; no locks. The Arrow blocks come from worker threads and
 are immutable.
