@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -52,6 +53,8 @@ LOW_WATER = 0.9  # a prune goes down to this share of the bound
 RESCAN_EVERY = 32  # adds between two scans of the directory
 FRESH_SECONDS = 10.0  # a copy used this recently is never removed
 STALE_TEMP_SECONDS = 3600.0  # a temporary copy this old belongs to a download that died
+
+log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -88,6 +91,8 @@ def use(copy: Path) -> bool:
             os.utime(copy)
         except FileNotFoundError:
             return False
+        except OSError:  # another user's copy, a read-only cache: there, though its use goes unrecorded
+            return copy.is_file()
     return True
 
 
@@ -104,7 +109,10 @@ def added(copy: Path) -> None:
             _STATE.total += size
             if _STATE.total <= limit or time.monotonic() < _STATE.quiet_until:
                 return
-    prune(limit)
+    try:
+        prune(limit)
+    except OSError as exc:  # the copy just made is there: a cache that cannot be pruned fails no read
+        log.warning("the read cache %s could not be pruned: %s", objects_dir(), exc)
 
 
 def prune(limit: int | None = None) -> int:
@@ -142,6 +150,8 @@ def _remove_oldest(copies: list[tuple[float, int, Path]], total: int, target: in
                 path.unlink()
             except FileNotFoundError:  # another process removed it
                 pass
+            except OSError:  # another user's copy: left to that user's pinfs
+                continue
             total -= size
     return total
 
@@ -155,9 +165,9 @@ def _scan(directory: Path) -> list[tuple[float, int, Path]]:
         for shard in shards:
             if not shard.is_dir(follow_symlinks=False):
                 continue
-            with contextlib.suppress(FileNotFoundError), os.scandir(shard.path) as entries:
+            with contextlib.suppress(OSError), os.scandir(shard.path) as entries:
                 for entry in entries:
-                    with contextlib.suppress(FileNotFoundError):
+                    with contextlib.suppress(OSError):  # removed meanwhile, or another user's
                         info = entry.stat(follow_symlinks=False)
                         if not entry.is_file(follow_symlinks=False):
                             continue
