@@ -27,6 +27,8 @@ from helpers import cid_for
 from mounting import force_unmount
 from seaweed import BUCKET, Seaweed, new_seaweed
 
+from pinfs.data import readcache
+
 CLI_TIMEOUT = 120
 
 
@@ -367,3 +369,123 @@ def test_the_server_stopped_mid_write_loses_no_acknowledged_pin(tmp_path: Path) 
             force_unmount(mountpoint, process)
     finally:
         server.stop()
+
+
+# -- the local read cache: bounded, least recently used first --
+
+CACHE_MB = 1
+PINS_PER_BACKEND = 4000  # a data file of ~0.45 MB: a few of them fill a cache of CACHE_MB
+
+
+def _copies(env: dict[str, str]) -> set[Path]:
+    """The object copies in a host's read cache (not the temporary files of downloads under way)."""
+    objects = Path(env["PINFS_CACHE_DIR"]) / "objects"
+    return {path for path in objects.glob("*/*") if path.is_file() and not path.name.startswith(".")}
+
+
+def _age(env: dict[str, str], seconds: float = 3600) -> None:
+    """Make every copy in a host's read cache last used ``seconds`` ago (its mtime is its last use), as if
+    the reads so far had been made an hour ago."""
+    for path in _copies(env):
+        _last_used(path, seconds)
+
+
+def _last_used(path: Path, seconds_ago: float) -> None:
+    when = time.time() - seconds_ago
+    os.utime(path, (when, when))
+
+
+def _backends_with_pins(server: Seaweed, prefix: str, count: int) -> dict[str, list[str]]:
+    """``count`` backends of PINS_PER_BACKEND pins each, as legacy pins.json files, migrated."""
+    pins = {f"b{k}": [cid_for(f"{k}-{n}") for n in range(PINS_PER_BACKEND)] for k in range(count)}
+    for name, cids in pins.items():
+        put(server, prefix, f"backends/{name}/pins.json", json.dumps(cids).encode())
+    pinfs_json(host(server, prefix), "migrate")  # another host: this one's cache starts empty
+    return pins
+
+
+def _listed(env: dict[str, str], backend: str) -> list[str]:
+    lines = pinfs(env, "pin", "ls", "--backend", backend, check=True).stdout.splitlines()
+    return sorted(line.split("\t")[0] for line in lines if line)
+
+
+def test_the_read_cache_stays_within_its_bound_and_fetches_again_what_it_dropped(seaweed: Seaweed) -> None:
+    prefix = uuid.uuid4().hex
+    pins = _backends_with_pins(seaweed, prefix, 6)
+    env = host(seaweed, prefix, PINFS_DISK_CACHE_MB=str(CACHE_MB))
+    data_files = [
+        seaweed.client().head_object(Bucket=BUCKET, Key=f"{prefix}/{key}")["ContentLength"]
+        for key in keys(seaweed, prefix)
+        if "pin_mappings.delta/part-" in key
+    ]
+    assert sum(data_files) > 2 * (CACHE_MB << 20), data_files  # more than the cache holds
+    largest = 0
+    for name in [*pins, "b0", "b1"]:  # b0 and b1 again at the end: dropped by then, they are fetched again
+        _age(env)  # what was read before was read an hour ago: the oldest go first
+        assert _listed(env, name) == sorted(pins[name])
+        sizes = [path.stat().st_size for path in _copies(env)]
+        largest = max(largest, *sizes)
+        assert sum(sizes) <= (CACHE_MB << 20) + largest, sizes  # the bound, plus the copy just made
+    assert len(_copies(env)) < len(data_files)
+
+
+def test_a_file_open_on_the_mount_stays_readable_when_its_cached_copy_is_dropped(
+    seaweed: Seaweed, tmp_path: Path
+) -> None:
+    prefix = uuid.uuid4().hex
+    pins = _backends_with_pins(seaweed, prefix, 4)
+    env = host(seaweed, prefix, PINFS_DISK_CACHE_MB=str(CACHE_MB))
+    export = get(seaweed, prefix, "backends/b0/pin_mappings.parquet")
+    mountpoint = tmp_path / "m"
+    process = _mount(env, mountpoint)
+    try:
+        before = _copies(env)
+        with open(mountpoint / "backends" / "b0" / "pin_mappings.parquet", "rb") as handle:
+            start = handle.read(4096)
+            opened = [path for path in _copies(env) - before if path.stat().st_size == len(export)]
+            assert len(opened) == 1, opened  # the export's copy, which the mount holds open
+            _age(env)  # the reader has held it for an hour
+            for name in sorted(pins)[1:]:  # another process of this host reads the other backends
+                assert _listed(env, name) == sorted(pins[name])
+            assert opened[0] not in _copies(env)  # dropped from the cache while open
+            assert start + handle.read() == export
+        with open(mountpoint / "backends" / "b0" / "pin_mappings.parquet", "rb") as again:
+            assert again.read() == export  # opened anew: fetched again
+    finally:
+        force_unmount(mountpoint, process)
+
+
+def _copy_used(directory: Path, name: str, seconds_ago: float, size: int = 100) -> Path:
+    path = directory / name
+    path.write_bytes(b"x" * size)
+    _last_used(path, seconds_ago)
+    return path
+
+
+def test_a_prune_drops_the_least_recently_used_copies_first_and_never_a_fresh_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PINFS_CACHE_DIR", str(tmp_path))
+    shard = tmp_path / "objects" / "ab"
+    shard.mkdir(parents=True)
+    old = _copy_used(shard, "old.parquet", 3600)
+    used_again = _copy_used(shard, "used-again.parquet", 7200)
+    middle = _copy_used(shard, "middle.parquet", 1800)
+    fresh = _copy_used(shard, "fresh.parquet", 1)  # a reader may have just been handed its path
+    dead_download = _copy_used(shard, ".dead.parquet.123.tmp", 2 * 3600)
+    live_download = _copy_used(shard, ".live.parquet.456.tmp", 5)
+    assert readcache.use(used_again)  # read now: the most recently used
+    assert readcache.prune(limit=250) == 200  # 400 bytes: the two oldest uses go, to 90 % of the bound
+    left = sorted(path.name for path in shard.iterdir())
+    assert left == [".live.parquet.456.tmp", "fresh.parquet", "used-again.parquet"]
+    assert not old.exists() and not middle.exists() and not dead_download.exists() and live_download.exists()
+    _last_used(used_again, 60)
+    assert readcache.prune(limit=10) == 100  # over the bound, but the fresh copy stays
+    assert fresh.exists() and not used_again.exists()
+    assert not readcache.use(used_again)  # gone: local_copy downloads it again
+
+
+def test_a_bad_read_cache_bound_is_one_clear_line(seaweed: Seaweed) -> None:
+    env = host(seaweed, uuid.uuid4().hex, PINFS_DISK_CACHE_MB="2GB")
+    line = one_line_error(pinfs(env, "status"), code=2)
+    assert "PINFS_DISK_CACHE_MB='2GB'" in line and "MB" in line

@@ -24,7 +24,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pinfs.data.rootfs import S3Path, cache_root, put_object
+from pinfs.data.readcache import cache_root
+from pinfs.data.rootfs import S3Path, put_object
 from pinfs.errors import Busy, CorruptData, errno_of
 
 TEMP_MARKER = ".pinfs-tmp."

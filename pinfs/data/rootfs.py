@@ -13,7 +13,9 @@ above name files the same way on both. What differs between the two is decided h
   put, and pinfs refuses to write to one that does not (``ConditionalPutsIgnored``).
 * Reads of parquet files go through ``local_copy``: an object is downloaded once into the local read
   cache (``$PINFS_CACHE_DIR`` or ``~/.cache/pinfs``), under a name made of its ETag, and read there.
-  The table's data files never change, so they are fetched once per host.
+  The table's data files never change, so they are fetched once per host while their copy is kept;
+  the cache is bounded (``PINFS_DISK_CACHE_MB``) and drops the least recently used copies
+  (``pinfs.data.readcache``).
 * What a listing or ``stat`` answered is kept for ``S3_METADATA_SECONDS``: a mount asks often, and
   changes made elsewhere must show within 2 s (CONTRACT §2). Writes through this process are seen at once.
 * Credentials and the endpoint come from the standard variables (``AWS_ENDPOINT_URL``,
@@ -42,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pinfs.data.readcache import added, disk_cache_limit, objects_dir, use
 from pinfs.data.s3client import ConditionalPutsIgnored, PreconditionFailed, calling, s3_client, unreachable
 from pinfs.errors import PinfsError
 
@@ -69,16 +72,9 @@ def parse_root(text: str) -> Path | S3Path:
         bucket, _, key = text[len(S3_SCHEME) :].partition("/")
         if not bucket:
             raise PinfsError(f"{text!r}: no bucket (use s3://bucket/prefix)")
+        disk_cache_limit()  # a bad PINFS_DISK_CACHE_MB is one line now, not an error at the first read
         return S3Path(bucket, key.strip("/"))
     return Path(os.path.expanduser(text)).resolve()
-
-
-def cache_root() -> Path:
-    """The local read cache and lock directory of this user."""
-    configured = os.environ.get("PINFS_CACHE_DIR")
-    base = Path(configured) if configured else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "pinfs"
-    base.mkdir(parents=True, exist_ok=True)
-    return base
 
 
 # -- metadata cache --
@@ -364,10 +360,8 @@ def local_copy(path: Path | S3Path, etag: str | None = None) -> Path:
     in the read cache named by its ETag (downloaded once; later calls reuse it)."""
     if not isinstance(path, S3Path):
         return path
-    tag = etag or path.stat().etag
-    digest = hashlib.sha256(f"{path}\0{tag}".encode()).hexdigest()
-    target = cache_root() / "objects" / digest[:2] / f"{digest}{path.suffix}"
-    if target.is_file():
+    target = _copy_of(path, etag or path.stat().etag)
+    if use(target):  # there, and now safe from a prune for readcache.FRESH_SECONDS: time to open it
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}")
@@ -383,16 +377,26 @@ def local_copy(path: Path | S3Path, etag: str | None = None) -> Path:
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
+    added(target)
     return target
 
 
 def keep_local(path: S3Path, local: Path, etag: str) -> None:
     """Put a file this process just uploaded to ``path`` into the read cache (no download later)."""
-    digest = hashlib.sha256(f"{path}\0{etag}".encode()).hexdigest()
-    target = cache_root() / "objects" / digest[:2] / f"{digest}{path.suffix}"
+    target = _copy_of(path, etag)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):
+    try:
         os.link(local, target)
+    except OSError:
+        return  # there already, or a cache on another file system: it is downloaded when needed
+    use(target)  # used last now, not when the temporary file was written
+    added(target)
+
+
+def _copy_of(path: S3Path, etag: str) -> Path:
+    """Where the read cache keeps the version ``etag`` of ``path`` (``pinfs.data.readcache``)."""
+    digest = hashlib.sha256(f"{path}\0{etag}".encode()).hexdigest()
+    return objects_dir() / digest[:2] / f"{digest}{path.suffix}"
 
 
 # -- the start-up check --
