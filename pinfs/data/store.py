@@ -37,13 +37,14 @@ from pinfs.data.datafiles import (
     check_kept_files,
     compact,
     file_table,
-    files_of,
     layout_is_sound,
     patched,
+    plan_merge,
     plan_update,
     rows_at,
     table_snapshot,
     write_files,
+    write_new_table,
 )
 from pinfs.data.delta import REQUEST_KEY, TABLE_DIR, CommitConflict, DataFile, DeltaPins, TableState, file_rows
 from pinfs.data.fsutil import backend_lock
@@ -190,7 +191,9 @@ class Transaction:
         for _attempt in range(COMMIT_ATTEMPTS):
             if not layout_is_sound(state):
                 return self.write(patched(table_snapshot(state, self.store.cache).table(), replacements, removals))
-            plan = plan_update(self.store, state, replacements, removals)
+            plan = plan_update(self.store, state, replacements, removals, base.keys())
+            if not plan.removed and not plan.added:  # only removals of CIDs that are not there
+                return state.count
             try:
                 check_kept_files(self.store, state, plan.removed)
             except BaseException:
@@ -211,7 +214,7 @@ class Transaction:
         state = self.state()
         if state is None and old_form_exists(self.store.backend.parquet_path):
             state = self._table_for_writing()  # converted first: the old file is then an export of version 0
-        added = write_files(self.store.table, files_of(table))
+        added = write_new_table(self.store.table, table)
         try:
             if state is None:
                 self.store.table.create(added, {"operation": "create"})
@@ -236,8 +239,8 @@ class Transaction:
         state = self.state()
         if state is None:
             return 0
-        ranged = [data_file for data_file in state.files if data_file.rows]
-        empties = [data_file for data_file in state.files if not data_file.rows]
+        ranged = [data_file for data_file in state.range_files if data_file.rows]
+        empties = [data_file for data_file in state.range_files if not data_file.rows]
         if not layout_is_sound(state):
             self.write(table_snapshot(state, self.store.cache).table())
             return len(state.files)
@@ -263,6 +266,30 @@ class Transaction:
         self._committed(state.count)
         return len(removed)
 
+    def merge_inserts(self, max_files: int | None = None) -> int:
+        """Move the insert file's rows into the range files of their ranges, at most ``max_files`` of
+        them (all when None), in one commit (``pinfs.data.delta``); returns how many rows moved (0:
+        nothing to do, nothing committed). ConcurrentChange when another writer changed those files."""
+        state = self.state()
+        if state is None or not any(data_file.rows for data_file in state.insert_files):
+            return 0
+        plan = plan_merge(self.store, state, max_files)
+        before = sum(data_file.rows for data_file in state.insert_files)
+        moved = before - sum(data_file.rows for data_file in plan.added if data_file.is_insert)
+        try:
+            check_kept_files(self.store, state, plan.removed)
+            self.store.table.commit(state, plan.removed, plan.added, {"operation": "merge inserts", "pins": moved})
+        except CommitConflict:
+            self.store.table.discard(plan.added)
+            raise ConcurrentChange(
+                f"backend {self.store.backend.name!r} changed while its inserts were merged"
+            ) from None
+        except BaseException:
+            self.store.table.discard(plan.added)
+            raise
+        self._committed(state.count)
+        return moved
+
     def convert_old_form(self) -> bool:
         """Make the table from the old-form parquet, as version 0 holding exactly its pins; False when
         there is a table already or nothing to convert. The old file stays where it is until the
@@ -285,7 +312,7 @@ class Transaction:
         """Create the table holding ``table`` (sorted, checked); False when another writer created it
         first (theirs stands)."""
         delta = self.store.table
-        added = write_files(delta, files_of(table))
+        added = write_new_table(delta, table)
         try:
             delta.create(added, info)
         except CommitConflict:
