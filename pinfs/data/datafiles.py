@@ -43,8 +43,13 @@ if TYPE_CHECKING:
 
 
 def table_snapshot(state: TableState, cache: StoreCache) -> PinSnapshot:
-    """Version ``state`` as a snapshot: its range files in order, with the insert file's rows merged
-    into the ranges they belong to (``MergedPiece``), so readers see one sorted sequence of pieces."""
+    """Version ``state`` as a snapshot (made once per version, then kept by ``cache``): its range files
+    in order, with the insert file's rows merged into the ranges they belong to (``MergedPiece``), so
+    readers see one sorted sequence of pieces."""
+    return cache.get_snapshot(state.identity, lambda: _new_snapshot(state, cache))
+
+
+def _new_snapshot(state: TableState, cache: StoreCache) -> PinSnapshot:
     directory = as_location(state.identity.location)
     pieces: list[Piece] = [file_piece(directory, data_file, cache) for data_file in state.range_files]
     inserts = insert_table(directory, state, cache)
@@ -385,22 +390,21 @@ _WHOLE_FILES_MAX_CIDS = 64
 
 
 def rows_at(store: PinStore, state: TableState, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
-    """The records of ``cids`` present in version ``state``. A few CIDs: their range files are read
-    whole (through the cache), as the rewrite that follows needs them anyway, and the insert file. A
-    batch: only the row groups that would hold them (``PinSnapshot.records``), since its files, read
-    whole, would not all stay in the read cache until the rewrite reads them again (62 files of 5.5 MB
-    in a 1M-pin backend)."""
+    """The records of ``cids`` present in version ``state``: only the row groups that would hold them
+    (``PinSnapshot.records``). In a table without an insert file, a few CIDs' range files are read
+    whole instead (through the cache), as the rewrite that follows needs them anyway (a batch's files,
+    read whole, would not all stay in the read cache: 62 files of 5.5 MB in a 1M-pin backend)."""
     if not cids or not any(data_file.rows for data_file in state.files):
         return {}
     if not layout_is_sound(state):
         table = table_snapshot(state, store.cache).table()
-    elif len(cids) > _WHOLE_FILES_MAX_CIDS:
+    elif len(cids) > _WHOLE_FILES_MAX_CIDS or state.insert_files:  # new CIDs go to the insert file
         return table_snapshot(state, store.cache).records(cids)
     else:
         ranged = [data_file for data_file in state.range_files if data_file.rows]
         mins = [data_file.min_cid for data_file in ranged if data_file.min_cid is not None]
         numbers = sorted({file_for(ranged, mins, cid) for cid in cids}) if ranged else []
         tables = [file_table(store, ranged[number]) for number in numbers]
-        table = pa.concat_tables([*tables, insert_table(store.table.directory, state, store.cache)])
+        table = pa.concat_tables(tables) if tables else empty_table()
     wanted = pa.array(list(cids), pa.string())
     return {row["cid"]: row for row in table.filter(pc.is_in(table.column("cid"), wanted)).to_pylist()}

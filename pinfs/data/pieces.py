@@ -154,6 +154,10 @@ class Piece:
     def row_groups(self) -> list[RowGroup]:
         raise NotImplementedError
 
+    def group_key(self, index: int) -> Hashable:
+        """What names row group ``index`` in the cache."""
+        return (self.key, index)
+
     def read_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
         raise NotImplementedError
 
@@ -294,6 +298,17 @@ class MergedPiece(Piece):
                 start += length
             self._bounds, self._groups = bounds, groups
         return self._groups
+
+    def group_key(self, index: int) -> Hashable:
+        """The file's own key for a group without extra rows (so the cache keeps serving it whatever
+        the insert file does), else one that names the extra rows too."""
+        self.row_groups()
+        low, high = self._bounds[index], self._bounds[index + 1]
+        return (
+            self.base.group_key(index)
+            if high == low
+            else ("merged", self.base.group_key(index), fingerprint(self.extra.slice(low, high - low)))
+        )
 
     def read_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
         self.row_groups()

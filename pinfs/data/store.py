@@ -96,6 +96,9 @@ class Transaction:
         self.changed = False  # whether this transaction committed anything
         self._state: TableState | None = None
         self._loaded = False
+        # Records looked up in the version read (cid -> record, or None: not there), so that the update
+        # after a lookup of the same CIDs (every pin) does not read them again.
+        self._looked_up: dict[str, dict[str, str | None] | None] = {}
 
     # -- reading --
 
@@ -104,6 +107,7 @@ class Transaction:
         if not self._loaded:
             self._state = self.store.table_state()
             self._loaded = True
+            self._looked_up.clear()
         return self._state
 
     def current(self, *, allow_legacy: bool = False) -> pa.Table:
@@ -129,7 +133,15 @@ class Transaction:
             table = self.current()
             wanted = pa.array(list(cids), pa.string())
             return {row["cid"]: row for row in table.filter(pc.is_in(table.column("cid"), wanted)).to_pylist()}
-        return rows_at(self.store, state, cids)
+        return self._rows(state, cids)
+
+    def _rows(self, state: TableState, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        """``rows_at`` of the version read, remembering what was looked up (``_looked_up``)."""
+        missing = [cid for cid in dict.fromkeys(cids) if cid not in self._looked_up]
+        if missing:
+            found = rows_at(self.store, state, missing)
+            self._looked_up.update({cid: found.get(cid) for cid in missing})
+        return {cid: record for cid in cids if (record := self._looked_up[cid]) is not None}
 
     def records_by_identity(self, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         """For each of ``cids`` whose CID is here, spelled in any way (issue #16), its record (whose
@@ -187,7 +199,7 @@ class Transaction:
                 return self._committed(table.num_rows)
             state = self.store.table_state(reload=True)  # another writer created it first
             assert state is not None
-        base = rows_at(self.store, state, cids)
+        base = self._rows(state, cids) if state is self._state else rows_at(self.store, state, cids)
         for _attempt in range(COMMIT_ATTEMPTS):
             if not layout_is_sound(state):
                 return self.write(patched(table_snapshot(state, self.store.cache).table(), replacements, removals))
@@ -345,11 +357,13 @@ class Transaction:
                 "nothing was written"
             )
         self._state = state
+        self._looked_up.clear()
         return state
 
     def _committed(self, count: int) -> int:
         self.changed = True
         self._loaded = False  # the next read sees the version just committed (and any newer)
+        self._looked_up.clear()
         return count
 
 
@@ -403,7 +417,7 @@ class PinStore:
         empty snapshot. Raises CorruptData when what should be read cannot be."""
         state = self.table_state()
         if state is not None:
-            return self.cache.get_snapshot(state.identity, lambda: table_snapshot(state, self.cache))
+            return table_snapshot(state, self.cache)
         old = old_form_snapshot(self.path, self.cache)
         if old is not None:
             return old
