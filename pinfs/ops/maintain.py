@@ -22,7 +22,7 @@ from typing import Any
 
 from pinfs.data.backends import Backend
 from pinfs.data.delta import insert_rows
-from pinfs.data.exports import PARQUET, read_record
+from pinfs.data.exports import PARQUET, read_record, refresh_exports
 from pinfs.data.runstate import read_state, record_run
 from pinfs.data.schema import now_iso
 from pinfs.data.store import ConcurrentChange, PinStore
@@ -80,6 +80,8 @@ def maintain_backend(
         entry.setdefault("files_rewritten", 0)
         entry.setdefault("inserts_merged", 0)
         entry["note"] = str(exc)
+    if entry["files_rewritten"] or entry["inserts_merged"]:
+        refresh_exports(backend)  # the same pins, but the exports are dated by the version they come from
     store.table.checkpoint()
     keep = _exported_version(backend)
     entry["vacuumed"] = len(store.table.vacuum(keep_versions=[keep] if keep is not None else [], hours=retention_hours))
