@@ -36,7 +36,7 @@ from pinfs.data.schema import car_path_for, dump_metadata
 from pinfs.data.store import PinStore
 from pinfs.data.tables import normalize_table
 
-VERSION = 3  # 3: a Delta table per backend with one-file exports (issue #12)
+VERSION = 4  # 3: a Delta table per backend with one-file exports (issue #12); 4: with its insert file
 CHUNK = 500_000  # records built as Python values at a time (10M at once would need ~10 GB)
 SHARED_FRACTION = 0.1
 FAILED_FRACTION = 0.03

@@ -932,6 +932,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--cache", type=Path, default=PROJECT / ".bench-cache", help="data cache directory")
     parser.add_argument("--cache-mb", type=int, default=256, help="the mount's --cache-mb (RSS target)")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["pinfs", "writes", "store", "floor", "tmpfs", "baselines", "s3", "cache"],
+        help="leave out one session of rows (repeatable), e.g. --skip cache (issue #19's walks, ~20 min at 1M)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--save", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--report", type=Path, help="print the table of a run saved with --save, and exit")
@@ -988,6 +995,7 @@ def main(argv: list[str]) -> int:
         sessions.append(("cache", lambda: bench_cache.session_cache(bench, data, args.quick, mounts, run, work, res)))
     else:
         res.notes["cache_rows"] = "issue #19's rows are measured up to 2M pins, not here"
+    sessions = [(name, session) for name, session in sessions if name not in args.skip]
     try:
         run.mkdir(parents=True)
         work.mkdir(parents=True)

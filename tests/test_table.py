@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
@@ -61,28 +62,111 @@ def _data_files(backend) -> list[str]:
 # -- layout --
 
 
-def test_the_table_is_a_delta_table_of_sorted_disjoint_files(root: Path) -> None:
-    backend = _backend(root, 300)
+def _actions(backend) -> pa.Table:
     table = DeltaTable(str(backend.directory / TABLE_DIR))
-    actions = pa.table(table.get_add_actions(flatten=True)).sort_by("min.cid")
-    assert actions.num_rows >= 300 // (2 * FILE_ROWS)
-    assert sum(actions.column("num_records").to_pylist()) == 300
-    mins, maxes = actions.column("min.cid").to_pylist(), actions.column("max.cid").to_pylist()
+    return pa.table(table.get_add_actions(flatten=True))
+
+
+def _insert_files(backend) -> list[str]:
+    return [Path(uri).name for uri in _data_files(backend) if Path(uri).name.startswith("ins-")]
+
+
+def test_the_table_is_a_delta_table_of_sorted_disjoint_files_and_an_insert_file(root: Path) -> None:
+    backend = _backend(root, 300)
+    actions = _actions(backend)
+    ranges = actions.filter(pc.starts_with(actions.column("path"), "part-")).sort_by("min.cid")
+    assert ranges.num_rows >= 300 // (2 * FILE_ROWS)
+    assert sum(ranges.column("num_records").to_pylist()) == 300
+    mins, maxes = ranges.column("min.cid").to_pylist(), ranges.column("max.cid").to_pylist()
     assert all(high < low for high, low in zip(maxes, mins[1:], strict=False))  # disjoint, in order
-    for uri in table.file_uris():
+    assert len(_insert_files(backend)) == 1 and actions.num_rows == ranges.num_rows + 1  # empty so far
+    add_pins(root, "b1", [PinRequest(cid_for(f"new{i}")) for i in range(5)])
+    (insert,) = _insert_files(backend)
+    assert pq.read_table(backend.directory / TABLE_DIR / insert).num_rows == 5
+    for uri in DeltaTable(str(backend.directory / TABLE_DIR)).file_uris():
         metadata = pq.ParquetFile(uri).metadata
         cids = pq.read_table(uri, columns=["cid"]).column("cid").to_pylist()
         assert cids == sorted(cids) and metadata.row_group(0).sorting_columns
         assert pq.read_schema(uri).names == list(STORE_COLUMNS)
+    # every CID once, as any reader of the table sees it (here DuckDB over the files in the log)
+    uris = DeltaTable(str(backend.directory / TABLE_DIR)).file_uris()
+    rows = duckdb.sql(f"SELECT count(*), count(DISTINCT cid) FROM read_parquet({uris!r})").fetchall()
+    assert rows == [(305, 305)]
 
 
-def test_one_pin_rewrites_one_file_and_keeps_the_others(root: Path) -> None:
+def test_one_new_pin_rewrites_the_insert_file_and_a_change_the_file_of_its_range(root: Path) -> None:
     backend = _backend(root, 300)
     before = set(_data_files(backend))
     add_pins(root, "b1", [PinRequest(cid_for("one more"))])
     after = set(_data_files(backend))
     assert len(before - after) == 1 and len(after - before) == 1
-    assert _fresh(backend).snapshot().count == 301
+    assert [Path(uri).name.startswith("ins-") for uri in after - before] == [True]
+    add_pins(root, "b1", [PinRequest(cid_for("7"), "failed")])  # a pin already in a range file
+    changed = set(_data_files(backend)) - after
+    assert len(changed) == 1 and not Path(changed.pop()).name.startswith("ins-")
+    snapshot = _fresh(backend).snapshot()
+    assert snapshot.count == 301 and snapshot.lookup(cid_for("7"))["status"] == "failed"
+
+
+def test_pins_in_the_insert_file_are_served_in_order_changed_and_removed(root: Path) -> None:
+    backend = _backend(root, 300)
+    extra = [cid_for(f"late{i}") for i in range(40)]
+    add_pins(root, "b1", [PinRequest(cid) for cid in extra])
+    snapshot = _fresh(backend).snapshot()
+    cids = sorted([*(record["cid"] for record in _records(300)), *extra])
+    assert list(snapshot.iter_cids()) == cids and snapshot.count == 340
+    assert snapshot.cid_column(150, 260).to_pylist() == cids[150:260]
+    assert all(snapshot.lookup(cid)["cid"] == cid for cid in extra)
+    assert snapshot.records(extra[:30]).keys() == set(extra[:30])
+    assert snapshot.table().column("cid").to_pylist() == cids
+    assert snapshot.cids_with_status("pending").to_pylist() == sorted(extra)
+    add_pins(root, "b1", [PinRequest(extra[3], "stored")])
+    remove_pins(root, "b1", [extra[4]])
+    snapshot = _fresh(backend).snapshot()
+    assert snapshot.lookup(extra[3])["status"] == "stored" and snapshot.lookup(extra[4]) is None
+    assert snapshot.count == 339 and len(_insert_files(backend)) == 1
+
+
+def test_the_insert_file_is_merged_into_the_ranges_once_full_and_by_maintain(root: Path) -> None:
+    backend = _backend(root, 300)
+    add_pins(root, "b1", [PinRequest(cid_for(f"wave{i}")) for i in range(FILE_ROWS - 1)])
+    assert _fresh(backend).table_state().insert_files[0].rows == FILE_ROWS - 1  # not due yet
+    add_pins(root, "b1", [PinRequest(cid_for("the last straw"))])  # now it holds insert_rows(): merged
+    state = _fresh(backend).table_state()
+    assert [data_file.rows for data_file in state.insert_files] == [0] and state.count == 300 + FILE_ROWS
+    add_pins(root, "b1", [PinRequest(cid_for(f"after{i}")) for i in range(3)])
+    report = maintain(root, MaintainOptions())
+    assert report["backends"][0]["inserts_merged"] == 3
+    state = _fresh(backend).table_state()
+    assert [data_file.rows for data_file in state.insert_files] == [0] and state.count == 303 + FILE_ROWS
+    ranged = [data_file for data_file in state.range_files if data_file.rows]
+    assert all(left.max_cid < right.min_cid for left, right in zip(ranged, ranged[1:], strict=False))
+    assert len(list(_fresh(backend).snapshot().iter_cids())) == 303 + FILE_ROWS
+
+
+def test_two_writers_adding_the_same_new_pin_from_one_version_leave_it_once(root: Path) -> None:
+    backend = _backend(root, 300)
+    store = PinStore(backend)
+    first, second = Transaction(store), Transaction(store)
+    first.state(), second.state()  # both read the same version, where the CID is new
+    new = cid_for("contested")
+    first.update({new: make_record(new, "b1", "filesystem")})
+    with pytest.raises(ConcurrentChange):  # its file changed and the pin is there now: start again
+        second.update({new: {**make_record(new, "b1", "filesystem"), "status": "stored"}})
+    table = _fresh(backend).snapshot().table()
+    assert table.num_rows == 301 and table.column("cid").to_pylist().count(new) == 1
+
+
+def test_a_table_without_an_insert_file_takes_new_pins_into_their_ranges(root: Path) -> None:
+    """A table made before the insert file (this release's first tables) keeps working as it did."""
+    backend = _backend(root, 300)
+    store = PinStore(backend)
+    state = store.table_state()
+    store.table.commit(state, state.insert_files, [], {"operation": "test: as an older release made it"})
+    add_pins(root, "b1", [PinRequest(cid_for(f"old{i}")) for i in range(3)])
+    assert _insert_files(backend) == []
+    snapshot = _fresh(backend).snapshot()
+    assert snapshot.count == 303 and all(cid_for(f"old{i}") in snapshot for i in range(3))
 
 
 def test_every_pin_is_served_by_lookup_and_listing(root: Path) -> None:
@@ -313,7 +397,7 @@ def test_maintain_checkpoints_vacuums_and_lays_out(root: Path, monkeypatch: pyte
     entry = report["backends"][0]
     assert report["ok"] and entry["files_rewritten"] > 0 and entry["files"] < files_before
     assert entry["vacuumed"] > 0 and entry["pins"] == 220
-    on_disk = {path.name for path in (backend.directory / TABLE_DIR).glob("part-*.parquet")}
+    on_disk = {path.name for path in (backend.directory / TABLE_DIR).glob("*.parquet")}
     exported = DeltaTable(str(backend.directory / TABLE_DIR), version=read_record(backend)["parquet"]["version"])
     assert on_disk == {Path(uri).name for uri in [*_data_files(backend), *exported.file_uris()]}
     assert (backend.directory / TABLE_DIR / "_delta_log" / "_last_checkpoint").is_file()

@@ -21,7 +21,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="split or merge data files, checkpoint the log and vacuum old files of each backend's table",
         description="Maintain each backend's Delta table (ROOT/backends/<b>/pin_mappings.delta): data files that "
-        "grew past twice their target size are split and small ones merged, a log checkpoint is written, and data "
+        "grew past twice their target size are split and small ones merged, the pins of the insert file (new pins "
+        "since the last merge) are merged into the files of their CID ranges, a log checkpoint is written, and data "
         "files no version younger than the retention (15 minutes) needs are deleted. Readers and writers go on "
         f"meanwhile. This also runs by itself after every {MAINTAIN_EVERY}th commit of a table.",
     )
@@ -54,6 +55,7 @@ def _describe(report: dict[str, Any]) -> str:
         else:
             lines.append(
                 f"{entry['backend']}: version {entry['version']}, {entry['pins']} pins in {entry['files']} files; "
-                f"{entry['files_rewritten']} files laid out again, {entry['vacuumed']} old files deleted"
+                f"{entry['files_rewritten']} files laid out again, {entry.get('inserts_merged', 0)} inserted pins "
+                f"merged into their ranges, {entry['vacuumed']} old files deleted"
             )
     return "\n".join(lines) or "no backends found"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pinfs.data.delta import DataFile, DeltaPins, TableState, file_rows
-from pinfs.data.pieces import FilePiece
+from pinfs.data.pieces import FilePiece, MemoryPiece, MergedPiece, Piece, fingerprint
 from pinfs.data.rootfs import S3Path, as_location
 from pinfs.data.snapshots import PinSnapshot, StoreCache
 from pinfs.data.tables import (
@@ -32,7 +32,9 @@ from pinfs.data.tables import (
     merge_records,
     one_line,
     parallel_map,
+    sort_by_cid,
     split_into_files,
+    take_rows,
 )
 from pinfs.errors import CorruptData
 
@@ -41,8 +43,18 @@ if TYPE_CHECKING:
 
 
 def table_snapshot(state: TableState, cache: StoreCache) -> PinSnapshot:
+    """Version ``state`` as a snapshot (made once per version, then kept by ``cache``): its range files
+    in order, with the insert file's rows merged into the ranges they belong to (``MergedPiece``), so
+    readers see one sorted sequence of pieces."""
+    return cache.get_snapshot(state.identity, lambda: _new_snapshot(state, cache))
+
+
+def _new_snapshot(state: TableState, cache: StoreCache) -> PinSnapshot:
     directory = as_location(state.identity.location)
-    pieces = [file_piece(directory, data_file, cache) for data_file in state.files]
+    pieces: list[Piece] = [file_piece(directory, data_file, cache) for data_file in state.range_files]
+    inserts = insert_table(directory, state, cache)
+    if inserts.num_rows:
+        pieces = with_inserts(pieces, inserts)
     return PinSnapshot(state.identity, pieces, cache, "table")
 
 
@@ -56,6 +68,35 @@ def file_piece(directory: Path, data_file: DataFile, cache: StoreCache) -> FileP
         data_file.size,
         aliased=data_file.aliased,
     )
+
+
+def insert_table(directory: Path, state: TableState, cache: StoreCache) -> pa.Table:
+    """The rows of version ``state``'s insert file, sorted (empty when it has none)."""
+    tables = [whole_file(directory, data_file, cache) for data_file in state.insert_files if data_file.rows]
+    if len(tables) == 1:
+        return tables[0]
+    return sort_by_cid(pa.concat_tables(tables)) if tables else empty_table()
+
+
+def with_inserts(pieces: Sequence[Piece], inserts: pa.Table) -> list[Piece]:
+    """``pieces`` (range files in order) with the rows of ``inserts`` merged into the ranges that hold
+    them (``file_for``), or the inserts alone when no range file has rows."""
+    ranged = [piece for piece in pieces if piece.rows]
+    if not ranged:
+        return [MemoryPiece(inserts, ("inserts", fingerprint(inserts)))]
+    bounds = range_bounds(inserts, [piece.min_cid or "" for piece in ranged])
+    merged: list[Piece] = []
+    for number, piece in enumerate(ranged):
+        low, high = bounds[number], bounds[number + 1]
+        merged.append(MergedPiece(piece, inserts.slice(low, high - low)) if high > low else piece)
+    return merged
+
+
+def range_bounds(table: pa.Table, mins: Sequence[str]) -> list[int]:
+    """Where the rows of sorted ``table`` for each range start (``file_for``: range i holds CIDs from
+    ``mins[i]`` up to ``mins[i + 1]``, the first one also those below), and its length at the end."""
+    cids = table.column("cid").to_pylist()
+    return [0, *(bisect.bisect_left(cids, low) for low in mins[1:]), len(cids)]
 
 
 # -- the files a commit keeps --
@@ -112,8 +153,8 @@ class UpdatePlan:
 
 
 def layout_is_sound(state: TableState) -> bool:
-    """Whether the files' CID ranges are disjoint and in order (always, unless another tool wrote)."""
-    ranged = [data_file for data_file in state.files if data_file.rows]
+    """Whether the range files' CID ranges are disjoint and in order (always, unless another tool wrote)."""
+    ranged = [data_file for data_file in state.range_files if data_file.rows]
     return all(left.max_cid < right.min_cid for left, right in zip(ranged, ranged[1:], strict=False))  # type: ignore[operator]
 
 
@@ -128,46 +169,151 @@ def plan_update(
     state: TableState,
     replacements: Mapping[str, Mapping[str, str | None]],
     removals: Sequence[str],
+    present: Collection[str],
 ) -> UpdatePlan:
-    ranged = [data_file for data_file in state.files if data_file.rows]
+    """New files for a change of version ``state`` (``present``: which of its CIDs the table holds).
+    CIDs held by a range file are changed there; new CIDs, and those the insert file holds, in the
+    insert file, if the table has one (see ``pinfs.data.delta``)."""
+    plan = UpdatePlan()
+    changed = list(dict.fromkeys([*removals, *replacements]))
+    if state.insert_files:
+        inserts = insert_table(store.table.directory, state, store.cache)
+        inserted = held_by(inserts, changed)
+        to_inserts = [cid for cid in changed if cid in inserted or (cid not in present and cid in replacements)]
+        if to_inserts:
+            _plan_inserts(store, state, inserts, to_inserts, replacements, removals, plan)
+        changed = [cid for cid in changed if cid in present and cid not in inserted]
+        if not changed:
+            return plan
+    try:
+        _plan_ranges(store, state, changed, replacements, removals, plan)
+    except BaseException:
+        store.table.discard(plan.added)
+        raise
+    return plan
+
+
+def held_by(table: pa.Table, cids: Sequence[str]) -> set[str]:
+    """Which of ``cids`` ``table`` holds."""
+    column = table.column("cid")
+    return set(column.filter(pc.is_in(column, pa.array(list(cids), pa.string()))).to_pylist()) if cids else set()
+
+
+def _plan_inserts(
+    store: PinStore,
+    state: TableState,
+    inserts: pa.Table,
+    cids: Sequence[str],
+    replacements: Mapping[str, Mapping[str, str | None]],
+    removals: Sequence[str],
+    plan: UpdatePlan,
+) -> None:
+    """The insert file rewritten with the change to ``cids`` (new CIDs, or CIDs it holds)."""
+    chosen = set(cids)
+    table = patched(
+        inserts,
+        {cid: record for cid, record in replacements.items() if cid in chosen},
+        [cid for cid in removals if cid in chosen],
+    )
+    plan.removed.extend(state.insert_files)
+    plan.added.append(store.table.write_file(table, insert=True))
+    plan.delta += table.num_rows - inserts.num_rows
+
+
+def _plan_ranges(
+    store: PinStore,
+    state: TableState,
+    cids: Sequence[str],
+    replacements: Mapping[str, Mapping[str, str | None]],
+    removals: Sequence[str],
+    plan: UpdatePlan,
+) -> None:
+    """The range files holding ``cids`` rewritten with their change (split or merged as they grew or
+    shrank); in a table without an insert file, new CIDs go into the file of their range too."""
+    files = state.range_files
+    ranged = [data_file for data_file in files if data_file.rows]
+    if not ranged:  # an empty table of an older release: its empty file(s) go, whatever is added replaces them
+        table = patched(empty_table(), replacements, removals)
+        plan.removed.extend(files)
+        plan.added.extend(write_files(store.table, files_of(table)))
+        plan.delta += table.num_rows
+        return
     mins = [data_file.min_cid for data_file in ranged if data_file.min_cid is not None]
     by_file: dict[int, list[str]] = {}
-    for cid in dict.fromkeys([*removals, *replacements]):
+    for cid in cids:
         by_file.setdefault(file_for(ranged, mins, cid), []).append(cid)
-    plan = UpdatePlan()
-    if not ranged:  # an empty table: its empty file(s) go, whatever is added replaces them
-        plan.removed = list(state.files)
-        table = patched(empty_table(), replacements, removals)
-        plan.added = write_files(store.table, files_of(table))
-        plan.delta = table.num_rows
-        return plan
     removal_set = set(removals)
     touched = sorted(by_file)
 
     def rewritten(number: int) -> pa.Table:
-        cids = by_file[number]
-        table = file_table(store, ranged[number])
+        chosen = by_file[number]
         return patched(
-            table,
-            {cid: replacements[cid] for cid in cids if cid in replacements},
-            [cid for cid in cids if cid in removal_set],
+            file_table(store, ranged[number]),
+            {cid: replacements[cid] for cid in chosen if cid in replacements},
+            [cid for cid in chosen if cid in removal_set],
         )
 
     new_tables = dict(zip(touched, parallel_map(rewritten, touched), strict=True))
+    removed: list[DataFile] = []
     parts: list[DataFile | pa.Table] = []
     for number, data_file in enumerate(ranged):
         if number in new_tables:
             parts.extend(split_into_files(new_tables[number], file_rows()))
-            plan.removed.append(data_file)
+            removed.append(data_file)
         else:
             parts.append(data_file)
-    parts = compact(store, parts, plan.removed)
+    parts = compact(store, parts, removed)
     new = [part for part in parts if isinstance(part, pa.Table)]
-    if not parts:
-        new = [empty_table()]  # the table stays with one empty file, which every later write removes
-    plan.added = write_files(store.table, new)
-    plan.delta = sum(table.num_rows for table in new) - sum(data_file.rows for data_file in plan.removed)
+    if not parts and not state.insert_files:
+        new = [empty_table()]  # an older table stays with one empty file, which every later write removes
+    plan.removed.extend(removed)
+    plan.added.extend(write_files(store.table, new))
+    plan.delta += sum(table.num_rows for table in new) - sum(data_file.rows for data_file in removed)
+
+
+def plan_merge(store: PinStore, state: TableState, max_files: int | None) -> UpdatePlan:
+    """New files for moving the insert file's rows into the range files of their ranges: into at most
+    ``max_files`` of them (those that take the most rows first; all when None). The rows of the other
+    ranges stay in a new insert file."""
+    inserts = insert_table(store.table.directory, state, store.cache)
+    plan = UpdatePlan(removed=[*state.insert_files])
+    ranged = [data_file for data_file in state.range_files if data_file.rows]
+    try:
+        if not ranged:
+            plan.removed.extend(state.range_files)
+            plan.added = write_new_table(store.table, inserts)
+            return plan
+        bounds = range_bounds(inserts, [data_file.min_cid or "" for data_file in ranged])
+        takes = {number: bounds[number + 1] - bounds[number] for number in range(len(ranged))}
+        chosen = sorted(number for number in takes if takes[number])
+        if max_files is not None:
+            chosen = sorted(sorted(chosen, key=lambda number: -takes[number])[:max_files])
+        parts: list[DataFile | pa.Table] = []
+        left: list[pa.Table] = []
+        for number, data_file in enumerate(ranged):
+            rows = inserts.slice(bounds[number], takes[number])
+            if number in chosen:
+                parts.extend(split_into_files(merge_sorted(file_table(store, data_file), rows), file_rows()))
+                plan.removed.append(data_file)
+            else:
+                parts.append(data_file)
+                left.append(rows)
+        parts = compact(store, parts, plan.removed)
+        plan.added = write_files(store.table, [part for part in parts if isinstance(part, pa.Table)])
+        remaining = pa.concat_tables(left) if left else empty_table()
+        plan.added.append(store.table.write_file(remaining, insert=True))
+    except BaseException:
+        store.table.discard(plan.added)
+        raise
     return plan
+
+
+def merge_sorted(table: pa.Table, other: pa.Table) -> pa.Table:
+    """Two sorted tables without a CID in common as one sorted table."""
+    if not other.num_rows:
+        return table
+    both = pa.concat_tables([table, other])
+    return take_rows(both, pc.sort_indices(both.column("cid")))
 
 
 def compact(store: PinStore, parts: list[DataFile | pa.Table], removed: list[DataFile]) -> list[DataFile | pa.Table]:
@@ -202,14 +348,29 @@ def patched(table: pa.Table, replacements: Mapping[str, Mapping[str, str | None]
 def file_table(store: PinStore, data_file: DataFile) -> pa.Table:
     """A data file read whole, through the cache: files never change, so a writer that rewrites the
     same range again (one pin after another) reads nothing from disk."""
-    piece = file_piece(store.table.directory, data_file, store.cache)
-    return store.cache.get_data(("whole", piece.key), lambda: piece.read(None))  # type: ignore[return-value]
+    return whole_file(store.table.directory, data_file, store.cache)
+
+
+def whole_file(directory: Path, data_file: DataFile, cache: StoreCache) -> pa.Table:
+    piece = file_piece(directory, data_file, cache)
+    return cache.get_data(("whole", piece.key), lambda: piece.read(None))  # type: ignore[return-value]
 
 
 def files_of(table: pa.Table) -> list[pa.Table]:
-    """A whole table cut into data files; an empty table is one empty file (see ``pinfs.data.delta``: every
-    write must remove a file, so that two first writers of an empty table conflict)."""
+    """A whole table cut into range files; an empty table is one empty file (what a table of an older
+    release without an insert file keeps, see ``pinfs.data.delta``)."""
     return split_into_files(table, file_rows(), exact=True) or [empty_table()]
+
+
+def write_new_table(table: DeltaPins, rows: pa.Table) -> list[DataFile]:
+    """The files of a version holding exactly ``rows``: range files, and an empty insert file."""
+    added = write_files(table, split_into_files(rows, file_rows(), exact=True))
+    try:
+        added.append(table.write_file(empty_table(), insert=True))
+    except BaseException:
+        table.discard(added)
+        raise
+    return added
 
 
 def write_files(table: DeltaPins, tables: Sequence[pa.Table]) -> list[DataFile]:
@@ -229,23 +390,21 @@ _WHOLE_FILES_MAX_CIDS = 64
 
 
 def rows_at(store: PinStore, state: TableState, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
-    """The records of ``cids`` present in version ``state``. A few CIDs: their files are read whole
-    (through the cache), as the rewrite that follows needs them anyway. A batch: only the row groups
-    that would hold them (``PinSnapshot.records``), since its files, read whole, would not all stay in
-    the read cache until the rewrite reads them again (62 files of 5.5 MB in a 1M-pin backend)."""
-    if not cids:
-        return {}
-    ranged = [data_file for data_file in state.files if data_file.rows]
-    if not ranged:
+    """The records of ``cids`` present in version ``state``: only the row groups that would hold them
+    (``PinSnapshot.records``). In a table without an insert file, a few CIDs' range files are read
+    whole instead (through the cache), as the rewrite that follows needs them anyway (a batch's files,
+    read whole, would not all stay in the read cache: 62 files of 5.5 MB in a 1M-pin backend)."""
+    if not cids or not any(data_file.rows for data_file in state.files):
         return {}
     if not layout_is_sound(state):
         table = table_snapshot(state, store.cache).table()
-    elif len(cids) > _WHOLE_FILES_MAX_CIDS:
+    elif len(cids) > _WHOLE_FILES_MAX_CIDS or state.insert_files:  # new CIDs go to the insert file
         return table_snapshot(state, store.cache).records(cids)
     else:
+        ranged = [data_file for data_file in state.range_files if data_file.rows]
         mins = [data_file.min_cid for data_file in ranged if data_file.min_cid is not None]
-        numbers = sorted({file_for(ranged, mins, cid) for cid in cids})
+        numbers = sorted({file_for(ranged, mins, cid) for cid in cids}) if ranged else []
         tables = [file_table(store, ranged[number]) for number in numbers]
-        table = pa.concat_tables(tables)
+        table = pa.concat_tables(tables) if tables else empty_table()
     wanted = pa.array(list(cids), pa.string())
     return {row["cid"]: row for row in table.filter(pc.is_in(table.column("cid"), wanted)).to_pylist()}

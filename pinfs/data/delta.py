@@ -12,12 +12,23 @@ files, which Delta leaves to the writer: each file holds a disjoint range of CID
 ``file_rows()`` rows, in row groups of 2048 with statistics, so a lookup is the file whose log
 statistics (min/max ``cid``) cover the CID, then the one row group whose footer statistics do.
 
+One more file, the *insert file* (``ins-<32 hex>.parquet``, sorted, in the same schema), takes the CIDs
+that are new to the table: a pin of a new CID rewrites it (small) instead of the 16k-row file of its
+range, and a batch of 10,000 new random CIDs writes one file instead of rewriting every range. It holds
+only CIDs that no other file holds, so the table's rows are unique as any Delta reader sees them;
+pinfs' own readers merge it into the ranges in memory (``pinfs.data.pieces.MergedPiece``). Once it holds
+``insert_rows()`` rows, its rows are merged into the files of their ranges (``Transaction.merge_inserts``,
+a few files per commit, in the background), so it stays small.
+
 Why every write conflicts where it must: Delta detects a conflict when two transactions remove the same
-file; two blind appends never conflict. So every pinfs write removes the file(s) whose range covers
-the CIDs it changes (a file covers from its first CID up to the next file's first), and a table with no
-pins keeps one empty data file that covers everything. Two writers touching one range therefore always
-race on one file, and delta-rs refuses the second with ``CommitFailedError``; the caller re-reads and
-redoes its change (``pinfs.data.store``). Writers of different ranges commit side by side.
+file; two blind appends never conflict. So every pinfs write removes the file(s) a conflicting writer
+would remove too: a change to CIDs already in the table removes the file holding each of them (a range
+file covers from its first CID up to the next file's first); adding new CIDs removes the insert file,
+which every table made by this release has from its first version on (a table of an older release has
+none, and its writers add new CIDs into the files of their ranges, as before). Two writers touching
+one CID therefore always race on one file, and delta-rs refuses the second with ``CommitFailedError``;
+the caller re-reads and redoes its change (``pinfs.data.store``). Writers of different ranges commit
+side by side.
 
 What it must not do: read data through ``DeltaTable.to_pyarrow_table()``/``to_pyarrow_dataset()``
 (delta-rs #2184: the process may abort at exit with "terminate called without an active exception").
@@ -53,6 +64,9 @@ TABLE_DIR = "pin_mappings.delta"
 LOG_DIR = "_delta_log"
 DEFAULT_FILE_ROWS = 16384
 DATA_FILE_PREFIX = "part-"
+# The insert file: new CIDs go into it instead of into the data file of their range (see the module
+# docstring); every version of a table made by this release has exactly one, possibly empty.
+INSERT_FILE_PREFIX = "ins-"
 # A data file holding CIDs spelled other than the two standard ways (``pinfs.data.cids``: ``B…``, ``z…``, a
 # mixed case) says so in its name, and lists them in its footer under ALIASES_KEY as {key: text}: the
 # log is the one index readers load, and delta-rs keeps no field of ours in it but the path, so a
@@ -74,6 +88,12 @@ TABLE_PROPERTIES: dict[str, str] = {
 # went in, but whose exports failed, is run again once the disk has room).
 RECENT_COMMITS = 32
 REQUEST_KEY = "request"
+
+
+def insert_rows() -> int:
+    """Rows the insert file may hold before it is merged into the range files: as many as one range
+    file (``file_rows()``), so a pin of a new CID never rewrites more than a range file's worth."""
+    return file_rows()
 
 
 def file_rows() -> int:
@@ -104,6 +124,11 @@ class DataFile:
         """Whether the file holds CIDs spelled other than the standard ways (see ALIASED_SUFFIX)."""
         return self.path.endswith(ALIASED_SUFFIX)
 
+    @property
+    def is_insert(self) -> bool:
+        """Whether this is an insert file (see INSERT_FILE_PREFIX), not a data file of a CID range."""
+        return self.path.startswith(INSERT_FILE_PREFIX)
+
 
 @dataclass(frozen=True)
 class TableVersion:
@@ -130,6 +155,17 @@ class TableState:
     @property
     def count(self) -> int:
         return sum(data_file.rows for data_file in self.files)
+
+    @property
+    def range_files(self) -> list[DataFile]:
+        """The data files of CID ranges (disjoint, in order; the empty file, if any, first)."""
+        return [data_file for data_file in self.files if not data_file.is_insert]
+
+    @property
+    def insert_files(self) -> list[DataFile]:
+        """The insert files: one in every version of a table made by this release, none in a table
+        made before it (which takes new CIDs into the files of their ranges, as it always did)."""
+        return [data_file for data_file in self.files if data_file.is_insert]
 
 
 def _deltalake() -> Any:
@@ -230,15 +266,16 @@ class DeltaPins:
 
     # -- writing data files --
 
-    def write_file(self, table: pa.Table) -> DataFile:
-        """Write ``table`` (sorted by CID, in the store's schema) as a new data file, durably. It is
-        part of no version until a commit adds it."""
+    def write_file(self, table: pa.Table, *, insert: bool = False) -> DataFile:
+        """Write ``table`` (sorted by CID, in the store's schema) as a new data file, or as the insert
+        file, durably. It is part of no version until a commit adds it."""
         from pinfs.data.cids import aliases_of
         from pinfs.data.tables import write_parquet
 
         self._ensure_directory()
         aliases = aliases_of(table.column("cid"))
-        name = f"{DATA_FILE_PREFIX}{secrets.token_hex(16)}" + (ALIASED_SUFFIX if aliases else ".parquet")
+        prefix = INSERT_FILE_PREFIX if insert else DATA_FILE_PREFIX
+        name = f"{prefix}{secrets.token_hex(16)}" + (ALIASED_SUFFIX if aliases else ".parquet")
         metadata = {ALIASES_KEY: json.dumps(aliases, sort_keys=True)} if aliases else None
         path = self.directory / name
         if isinstance(path, S3Path):

@@ -1,6 +1,7 @@
 """The pieces a snapshot (``pinfs.data.snapshots``) is made of, each a sorted, disjoint range of CIDs: a
 parquet data file read by row group through the ``StoreCache`` (``FilePiece``, over an ``OpenParquet``
-reader checked against what the table's log says of it), or a table in memory (``MemoryPiece``); and
+reader checked against what the table's log says of it), such a file with the insert file's rows of
+its range merged in (``MergedPiece``), or a table in memory (``MemoryPiece``); and
 ``FileIdentity``, what makes two reads of a path the same version of a file.
 
 Threading: synchronous, may block on disk; each open parquet file has its own lock.
@@ -8,7 +9,9 @@ Threading: synchronous, may block on disk; each open parquet file has its own lo
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -32,6 +35,7 @@ from pinfs.data.tables import (
     groups_from_table,
     one_line,
     open_parquet,
+    take_rows,
 )
 from pinfs.errors import CorruptData
 
@@ -150,6 +154,10 @@ class Piece:
     def row_groups(self) -> list[RowGroup]:
         raise NotImplementedError
 
+    def group_key(self, index: int) -> Hashable:
+        """What names row group ``index`` in the cache."""
+        return (self.key, index)
+
     def read_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
         raise NotImplementedError
 
@@ -244,6 +252,93 @@ class MemoryPiece(Piece):
 
     def read(self, columns: Sequence[str] | None) -> pa.Table:
         return self.table.select(list(columns)) if columns else self.table
+
+
+class MergedPiece(Piece):
+    """A range file with the insert file's rows of its range merged in, in CID order (issue #12: the
+    insert file, ``pinfs.data.delta``). ``extra`` is sorted and holds none of the file's CIDs; each row
+    group of the file takes the extra rows from its first CID up to the next group's first (the first
+    group also those below it), so groups stay disjoint and in order. ``key`` names the file and the
+    extra rows' content: a write to the insert file changes the key of the pieces whose rows it changed,
+    and only theirs."""
+
+    def __init__(self, base: Piece, extra: pa.Table) -> None:
+        self.base = base
+        self.extra = extra
+        self.key = ("merged", base.key, fingerprint(extra))
+        self.rows = base.rows + extra.num_rows
+        cids = extra.column("cid")
+        first, last = cids[0].as_py(), cids[-1].as_py()
+        self.min_cid = min(base.min_cid, first) if base.min_cid is not None else first
+        self.max_cid = max(base.max_cid, last) if base.max_cid is not None else last
+        self._groups: list[RowGroup] | None = None
+        self._bounds: list[int] = []
+
+    def may_hold_aliases(self) -> bool:
+        return self.base.may_hold_aliases() or bool(self._extra_aliases())
+
+    def aliases(self) -> Mapping[str, str]:
+        return {**self.base.aliases(), **self._extra_aliases()}
+
+    def _extra_aliases(self) -> dict[str, str]:
+        return aliases_of(self.extra.column("cid"))
+
+    def row_groups(self) -> list[RowGroup]:
+        if self._groups is None:
+            base_groups = self.base.row_groups()
+            cids = self.extra.column("cid").to_pylist()
+            bounds = [0, *(bisect.bisect_left(cids, group.min_cid) for group in base_groups[1:]), len(cids)]
+            groups, start = [], 0
+            for index, group in enumerate(base_groups):
+                low, high = bounds[index], bounds[index + 1]
+                length = group.length + high - low
+                first = min(group.min_cid, cids[low]) if high > low else group.min_cid
+                last = max(group.max_cid, cids[high - 1]) if high > low else group.max_cid
+                groups.append(RowGroup(index, start, length, first, last))
+                start += length
+            self._bounds, self._groups = bounds, groups
+        return self._groups
+
+    def group_key(self, index: int) -> Hashable:
+        """The file's own key for a group without extra rows (so the cache keeps serving it whatever
+        the insert file does), else one that names the extra rows too."""
+        self.row_groups()
+        low, high = self._bounds[index], self._bounds[index + 1]
+        return (
+            self.base.group_key(index)
+            if high == low
+            else ("merged", self.base.group_key(index), fingerprint(self.extra.slice(low, high - low)))
+        )
+
+    def read_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
+        self.row_groups()
+        low, high = self._bounds[index], self._bounds[index + 1]
+        return _merged(self.base.read_group(index, _with_cid(columns)), self.extra.slice(low, high - low), columns)
+
+    def read(self, columns: Sequence[str] | None) -> pa.Table:
+        return _merged(self.base.read(_with_cid(columns)), self.extra, columns)
+
+
+def _with_cid(columns: Sequence[str] | None) -> list[str] | None:
+    """The columns to read for a merge, which orders rows by ``cid``."""
+    return None if columns is None else list(dict.fromkeys(["cid", *columns]))
+
+
+def _merged(table: pa.Table, extra: pa.Table, columns: Sequence[str] | None) -> pa.Table:
+    """Rows of ``table`` and ``extra`` (two sorted tables without a CID in common) in CID order, with
+    ``columns`` (all when None)."""
+    if extra.num_rows:
+        both = pa.concat_tables([table, extra.select(table.column_names)])
+        table = take_rows(both, pc.sort_indices(both.column("cid")))
+    return table.select(list(columns)) if columns is not None else table
+
+
+def fingerprint(table: pa.Table) -> bytes:
+    """A digest of a table's content (its Arrow IPC bytes): equal digests mean equal rows."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.blake2b(sink.getvalue(), digest_size=16).digest()
 
 
 def _open_stable(path: Path) -> tuple[FileIdentity, pa.NativeFile]:

@@ -180,9 +180,8 @@ class PinSnapshot:
     def records(self, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         """The records of those of ``cids`` present. Reads the ``cid`` column of each row group that
         could hold one of them, and every column only of the groups that do: a batch of new pins
-        reads ~1/5 of the bytes of the files it touches, and the writer reads those files once more,
-        whole, to rewrite them."""
-        wanted: dict[tuple[int, int], list[str]] = {}
+        reads ~1/5 of the bytes of the files it would hold them. One task per piece, on a few threads."""
+        wanted: dict[int, dict[int, list[str]]] = {}  # piece -> row group -> CIDs
         group_max: dict[int, list[str]] = {}
         for cid in cids:
             index = bisect.bisect_left(self._piece_max, cid)
@@ -192,21 +191,23 @@ class PinSnapshot:
                 group_max[index] = [group.max_cid for group in self.pieces[index].row_groups()]
             position = bisect.bisect_left(group_max[index], cid)
             if position < len(group_max[index]):
-                wanted.setdefault((index, position), []).append(cid)
+                wanted.setdefault(index, {}).setdefault(position, []).append(cid)
 
-        def found(item: tuple[tuple[int, int], list[str]]) -> list[dict[str, str | None]]:
-            (index, position), group_cids = item
-            piece, values = self.pieces[index], pa.array(group_cids, pa.string())
-            if not pc.any(pc.is_in(self._group(piece, position, ["cid"]).column("cid"), values)).as_py():
-                return []
-            table = self._group(piece, position, None)
-            return table.filter(pc.is_in(table.column("cid"), values)).to_pylist()
+        def found(item: tuple[int, dict[int, list[str]]]) -> list[dict[str, str | None]]:
+            index, groups = item
+            piece, rows = self.pieces[index], []
+            for position, group_cids in groups.items():
+                values = pa.array(group_cids, pa.string())
+                if pc.any(pc.is_in(self._group(piece, position, ["cid"]).column("cid"), values)).as_py():
+                    table = self._group(piece, position, None)
+                    rows.extend(table.filter(pc.is_in(table.column("cid"), values)).to_pylist())
+            return rows
 
-        rows = parallel_map(found, wanted.items()) if len(wanted) > 1 else map(found, wanted.items())
-        return {row["cid"]: row for group_rows in rows for row in group_rows}  # type: ignore[misc]
+        found_rows = parallel_map(found, wanted.items()) if len(wanted) > 1 else map(found, wanted.items())
+        return {row["cid"]: row for piece_rows in found_rows for row in piece_rows}  # type: ignore[misc]
 
     def _group(self, piece: Piece, index: int, columns: Sequence[str] | None) -> pa.Table:
-        key = ("group", piece.key, index, tuple(columns) if columns else None)
+        key = ("group", piece.group_key(index), tuple(columns) if columns else None)
         return self._cache.get_data(key, lambda: piece.read_group(index, columns))  # type: ignore[return-value]
 
     # -- in order --

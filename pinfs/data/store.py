@@ -37,13 +37,14 @@ from pinfs.data.datafiles import (
     check_kept_files,
     compact,
     file_table,
-    files_of,
     layout_is_sound,
     patched,
+    plan_merge,
     plan_update,
     rows_at,
     table_snapshot,
     write_files,
+    write_new_table,
 )
 from pinfs.data.delta import REQUEST_KEY, TABLE_DIR, CommitConflict, DataFile, DeltaPins, TableState, file_rows
 from pinfs.data.fsutil import backend_lock
@@ -95,6 +96,9 @@ class Transaction:
         self.changed = False  # whether this transaction committed anything
         self._state: TableState | None = None
         self._loaded = False
+        # Records looked up in the version read (cid -> record, or None: not there), so that the update
+        # after a lookup of the same CIDs (every pin) does not read them again.
+        self._looked_up: dict[str, dict[str, str | None] | None] = {}
 
     # -- reading --
 
@@ -103,6 +107,7 @@ class Transaction:
         if not self._loaded:
             self._state = self.store.table_state()
             self._loaded = True
+            self._looked_up.clear()
         return self._state
 
     def current(self, *, allow_legacy: bool = False) -> pa.Table:
@@ -128,7 +133,15 @@ class Transaction:
             table = self.current()
             wanted = pa.array(list(cids), pa.string())
             return {row["cid"]: row for row in table.filter(pc.is_in(table.column("cid"), wanted)).to_pylist()}
-        return rows_at(self.store, state, cids)
+        return self._rows(state, cids)
+
+    def _rows(self, state: TableState, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        """``rows_at`` of the version read, remembering what was looked up (``_looked_up``)."""
+        missing = [cid for cid in dict.fromkeys(cids) if cid not in self._looked_up]
+        if missing:
+            found = rows_at(self.store, state, missing)
+            self._looked_up.update({cid: found.get(cid) for cid in missing})
+        return {cid: record for cid in cids if (record := self._looked_up[cid]) is not None}
 
     def records_by_identity(self, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         """For each of ``cids`` whose CID is here, spelled in any way (issue #16), its record (whose
@@ -186,11 +199,13 @@ class Transaction:
                 return self._committed(table.num_rows)
             state = self.store.table_state(reload=True)  # another writer created it first
             assert state is not None
-        base = rows_at(self.store, state, cids)
+        base = self._rows(state, cids) if state is self._state else rows_at(self.store, state, cids)
         for _attempt in range(COMMIT_ATTEMPTS):
             if not layout_is_sound(state):
                 return self.write(patched(table_snapshot(state, self.store.cache).table(), replacements, removals))
-            plan = plan_update(self.store, state, replacements, removals)
+            plan = plan_update(self.store, state, replacements, removals, base.keys())
+            if not plan.removed and not plan.added:  # only removals of CIDs that are not there
+                return state.count
             try:
                 check_kept_files(self.store, state, plan.removed)
             except BaseException:
@@ -211,7 +226,7 @@ class Transaction:
         state = self.state()
         if state is None and old_form_exists(self.store.backend.parquet_path):
             state = self._table_for_writing()  # converted first: the old file is then an export of version 0
-        added = write_files(self.store.table, files_of(table))
+        added = write_new_table(self.store.table, table)
         try:
             if state is None:
                 self.store.table.create(added, {"operation": "create"})
@@ -236,8 +251,8 @@ class Transaction:
         state = self.state()
         if state is None:
             return 0
-        ranged = [data_file for data_file in state.files if data_file.rows]
-        empties = [data_file for data_file in state.files if not data_file.rows]
+        ranged = [data_file for data_file in state.range_files if data_file.rows]
+        empties = [data_file for data_file in state.range_files if not data_file.rows]
         if not layout_is_sound(state):
             self.write(table_snapshot(state, self.store.cache).table())
             return len(state.files)
@@ -263,6 +278,30 @@ class Transaction:
         self._committed(state.count)
         return len(removed)
 
+    def merge_inserts(self, max_files: int | None = None) -> int:
+        """Move the insert file's rows into the range files of their ranges, at most ``max_files`` of
+        them (all when None), in one commit (``pinfs.data.delta``); returns how many rows moved (0:
+        nothing to do, nothing committed). ConcurrentChange when another writer changed those files."""
+        state = self.state()
+        if state is None or not any(data_file.rows for data_file in state.insert_files):
+            return 0
+        plan = plan_merge(self.store, state, max_files)
+        before = sum(data_file.rows for data_file in state.insert_files)
+        moved = before - sum(data_file.rows for data_file in plan.added if data_file.is_insert)
+        try:
+            check_kept_files(self.store, state, plan.removed)
+            self.store.table.commit(state, plan.removed, plan.added, {"operation": "merge inserts", "pins": moved})
+        except CommitConflict:
+            self.store.table.discard(plan.added)
+            raise ConcurrentChange(
+                f"backend {self.store.backend.name!r} changed while its inserts were merged"
+            ) from None
+        except BaseException:
+            self.store.table.discard(plan.added)
+            raise
+        self._committed(state.count)
+        return moved
+
     def convert_old_form(self) -> bool:
         """Make the table from the old-form parquet, as version 0 holding exactly its pins; False when
         there is a table already or nothing to convert. The old file stays where it is until the
@@ -285,7 +324,7 @@ class Transaction:
         """Create the table holding ``table`` (sorted, checked); False when another writer created it
         first (theirs stands)."""
         delta = self.store.table
-        added = write_files(delta, files_of(table))
+        added = write_new_table(delta, table)
         try:
             delta.create(added, info)
         except CommitConflict:
@@ -318,11 +357,13 @@ class Transaction:
                 "nothing was written"
             )
         self._state = state
+        self._looked_up.clear()
         return state
 
     def _committed(self, count: int) -> int:
         self.changed = True
         self._loaded = False  # the next read sees the version just committed (and any newer)
+        self._looked_up.clear()
         return count
 
 
@@ -376,7 +417,7 @@ class PinStore:
         empty snapshot. Raises CorruptData when what should be read cannot be."""
         state = self.table_state()
         if state is not None:
-            return self.cache.get_snapshot(state.identity, lambda: table_snapshot(state, self.cache))
+            return table_snapshot(state, self.cache)
         old = old_form_snapshot(self.path, self.cache)
         if old is not None:
             return old

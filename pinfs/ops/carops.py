@@ -28,7 +28,7 @@ from pinfs.data.store import PinStore, Transaction
 from pinfs.data.tables import sort_by_cid
 from pinfs.errors import CorruptData, PinfsError, describe
 from pinfs.ops.common import error_entry, select_backends
-from pinfs.ops.maintain import maybe_maintain
+from pinfs.ops.maintain import maybe_maintain, merge_inserts_if_due
 from pinfs.ops.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ def follow_change(backend: Backend, defer: DeferExport | None = None) -> dict[st
     if defer is not None and state is not None and state.count > EXPORT_AT_ONCE_ROWS:
         defer(backend)
         return None
+    merge_inserts_if_due(backend)
     try:
         refresh_exports(backend)
     except (PinfsError, OSError) as exc:
@@ -194,7 +195,9 @@ def _left_behind(backend: Backend) -> bool:
 def refresh_deferred(backend: Backend) -> None:
     """Bring ``backend``'s exports up to its table now, then maintain it if due: what a long-running
     process does for a refresh it deferred (the mount's export duty, ``pinfs.fs.duties``). Blocking.
-    Raises PinfsError or OSError (a full disk, a read-only root: issue #15) for the caller to retry."""
+    Raises PinfsError or OSError (a full disk, a read-only root: issue #15) for the caller to retry.
+    The insert file is merged first when due, so the export is made from the version after it."""
+    merge_inserts_if_due(backend)
     refresh_exports(backend)
     maybe_maintain(backend)
 

@@ -81,7 +81,7 @@ def _verify_table(store: PinStore, problems: list[str]) -> pa.Table | None:
     except PinfsError as exc:
         problems.append(str(exc))
         return None
-    ranged = [data_file for data_file in state.files if data_file.rows]
+    ranged = [data_file for data_file in state.range_files if data_file.rows]
     for left, right in zip(ranged, ranged[1:], strict=False):
         if left.max_cid >= right.min_cid:  # type: ignore[operator]
             problems.append(

@@ -17,7 +17,7 @@ from typing import Any
 
 from pinfs.data.backends import Backend, discover_backends, ensure_backend_dir, get_backend
 from pinfs.data.cids import cid_key, validate_cid
-from pinfs.data.schema import REQUIRED_COLUMNS, STATUSES, dump_metadata, load_metadata, make_record
+from pinfs.data.schema import REQUIRED_COLUMNS, STATUSES, dump_metadata, load_metadata, make_record, now_iso
 from pinfs.data.store import PinStore, Transaction
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, describe
 from pinfs.ops.carops import DeferExport, change_pins
@@ -136,9 +136,10 @@ def add_pins(
         updated: list[str] = []
         unchanged: list[str] = []
         replacements = {}
+        now = now_iso()
         for cid, request in batch.items():
             old = existing.get(cid)
-            record = _apply_request(backend, request, old)
+            record = _apply_request(backend, request, old, now)
             if old is None:
                 added.append(cid)
             elif any(record.get(column) != old.get(column) for column in REQUIRED_COLUMNS):
@@ -170,10 +171,15 @@ def _by_identity(requests: Sequence[PinRequest]) -> dict[str, PinRequest]:
     return batch
 
 
-def _apply_request(backend: Backend, request: PinRequest, old: Mapping[str, Any] | None) -> dict[str, Any]:
+def _apply_request(backend: Backend, request: PinRequest, old: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
     if old is None:
         return make_record(
-            request.cid, backend.name, backend.type, status=request.status or "pending", metadata=request.metadata
+            request.cid,
+            backend.name,
+            backend.type,
+            status=request.status or "pending",
+            metadata=request.metadata,
+            created_at=now,
         )
     record = dict(old)
     if request.status:
