@@ -171,7 +171,7 @@ class RowCollector:
         template's is null, see ``template``) and the rejected entries in file order.
         ``duplicate(index)`` makes the Rejected of a later entry with an accepted CID."""
         self.flush()
-        table = pa.concat_tables(self._chunks) if self._chunks else _EMPTY_ROWS
+        table = pa.concat_tables(self._chunks) if self._chunks else _empty_rows()
         self._chunks = []
         indexes = table.column("index")
         if len(indexes) > 1 and not pc.all(pc.less(indexes.slice(0, len(indexes) - 1), indexes.slice(1))).as_py():
@@ -239,9 +239,14 @@ class RowCollector:
 
 
 _ROW_FIELDS = ("index", "cid", "car_file_path", "created_at", "status", "metadata")
-_EMPTY_ROWS = pa.table(
-    {"index": pa.array([], pa.int64()), **{name: pa.array([], pa.string()) for name in _ROW_FIELDS[1:]}}
-)
+
+
+def _empty_rows() -> pa.Table:
+    # Made when needed, not at import: building any table makes pyarrow ask pandas whether it was given
+    # a DataFrame, which imports pandas (~0.3 s) at every start of the CLI and the mount.
+    return pa.schema(
+        [pa.field("index", pa.int64()), *(pa.field(name, pa.string()) for name in _ROW_FIELDS[1:])]
+    ).empty_table()
 
 
 def add_plain_batch(
