@@ -41,7 +41,7 @@ from pinfs.fs.kernel import KernelCache
 from pinfs.fs.mountpoint import check_mountpoint, is_fd_mountpoint, is_mounted, unmount
 from pinfs.fs.tree import PinTree
 from pinfs.fs.versions import VersionWatch
-from pinfs.fs.warmup import use_jemalloc, warm_up_arrow
+from pinfs.fs.warmup import preload_tables, use_jemalloc, warm_up_arrow
 from pinfs.ops.carops import DeferExport
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] | None = None) ->
         duties.append(scheduled)
     clean = False
     await trio.to_thread.run_sync(warm_up_arrow)
+    await trio.to_thread.run_sync(preload_tables, operations.tree)
     async with contextlib.AsyncExitStack() as stack:
         # Last out: exports whose refresh was deferred after pin changes are written before exit,
         # once the mount is gone (``pinfs umount`` waits for this process to end).
