@@ -30,6 +30,7 @@ import trio
 from pinfs.data.backends import Backend
 from pinfs.errors import PinfsError, describe
 from pinfs.ops.carops import DEFERRED_EXPORTS, PendingExports, refresh_deferred
+from pinfs.ops.refresh_job import refresh_in_child
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,14 @@ class ExportDuty:
             return waiting.backend, None
 
     def _refresh(self, backend: Backend, closing: bool) -> None:
-        """One refresh, on a worker thread; a failure is recorded and, unless ``closing``, retried."""
+        """One refresh, on a worker thread: in a child process at lower priority while the mount serves
+        (``pinfs.ops.refresh_job``), here at unmount (``closing``). A failure is recorded and, unless
+        ``closing``, retried."""
         try:
-            refresh_deferred(backend)
+            if closing:
+                refresh_deferred(backend)
+            else:
+                refresh_in_child(backend)
         except (PinfsError, OSError) as exc:  # a full disk: tried again a while later (issue #15)
             self._failed(backend, describe(exc), closing)
             return
