@@ -46,6 +46,12 @@ class _Waiting:
     not_before: float  # after a failure: the retry's time
 
 
+# Pin changes to a big backend are exported once none came for this long: an export of 1M pins takes
+# ~2.3 s of both cores and a merge of the insert file takes the backend's lock a few times, which a
+# burst of pins (a 10k batch takes ~1.3 s between its commits) should not meet.
+QUIET_SECONDS = 2.0
+
+
 class ExportDuty:
     """Export refreshes deferred by pin commands: each backend's is done ``quiet`` seconds after its
     last change, and at most ``at_most`` seconds after the first one still waiting, so the commands
@@ -59,7 +65,7 @@ class ExportDuty:
         self,
         pending: PendingExports = DEFERRED_EXPORTS,
         *,
-        quiet: float = 1.0,
+        quiet: float = QUIET_SECONDS,
         at_most: float = 10.0,
         retry: float = 2.0,
         retry_at_most: float = 60.0,
