@@ -54,7 +54,7 @@ def _new_snapshot(state: TableState, cache: StoreCache) -> PinSnapshot:
     pieces: list[Piece] = [file_piece(directory, data_file, cache) for data_file in state.range_files]
     inserts = insert_table(directory, state, cache)
     if inserts.num_rows:
-        pieces = with_inserts(pieces, inserts)
+        pieces = with_inserts(pieces, inserts, aliased=any(data_file.aliased for data_file in state.insert_files))
     return PinSnapshot(state.identity, pieces, cache, "table")
 
 
@@ -78,9 +78,10 @@ def insert_table(directory: Path, state: TableState, cache: StoreCache) -> pa.Ta
     return sort_by_cid(pa.concat_tables(tables)) if tables else empty_table()
 
 
-def with_inserts(pieces: Sequence[Piece], inserts: pa.Table) -> list[Piece]:
+def with_inserts(pieces: Sequence[Piece], inserts: pa.Table, *, aliased: bool = True) -> list[Piece]:
     """``pieces`` (range files in order) with the rows of ``inserts`` merged into the ranges that hold
-    them (``file_for``), or the inserts alone when no range file has rows."""
+    them (``file_for``), or the inserts alone when no range file has rows. ``aliased`` False: no row of
+    ``inserts`` spells its CID other than the standard ways."""
     ranged = [piece for piece in pieces if piece.rows]
     if not ranged:
         return [MemoryPiece(inserts, ("inserts", fingerprint(inserts)))]
@@ -88,7 +89,7 @@ def with_inserts(pieces: Sequence[Piece], inserts: pa.Table) -> list[Piece]:
     merged: list[Piece] = []
     for number, piece in enumerate(ranged):
         low, high = bounds[number], bounds[number + 1]
-        merged.append(MergedPiece(piece, inserts.slice(low, high - low)) if high > low else piece)
+        merged.append(MergedPiece(piece, inserts.slice(low, high - low), aliased=aliased) if high > low else piece)
     return merged
 
 

@@ -154,10 +154,6 @@ class Piece:
     def row_groups(self) -> list[RowGroup]:
         raise NotImplementedError
 
-    def group_key(self, index: int) -> Hashable:
-        """What names row group ``index`` in the cache."""
-        return (self.key, index)
-
     def read_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
         raise NotImplementedError
 
@@ -260,12 +256,14 @@ class MergedPiece(Piece):
     group of the file takes the extra rows from its first CID up to the next group's first (the first
     group also those below it), so groups stay disjoint and in order. ``key`` names the file and the
     extra rows' content: a write to the insert file changes the key of the pieces whose rows it changed,
-    and only theirs."""
+    and only theirs. Row groups are cached under the file's own keys and merged when read
+    (``PinSnapshot._group``), so the cache serves them whatever the insert file does."""
 
-    def __init__(self, base: Piece, extra: pa.Table) -> None:
+    def __init__(self, base: Piece, extra: pa.Table, *, aliased: bool = True) -> None:
         self.base = base
         self.extra = extra
-        self.key = ("merged", base.key, fingerprint(extra))
+        self._aliased = aliased  # False: the insert file's name says it holds no alias (``pinfs.data.delta``)
+        self._key: Hashable | None = None
         self.rows = base.rows + extra.num_rows
         cids = extra.column("cid")
         first, last = cids[0].as_py(), cids[-1].as_py()
@@ -281,7 +279,7 @@ class MergedPiece(Piece):
         return {**self.base.aliases(), **self._extra_aliases()}
 
     def _extra_aliases(self) -> dict[str, str]:
-        return aliases_of(self.extra.column("cid"))
+        return aliases_of(self.extra.column("cid")) if self._aliased else {}
 
     def row_groups(self) -> list[RowGroup]:
         if self._groups is None:
@@ -299,27 +297,28 @@ class MergedPiece(Piece):
             self._bounds, self._groups = bounds, groups
         return self._groups
 
-    def group_key(self, index: int) -> Hashable:
-        """The file's own key for a group without extra rows (so the cache keeps serving it whatever
-        the insert file does), else one that names the extra rows too."""
+    @property
+    def key(self) -> Hashable:  # type: ignore[override]
+        """Made when first asked (a digest of the extra rows): most snapshots never need it."""
+        if self._key is None:
+            self._key = ("merged", self.base.key, fingerprint(self.extra))
+        return self._key
+
+    def merge_group(self, index: int, base_rows: pa.Table, columns: Sequence[str] | None) -> pa.Table:
+        """Row group ``index`` from the file's own rows of it (``base_rows``, read with ``cid``, e.g.
+        through the cache under the file's key, which no write to the insert file changes)."""
         self.row_groups()
         low, high = self._bounds[index], self._bounds[index + 1]
-        return (
-            self.base.group_key(index)
-            if high == low
-            else ("merged", self.base.group_key(index), fingerprint(self.extra.slice(low, high - low)))
-        )
+        return _merged(base_rows, self.extra.slice(low, high - low), columns)
 
     def read_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
-        self.row_groups()
-        low, high = self._bounds[index], self._bounds[index + 1]
-        return _merged(self.base.read_group(index, _with_cid(columns)), self.extra.slice(low, high - low), columns)
+        return self.merge_group(index, self.base.read_group(index, with_cid(columns)), columns)
 
     def read(self, columns: Sequence[str] | None) -> pa.Table:
-        return _merged(self.base.read(_with_cid(columns)), self.extra, columns)
+        return _merged(self.base.read(with_cid(columns)), self.extra, columns)
 
 
-def _with_cid(columns: Sequence[str] | None) -> list[str] | None:
+def with_cid(columns: Sequence[str] | None) -> list[str] | None:
     """The columns to read for a merge, which orders rows by ``cid``."""
     return None if columns is None else list(dict.fromkeys(["cid", *columns]))
 

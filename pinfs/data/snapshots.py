@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pinfs.data.cids import standard_forms
-from pinfs.data.pieces import MemoryPiece, OpenParquet, Piece
+from pinfs.data.pieces import MemoryPiece, MergedPiece, OpenParquet, Piece, with_cid
 from pinfs.data.schema import STATUSES, STORE_COLUMNS
 from pinfs.data.tables import (
     empty_table,
@@ -207,7 +207,9 @@ class PinSnapshot:
         return {row["cid"]: row for piece_rows in found_rows for row in piece_rows}  # type: ignore[misc]
 
     def _group(self, piece: Piece, index: int, columns: Sequence[str] | None) -> pa.Table:
-        key = ("group", piece.group_key(index), tuple(columns) if columns else None)
+        if isinstance(piece, MergedPiece):  # the file's group from the cache, the inserted rows merged in
+            return piece.merge_group(index, self._group(piece.base, index, with_cid(columns)), columns)
+        key = ("group", piece.key, index, tuple(columns) if columns else None)
         return self._cache.get_data(key, lambda: piece.read_group(index, columns))  # type: ignore[return-value]
 
     # -- in order --

@@ -48,6 +48,7 @@ from pinfs.data.pieces import FilePiece
 from pinfs.data.rootfs import S3Path, as_location
 from pinfs.data.snapshots import StoreCache
 from pinfs.data.store import PinStore
+from pinfs.data.tables import sort_by_cid
 from pinfs.errors import InvalidInput, PinfsError
 
 log = logging.getLogger(__name__)
@@ -267,8 +268,9 @@ def differing_cids(before: pa.Table | None, after: pa.Table | None) -> set[str]:
     in_new, in_old = pc.is_in(old_cids, value_set=new_cids), pc.is_in(new_cids, value_set=old_cids)
     changed = set(before.filter(pc.invert(in_new)).column("cid").to_pylist())
     changed.update(after.filter(pc.invert(in_old)).column("cid").to_pylist())
-    common_old = before.filter(in_new).sort_by("cid")
-    common_new = after.filter(in_old).sort_by("cid")
+    # As they are when sorted (one data file each, e.g. the insert file before and after a pin).
+    common_old = sort_by_cid(before.filter(in_new))
+    common_new = sort_by_cid(after.filter(in_old))
     if not common_old.num_rows:
         return changed
     differs = pa.array([False] * common_old.num_rows)
