@@ -7,8 +7,9 @@ check it decodes to a well-formed CID with a sound multihash, and say which text
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import libipld
@@ -26,20 +27,29 @@ _SHA2_256 = 0x12
 _IDENTITY = 0x00
 
 
-# Texts whose check (and standard spellings) are remembered: a batch of 10,000 pins asks about each
-# CID three times (parse, identity, lookup), and the decoder is most of a pin's parsing time.
-REMEMBERED_CIDS = 16384
+# Within ``remembering()`` (one batch of pins, on one thread), each CID text is decoded once: a batch
+# of 10,000 pins asks for each CID's spellings twice (its identity, then its lookup), and the decoder
+# is most of that. Not a process-wide cache: the mount looks up millions of CIDs, once each.
+_BATCH = threading.local()
+
+
+@contextlib.contextmanager
+def remembering() -> Iterator[None]:
+    """Remember each CID's standard spellings on this thread until the block ends."""
+    outer = getattr(_BATCH, "forms", None)
+    if outer is None:
+        _BATCH.forms = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _BATCH.forms = None
 
 
 def cid_problem(text: object) -> str | None:
     """Return why ``text`` is not a valid CID, or None if it is one."""
     if not isinstance(text, str):
         return f"expected a CID string, got {type(text).__name__}"
-    return _text_problem(text)
-
-
-@functools.lru_cache(maxsize=REMEMBERED_CIDS)
-def _text_problem(text: str) -> str | None:
     if not text:
         return "empty CID"
     if len(text) > MAX_CID_LENGTH:
@@ -111,10 +121,19 @@ def cid_key(text: str) -> str:
     return standard_forms(text)[-1]
 
 
-@functools.lru_cache(maxsize=REMEMBERED_CIDS)
 def standard_forms(text: str) -> tuple[str, ...]:
     """The standard spellings of the CID ``text`` spells: its CIDv0 (when it has one) and its base32
     CIDv1. Raises InvalidInput for a text that is not a CID."""
+    memo: dict[str, tuple[str, ...]] | None = getattr(_BATCH, "forms", None)
+    if memo is None:
+        return _standard_forms(text)
+    found = memo.get(text)
+    if found is None:
+        found = memo[text] = _standard_forms(text)
+    return found
+
+
+def _standard_forms(text: str) -> tuple[str, ...]:
     validate_cid(text)
     binary = _binary_v1(text)
     key = libipld.encode_multibase("b", binary)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pinfs.data.backends import Backend, discover_backends, ensure_backend_dir, get_backend
-from pinfs.data.cids import cid_key, validate_cid
+from pinfs.data.cids import cid_key, remembering, validate_cid
 from pinfs.data.schema import REQUIRED_COLUMNS, STATUSES, dump_metadata, load_metadata, make_record, now_iso
 from pinfs.data.store import PinStore, Transaction
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, describe
@@ -128,6 +128,11 @@ def add_pins(
         raise InvalidInput("no pins given")
     backend = get_backend(root, backend_name)
     ensure_backend_dir(backend)  # a backend known only from its config gets its directory on first pin
+    with remembering():  # each CID decoded once, for its identity and its lookup
+        return _add_pins(backend, requests, defer_car)
+
+
+def _add_pins(backend: Backend, requests: Sequence[PinRequest], defer_car: DeferCar | None) -> dict[str, Any]:
     batch = _by_identity(requests)
 
     def body(txn: Transaction) -> dict[str, Any]:
