@@ -30,11 +30,12 @@ from pinfs.data.snapshots import PinSnapshot, StoreCache
 from pinfs.data.tables import (
     empty_table,
     merge_records,
+    merge_sorted,
     one_line,
     parallel_map,
+    range_bounds,
     sort_by_cid,
     split_into_files,
-    take_rows,
 )
 from pinfs.errors import CorruptData
 
@@ -91,13 +92,6 @@ def with_inserts(pieces: Sequence[Piece], inserts: pa.Table, *, aliased: bool = 
         low, high = bounds[number], bounds[number + 1]
         merged.append(MergedPiece(piece, inserts.slice(low, high - low), aliased=aliased) if high > low else piece)
     return merged
-
-
-def range_bounds(table: pa.Table, mins: Sequence[str]) -> list[int]:
-    """Where the rows of sorted ``table`` for each range start (``file_for``: range i holds CIDs from
-    ``mins[i]`` up to ``mins[i + 1]``, the first one also those below), and its length at the end."""
-    cids = table.column("cid").to_pylist()
-    return [0, *(bisect.bisect_left(cids, low) for low in mins[1:]), len(cids)]
 
 
 # -- the files a commit keeps --
@@ -307,14 +301,6 @@ def plan_merge(store: PinStore, state: TableState, max_files: int | None) -> Upd
         store.table.discard(plan.added)
         raise
     return plan
-
-
-def merge_sorted(table: pa.Table, other: pa.Table) -> pa.Table:
-    """Two sorted tables without a CID in common as one sorted table."""
-    if not other.num_rows:
-        return table
-    both = pa.concat_tables([table, other])
-    return take_rows(both, pc.sort_indices(both.column("cid")))
 
 
 def compact(store: PinStore, parts: list[DataFile | pa.Table], removed: list[DataFile]) -> list[DataFile | pa.Table]:

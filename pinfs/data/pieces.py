@@ -9,7 +9,6 @@ Threading: synchronous, may block on disk; each open parquet file has its own lo
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import hashlib
 import json
@@ -33,9 +32,10 @@ from pinfs.data.tables import (
     check_schema,
     checked_table,
     groups_from_table,
+    merge_sorted,
     one_line,
     open_parquet,
-    take_rows,
+    range_bounds,
 )
 from pinfs.errors import CorruptData
 
@@ -284,14 +284,14 @@ class MergedPiece(Piece):
     def row_groups(self) -> list[RowGroup]:
         if self._groups is None:
             base_groups = self.base.row_groups()
-            cids = self.extra.column("cid").to_pylist()
-            bounds = [0, *(bisect.bisect_left(cids, group.min_cid) for group in base_groups[1:]), len(cids)]
+            cids = self.extra.column("cid")
+            bounds = range_bounds(self.extra, [group.min_cid for group in base_groups])
             groups, start = [], 0
             for index, group in enumerate(base_groups):
                 low, high = bounds[index], bounds[index + 1]
                 length = group.length + high - low
-                first = min(group.min_cid, cids[low]) if high > low else group.min_cid
-                last = max(group.max_cid, cids[high - 1]) if high > low else group.max_cid
+                first = min(group.min_cid, cids[low].as_py()) if high > low else group.min_cid
+                last = max(group.max_cid, cids[high - 1].as_py()) if high > low else group.max_cid
                 groups.append(RowGroup(index, start, length, first, last))
                 start += length
             self._bounds, self._groups = bounds, groups
@@ -326,9 +326,7 @@ def with_cid(columns: Sequence[str] | None) -> list[str] | None:
 def _merged(table: pa.Table, extra: pa.Table, columns: Sequence[str] | None) -> pa.Table:
     """Rows of ``table`` and ``extra`` (two sorted tables without a CID in common) in CID order, with
     ``columns`` (all when None)."""
-    if extra.num_rows:
-        both = pa.concat_tables([table, extra.select(table.column_names)])
-        table = take_rows(both, pc.sort_indices(both.column("cid")))
+    table = merge_sorted(table, extra.select(table.column_names))
     return table.select(list(columns)) if columns is not None else table
 
 

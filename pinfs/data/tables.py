@@ -189,6 +189,21 @@ def take_rows(table: pa.Table, indices: pa.Array) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=table.schema)
 
 
+def merge_sorted(table: pa.Table, other: pa.Table) -> pa.Table:
+    """Two sorted tables with the same columns and no CID in common, as one sorted table."""
+    if not other.num_rows:
+        return table
+    both = pa.concat_tables([table, other])
+    return take_rows(both, pc.sort_indices(both.column("cid")))
+
+
+def range_bounds(table: pa.Table, mins: Sequence[str]) -> list[int]:
+    """Where the rows of sorted ``table`` for each range start (range i holds CIDs from ``mins[i]`` up
+    to ``mins[i + 1]``, the first one also those below), and its length at the end."""
+    cids = table.column("cid").to_pylist()
+    return [0, *(bisect.bisect_left(cids, low) for low in mins[1:]), len(cids)]
+
+
 def first_duplicate_cid(table: pa.Table) -> str | None:
     cids = table.column("cid")
     if cids_strictly_ascending(cids):  # sorted without repeats: no duplicate by construction

@@ -43,8 +43,8 @@ import pyarrow.compute as pc
 
 from pinfs.data.backends import Backend, discover_backends
 from pinfs.data.cids import cid_key
+from pinfs.data.datafiles import whole_file
 from pinfs.data.delta import DataFile, TableState, TableVersion
-from pinfs.data.pieces import FilePiece
 from pinfs.data.rootfs import S3Path, as_location
 from pinfs.data.snapshots import StoreCache
 from pinfs.data.store import PinStore
@@ -247,14 +247,7 @@ def changed_cids(directory: Path | S3Path, cache: StoreCache, old: TableState, n
 
 def _rows_of(directory: Path | S3Path, cache: StoreCache, files: Sequence[DataFile]) -> pa.Table | None:
     """The rows of ``files`` (whole, through the read cache: a file never changes once written)."""
-    tables = []
-    for data_file in files:
-        if not data_file.rows:
-            continue
-        piece = FilePiece(
-            directory / data_file.path, cache, data_file.rows, data_file.min_cid, data_file.max_cid, data_file.size
-        )
-        tables.append(cache.get_data(("whole", piece.key), lambda piece=piece: piece.read(None)))
+    tables = [whole_file(directory, data_file, cache) for data_file in files if data_file.rows]
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
