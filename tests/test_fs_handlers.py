@@ -403,6 +403,38 @@ async def test_running_command_makes_a_second_writer_busy_and_the_rest_answers(
     assert json.loads(ops.controls.get(("s3-main", "sync")).describe())["state"] == "succeeded"
 
 
+async def test_a_write_refused_busy_leaves_nothing_of_its_open_file_to_run(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second open file took a line, then its next write met a run in progress (EBUSY): its close
+    runs nothing, not the part it took before (issue #15: a batch runs whole or not at all)."""
+    release = threading.Event()
+    started = threading.Event()
+    calls: list[bool] = []
+
+    def slow(root: Path, options: sync_module.SyncOptions, progress: object = None) -> dict[str, Any]:
+        calls.append(options.dry_run)
+        started.set()
+        release.wait(10)
+        return {"ok": True}
+
+    replace_sync(monkeypatch, slow)
+    inode = await walk(ops, ".control", "sync")
+    first = await ops.open(inode, os.O_WRONLY | os.O_TRUNC, CTX)
+    second = await ops.open(inode, os.O_WRONLY | os.O_TRUNC, CTX)
+    await ops.write(second.fh, 0, b"dry-run\n")
+    await ops.write(first.fh, 0, b"\n")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ops.flush, first.fh)
+        await trio.to_thread.run_sync(started.wait, 10)
+        await expect_errno(errno.EBUSY, ops.write(second.fh, 8, b"\n"))
+        release.set()
+    await ops.release(first.fh)
+    await ops.flush(second.fh)
+    await ops.release(second.fh)
+    assert calls == [False]  # the first run only; the refused open file's dry-run never ran
+
+
 async def test_unexpected_error_is_logged_and_answered_eio(
     ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -397,7 +397,12 @@ class ControlSession:
             raise InvalidInput("an earlier write to this handle was rejected")
         if self.ran:
             raise InvalidInput("the command written to this open file has run; open the file again for another")
-        self.control.check_idle()
+        try:
+            self.control.check_idle()
+        except Busy:
+            # Refused whole: what this open file took before must not run at its close (never a mix).
+            self.rejected = True
+            raise
         if offset != len(self.buffer) and not self.append:  # with O_APPEND the kernel says the file's size
             raise InvalidInput("control files take their input in order, from offset 0")
         self.buffer += data
