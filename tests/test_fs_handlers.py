@@ -18,12 +18,14 @@ from helpers import cid_for, make_backend, store_records
 
 from pinfs.data import schema
 from pinfs.data.backends import get_backend
-from pinfs.data.snapshots import StoreCache
+from pinfs.data.snapshots import DEFAULT_CACHE, DEFAULT_CACHE_BYTES, StoreCache
+from pinfs.data.store import PinStore
 from pinfs.fs import adapter as adapter_module
 from pinfs.fs import control as control_module
 from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
 from pinfs.fs.inodes import InodeTable, is_listing_inode
+from pinfs.fs.mount import MountConfig, build_operations
 from pinfs.fs.tree import PinTree
 from pinfs.ops import sync as sync_module
 from pinfs.ops.pins import remove_pins
@@ -455,3 +457,17 @@ async def test_generated_file_opens_direct_io_and_reads_whole(ops: PinfsOperatio
     summary = json.loads(data)
     assert summary["backend"] == "s3-main" and summary["count"] == 40
     assert summary["by_status"] == {"stored": 40, "pending": 0, "failed": 0}
+
+
+async def test_the_mount_bounds_the_cache_its_control_runs_read_through(root: Path) -> None:
+    """--cache-mb bounds every read of the mount process: the tree's and those of the operations its
+    control files run, which make their PinStore without a cache (a second, 256 MB one grew the mount
+    by ~40 MB over 1000 control runs)."""
+    make_backend(root, "bounded")
+    operations = build_operations(MountConfig(root=root, mountpoint=root, cache_mb=3))
+    try:
+        store = PinStore(get_backend(root, "bounded"))
+        assert store.cache is operations.tree.cache
+        assert store.cache.max_bytes == 3 << 20
+    finally:
+        DEFAULT_CACHE.limit(DEFAULT_CACHE_BYTES)

@@ -32,7 +32,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from pinfs.data.snapshots import DEFAULT_CACHE_ENTRIES, StoreCache
+from pinfs.data.snapshots import DEFAULT_CACHE
 from pinfs.errors import PinfsError
 from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
@@ -110,7 +110,10 @@ def build_operations(
     defer_exports: DeferExport | None = None,
 ) -> PinfsOperations:
     """The adapter over a fresh tree and control registry. Reads nothing from the data root."""
-    cache = StoreCache(max_bytes=config.cache_mb << 20, max_entries=DEFAULT_CACHE_ENTRIES)
+    # One cache for the tree and the operations its control files run (they make their PinStore without
+    # one): a second, default-sized cache read by those runs grew the mount past --cache-mb.
+    cache = DEFAULT_CACHE
+    cache.limit(config.cache_mb << 20)
     controls = ControlRegistry(config.root, defer_car=defer_exports)
     return PinfsOperations(PinTree(config.root, cache), controls, command_limiter=command_limiter)
 
