@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 
 # Before huggingface_hub is imported anywhere: Xet's CAS cannot run locally (tests/hubstandin.py).
 os.environ["HF_HUB_DISABLE_XET"] = "1"
@@ -16,6 +17,22 @@ from requirements import missing
 from storachaserver import storacha  # noqa: F401
 
 from pinfs.data.snapshots import DEFAULT_CACHE
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding a test marked ``slow`` first, then the others by their number of tests, most first.
+    scripts/test gives each worker a file at a time in this order (``--dist loadfile
+    --no-loadscope-reorder``): xdist's own order (by number of tests) left the few minute-long tests
+    for last, and one worker ran them alone for two minutes while the other had finished."""
+    by_file: dict[Path, list[pytest.Item]] = defaultdict(list)
+    for item in items:
+        by_file[item.path].append(item)
+
+    def weight(path: Path) -> tuple[bool, int]:
+        tests = by_file[path]
+        return (not any(test.get_closest_marker("slow") for test in tests), -len(tests))
+
+    items[:] = [item for path in sorted(by_file, key=weight) for item in by_file[path]]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -11,6 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from mounting import needs_fuse
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -20,6 +21,7 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@pytest.mark.slow
 @needs_fuse
 def test_bench_quick_json_has_every_row(tmp_path: Path) -> None:
     # Shards of 1024 rows: the quick run's 10k pins are then stored sharded, as 1M are in a full run.

@@ -548,6 +548,7 @@ LOCAL_LONGEST_MS = {"pins": 300, "migrate": 300, "regen": 300, "restore": 300, "
     [(None, KILLS), ("8", KILLS // 2)],
     ids=["big-files", "small-files"],  # "small-files": every write rewrites and commits several data files
 )
+@pytest.mark.slow
 def test_two_hundred_sigkills_across_every_kind_of_writer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_rows: str | None, kills: int
 ) -> None:
@@ -653,6 +654,7 @@ print(json.dumps({"reads": reads, "errors": errors[:5], "error_count": len(error
     [("local", None), ("local", "8"), ("s3", None)],
     ids=["big-files", "small-files", "s3"],
 )
+@pytest.mark.slow
 def test_four_writers_and_a_reader_lose_nothing_and_see_nothing_torn(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, file_rows: str | None
 ) -> None:

@@ -20,6 +20,7 @@ S3_WRITERS = len(OPS)
 S3_LONGEST_MS = {"pins": 1000, "migrate": 1000, "regen": 1000, "restore": 1000, "sync": 2000}
 
 
+@pytest.mark.slow
 def test_two_hundred_sigkills_of_writers_on_an_s3_root(
     seaweed: Seaweed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

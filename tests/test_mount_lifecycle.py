@@ -59,6 +59,7 @@ def lookup_round(by_cid: Path, cids: list[str]) -> int:
     return len(cids) * (len(PER_CID_FILES) + 1)
 
 
+@pytest.mark.slow
 def test_100k_lookups_and_400_control_runs_leave_memory_flat(tmp_path: Path) -> None:
     root = tmp_path / "ipfs_kit"
     cids = build(root, "many", PINS)

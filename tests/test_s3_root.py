@@ -198,6 +198,7 @@ def _mount(env: dict[str, str], mountpoint: Path) -> subprocess.Popen[bytes]:
     return process
 
 
+@pytest.mark.slow
 def test_two_hosts_with_a_mount_and_a_cli_each_lose_nothing(seaweed: Seaweed, tmp_path: Path) -> None:
     prefix = uuid.uuid4().hex
     hosts = [host(seaweed, prefix), host(seaweed, prefix)]
@@ -283,6 +284,7 @@ def _until_readable(path: Path, timeout: float = 60) -> str:
             time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_the_server_stopped_mid_write_loses_no_acknowledged_pin(tmp_path: Path) -> None:
     """The store hangs (SIGSTOP: connections are accepted, nothing answers), then is back; then it dies
     (SIGKILL) while a host writes through its mount, and is started again. Every acknowledged pin is
