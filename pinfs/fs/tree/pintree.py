@@ -71,6 +71,9 @@ class PinTree:
         # operations (a TTLCache is not thread-safe, and expires entries on access).
         self._fresh_nodes: cachetools.TTLCache = _fresh_cache()  # path -> Node
         self._fresh_lock = threading.Lock()
+        # Backends by name, kept as briefly: finding one reads its config (~10 stats), and a cold stat of
+        # by-cid/<cid> asked for it again at each of its lookups (issue #19, item 4: cold walks).
+        self._backends: cachetools.TTLCache = _fresh_cache()  # name -> Backend
         # Bumped by ``forget_rendered``: a resolve that started before a control command finished must
         # not keep what it read as fresh after it (``_local.generation`` is the one it started in).
         self._generation = 0
@@ -204,17 +207,25 @@ class PinTree:
         self.rendered.clear()
         with self._fresh_lock:
             self._fresh_nodes.clear()
+            self._backends.clear()
 
     # -- what the directory kinds share: backends, snapshots, records --
 
     def backend(self, name: str) -> Backend:
         """The backend ``name``. Raises NotFound (also for one that is not served, e.g. a symlink)."""
+        with self._fresh_lock:
+            found = self._backends.get(name)
+        if found is not None:
+            return found
         if not NAME_PATTERN.fullmatch(name):
             raise NotFound(f"no backend {name!r}")
         try:
-            return get_backend(self.root, name)
+            backend = get_backend(self.root, name)
         except InvalidInput as exc:  # e.g. a symlinked backend directory: not served
             raise NotFound(str(exc)) from None
+        with self._fresh_lock:
+            self._backends[name] = backend
+        return backend
 
     def snapshot(self, backend: Backend) -> PinSnapshot:
         return PinStore(backend, self.cache).snapshot()
