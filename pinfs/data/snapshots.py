@@ -74,12 +74,16 @@ class StoreCache:
         max_entries: int = DEFAULT_CACHE_ENTRIES,
         max_open_files: int = DEFAULT_OPEN_FILES,
     ) -> None:
+        self._lock = threading.RLock()
         self.max_bytes = max_bytes
-        self._data: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_bytes, getsizeof=_table_bytes)
+        self._data: cachetools.LRUCache = self._data_cache(max_bytes)
         self._snapshots: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_entries)
         self._files: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_open_files)
         self.versions: dict[str, object] = {}  # table location -> newest state seen (pinfs.data.store)
-        self._lock = threading.RLock()
+
+    @staticmethod
+    def _data_cache(max_bytes: int) -> cachetools.LRUCache:
+        return cachetools.LRUCache(maxsize=max_bytes, getsizeof=_table_bytes)
 
     def get_data(self, key: Hashable, load: Callable[[], object]) -> object:
         with self._lock:
@@ -113,7 +117,7 @@ class StoreCache:
         """Bound the row groups and derived columns to ``max_bytes`` from now on (what is held is dropped)."""
         with self._lock:
             self.max_bytes = max_bytes
-            self._data = cachetools.LRUCache(maxsize=max_bytes, getsizeof=_table_bytes)
+            self._data = self._data_cache(max_bytes)
 
     def clear(self) -> None:
         with self._lock:
