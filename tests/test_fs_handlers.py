@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from pinfs.data.store import PinStore
 from pinfs.fs import adapter as adapter_module
 from pinfs.fs import control as control_module
 from pinfs.fs.adapter import PinfsOperations
-from pinfs.fs.control import ControlRegistry
+from pinfs.fs.control import ControlRegistry, ControlSession
 from pinfs.fs.inodes import InodeTable, is_listing_inode
 from pinfs.fs.mount import MountConfig, build_operations
 from pinfs.fs.tree import PinTree
@@ -471,3 +472,30 @@ async def test_the_mount_bounds_the_cache_its_control_runs_read_through(root: Pa
         assert store.cache.max_bytes == 3 << 20
     finally:
         DEFAULT_CACHE.limit(DEFAULT_CACHE_BYTES)
+
+
+async def test_two_closes_of_one_open_file_at_once_run_its_command_once(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child forked while a control file is open closes its copy at exec while the parent closes
+    its own: two flushes of one open file at once. The command runs once, and neither close fails."""
+    calls: list[bool] = []
+
+    def counted(root: Path, options: sync_module.SyncOptions, progress: object = None) -> dict[str, Any]:
+        calls.append(options.dry_run)
+        return {"ok": True}
+
+    def looked_up_slowly(self: object, path: str) -> bool:
+        time.sleep(0.2)  # both closes are past the "anything to run?" check before either runs it
+        return False
+
+    replace_sync(monkeypatch, counted)
+    monkeypatch.setattr(ControlSession, "held_elsewhere", looked_up_slowly)
+    inode = await walk(ops, ".control", "sync")
+    opened = await ops.open(inode, os.O_WRONLY | os.O_TRUNC, CTX)
+    await ops.write(opened.fh, 0, b"\n")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ops.flush, opened.fh)
+        nursery.start_soon(ops.flush, opened.fh)
+    await ops.release(opened.fh)
+    assert calls == [False]

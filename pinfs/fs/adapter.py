@@ -346,6 +346,10 @@ class PinfsOperations(pyfuse3.Operations):
             return  # nothing buffered (a shell may flush before it writes): nothing to run
         if await self._blocking(handle.session.held_elsewhere, "/".join(handle.node.path)):
             return
+        if not handle.session.pending:
+            # Another close of this open file ran it while we looked (a forked child's copy of the
+            # descriptor, closed at its exec, flushes too): it runs once.
+            return
         await self._run_command(handle, handle.session)
 
     async def _run_command(self, handle: ControlHandle, session: ControlSession) -> None:
