@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from pinfs.data.cids import aliases_of
 from pinfs.data.fsutil import refuse_symlink
-from pinfs.data.rootfs import S3Path, S3Stat, local_copy
+from pinfs.data.rootfs import S3Path, S3Stat, local_copy, never_rewritten, open_object
 from pinfs.data.schema import STORE_COLUMNS
 from pinfs.data.tables import (
     RowGroup,
@@ -73,7 +73,7 @@ class OpenParquet:
             opened.close()
             raise CorruptData(f"{path}: is {identity.size} bytes, the table's log says {expected_size}")
         try:
-            self.file = open_parquet(opened)
+            self.file = open_parquet(opened, ranged=not isinstance(opened, pa.OSFile))
             check_schema(self.file.schema_arrow, path)
             groups = _groups_from_statistics(self.file.metadata)
         except CorruptData:
@@ -347,8 +347,10 @@ def _open_stable(path: Path) -> tuple[FileIdentity, pa.NativeFile]:
     lives, while reads through the page cache cost the process only the Arrow buffers it keeps.
     """
     refuse_symlink(path)
-    if isinstance(path, S3Path):  # read from the local copy of exactly this version of the object
+    if isinstance(path, S3Path):  # read exactly this version of the object
         info = path.stat()
+        if never_rewritten(path):  # by ranges until the read cache has it (a cold lookup reads ~100 KB)
+            return FileIdentity.of(path, info), open_object(path, info)
         return FileIdentity.of(path, info), pa.OSFile(str(local_copy(path, info.etag)), "r")
     for _attempt in range(5):
         before = FileIdentity.of(path)

@@ -15,18 +15,24 @@ above name files the same way on both. What differs between the two is decided h
   cache (``$PINFS_CACHE_DIR`` or ``~/.cache/pinfs``), under a name made of its ETag, and read there.
   The table's data files never change, so they are fetched once per host while their copy is kept;
   the cache is bounded (``PINFS_DISK_CACHE_MB``) and drops the least recently used copies
-  (``pinfs.data.readcache``).
+  (``pinfs.data.readcache``). A data file that is not there yet is read by ranges instead
+  (``open_object``: its footer, then the row groups asked for), and, in a mount
+  (``fetch_whole_files``), downloaded whole on a background thread for later readers: a cold lookup
+  then reads ~100 KB instead of the whole ~2.6 MB file first (issue #13's ``cat status`` target).
 * What a listing or ``stat`` answered is kept for ``S3_METADATA_SECONDS``: a mount asks often, and
   changes made elsewhere must show within 2 s (CONTRACT §2). Writes through this process are seen at once.
 * Credentials and the endpoint come from the standard variables (``AWS_ENDPOINT_URL``,
   ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``; ``AWS_ALLOW_HTTP=true`` for a plain
-  HTTP endpoint), which boto3 and delta-rs both read.
+  HTTP endpoint), which pyarrow, boto3 and delta-rs all read.
+* Reads use pyarrow's S3 client, writes boto3's (``pinfs.data.s3client`` says why).
 
 The S3 client, its request bounds and its errors (one line each: a missing object is
 ``FileNotFoundError`` as for a local file, a refused login ``S3AccessDenied``, an unreachable endpoint
 ``S3Unreachable``) are in ``pinfs.data.s3client``.
 
-Threading: the metadata cache has its own lock, made anew in a forked child.
+Threading: the metadata cache has its own lock, made anew in a forked child. Background downloads run on
+one daemon thread (``_Fetcher``); the conditional-put check holds a lock, so a write waits for a check
+another thread is making.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import logging
 import os
 import stat as stat_module
 import threading
@@ -41,12 +48,18 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pinfs.data.readcache import added, disk_cache_limit, objects_dir, use
-from pinfs.data.s3client import ConditionalPutsIgnored, PreconditionFailed, calling, s3_client, unreachable
+from pinfs.data.s3client import ConditionalPutsIgnored, PreconditionFailed, calling, reading, s3_client, s3_filesystem
 from pinfs.errors import PinfsError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 S3_SCHEME = "s3://"
 S3_METADATA_SECONDS = 1.0
@@ -55,8 +68,10 @@ _CACHE_LOCK = threading.Lock()
 
 def _new_lock_in_child() -> None:
     """Another thread of the parent may have held the cache's lock at the fork: the child makes its own."""
-    global _CACHE_LOCK
+    global _CACHE_LOCK, _CHECK_LOCK
     _CACHE_LOCK = threading.Lock()
+    _CHECK_LOCK = threading.Lock()
+    _FETCHER.__init__()  # its thread is not in the child
 
 
 os.register_at_fork(after_in_child=_new_lock_in_child)
@@ -222,15 +237,21 @@ class S3Path:
         found = _remembered("stat", uri)
         if isinstance(found, S3Stat):
             return found
-        if found is False:
+        if found is False or not self.key:
             return None
         try:
-            with calling(uri):
-                answer = s3_client().head_object(Bucket=self.bucket, Key=self.key)
+            with reading(uri), s3_filesystem().open_input_file(self.arrow_path) as opened:  # a HEAD, no GET
+                answer = opened.metadata()
         except FileNotFoundError:
             _remember("stat", uri, False)
             return None
-        return _remember_head(uri, answer)
+        info = S3Stat(
+            int(answer["Content-Length"]),
+            int(datetime.fromisoformat(answer["Last-Modified"].decode()).timestamp() * 1e9),
+            answer.get("ETag", b"").decode().strip('"'),
+        )
+        _remember("stat", uri, info)
+        return info
 
     def lstat(self) -> S3Stat:
         return self.stat()
@@ -252,27 +273,32 @@ class S3Path:
         return False  # S3 has no links: nothing here can lead outside the root
 
     def _has_children(self) -> bool:
-        return bool(self._listing(limit=1))
+        """Whether anything is under this prefix: a listing of at most one key (pyarrow's ``get_file_info``
+        of a name that is no object), unless a whole listing is remembered."""
+        from pyarrow import fs as pafs
 
-    def _listing(self, limit: int | None = None) -> list[tuple[str, bool]]:
-        """(name, is_folder) of what is directly under this prefix."""
         uri = str(self)
         found = _remembered("list", uri)
-        if isinstance(found, list) and (limit is None or found):
+        if isinstance(found, list) and found:
+            return True
+        with reading(uri):
+            kind = s3_filesystem().get_file_info(self.arrow_path).type
+        return kind == pafs.FileType.Directory or (kind == pafs.FileType.File and bool(self._listing()))
+
+    def _listing(self) -> list[tuple[str, bool]]:
+        """(name, is_folder) of what is directly under this prefix."""
+        from pyarrow import fs as pafs
+
+        uri = str(self)
+        found = _remembered("list", uri)
+        if isinstance(found, list):
             return found
-        prefix = f"{self.key}/" if self.key else ""
-        entries: list[tuple[str, bool]] = []
-        with calling(uri):
-            paginator = s3_client().get_paginator("list_objects_v2")
-            options = {"PaginationConfig": {"MaxItems": limit}} if limit else {}
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/", **options):
-                entries += [
-                    (item["Prefix"][len(prefix) :].rstrip("/"), True) for item in page.get("CommonPrefixes", [])
-                ]
-                entries += [(item["Key"][len(prefix) :], False) for item in page.get("Contents", [])]
+        selector = pafs.FileSelector(self.arrow_path, allow_not_found=True, recursive=False)
+        with reading(uri):
+            infos = s3_filesystem().get_file_info(selector)
+        entries = [(info.base_name, info.type == pafs.FileType.Directory) for info in infos]
         entries = [(name, folder) for name, folder in entries if name]
-        if limit is None:
-            _remember("list", uri, entries)
+        _remember("list", uri, entries)
         return entries
 
     def iterdir(self) -> Iterator[S3Path]:
@@ -288,11 +314,16 @@ class S3Path:
             if fnmatch.fnmatchcase(name, pattern):
                 yield self / name
 
+    @property
+    def arrow_path(self) -> str:
+        """This path as ``pyarrow.fs.S3FileSystem`` names it: ``bucket/key``."""
+        return f"{self.bucket}/{self.key}" if self.key else self.bucket
+
     # -- content --
 
     def read_bytes(self) -> bytes:
-        with calling(str(self)):
-            return s3_client().get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
+        with reading(str(self)), s3_filesystem().open_input_stream(self.arrow_path) as stream:
+            return stream.read()
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
@@ -363,22 +394,102 @@ def local_copy(path: Path | S3Path, etag: str | None = None) -> Path:
     target = _copy_of(path, etag or path.stat().etag)
     if use(target):  # there, and now safe from a prune for readcache.FRESH_SECONDS: time to open it
         return target
+    _download(path, target)
+    return target
+
+
+def _download(path: S3Path, target: Path) -> None:
+    """Put ``path``'s bytes at ``target`` in the read cache (through a temporary name)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}")
-    from s3transfer.exceptions import RetriesExceededError
-
     try:
-        with calling(str(path)):
-            try:
-                s3_client().download_file(path.bucket, path.key, str(temp))
-            except RetriesExceededError as exc:  # the transfer's own retries of a body that stopped coming
-                raise unreachable(str(path), f"download failed: {exc.last_exception}") from None
+        with reading(str(path)), s3_filesystem().open_input_stream(path.arrow_path) as stream, open(temp, "wb") as out:
+            while chunk := stream.read(_CHUNK_BYTES):  # pyarrow reads without the GIL
+                out.write(chunk)
         os.replace(temp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
     added(target)
-    return target
+
+
+_CHUNK_BYTES = 4 << 20
+FETCH_DELAY_SECONDS = 1.0
+
+
+def never_rewritten(path: S3Path) -> bool:
+    """Whether ``path`` is a parquet file of a Delta table (a data or insert file): written once under a
+    new name, never replaced (``pinfs.data.delta``), so that reading it by ranges cannot mix versions."""
+    parts = PurePosixPath(path.key).parts
+    return path.suffix == ".parquet" and any(part.endswith(".delta") for part in parts[:-1])
+
+
+def open_object(path: S3Path, info: S3Stat) -> pa.NativeFile:
+    """A random-access reader of the version ``info`` of an object that never changes once written
+    (a Delta data file: its name is new at each write): the local copy when the read cache has it,
+    else a reader by ranged GETs, which reads only what is asked (a parquet footer, one row group).
+    With ``fetch_whole_files`` on, the whole object is then downloaded on a background thread, so
+    that the next open of it is local."""
+    import pyarrow as pa
+
+    target = _copy_of(path, info.etag)
+    if use(target):
+        return pa.OSFile(str(target), "r")
+    with reading(str(path)):
+        opened = s3_filesystem().open_input_file(path.arrow_path)
+    if opened.size() != info.st_size:  # replaced meanwhile: a new version, not this one (never for data files)
+        opened.close()
+        raise FileNotFoundError(2, "changed while being opened", str(path))
+    if _FETCHER.enabled:
+        _FETCHER.add(path, target)
+    return opened
+
+
+class _Fetcher:
+    """Downloads whole objects into the read cache, one at a time, on a daemon thread (a process that
+    exits leaves a temporary file, which the read cache removes later)."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self._lock = threading.Lock()
+        self._wanted: dict[Path, S3Path] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, path: S3Path, target: Path) -> None:
+        with self._lock:
+            if target in self._wanted:
+                return
+            self._wanted[target] = path
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="pinfs-s3-fetch", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        # Not at once: the read that asked for the file is still going on, and on a small host (or with
+        # a local server) a download beside it would slow the very lookup it is meant to help.
+        time.sleep(FETCH_DELAY_SECONDS)
+        while True:
+            with self._lock:
+                if not self._wanted:
+                    self._thread = None
+                    return
+                target, path = next(iter(self._wanted.items()))
+            try:
+                if not use(target):
+                    _download(path, target)
+            except (PinfsError, OSError) as exc:  # a later open reads by ranges, or downloads, again
+                log.info("downloading %s into the read cache: %s", path, exc)
+            with self._lock:
+                self._wanted.pop(target, None)
+
+
+_FETCHER = _Fetcher()
+
+
+def fetch_whole_files(enabled: bool = True) -> None:
+    """Have ``open_object`` download what it reads by ranges into the read cache, in the background (the
+    mount turns this on; a command that reads a few row groups once has no use for whole copies)."""
+    _FETCHER.enabled = enabled
 
 
 def keep_local(path: S3Path, local: Path, etag: str) -> None:
@@ -402,6 +513,7 @@ def _copy_of(path: S3Path, etag: str) -> Path:
 # -- the start-up check --
 
 _CHECKED: dict[str, bool] = {}
+_CHECK_LOCK = threading.Lock()
 
 
 def check_conditional_puts(root: S3Path) -> None:
@@ -410,6 +522,12 @@ def check_conditional_puts(root: S3Path) -> None:
     there: without them, two hosts could overwrite each other's commits)."""
     if _CHECKED.get(root.bucket):
         return
+    with _CHECK_LOCK:  # a write waits for the check another thread (the mount's warm-up) is making
+        if not _CHECKED.get(root.bucket):
+            _check_conditional_puts(root)
+
+
+def _check_conditional_puts(root: S3Path) -> None:
     probe = root / ".pinfs-probes" / f"{uuid.uuid4().hex}"
     first = put_object(probe, b"1", if_absent=True)
     try:

@@ -41,7 +41,7 @@ from pinfs.fs.kernel import KernelCache
 from pinfs.fs.mountpoint import check_mountpoint, is_fd_mountpoint, is_mounted, unmount
 from pinfs.fs.tree import PinTree
 from pinfs.fs.versions import VersionWatch
-from pinfs.fs.warmup import preload_tables, use_jemalloc, warm_up_arrow
+from pinfs.fs.warmup import preload_tables, prepare_s3, prepare_s3_writes, use_jemalloc, warm_up_arrow
 from pinfs.ops.carops import DeferExport
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] | None = None) ->
     clean = False
     await trio.to_thread.run_sync(warm_up_arrow)
     await trio.to_thread.run_sync(preload_tables, operations.tree)
+    prepare_s3(config.root)
     async with contextlib.AsyncExitStack() as stack:
         # Last out: exports whose refresh was deferred after pin changes are written before exit,
         # once the mount is gone (``pinfs umount`` waits for this process to end).
@@ -157,6 +158,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] | None = None) ->
             nursery.start_soon(duty, config.root)
         if ready is not None:
             ready()
+        nursery.start_soon(prepare_s3_writes, config.root)  # after ready: reads first (issue #13)
         log.info("serving %s at %s", config.root, config.mountpoint)
         await pyfuse3.main()
         clean = True

@@ -6,7 +6,12 @@ first CID lookup pays for none of pyarrow's lazy set-up (issue #12 bench); ``use
 memory pool (issue #6); ``preload_tables`` loads each backend's newest table version, so that the first
 lookup pays only for its row group.
 
-Threading: process-wide set-up; call before the mount serves.
+On a root on S3 (issue #13), ``prepare_s3`` has parquet files read by ranges downloaded whole in the
+background (``rootfs.fetch_whole_files``), and ``prepare_s3_writes`` runs, once the mount answers, what
+the first write would otherwise pay: boto3's import and client (~0.35 s) and the check that the store
+refuses a second conditional put. A write that comes first waits for that check, or makes it.
+
+Threading: process-wide set-up; call before the mount serves (``prepare_s3_writes``: a nursery task).
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
+import trio
+
 from pinfs.data.backends import discover_backends
-from pinfs.data.rootfs import S3Path
+from pinfs.data.rootfs import S3Path, fetch_whole_files, require_writable
 from pinfs.data.store import PinStore
+from pinfs.errors import PinfsError
 
 if TYPE_CHECKING:
     from pinfs.fs.tree.pintree import PinTree
@@ -29,6 +37,9 @@ log = logging.getLogger(__name__)
 # How long the mount waits, before it answers, for the tables' logs to be loaded (``preload_tables``):
 # a table load is ~9 ms at 1M pins and ~20 ms at 10M; what is not done by then goes on meanwhile.
 PRELOAD_BUDGET_SECONDS = 0.3
+# How long after the mount answers the S3 write path is prepared: not at once, where boto3's import
+# (CPU under the GIL) would slow the first lookups a user (or the bench) makes right after mounting.
+S3_WRITES_DELAY_SECONDS = 1.0
 
 
 def warm_up_arrow() -> None:
@@ -110,3 +121,23 @@ def preload_tables(tree: PinTree, budget: float = PRELOAD_BUDGET_SECONDS) -> Non
     thread = threading.Thread(target=load, name="pinfs-preload", daemon=True)
     thread.start()
     thread.join(budget)
+
+
+def prepare_s3(root: object) -> None:
+    """On a root on S3: what a data file's first reader fetches by ranges is then fetched whole, in the
+    background, for the next ones (the mount reads the same files again and again; a command does not)."""
+    if isinstance(root, S3Path):
+        fetch_whole_files()
+
+
+async def prepare_s3_writes(root: object, delay: float = S3_WRITES_DELAY_SECONDS) -> None:
+    """On a root on S3, ``delay`` seconds after the mount answers: the conditional-put check (with
+    boto3's import), on a thread. What fails here (a store that is down, read-only credentials, one
+    that ignores conditional puts) is only logged: the first write makes the check again and says it."""
+    if not isinstance(root, S3Path):
+        return
+    await trio.sleep(delay)
+    try:
+        await trio.to_thread.run_sync(require_writable, root, abandon_on_cancel=True)
+    except (PinfsError, OSError) as exc:
+        log.info("checking that %s refuses a second conditional put: %s", root, exc)
