@@ -15,10 +15,11 @@ above name files the same way on both. What differs between the two is decided h
   cache (``$PINFS_CACHE_DIR`` or ``~/.cache/pinfs``), under a name made of its ETag, and read there.
   The table's data files never change, so they are fetched once per host while their copy is kept;
   the cache is bounded (``PINFS_DISK_CACHE_MB``) and drops the least recently used copies
-  (``pinfs.data.readcache``). A data file that is not there yet is read by ranges instead
-  (``open_object``: its footer, then the row groups asked for), and, in a mount
-  (``fetch_whole_files``), downloaded whole on a background thread for later readers: a cold lookup
-  then reads ~100 KB instead of the whole ~2.6 MB file first (issue #13's ``cat status`` target).
+  (``pinfs.data.readcache``). In a mount (``read_cold_files_by_ranges``), a data file that is not
+  there yet is read by ranges instead (``open_object``: its footer, then the row groups asked for)
+  and downloaded whole on a background thread for later readers: a cold lookup then reads one row
+  group (~350 KB) instead of the whole ~2.6 MB file first (issue #13's ``cat status`` target). A
+  command, which mostly reads files whole, downloads them as before (and the next command finds them).
 * What a listing or ``stat`` answered is kept for ``S3_METADATA_SECONDS``: a mount asks often, and
   changes made elsewhere must show within 2 s (CONTRACT §2). Writes through this process are seen at once.
 * Credentials and the endpoint come from the standard variables (``AWS_ENDPOINT_URL``,
@@ -426,22 +427,23 @@ def never_rewritten(path: S3Path) -> bool:
 
 def open_object(path: S3Path, info: S3Stat) -> pa.NativeFile:
     """A random-access reader of the version ``info`` of an object that never changes once written
-    (a Delta data file: its name is new at each write): the local copy when the read cache has it,
-    else a reader by ranged GETs, which reads only what is asked (a parquet footer, one row group).
-    With ``fetch_whole_files`` on, the whole object is then downloaded on a background thread, so
-    that the next open of it is local."""
+    (a Delta data file: its name is new at each write): the local copy when the read cache has it.
+    Else, with ``read_cold_files_by_ranges`` on (a mount), a reader by ranged GETs, which reads only
+    what is asked (a parquet footer, one row group), while the whole object is downloaded on a
+    background thread for the next open; without it, the copy downloaded now (``local_copy``)."""
     import pyarrow as pa
 
     target = _copy_of(path, info.etag)
     if use(target):
         return pa.OSFile(str(target), "r")
+    if not _FETCHER.enabled:
+        return pa.OSFile(str(local_copy(path, info.etag)), "r")
     with reading(str(path)):
         opened = s3_filesystem().open_input_file(path.arrow_path)
     if opened.size() != info.st_size:  # replaced meanwhile: a new version, not this one (never for data files)
         opened.close()
         raise FileNotFoundError(2, "changed while being opened", str(path))
-    if _FETCHER.enabled:
-        _FETCHER.add(path, target)
+    _FETCHER.add(path, target)
     return opened
 
 
@@ -486,9 +488,9 @@ class _Fetcher:
 _FETCHER = _Fetcher()
 
 
-def fetch_whole_files(enabled: bool = True) -> None:
-    """Have ``open_object`` download what it reads by ranges into the read cache, in the background (the
-    mount turns this on; a command that reads a few row groups once has no use for whole copies)."""
+def read_cold_files_by_ranges(enabled: bool = True) -> None:
+    """Have ``open_object`` read a data file the read cache lacks by ranges, and download it whole in the
+    background (the mount turns this on: its lookups read one row group; a command reads files whole)."""
     _FETCHER.enabled = enabled
 
 

@@ -6,10 +6,11 @@ first CID lookup pays for none of pyarrow's lazy set-up (issue #12 bench); ``use
 memory pool (issue #6); ``preload_tables`` loads each backend's newest table version, so that the first
 lookup pays only for its row group.
 
-On a root on S3 (issue #13), ``prepare_s3`` has parquet files read by ranges downloaded whole in the
-background (``rootfs.fetch_whole_files``), and ``prepare_s3_writes`` runs, once the mount answers, what
-the first write would otherwise pay: boto3's import and client (~0.35 s) and the check that the store
-refuses a second conditional put. A write that comes first waits for that check, or makes it.
+On a root on S3 (issue #13), ``prepare_s3`` has a data file that is not in the local read cache read by
+ranges, and downloaded whole in the background (``rootfs.read_cold_files_by_ranges``);
+``prepare_s3_writes`` runs, once the mount answers, what the first write would otherwise pay: boto3's
+import and client (~0.35 s) and the check that the store refuses a second conditional put. A write that
+comes first waits for that check, or makes it.
 
 Threading: process-wide set-up; call before the mount serves (``prepare_s3_writes``: a nursery task).
 """
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from pinfs.data.backends import discover_backends
-from pinfs.data.rootfs import S3Path, fetch_whole_files, require_writable
+from pinfs.data.rootfs import S3Path, read_cold_files_by_ranges, require_writable
 from pinfs.data.store import PinStore
 from pinfs.errors import PinfsError
 
@@ -124,10 +125,11 @@ def preload_tables(tree: PinTree, budget: float = PRELOAD_BUDGET_SECONDS) -> Non
 
 
 def prepare_s3(root: object) -> None:
-    """On a root on S3: what a data file's first reader fetches by ranges is then fetched whole, in the
-    background, for the next ones (the mount reads the same files again and again; a command does not)."""
+    """On a root on S3: a data file the read cache lacks is read by ranges (one row group for a lookup),
+    and fetched whole in the background for the next reads (the mount reads the same files again and
+    again)."""
     if isinstance(root, S3Path):
-        fetch_whole_files()
+        read_cold_files_by_ranges()
 
 
 async def prepare_s3_writes(root: object, delay: float = S3_WRITES_DELAY_SECONDS) -> None:
