@@ -6,6 +6,7 @@ directory (``PINFS_CACHE_DIR``): nothing is shared between hosts but the bucket.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -22,12 +23,17 @@ from pathlib import Path
 from urllib.request import Request, urlopen
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from helpers import cid_for
 from mounting import force_unmount
 from seaweed import BUCKET, Seaweed, new_seaweed
 
-from pinfs.data import readcache
+from pinfs.data import readcache, rootfs
+from pinfs.data.pieces import OpenParquet
+from pinfs.data.schema import STORE_COLUMNS
+from pinfs.fs import warmup
 
 CLI_TIMEOUT = 120
 
@@ -123,11 +129,19 @@ def test_an_unreachable_endpoint_is_one_clear_line(seaweed: Seaweed) -> None:
 
 class _IgnoresConditions(BaseHTTPRequestHandler):
     """Forwards every request to SeaweedFS, but answers 200 where it refused a conditional put (412):
-    a store that ignores If-None-Match and If-Match, as some S3-compatible stores did."""
+    a store that ignores If-None-Match and If-Match, as some S3-compatible stores did. With
+    ``ignore_conditions`` off, a store that honours them, whose PUTs take ``put_seconds`` (and are
+    counted in ``puts``)."""
 
     upstream = ""
+    ignore_conditions = True
+    put_seconds = 0.0
+    puts: list[str] = []
 
     def do_any(self) -> None:
+        if self.command == "PUT":
+            self.puts.append(self.path)
+            time.sleep(self.put_seconds)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         request = Request(self.upstream + self.path, data=body, method=self.command)
@@ -139,13 +153,14 @@ class _IgnoresConditions(BaseHTTPRequestHandler):
                 status, headers, payload = answer.status, answer.headers, answer.read()
         except Exception as exc:  # urllib raises HTTPError for 4xx/5xx: it carries the answer
             status, headers, payload = exc.code, exc.headers, exc.read()  # type: ignore[attr-defined]
-        if status == 412 and self.command == "PUT":
+        if status == 412 and self.command == "PUT" and self.ignore_conditions:
             status, payload = 200, b""
         self.send_response(status)
         for name, value in headers.items():
             if name.lower() not in ("content-length", "transfer-encoding", "connection"):
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
+        length = headers.get("Content-Length") if self.command == "HEAD" else None  # a HEAD's is the object's
+        self.send_header("Content-Length", length or str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
 
@@ -155,9 +170,9 @@ class _IgnoresConditions(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def ignoring_proxy(seaweed: Seaweed) -> Iterator[str]:
-    handler = type("Handler", (_IgnoresConditions,), {"upstream": seaweed.endpoint})
+@contextlib.contextmanager
+def _proxy(seaweed: Seaweed, **behaviour: object) -> Iterator[str]:
+    handler = type("Handler", (_IgnoresConditions,), {"upstream": seaweed.endpoint, "puts": [], **behaviour})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -165,6 +180,12 @@ def ignoring_proxy(seaweed: Seaweed) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+
+
+@pytest.fixture
+def ignoring_proxy(seaweed: Seaweed) -> Iterator[str]:
+    with _proxy(seaweed) as endpoint:
+        yield endpoint
 
 
 def test_a_store_that_ignores_conditional_puts_is_refused_before_anything_is_written(
@@ -503,3 +524,93 @@ def test_a_bad_read_cache_bound_is_one_clear_line(seaweed: Seaweed) -> None:
     env = host(seaweed, uuid.uuid4().hex, PINFS_DISK_CACHE_MB="2GB")
     line = one_line_error(pinfs(env, "status"), code=2)
     assert "PINFS_DISK_CACHE_MB='2GB'" in line and "MB" in line
+
+
+# -- reads by ranges, and the write check made after the mount answers (issue #13's speed targets) --
+
+
+def _use_host(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Make this process the host ``env`` describes (its endpoint, keys and read cache)."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "PINFS_CACHE_DIR"):
+        monkeypatch.setenv(name, env[name])
+    rootfs.forget_metadata()
+
+
+def _sorted_pins(count: int) -> pa.Table:
+    cids = sorted(cid_for(f"ranged-{n}") for n in range(count))
+    columns = {name: [f"{name}-{n}" for n in range(count)] for name in STORE_COLUMNS}
+    columns.update(cid=cids, status=["stored" if n % 3 else "pending" for n in range(count)])
+    return pa.table({name: pa.array(columns[name], pa.string()) for name in STORE_COLUMNS})
+
+
+def test_a_cold_data_file_read_by_ranges_gives_what_its_downloaded_copy_gives(
+    seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = uuid.uuid4().hex
+    _use_host(monkeypatch, host(seaweed, prefix))
+    table = _sorted_pins(4000)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=500, sorting_columns=[pq.SortingColumn(0)])
+    content = sink.getvalue().to_pybytes()
+    key = "backends/b1/pin_mappings.delta/part-ranged.parquet"
+    put(seaweed, prefix, key, content)
+    path = rootfs.S3Path(BUCKET, f"{prefix}/{key}")
+    rootfs.read_cold_files_by_ranges()  # as the mount reads
+    try:
+        ranged = OpenParquet(path)
+        assert ranged.groups is not None and len(ranged.groups) == 8
+        assert ranged.read_group(5, None) == table.slice(2500, 500)  # one row group, read by ranges
+        deadline = time.monotonic() + 30
+        while not (copies := [p for p in (Path(os.environ["PINFS_CACHE_DIR"]) / "objects").glob("*/*.parquet")]):
+            assert time.monotonic() < deadline, "the data file was not downloaded in the background"
+            time.sleep(0.05)
+        assert copies[0].read_bytes() == content  # then fetched whole, for the next reads
+        assert OpenParquet(path).read(None) == table  # which read the local copy
+    finally:
+        rootfs.read_cold_files_by_ranges(False)
+    assert OpenParquet(path).read_group(7, None) == table.slice(3500, 500)  # a command's read: the copy
+
+
+def test_a_write_waits_for_the_conditional_put_check_another_thread_is_making(
+    seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = uuid.uuid4().hex
+    puts: list[str] = []
+    with _proxy(seaweed, ignore_conditions=False, put_seconds=0.2, puts=puts) as endpoint:
+        _use_host(monkeypatch, host(seaweed, prefix, AWS_ENDPOINT_URL=endpoint))
+        monkeypatch.setattr(rootfs, "_CHECKED", {})  # this process has not checked the bucket yet
+        root = rootfs.S3Path(BUCKET, prefix)
+        checker = threading.Thread(target=rootfs.require_writable, args=(root,))  # the mount's, after ready
+        checker.start()
+        deadline = time.monotonic() + 30
+        while not puts:
+            assert time.monotonic() < deadline, "the check made no put"
+            time.sleep(0.01)
+        rootfs.require_writable(root / "backends" / "b1" / "pin_mappings.delta")  # a write's check
+        assert not checker.is_alive()  # it returned once the check under way was done ...
+        assert len(puts) == 4, puts  # ... and made no second one (4 probe puts: one check)
+        checker.join()
+
+
+def test_a_mount_on_a_store_that_ignores_conditional_puts_answers_reads_and_refuses_writes(
+    seaweed: Seaweed, ignoring_proxy: str, tmp_path: Path
+) -> None:
+    prefix = uuid.uuid4().hex
+    put(seaweed, prefix, "backends/b1.yaml", b"type: filesystem\n")
+    pinfs(host(seaweed, prefix), "pin", "add", cid_for(1), "--backend", "b1", check=True)  # on the store itself
+    before = keys(seaweed, prefix)
+    env = host(seaweed, prefix, AWS_ENDPOINT_URL=ignoring_proxy)
+    mountpoint = tmp_path / "m"
+    process = _mount(env, mountpoint)
+    try:
+        backend = mountpoint / "backends" / "b1"
+        assert (backend / "by-cid" / cid_for(1) / "status").read_text() == "pending\n"
+        time.sleep(warmup.S3_WRITES_DELAY_SECONDS + 1)  # the mount's own check has failed by now
+        with pytest.raises(OSError) as refused:
+            (backend / ".control" / "pin").write_text(f"{cid_for(2)}\n")
+        assert refused.value.errno == errno.EIO
+        last_run = json.loads((backend / ".control" / "pin").read_text())
+        assert last_run["state"] == "failed" and "accepted a second put with If-None-Match" in last_run["error"]
+        assert [key for key in keys(seaweed, prefix) if not key.startswith(".pinfs-probes/")] == before
+    finally:
+        force_unmount(mountpoint, process)
