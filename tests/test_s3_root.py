@@ -560,11 +560,12 @@ def test_a_cold_data_file_read_by_ranges_gives_what_its_downloaded_copy_gives(
         ranged = OpenParquet(path)
         assert ranged.groups is not None and len(ranged.groups) == 8
         assert ranged.read_group(5, None) == table.slice(2500, 500)  # one row group, read by ranges
+        assert OpenParquet(path).read_group(2, None) == table.slice(1000, 500)  # opened again: ...
         deadline = time.monotonic() + 30
         while not (copies := [p for p in (Path(os.environ["PINFS_CACHE_DIR"]) / "objects").glob("*/*.parquet")]):
             assert time.monotonic() < deadline, "the data file was not downloaded in the background"
             time.sleep(0.05)
-        assert copies[0].read_bytes() == content  # then fetched whole, for the next reads
+        assert copies[0].read_bytes() == content  # ... then fetched whole, for the next reads
         assert OpenParquet(path).read(None) == table  # which read the local copy
     finally:
         rootfs.read_cold_files_by_ranges(False)

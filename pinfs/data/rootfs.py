@@ -16,10 +16,11 @@ above name files the same way on both. What differs between the two is decided h
   The table's data files never change, so they are fetched once per host while their copy is kept;
   the cache is bounded (``PINFS_DISK_CACHE_MB``) and drops the least recently used copies
   (``pinfs.data.readcache``). In a mount (``read_cold_files_by_ranges``), a data file that is not
-  there yet is read by ranges instead (``open_object``: its footer, then the row groups asked for)
-  and downloaded whole on a background thread for later readers: a cold lookup then reads one row
-  group (~350 KB) instead of the whole ~2.6 MB file first (issue #13's ``cat status`` target). A
-  command, which mostly reads files whole, downloads them as before (and the next command finds them).
+  there yet is read by ranges instead (``open_object``: its footer, then the row groups asked for),
+  and one opened again is downloaded whole on a background thread for later readers: a cold lookup
+  then reads one row group (~350 KB) instead of the whole ~2.6 MB file first (issue #13's ``cat
+  status`` target). A command, which mostly reads files whole, downloads them as before (and the next
+  command finds them).
 * What a listing or ``stat`` answered is kept for ``S3_METADATA_SECONDS``: a mount asks often, and
   changes made elsewhere must show within 2 s (CONTRACT §2). Writes through this process are seen at once.
 * Credentials and the endpoint come from the standard variables (``AWS_ENDPOINT_URL``,
@@ -416,6 +417,7 @@ def _download(path: S3Path, target: Path) -> None:
 
 _CHUNK_BYTES = 4 << 20
 FETCH_DELAY_SECONDS = 1.0
+OPENED_REMEMBERED = 100_000
 
 
 def never_rewritten(path: S3Path) -> bool:
@@ -429,8 +431,9 @@ def open_object(path: S3Path, info: S3Stat) -> pa.NativeFile:
     """A random-access reader of the version ``info`` of an object that never changes once written
     (a Delta data file: its name is new at each write): the local copy when the read cache has it.
     Else, with ``read_cold_files_by_ranges`` on (a mount), a reader by ranged GETs, which reads only
-    what is asked (a parquet footer, one row group), while the whole object is downloaded on a
-    background thread for the next open; without it, the copy downloaded now (``local_copy``)."""
+    what is asked (a parquet footer, one row group), and at its second open by ranges, the whole object
+    is downloaded on a background thread for later ones; without it, the copy downloaded now
+    (``local_copy``)."""
     import pyarrow as pa
 
     target = _copy_of(path, info.etag)
@@ -449,16 +452,27 @@ def open_object(path: S3Path, info: S3Stat) -> pa.NativeFile:
 
 class _Fetcher:
     """Downloads whole objects into the read cache, one at a time, on a daemon thread (a process that
-    exits leaves a temporary file, which the read cache removes later)."""
+    exits leaves a temporary file, which the read cache removes later).
+
+    Only an object opened by ranges a second time is fetched: the mount keeps a file it opened open
+    (``StoreCache``), so a second open means it is read again and again (its reader was dropped, or a
+    table scan reads it), while most files a lookup or a pin touches are read once. Fetching each of
+    those 2.6 MB files beside the next commands cost the pin target more than it saved (measured)."""
 
     def __init__(self) -> None:
         self.enabled = False
         self._lock = threading.Lock()
+        self._opened: set[Path] = set()  # opened by ranges once
         self._wanted: dict[Path, S3Path] = {}
         self._thread: threading.Thread | None = None
 
     def add(self, path: S3Path, target: Path) -> None:
         with self._lock:
+            if target not in self._opened:
+                if len(self._opened) > OPENED_REMEMBERED:
+                    self._opened.clear()
+                self._opened.add(target)
+                return
             if target in self._wanted:
                 return
             self._wanted[target] = path

@@ -7,7 +7,7 @@ memory pool (issue #6); ``preload_tables`` loads each backend's newest table ver
 lookup pays only for its row group.
 
 On a root on S3 (issue #13), ``prepare_s3`` has a data file that is not in the local read cache read by
-ranges, and downloaded whole in the background (``rootfs.read_cold_files_by_ranges``);
+ranges, and downloaded whole in the background once opened again (``rootfs.read_cold_files_by_ranges``);
 ``prepare_s3_writes`` runs, once the mount answers, what the first write would otherwise pay: boto3's
 import and client (~0.35 s) and the check that the store refuses a second conditional put. A write that
 comes first waits for that check, or makes it.
@@ -126,8 +126,7 @@ def preload_tables(tree: PinTree, budget: float = PRELOAD_BUDGET_SECONDS) -> Non
 
 def prepare_s3(root: object) -> None:
     """On a root on S3: a data file the read cache lacks is read by ranges (one row group for a lookup),
-    and fetched whole in the background for the next reads (the mount reads the same files again and
-    again)."""
+    and fetched whole in the background once opened again, for the reads after that."""
     if isinstance(root, S3Path):
         read_cold_files_by_ranges()
 
