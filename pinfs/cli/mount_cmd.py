@@ -23,7 +23,7 @@ from typing import Any
 from pinfs.cli.mount_helper import parse_options
 from pinfs.cli.output import emit, root_of
 from pinfs.cli.systemd import notify, service_unit
-from pinfs.data.rootfs import as_path
+from pinfs.data.rootfs import as_path, start_client
 from pinfs.errors import InvalidInput, NotFound, PinfsError
 
 READY = b"ready\n"
@@ -139,10 +139,11 @@ def _mountpoint(args: argparse.Namespace) -> Path:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from pinfs.fs.mount import MountConfig, check_mountpoint
-
     kernel_options = apply_options(args)
     root = as_path(root_of(args))
+    start_client(root)  # on S3, made on a thread while the mount's modules are imported (issue #13)
+    from pinfs.fs.mount import MountConfig, check_mountpoint
+
     if not root.is_dir():
         raise NotFound(f"data root {root} does not exist")
     mountpoint = _mountpoint(args)

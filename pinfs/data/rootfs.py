@@ -55,7 +55,15 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from pinfs.data.readcache import added, disk_cache_limit, objects_dir, use
-from pinfs.data.s3client import ConditionalPutsIgnored, PreconditionFailed, calling, reading, s3_client, s3_filesystem
+from pinfs.data.s3client import (
+    ConditionalPutsIgnored,
+    PreconditionFailed,
+    calling,
+    reading,
+    s3_client,
+    s3_filesystem,
+    start_filesystem,
+)
 from pinfs.errors import PinfsError
 
 if TYPE_CHECKING:
@@ -386,6 +394,12 @@ def head(target: S3Path) -> tuple[str, dict[str, str]] | None:
         return None
     _remember_head(str(target), answer)
     return str(answer.get("ETag", "")).strip('"'), {k.lower(): v for k, v in answer.get("Metadata", {}).items()}
+
+
+def start_client(location: object) -> None:
+    """For a root on S3: make the reading client now, on a thread (``s3client.start_filesystem``)."""
+    if isinstance(location, S3Path):
+        start_filesystem()
 
 
 def local_copy(path: Path | S3Path, etag: str | None = None) -> Path:

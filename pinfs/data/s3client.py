@@ -51,6 +51,7 @@ class ConditionalPutsIgnored(PinfsError):
 _CLIENTS: dict[tuple[str | None, ...], Any] = {}
 _FILESYSTEMS: dict[tuple[str | None, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
+_MAKING_LOCK = threading.Lock()
 
 # Bounds on every request, so that a server that stopped (or stopped answering) is an error in seconds,
 # never a hang: the mount answers EIO for what it cannot read (issue #13). The wait for an answer is
@@ -97,6 +98,13 @@ def s3_filesystem() -> Any:
         found = _FILESYSTEMS.get(key)
     if found is not None:
         return found
+    with _MAKING_LOCK:  # one is made at a time: a caller waits for the one a thread is making (start_filesystem)
+        with _CLIENTS_LOCK:
+            found = _FILESYSTEMS.get(key)
+        return found if found is not None else _new_filesystem(key)
+
+
+def _new_filesystem(key: tuple[str | None, ...]) -> Any:
     from pyarrow import fs as pafs
 
     options: dict[str, Any] = {
@@ -122,12 +130,25 @@ def s3_filesystem() -> Any:
         return _FILESYSTEMS.setdefault(key, filesystem)
 
 
+def start_filesystem() -> None:
+    """Make ``s3_filesystem()`` on a thread (~30 ms of the AWS SDK's set-up, mostly without the GIL),
+    so that a process about to import more (the mount) does not wait for it; what goes wrong is found
+    again, and said, by the first request."""
+
+    def make() -> None:
+        with contextlib.suppress(PinfsError):
+            s3_filesystem()
+
+    threading.Thread(target=make, name="pinfs-s3-client", daemon=True).start()
+
+
 def _after_fork_in_child() -> None:
     """A forked child makes its own client: the parent's pooled connections are the same sockets, and a
     child that used one could read an answer meant for another process (or leave one half-read). The
-    lock is made anew, since another thread of the parent may have held it at the fork."""
-    global _CLIENTS_LOCK
+    locks are made anew, since another thread of the parent may have held them at the fork."""
+    global _CLIENTS_LOCK, _MAKING_LOCK
     _CLIENTS_LOCK = threading.Lock()
+    _MAKING_LOCK = threading.Lock()
     _CLIENTS.clear()
     _FILESYSTEMS.clear()
 
