@@ -139,7 +139,8 @@ def test_a_pin_after_a_batch_rewrites_only_the_small_insert_file(root: Path) -> 
     (bulk,) = _insert_files(backend, bulk=True)
     add_pins(root, "b1", [PinRequest(cid_for("single"))])
     after = set(_data_files(backend))
-    assert [Path(uri).name for uri in before - after] == [Path(uri).name for uri in before if "ins-" in uri and "bulk" not in uri]
+    small_before = [Path(uri).name for uri in before if "ins-" in uri and "bulk" not in uri]
+    assert [Path(uri).name for uri in before - after] == small_before
     assert _insert_files(backend, bulk=True) == [bulk]
     (small,) = _insert_files(backend)
     assert pq.read_table(backend.directory / TABLE_DIR / small).column("cid").to_pylist() == [cid_for("single")]

@@ -227,7 +227,9 @@ def settle_pandas_probe() -> None:
 
     sys.meta_path.insert(0, _NO_PANDAS)
     try:
-        pa.scalar("", pa.string())
+        # An untyped array: the conversion that records "no pandas" for good (pyarrow 26; a typed one,
+        # or pa.scalar, asks again at the next conversion, and imports pandas then).
+        pa.array([1])
     finally:
         sys.meta_path.remove(_NO_PANDAS)
     _PANDAS_PROBE_SETTLED = True
