@@ -100,6 +100,9 @@ def validate_cid(text: object) -> str:
 
 _V0_HEADER = b"\x01\x70\x12\x20"  # CIDv1, dag-pb, sha2-256, 32 bytes: what a CIDv0 holds
 _V0_LENGTH = 46
+# How the base32 CIDv1 of a CID with a CIDv0 begins: _V0_HEADER's first 30 bits (the last two are the
+# digest length's, 32 for the only valid sha2-256 digest).
+_V0_BASE32_PREFIX = "bafybei"
 
 
 def _binary_v1(text: str) -> bytes:
@@ -135,6 +138,8 @@ def standard_forms(text: str) -> tuple[str, ...]:
 
 def _standard_forms(text: str) -> tuple[str, ...]:
     validate_cid(text)
+    if text.startswith("b") and text.islower() and not text.startswith(_V0_BASE32_PREFIX):
+        return (text,)  # the base32 CIDv1 itself (``is_standard``), of a CID that has no CIDv0
     binary = _binary_v1(text)
     key = libipld.encode_multibase("b", binary)
     v0 = _v0_text(binary)

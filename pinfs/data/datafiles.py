@@ -439,10 +439,10 @@ def rows_at(store: PinStore, state: TableState, cids: Sequence[str]) -> dict[str
         return {}
     if not layout_is_sound(state):
         table = table_snapshot(state, store.cache).table()
+    elif state.insert_files:  # new CIDs go to the insert file: the range files are not rewritten
+        return _records_in_files(store, state, cids)
     elif len(cids) > _WHOLE_FILES_MAX_CIDS:
         return table_snapshot(state, store.cache).records(cids)
-    elif state.insert_files:  # new CIDs go to the insert file: the range files are not rewritten
-        return _few_records(store, state, cids)
     else:
         ranged = [data_file for data_file in state.range_files if data_file.rows]
         mins = [data_file.min_cid for data_file in ranged if data_file.min_cid is not None]
@@ -453,10 +453,11 @@ def rows_at(store: PinStore, state: TableState, cids: Sequence[str]) -> dict[str
     return {row["cid"]: row for row in table.filter(pc.is_in(table.column("cid"), wanted)).to_pylist()}
 
 
-def _few_records(store: PinStore, state: TableState, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
-    """The records of a few ``cids`` in version ``state``: from its insert files (read whole, through
-    the cache) and the row groups of the range files that would hold the rest, without making the
-    version's snapshot (every pin would otherwise lay out all of a million-pin table's files)."""
+def _records_in_files(store: PinStore, state: TableState, cids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+    """The records of ``cids`` in version ``state``: from its insert files (read whole, through the
+    cache) and the row groups of the range files that would hold the rest. Not through the version's
+    snapshot: making it lays out every file of the table (~5 ms at 1M pins, at every pin), and its
+    row groups have the insert files' rows merged in (~0.15 s for a batch of 10,000 new pins)."""
     wanted = pa.array(list(cids), pa.string())
     found: dict[str, dict[str, str | None]] = {}
     for data_file in state.insert_files:
