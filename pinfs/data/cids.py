@@ -138,12 +138,18 @@ def standard_forms(text: str) -> tuple[str, ...]:
 
 def _standard_forms(text: str) -> tuple[str, ...]:
     validate_cid(text)
-    if text.startswith("b") and text.islower() and not text.startswith(_V0_BASE32_PREFIX):
-        return (text,)  # the base32 CIDv1 itself (``is_standard``), of a CID that has no CIDv0
+    if not has_other_standard_form(text):
+        return (text,)
     binary = _binary_v1(text)
     key = libipld.encode_multibase("b", binary)
     v0 = _v0_text(binary)
     return (v0, key) if v0 is not None else (key,)
+
+
+def has_other_standard_form(text: str) -> bool:
+    """Whether a valid CID text may have a standard spelling other than itself: False for the base32
+    CIDv1 (``is_standard``) of a CID that has no CIDv0, which is its own key. A string test."""
+    return not (text.startswith("b") and text.islower() and not text.startswith(_V0_BASE32_PREFIX))
 
 
 def is_standard(text: str) -> bool:
