@@ -274,3 +274,25 @@ def test_car_regenerate_rebuilds_a_deleted_car(two_backends: Path) -> None:
     report = run_pinfs_json(two_backends, "car", "regenerate", "--backend", "b1")
     assert report["ok"] and report["backends"][0]["records"] == 2
     assert car.is_file()
+
+
+def test_a_command_does_not_import_pandas(root: Path) -> None:
+    """pyarrow imports pandas (~0.45 s) at its first conversion of a Python value only to ask whether it
+    is a pandas object; pinfs settles that question first. Pandas still works for whoever needs it."""
+    import subprocess
+    import sys
+
+    make_backend(root, "b1")
+    where = f"'--backend', 'b1', '--root', {str(root)!r}"
+    script = (
+        "import sys\n"
+        "from pinfs.cli import main\n"
+        f"assert main(['pin', 'add', {cid_for('one')!r}, {cid_for('two')!r}, {where}]) == 0\n"
+        f"assert main(['pin', 'rm', {cid_for('one')!r}, {where}]) == 0\n"
+        "print('pandas' in sys.modules)\n"
+        "import pyarrow as pa\n"
+        "print(pa.table({'a': [1]}).to_pandas().shape)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-2:] == ["False", "(1, 1)"]

@@ -499,3 +499,34 @@ async def test_two_closes_of_one_open_file_at_once_run_its_command_once(
         nursery.start_soon(ops.flush, opened.fh)
     await ops.release(opened.fh)
     assert calls == [False]
+
+
+async def test_a_batch_written_in_pieces_runs_each_line_once_parsed_once(
+    ops: PinfsOperations, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines are parsed as the writes bring them (a bad one fails its write); the close runs what they
+    parsed to, parsing only what no write completed (here the last line, written without its newline)."""
+    from pinfs.ops import pins as pins_module
+
+    parsed: list[str] = []
+    parse_line = pins_module.parse_pin_line
+
+    def counted(line: str, where: str = "") -> pins_module.PinRequest:
+        parsed.append(line.split()[0])
+        return parse_line(line, where)
+
+    monkeypatch.setattr(pins_module, "parse_pin_line", counted)
+    new = [cid_for(f"piece{i}") for i in range(3)]
+    pieces = [f"{new[0]}\n{new[1]} sta".encode(), b"tus=failed\n", new[2].encode()]
+    inode = await walk(ops, "backends", "s3-main", ".control", "pin")
+    opened = await ops.open(inode, os.O_WRONLY | os.O_TRUNC, CTX)
+    offset = 0
+    for piece in pieces:
+        await ops.write(opened.fh, offset, piece)
+        offset += len(piece)
+    await ops.flush(opened.fh)
+    await ops.release(opened.fh)
+    assert sorted(parsed) == sorted(new)  # each line once
+    snapshot = PinStore(get_backend(root, "s3-main"), StoreCache()).snapshot()
+    assert [snapshot.lookup(cid)["status"] for cid in new] == ["pending", "failed", "pending"]
+    assert snapshot.count == 43

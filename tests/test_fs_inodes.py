@@ -143,3 +143,24 @@ def test_names_in_other_spellings_are_indexed_by_cid_identity_while_the_kernel_h
     forget(held[2])
     forget(held[3])
     assert table.aliases(cid_key(cid)) == ()
+
+
+def test_a_cid_name_may_be_held_while_a_path_at_or_below_it_is_known_or_a_listing_keeps_it() -> None:
+    table = InodeTable()
+    cid, listed, other = cid_for("held"), cid_for("listed"), cid_for("nowhere")
+    by_cid = ("backends", "b", "by-cid")
+    paths = [(*by_cid, cid), (*by_cid, cid, "status"), ("cids", cid, "b")]
+    for path in paths:
+        table.remember(table.inode_of(path), path)
+    epoch = table.listings.open(by_cid, "v1", 4)
+    names = pa.array(sorted([listed, other]), pa.string())
+    for position in range(len(names)):
+        epoch.hold(position, names)
+    table.listings.close(epoch)
+    assert table.may_name(cid, [by_cid]) and table.may_name(listed, [by_cid])
+    assert not table.may_name(other, [("backends", "b", "by-status", "failed")])  # listed elsewhere only
+    for path in paths:
+        inode = table.held(path)
+        assert inode is not None
+        table.forget(inode, 1)
+    assert not table.may_name(cid, [by_cid])

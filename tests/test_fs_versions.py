@@ -150,6 +150,32 @@ def test_the_watch_finds_exactly_the_cids_a_commit_changed(pinned: Path) -> None
     assert change.after == PinStore(get_backend(pinned, "b")).table_state().identity  # type: ignore[union-attr]
 
 
+def test_a_merge_of_the_insert_files_changes_nothing_and_is_not_read(
+    pinned: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that only moved rows between files (the insert files merged into the ranges) is known
+    by its commit info: the watch reports no changed CID without reading the files it rewrote."""
+    from pinfs.fs import versions
+    from pinfs.ops.maintain import merge_inserts
+
+    add_pins(pinned, "b", [PinRequest(cid_for(f"batch{i}"), "pending") for i in range(40)])
+    watch = watch_for(pinned)
+    watch.check()
+    assert merge_inserts(get_backend(pinned, "b"), due_only=False) == 40
+
+    def no_reading(*_args: object) -> None:
+        raise AssertionError("the files of a merge were read to find what changed")
+
+    rows_of = versions._rows_of
+    monkeypatch.setattr(versions, "_rows_of", no_reading)
+    [change] = watch.check()
+    assert change.cids == frozenset() and change.after != change.before
+    monkeypatch.setattr(versions, "_rows_of", rows_of)
+    add_pins(pinned, "b", [PinRequest(cid_for("batch3"), "failed")])  # a change after it is found as ever
+    [change] = watch.check()
+    assert change.cids == {cid_for("batch3")}
+
+
 def test_a_table_made_again_changes_everything(pinned: Path) -> None:
     import shutil
 

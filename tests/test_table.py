@@ -67,8 +67,10 @@ def _actions(backend) -> pa.Table:
     return pa.table(table.get_add_actions(flatten=True))
 
 
-def _insert_files(backend) -> list[str]:
-    return [Path(uri).name for uri in _data_files(backend) if Path(uri).name.startswith("ins-")]
+def _insert_files(backend, *, bulk: bool = False) -> list[str]:
+    """The small insert file (a list of one), or with ``bulk`` the bulk insert files."""
+    names = [Path(uri).name for uri in _data_files(backend)]
+    return [name for name in names if name.startswith("ins-") and name.startswith("ins-bulk-") == bulk]
 
 
 def test_the_table_is_a_delta_table_of_sorted_disjoint_files_and_an_insert_file(root: Path) -> None:
@@ -125,18 +127,37 @@ def test_pins_in_the_insert_file_are_served_in_order_changed_and_removed(root: P
     snapshot = _fresh(backend).snapshot()
     assert snapshot.lookup(extra[3])["status"] == "stored" and snapshot.lookup(extra[4]) is None
     assert snapshot.count == 339 and len(_insert_files(backend)) == 1
+    # 40 new pins at once outgrew the small insert file: they went into a bulk file, changed in place
+    (bulk,) = _insert_files(backend, bulk=True)
+    assert pq.read_table(backend.directory / TABLE_DIR / bulk).num_rows == 39
+
+
+def test_a_pin_after_a_batch_rewrites_only_the_small_insert_file(root: Path) -> None:
+    backend = _backend(root, 300)
+    add_pins(root, "b1", [PinRequest(cid_for(f"batch{i}")) for i in range(40)])
+    before = set(_data_files(backend))
+    (bulk,) = _insert_files(backend, bulk=True)
+    add_pins(root, "b1", [PinRequest(cid_for("single"))])
+    after = set(_data_files(backend))
+    small_before = [Path(uri).name for uri in before if "ins-" in uri and "bulk" not in uri]
+    assert [Path(uri).name for uri in before - after] == small_before
+    assert _insert_files(backend, bulk=True) == [bulk]
+    (small,) = _insert_files(backend)
+    assert pq.read_table(backend.directory / TABLE_DIR / small).column("cid").to_pylist() == [cid_for("single")]
+    assert _fresh(backend).snapshot().count == 341
 
 
 def test_the_insert_file_is_merged_into_the_ranges_once_full_and_by_maintain(root: Path) -> None:
     backend = _backend(root, 300)
     add_pins(root, "b1", [PinRequest(cid_for(f"wave{i}")) for i in range(FILE_ROWS - 1)])
-    assert _fresh(backend).table_state().insert_files[0].rows == FILE_ROWS - 1  # not due yet
-    add_pins(root, "b1", [PinRequest(cid_for("the last straw"))])  # now it holds insert_rows(): merged
+    assert [data_file.rows for data_file in _fresh(backend).table_state().bulk_files] == [FILE_ROWS - 1]  # not due
+    add_pins(root, "b1", [PinRequest(cid_for("the last straw"))])  # now they hold insert_rows(): merged
     state = _fresh(backend).table_state()
-    assert [data_file.rows for data_file in state.insert_files] == [0] and state.count == 300 + FILE_ROWS
+    assert state.bulk_files == [] and state.count == 300 + FILE_ROWS
+    assert [data_file.rows for data_file in state.small_insert_files] == [1]  # never merged in the background
     add_pins(root, "b1", [PinRequest(cid_for(f"after{i}")) for i in range(3)])
     report = maintain(root, MaintainOptions())
-    assert report["backends"][0]["inserts_merged"] == 3
+    assert report["backends"][0]["inserts_merged"] == 4
     state = _fresh(backend).table_state()
     assert [data_file.rows for data_file in state.insert_files] == [0] and state.count == 303 + FILE_ROWS
     ranged = [data_file for data_file in state.range_files if data_file.rows]
@@ -155,6 +176,27 @@ def test_two_writers_adding_the_same_new_pin_from_one_version_leave_it_once(root
         second.update({new: {**make_record(new, "b1", "filesystem"), "status": "stored"}})
     table = _fresh(backend).snapshot().table()
     assert table.num_rows == 301 and table.column("cid").to_pylist().count(new) == 1
+
+
+def test_a_merge_and_a_pin_of_a_new_cid_from_one_version_both_commit(root: Path) -> None:
+    """The background merge never removes the small insert file, so a pin of a new CID made meanwhile
+    never makes it start again; a change to a pin the merge moved is redone on the file it moved to."""
+    backend = _backend(root, 300)
+    batch = [cid_for(f"batch{i}") for i in range(40)]
+    add_pins(root, "b1", [PinRequest(cid) for cid in batch])
+    store = PinStore(backend)
+    merging, pinning, changing = Transaction(store), Transaction(store), Transaction(store)
+    merging.state(), pinning.state(), changing.state()  # all three read the same version
+    new = cid_for("meanwhile")
+    pinning.update({new: make_record(new, "b1", "filesystem")})
+    assert merging.merge_inserts() == 40  # committed on top of the pin
+    changing.update({batch[0]: {**make_record(batch[0], "b1", "filesystem"), "status": "failed"}})
+    state = _fresh(backend).table_state()
+    assert state.bulk_files == [] and [data_file.rows for data_file in state.small_insert_files] == [1]
+    table = _fresh(backend).snapshot().table()
+    cids = table.column("cid").to_pylist()
+    assert table.num_rows == 341 and len(set(cids)) == 341 and new in cids
+    assert _fresh(backend).snapshot().lookup(batch[0])["status"] == "failed"
 
 
 def test_a_table_without_an_insert_file_takes_new_pins_into_their_ranges(root: Path) -> None:

@@ -34,6 +34,7 @@ from pinfs.cli import (
 )
 from pinfs.cli.completion_cmd import autocomplete
 from pinfs.cli.mount_helper import helper_argv
+from pinfs.data.tables import settle_pandas_probe
 from pinfs.errors import InvalidInput, PinfsError, describe
 
 # Each module defines ``register(subparsers, common)``; order is the order shown in --help. They are
@@ -218,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         exc.parser.print_usage(sys.stderr)
         return fail(exc.parser.prog.removeprefix("pinfs").strip(), exc.message, 2, as_json)
     command = command_of(args)
+    settle_pandas_probe()  # the commands never hand pyarrow a pandas object: not imported for asking
     try:
         code = int(args.handler(args) or 0)
     except PinfsError as exc:

@@ -100,6 +100,9 @@ def validate_cid(text: object) -> str:
 
 _V0_HEADER = b"\x01\x70\x12\x20"  # CIDv1, dag-pb, sha2-256, 32 bytes: what a CIDv0 holds
 _V0_LENGTH = 46
+# How the base32 CIDv1 of a CID with a CIDv0 begins: _V0_HEADER's first 30 bits (the last two are the
+# digest length's, 32 for the only valid sha2-256 digest).
+_V0_BASE32_PREFIX = "bafybei"
 
 
 def _binary_v1(text: str) -> bytes:
@@ -135,10 +138,18 @@ def standard_forms(text: str) -> tuple[str, ...]:
 
 def _standard_forms(text: str) -> tuple[str, ...]:
     validate_cid(text)
+    if not has_other_standard_form(text):
+        return (text,)
     binary = _binary_v1(text)
     key = libipld.encode_multibase("b", binary)
     v0 = _v0_text(binary)
     return (v0, key) if v0 is not None else (key,)
+
+
+def has_other_standard_form(text: str) -> bool:
+    """Whether a valid CID text may have a standard spelling other than itself: False for the base32
+    CIDv1 (``is_standard``) of a CID that has no CIDv0, which is its own key. A string test."""
+    return not (text.startswith("b") and text.islower() and not text.startswith(_V0_BASE32_PREFIX))
 
 
 def is_standard(text: str) -> bool:

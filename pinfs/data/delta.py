@@ -14,11 +14,14 @@ statistics (min/max ``cid``) cover the CID, then the one row group whose footer 
 
 One more file, the *insert file* (``ins-<32 hex>.parquet``, sorted, in the same schema), takes the CIDs
 that are new to the table: a pin of a new CID rewrites it (small) instead of the 16k-row file of its
-range, and a batch of 10,000 new random CIDs writes one file instead of rewriting every range. It holds
-only CIDs that no other file holds, so the table's rows are unique as any Delta reader sees them;
-pinfs' own readers merge it into the ranges in memory (``pinfs.data.pieces.MergedPiece``). Once it holds
-``insert_rows()`` rows, its rows are merged into the files of their ranges (``Transaction.merge_inserts``,
-a few files per commit, in the background), so it stays small.
+range. A write that would leave it holding more than ``small_insert_rows()`` (a batch of 10,000 new
+CIDs) writes those rows as a *bulk* insert file (``ins-bulk-<32 hex>.parquet``) and an empty insert
+file instead, so a pin after a batch still rewrites a small file. A bulk file is rewritten only by a
+change to a CID it holds. Insert files hold only CIDs that no other file holds, so the table's rows are
+unique as any Delta reader sees them; pinfs' own readers merge them into the ranges in memory
+(``pinfs.data.pieces.MergedPiece``). Once they hold ``insert_rows()`` rows, the bulk files' rows are
+merged into the files of their ranges (``Transaction.merge_inserts``, a few files per commit, in the
+background): a merge never removes the small insert file, so pins of new CIDs never conflict with it.
 
 Why every write conflicts where it must: Delta detects a conflict when two transactions remove the same
 file; two blind appends never conflict. So every pinfs write removes the file(s) a conflicting writer
@@ -58,7 +61,7 @@ from pinfs.data.fsutil import fsync_file, local_temp_for, naming
 from pinfs.data.rootfs import S3Path, forget_metadata, keep_local, put_object
 from pinfs.data.s3client import S3Unreachable, delta_storage_options, unreachable
 from pinfs.data.schema import arrow_schema
-from pinfs.errors import CorruptData
+from pinfs.errors import CorruptData, PinfsError
 
 TABLE_DIR = "pin_mappings.delta"
 LOG_DIR = "_delta_log"
@@ -67,6 +70,16 @@ DATA_FILE_PREFIX = "part-"
 # The insert file: new CIDs go into it instead of into the data file of their range (see the module
 # docstring); every version of a table made by this release has exactly one, possibly empty.
 INSERT_FILE_PREFIX = "ins-"
+# Bulk insert files: what a write of many new CIDs (or the insert file grown past
+# ``small_insert_rows()``) leaves, immutable until changed or merged (see the module docstring).
+BULK_FILE_PREFIX = "ins-bulk-"
+# Commits that only move rows between data files and change no record (the insert file merged into
+# the ranges, files split or joined): a reader that finds only these between two versions knows that
+# no pin changed, without comparing the rows (``DeltaPins.records_unchanged_between``).
+MERGE_OPERATION = "merge inserts"
+RELAYOUT_OPERATION = "relayout"
+_RECORDS_KEPT = frozenset({MERGE_OPERATION, RELAYOUT_OPERATION})
+MAX_LOG_ENTRIES_READ = 32  # more commits than this between two versions: comparing rows is no dearer
 # A data file holding CIDs spelled other than the two standard ways (``pinfs.data.cids``: ``B…``, ``z…``, a
 # mixed case) says so in its name, and lists them in its footer under ALIASES_KEY as {key: text}: the
 # log is the one index readers load, and delta-rs keeps no field of ours in it but the path, so a
@@ -88,12 +101,19 @@ TABLE_PROPERTIES: dict[str, str] = {
 # went in, but whose exports failed, is run again once the disk has room).
 RECENT_COMMITS = 32
 REQUEST_KEY = "request"
+COMMIT_TOKEN_KEY = "commit"  # a random token in each commit's info: which log entry is this process's
 
 
 def insert_rows() -> int:
     """Rows the insert file may hold before it is merged into the range files: as many as one range
     file (``file_rows()``), so a pin of a new CID never rewrites more than a range file's worth."""
     return file_rows()
+
+
+def small_insert_rows() -> int:
+    """Rows the small insert file may hold: a write that would leave more makes it a bulk file, so a
+    pin of a new CID rewrites at most this many rows (one row group at the default ``file_rows()``)."""
+    return max(8, file_rows() // 8)
 
 
 def file_rows() -> int:
@@ -128,6 +148,11 @@ class DataFile:
     def is_insert(self) -> bool:
         """Whether this is an insert file (see INSERT_FILE_PREFIX), not a data file of a CID range."""
         return self.path.startswith(INSERT_FILE_PREFIX)
+
+    @property
+    def is_bulk(self) -> bool:
+        """Whether this is a bulk insert file (see BULK_FILE_PREFIX), not the small one."""
+        return self.path.startswith(BULK_FILE_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -167,6 +192,17 @@ class TableState:
         made before it (which takes new CIDs into the files of their ranges, as it always did)."""
         return [data_file for data_file in self.files if data_file.is_insert]
 
+    @property
+    def small_insert_files(self) -> list[DataFile]:
+        """The small insert file (one; none in a table made before it), which every write of a new CID
+        removes."""
+        return [data_file for data_file in self.files if data_file.is_insert and not data_file.is_bulk]
+
+    @property
+    def bulk_files(self) -> list[DataFile]:
+        """The bulk insert files, merged into the ranges in the background."""
+        return [data_file for data_file in self.files if data_file.is_bulk]
+
 
 def _deltalake() -> Any:
     import deltalake  # imported when first needed: the mount must be ready before it pays for it
@@ -195,6 +231,21 @@ class DeltaPins:
         """Whether commit ``version`` exists (one ``stat``): how a reader learns that its version is
         no longer the newest without loading the log."""
         return (self.log_dir / f"{version:020d}.json").is_file()
+
+    def records_unchanged_between(self, old: int, new: int) -> bool:
+        """Whether every commit after version ``old`` up to ``new`` only moved rows between files (its
+        commit info names an operation of ``_RECORDS_KEPT``). False when one cannot be read (cleaned up
+        after a checkpoint, another writer's commit): then the caller compares the rows."""
+        if new - old > MAX_LOG_ENTRIES_READ:
+            return False
+        for version in range(old + 1, new + 1):
+            try:
+                entry = (self.log_dir / f"{version:020d}.json").read_bytes()
+            except (OSError, PinfsError):
+                return False
+            if _operation_of(entry) not in _RECORDS_KEPT:
+                return False
+        return True
 
     def log_stamp(self) -> tuple[int, int, int]:
         """The log directory's identity and modification time: changes with every commit and clean-up,
@@ -266,15 +317,15 @@ class DeltaPins:
 
     # -- writing data files --
 
-    def write_file(self, table: pa.Table, *, insert: bool = False) -> DataFile:
-        """Write ``table`` (sorted by CID, in the store's schema) as a new data file, or as the insert
-        file, durably. It is part of no version until a commit adds it."""
+    def write_file(self, table: pa.Table, *, insert: bool = False, bulk: bool = False) -> DataFile:
+        """Write ``table`` (sorted by CID, in the store's schema) as a new data file, or as the (small or
+        bulk) insert file, durably. It is part of no version until a commit adds it."""
         from pinfs.data.cids import aliases_of
         from pinfs.data.tables import write_parquet
 
         self._ensure_directory()
         aliases = aliases_of(table.column("cid"))
-        prefix = INSERT_FILE_PREFIX if insert else DATA_FILE_PREFIX
+        prefix = BULK_FILE_PREFIX if bulk else INSERT_FILE_PREFIX if insert else DATA_FILE_PREFIX
         name = f"{prefix}{secrets.token_hex(16)}" + (ALIASED_SUFFIX if aliases else ".parquet")
         metadata = {ALIASES_KEY: json.dumps(aliases, sort_keys=True)} if aliases else None
         path = self.directory / name
@@ -340,28 +391,49 @@ class DeltaPins:
 
     def commit(
         self, base: TableState, removed: Sequence[DataFile], added: Sequence[DataFile], info: dict[str, Any]
-    ) -> None:
+    ) -> TableState | None:
         """Commit ``removed`` and ``added`` as one version after ``base``. CommitConflict when another
         writer removed one of ``removed`` first (delta-rs checks that against every commit since
-        ``base``); otherwise delta-rs commits on top of whatever else landed meanwhile."""
+        ``base``); otherwise delta-rs commits on top of whatever else landed meanwhile. Returns the
+        version made when it came right after ``base`` (else None): the caller knows it without loading
+        the log again (``PinStore.remember``)."""
         from deltalake.exceptions import CommitFailedError
         from deltalake.transaction import CommitProperties
 
         now_ms = int(time.time() * 1000)
         actions = [_remove_action(data_file, now_ms) for data_file in removed]
         actions += [_add_action(data_file) for data_file in added]
+        token = secrets.token_hex(8)  # tells this commit's log entry from any other writer's
+        metadata = _commit_info({**info, COMMIT_TOKEN_KEY: token})
         with self._lock, naming(self.log_dir), self._talking():
             try:
                 self._table_at(base.version).create_write_transaction(
                     actions,
                     mode="append",
                     schema=arrow_schema(),
-                    commit_properties=CommitProperties(custom_metadata=_commit_info(info), max_commit_retries=20),
+                    commit_properties=CommitProperties(custom_metadata=metadata, max_commit_retries=20),
                 )
             except CommitFailedError as exc:
                 raise CommitConflict(_one_line(exc)) from None
             finally:
                 self._forget_log()
+            return self._version_made(base, removed, added, token)
+
+    def _version_made(
+        self, base: TableState, removed: Sequence[DataFile], added: Sequence[DataFile], token: str
+    ) -> TableState | None:
+        """The version right after ``base``, if it is the commit of ``token`` (one read of its log entry):
+        ``base``'s files less ``removed``, with ``added``."""
+        version = base.version + 1
+        try:
+            if token.encode() not in (self.log_dir / f"{version:020d}.json").read_bytes():
+                return None
+            identity = TableVersion(base.identity.location, base.identity.table_id, version, self._commit_time(version))
+        except (OSError, PinfsError):
+            return None
+        gone = {data_file.path for data_file in removed}
+        files = [data_file for data_file in base.files if data_file.path not in gone] + list(added)
+        return TableState(identity, _in_cid_order(files))
 
     def _birth(self) -> tuple[object, ...]:
         """What tells this table from one deleted and made again at the same place: the log directory's
@@ -385,6 +457,8 @@ class DeltaPins:
         """A ``DeltaTable`` loaded at ``version``: the cached one when it is there (the usual case: the
         writer loaded the newest version just before), so a commit does not load the log again."""
         cached = self._table is not None and self._birth() == self._table_directory
+        if cached and self._table.version() < version:  # behind this process's own last commit
+            self._table.update_incremental()
         if cached and self._table.version() == version:
             return self._table
         return _deltalake().DeltaTable(str(self.directory), version=version, storage_options=self._options())
@@ -467,8 +541,12 @@ def _files_from_actions(actions: pa.Table, directory: Path | S3Path) -> tuple[Da
         if rows and (low is None or high is None):
             raise CorruptData(f"{directory}: the log gives no cid range for {path}")
         files.append(DataFile(str(path), int(size), int(rows), low, high))
-    files.sort(key=lambda data_file: (data_file.min_cid is not None, data_file.min_cid or ""))
-    return tuple(files)
+    return _in_cid_order(files)
+
+
+def _in_cid_order(files: Sequence[DataFile]) -> tuple[DataFile, ...]:
+    """``files`` in the order of ``TableState.files``: by first CID, empty files first."""
+    return tuple(sorted(files, key=lambda data_file: (data_file.min_cid is not None, data_file.min_cid or "")))
 
 
 def _add_action(data_file: DataFile) -> Any:
@@ -484,6 +562,20 @@ def _remove_action(data_file: DataFile, now_ms: int) -> Any:
     from deltalake.transaction import RemoveAction
 
     return RemoveAction(data_file.path, True, now_ms, data_file.size)
+
+
+def _operation_of(entry: bytes) -> str | None:
+    """The pinfs operation a commit's log entry names in its commit info (``_commit_info``), if any."""
+    for line in entry.splitlines():
+        if b'"commitInfo"' not in line:
+            continue
+        try:
+            info = json.loads(line).get("commitInfo")
+        except ValueError:
+            return None
+        operation = info.get("pinfs.operation") if isinstance(info, dict) else None
+        return operation if isinstance(operation, str) else None
+    return None
 
 
 def _commit_info(info: dict[str, Any]) -> dict[str, str]:

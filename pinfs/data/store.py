@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,6 +39,7 @@ from pinfs.data.datafiles import (
     compact,
     file_table,
     layout_is_sound,
+    merged_sources,
     patched,
     plan_merge,
     plan_update,
@@ -46,7 +48,17 @@ from pinfs.data.datafiles import (
     write_files,
     write_new_table,
 )
-from pinfs.data.delta import REQUEST_KEY, TABLE_DIR, CommitConflict, DataFile, DeltaPins, TableState, file_rows
+from pinfs.data.delta import (
+    MERGE_OPERATION,
+    RELAYOUT_OPERATION,
+    REQUEST_KEY,
+    TABLE_DIR,
+    CommitConflict,
+    DataFile,
+    DeltaPins,
+    TableState,
+    file_rows,
+)
 from pinfs.data.fsutil import backend_lock
 from pinfs.data.legacy import read_legacy_pins
 from pinfs.data.legacy_files import find_legacy_source
@@ -160,6 +172,8 @@ class Transaction:
     def _aliases(self) -> Mapping[str, str]:
         state = self.state()
         if state is not None:
+            if not any(data_file.aliased for data_file in state.files):
+                return {}  # no file says it holds another spelling: no snapshot to build for that
             return table_snapshot(state, self.store.cache).aliases()
         return aliases_of(self.current().column("cid"))
 
@@ -212,7 +226,7 @@ class Transaction:
                 self.store.table.discard(plan.added)
                 raise
             try:
-                self.store.table.commit(state, plan.removed, plan.added, info)
+                self._commit(state, plan.removed, plan.added, info)
             except CommitConflict:
                 self.store.table.discard(plan.added)
                 state = self._rebase(cids, base)
@@ -231,7 +245,7 @@ class Transaction:
             if state is None:
                 self.store.table.create(added, {"operation": "create"})
             else:
-                self.store.table.commit(state, state.files, added, {"operation": "replace"})
+                self._commit(state, state.files, added, {"operation": "replace"})
         except CommitConflict:
             self.store.table.discard(added)
             raise ConcurrentChange(
@@ -271,27 +285,45 @@ class Transaction:
         check_kept_files(self.store, state, removed)
         added = write_files(self.store.table, [part for part in parts if isinstance(part, pa.Table)])
         try:
-            self.store.table.commit(state, removed, added, {"operation": "relayout"})
+            self._commit(state, removed, added, {"operation": RELAYOUT_OPERATION})
         except CommitConflict:
             self.store.table.discard(added)
             raise ConcurrentChange(f"backend {self.store.backend.name!r} changed while being laid out again") from None
         self._committed(state.count)
         return len(removed)
 
-    def merge_inserts(self, max_files: int | None = None) -> int:
-        """Move the insert file's rows into the range files of their ranges, at most ``max_files`` of
-        them (all when None), in one commit (``pinfs.data.delta``); returns how many rows moved (0:
-        nothing to do, nothing committed). ConcurrentChange when another writer changed those files."""
+    def merge_inserts(
+        self,
+        max_files: int | None = None,
+        *,
+        include_small: bool = False,
+        committing: Callable[[], AbstractContextManager[object]] | None = None,
+    ) -> int:
+        """Move the bulk insert files' rows (and with ``include_small`` the small insert file's) into the
+        range files of their ranges, at most ``max_files`` of them (all when None), in one commit
+        (``pinfs.data.delta``); returns how many rows moved (0: nothing to do, nothing committed).
+        ConcurrentChange when another writer changed those files. ``committing``, when given, is held
+        around the commit only (``PinStore.merge_inserts``)."""
         state = self.state()
-        if state is None or not any(data_file.rows for data_file in state.insert_files):
+        sources = [] if state is None else merged_sources(state, include_small=include_small)
+        if state is None or not any(data_file.rows for data_file in sources):
             return 0
-        plan = plan_merge(self.store, state, max_files)
-        before = sum(data_file.rows for data_file in state.insert_files)
+        plan = plan_merge(self.store, state, max_files, include_small=include_small)
+        before = sum(data_file.rows for data_file in sources)
         moved = before - sum(data_file.rows for data_file in plan.added if data_file.is_insert)
+        info = {"operation": MERGE_OPERATION, "pins": moved}
         try:
-            check_kept_files(self.store, state, plan.removed)
-            self.store.table.commit(state, plan.removed, plan.added, {"operation": "merge inserts", "pins": moved})
-        except CommitConflict:
+            for _attempt in range(COMMIT_ATTEMPTS):
+                try:
+                    with committing() if committing is not None else contextlib.nullcontext():
+                        check_kept_files(self.store, state, plan.removed)
+                        self._commit(state, plan.removed, plan.added, info)
+                    break
+                except CommitConflict:
+                    state = self._rebase_files(plan.removed)
+            else:
+                raise CommitConflict("the table kept changing")
+        except (CommitConflict, ConcurrentChange):
             self.store.table.discard(plan.added)
             raise ConcurrentChange(
                 f"backend {self.store.backend.name!r} changed while its inserts were merged"
@@ -360,6 +392,23 @@ class Transaction:
         self._looked_up.clear()
         return state
 
+    def _commit(
+        self, state: TableState, removed: Sequence[DataFile], added: Sequence[DataFile], info: dict[str, object]
+    ) -> None:
+        """Commit on top of ``state`` (``DeltaPins.commit``); the version made is kept as the newest."""
+        made = self.store.table.commit(state, removed, added, info)
+        if made is not None:
+            self.store.remember(made)
+
+    def _rebase_files(self, files: Sequence[DataFile]) -> TableState:
+        """The newest version, if it still has all of ``files`` (a commit that removes them and adds files
+        made from them alone, as a merge does, is as good on it); else ConcurrentChange."""
+        state = self.store.table_state(reload=True)
+        assert state is not None
+        if not {data_file.path for data_file in files} <= {data_file.path for data_file in state.files}:
+            raise ConcurrentChange(f"backend {self.store.backend.name!r}: another writer changed the same files")
+        return state
+
     def _committed(self, count: int) -> int:
         self.changed = True
         self._loaded = False  # the next read sees the version just committed (and any newer)
@@ -412,6 +461,14 @@ class PinStore:
         self.cache.versions[str(table.directory)] = (state, stamp)
         return state
 
+    def remember(self, state: TableState) -> None:
+        """Keep ``state``, a version this process has just committed, as the newest one unless a newer
+        one exists already, as ``table_state`` would after loading the log (which it then need not)."""
+        table = self.table
+        stamp = table.log_stamp()
+        if not table.has_version(state.version + 1):
+            self.cache.versions[str(table.directory)] = (state, stamp)
+
     def snapshot(self) -> PinSnapshot:
         """The current version: the table, else an old-form parquet, else the legacy pins.json, else an
         empty snapshot. Raises CorruptData when what should be read cannot be."""
@@ -442,13 +499,27 @@ class PinStore:
     @contextlib.contextmanager
     def transaction(self, *, lock_timeout: float | None = None) -> Iterator[Transaction]:
         """A read-modify-write of this backend (see ``Transaction``), with local writers serialized."""
+        self._check_writable()
+        with backend_lock(self.backend.directory, timeout=lock_timeout):
+            yield Transaction(self)
+
+    def _check_writable(self) -> None:
         directory = self.backend.directory
         if isinstance(directory, S3Path):
             require_writable(directory)  # a store that ignores conditional puts could lose commits
         elif not directory.is_dir():
             raise NotFound(f"backend {self.backend.name!r} has no directory {directory}")
-        with backend_lock(directory, timeout=lock_timeout):
-            yield Transaction(self)
+
+    def merge_inserts(self, max_files: int | None = None, *, include_small: bool = False) -> int:
+        """One step of moving insert files into the range files (``Transaction.merge_inserts``), read
+        and written without the backend's lock and committed under it: the seconds of rewriting never
+        hold up a pin, which then waits at most for one commit. ConcurrentChange when a writer removed
+        one of its files first (a change to a pin in a bulk file, or with ``include_small`` any pin of
+        a new CID): the caller tries again, or takes the lock for the whole step (``pinfs.ops.maintain``)."""
+        self._check_writable()
+        return Transaction(self).merge_inserts(
+            max_files, include_small=include_small, committing=lambda: backend_lock(self.backend.directory)
+        )
 
     def write(self, body: Callable[[Transaction], T], *, attempts: int = COMMIT_ATTEMPTS) -> T:
         """Run ``body`` in a transaction; when another writer changed the same pins meanwhile

@@ -216,6 +216,41 @@ def first_duplicate_cid(table: pa.Table) -> str | None:
     return repeated[0]["values"].as_py() if len(repeated) else None
 
 
+def settle_pandas_probe() -> None:
+    """Make pyarrow's "is this a pandas object?" probe answer no without importing pandas, once per
+    process, before anything converts a Python value (``pa.array``, ``pa.scalar``, a compute call
+    with a Python argument). pyarrow imports pandas at its first such conversion only to ask that;
+    pinfs never hands it a pandas object, and the import costs ~0.45 s and ~40 MB: at every CLI
+    command, and before a mount answers. The probe is made while ``import pandas`` fails; pyarrow
+    still imports pandas later if anything really converts to or from pandas."""
+    global _PANDAS_PROBE_SETTLED
+    if _PANDAS_PROBE_SETTLED:
+        return
+    import sys
+
+    sys.meta_path.insert(0, _NO_PANDAS)
+    try:
+        # An untyped array: the conversion that records "no pandas" for good (pyarrow 26; a typed one,
+        # or pa.scalar, asks again at the next conversion, and imports pandas then).
+        pa.array([1])
+    finally:
+        sys.meta_path.remove(_NO_PANDAS)
+    _PANDAS_PROBE_SETTLED = True
+
+
+class _NoPandasFinder:
+    """An import finder under which ``import pandas`` fails (``settle_pandas_probe``)."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas":
+            raise ImportError("pandas is not imported by pinfs")
+
+
+_NO_PANDAS = _NoPandasFinder()
+_PANDAS_PROBE_SETTLED = False
+
+
 def empty_table() -> pa.Table:
     return arrow_schema().empty_table()
 

@@ -327,13 +327,14 @@ class PinfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF if isinstance(handle, ControlHandle) else errno.EROFS)
         session = handle.session
         written = session.accept(off, buf)
+        start = session.checked.upto
         try:
-            checked = await self._blocking(self.controls.check_partial, session.key, written, session.checked)
+            checked = await self._blocking(self.controls.check_partial, session.key, written, start)
         except InvalidInput as exc:
             session.reject()
             log.info("rejected input for %s: %s", "/".join(handle.node.path), exc)
             raise
-        session.checked_up_to(checked)
+        session.checked_up_to(start, checked)
         return len(buf)
 
     @answer_errors
@@ -355,9 +356,9 @@ class PinfsOperations(pyfuse3.Operations):
     async def _run_command(self, handle: ControlHandle, session: ControlSession) -> None:
         """Validate what was written and run it (on a command thread). Raises InvalidInput, Busy, or
         FUSEError(EIO) when the command failed (its error is in the file's JSON)."""
-        data = session.take()
+        data, checked = session.take()
         try:
-            prepared = await self._blocking(self.controls.parse, session.key, data)
+            prepared = await self._blocking(self.controls.parse, session.key, data, checked)
         except InvalidInput as exc:
             log.info("rejected input for %s: %s", "/".join(handle.node.path), exc)
             raise

@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +167,20 @@ class LinesCommand:
         return self.declaration.parse_lines(text)
 
     def parse(
-        self, root: Path, backend: str | None, data: bytes, defer_car: Callable[[Backend], None] | None = None
+        self,
+        root: Path,
+        backend: str | None,
+        data: bytes,
+        defer_car: Callable[[Backend], None] | None = None,
+        checked: Checked | None = None,
     ) -> Prepared:
+        """Validate ``data`` and bind it to the operation; the lines of ``checked`` (parsed as they were
+        written) are not parsed again. Raises InvalidInput (nothing has run)."""
         if backend is None:
             raise InvalidInput(f"{self.name} acts on one backend: use backends/<name>/.control/{self.name}")
-        items = self.parse_lines(decode_input(data, multiline=True))
+        decode_input(data, multiline=True)  # the whole input's limits
+        done = checked if checked is not None and checked.upto <= len(data) else Checked()
+        items = [*done.items, *self.parse_lines(data[done.upto :].decode("utf-8"))]
         if not items:
             raise InvalidInput(f"{self.name}: no lines given")
         function = self.declaration.function
@@ -181,11 +190,20 @@ class LinesCommand:
             lambda: function(root, backend, items, defer_car=defer_car),
         )
 
-    def check_lines(self, data: bytes) -> None:
-        """Validate complete lines as they arrive, so a bad one fails the write that brought it."""
+    def check_lines(self, data: bytes) -> list[Any]:
+        """Validate complete lines as they arrive, so a bad one fails the write that brought it; returns
+        what they parse to, which the close then need not parse again."""
         text = decode_input(data, multiline=True)
-        if text.strip():
-            self.parse_lines(text)
+        return self.parse_lines(text) if text.strip() else []
+
+
+@dataclass
+class Checked:
+    """What the writes to one open control file have validated so far: its first ``upto`` bytes (whole
+    lines), parsed to ``items`` (a lines command's; none for a one-line command)."""
+
+    upto: int = 0
+    items: list[Any] = field(default_factory=list)
 
 
 ControlCommand = WordsCommand | LinesCommand
@@ -317,13 +335,13 @@ class ControlRegistry:
                 found = self._files[key] = ControlFile(COMMANDS[name], backend)
             return found
 
-    def parse(self, key: tuple[str | None, str], data: bytes) -> Prepared:
-        """Validate written bytes for the control file ``key``. Raises InvalidInput, recorded as the
-        file's state (``rejected``) and logged."""
+    def parse(self, key: tuple[str | None, str], data: bytes, checked: Checked | None = None) -> Prepared:
+        """Validate written bytes for the control file ``key`` (``checked``: what ``check_partial`` found
+        of them). Raises InvalidInput, recorded as the file's state (``rejected``) and logged."""
         command = COMMANDS[key[1]]
         with self._recording_rejection(key):
             if isinstance(command, LinesCommand):
-                return command.parse(self.root, key[0], data, self.defer_car)
+                return command.parse(self.root, key[0], data, self.defer_car, checked)
             return command.parse(self.root, key[0], data)
 
     @contextlib.contextmanager
@@ -336,14 +354,15 @@ class ControlRegistry:
             log.warning("%s.control/%s: rejected: %s", f"{where}/" if where else "", key[1], exc)
             raise
 
-    def check_partial(self, key: tuple[str | None, str], data: bytes, checked: int) -> int:
+    def check_partial(self, key: tuple[str | None, str], data: bytes, checked: int) -> Checked:
         """Validate what has arrived so far: size, UTF-8 and every complete line after byte ``checked``
-        (those before it were checked by an earlier write). Returns the new ``checked``. Raises
-        InvalidInput. A line still incomplete is checked by the next write or by ``parse``."""
+        (those before it were checked by an earlier write). Returns how far it is now checked, and what
+        the lines after ``checked`` parse to. Raises InvalidInput. A line still incomplete is checked by
+        the next write or by ``parse``."""
         with self._recording_rejection(key):
             return self._check_partial(key, data, checked)
 
-    def _check_partial(self, key: tuple[str | None, str], data: bytes, checked: int) -> int:
+    def _check_partial(self, key: tuple[str | None, str], data: bytes, checked: int) -> Checked:
         command = COMMANDS[key[1]]
         complete = data.rfind(b"\n") + 1
         if isinstance(command, LinesCommand):
@@ -351,12 +370,11 @@ class ControlRegistry:
                 raise InvalidInput(f"input is more than {MAX_BATCH_BYTES} bytes")
             if len(data) - complete > MAX_LINE_BYTES:
                 raise InvalidInput(f"a line is longer than {MAX_LINE_BYTES} bytes")
-            if complete > checked:
-                command.check_lines(data[checked:complete])
-            return max(complete, checked)
+            items = command.check_lines(data[checked:complete]) if complete > checked else []
+            return Checked(max(complete, checked), items)
         if complete or len(data) > MAX_LINE_BYTES:
             command.parse(self.root, key[0], data)
-        return complete
+        return Checked(complete)
 
 
 # -- what one open control file has been written --
@@ -379,7 +397,7 @@ class ControlSession:
         self.opener_pid = opener_pid
         self.append = append  # opened with O_APPEND ('>>', 'tee -a'): writes come at the file's size, not 0
         self.buffer = bytearray()
-        self.checked = 0  # bytes of ``buffer`` already validated line by line
+        self.checked = Checked()  # how much of ``buffer`` is validated line by line, and parsed to what
         self.wrote = False  # something was written that has not run yet: the last close runs it
         self.rejected = False  # a write failed validation: nothing runs from this open file
         self.ran = False  # the command of this open file has run: it takes no more input
@@ -409,18 +427,24 @@ class ControlSession:
         self.position = offset + len(data)
         return bytes(self.buffer)
 
-    def checked_up_to(self, checked: int) -> None:
-        """What was written up to now is valid as far as ``checked`` (``ControlRegistry.check_partial``)."""
-        self.checked, self.wrote = checked, True
+    def checked_up_to(self, start: int, checked: Checked) -> None:
+        """What was written up to now is valid as far as ``checked.upto``, checked from byte ``start``
+        (``ControlRegistry.check_partial``). Its parsed lines are kept when they continue what was kept
+        (writes of one open file may be checked side by side): else the close parses them again."""
+        if start == self.checked.upto:
+            self.checked.upto = checked.upto
+            self.checked.items.extend(checked.items)
+        self.wrote = True
 
     def reject(self) -> None:
         self.rejected = True
 
-    def take(self) -> bytes:
-        """Everything written, to run now: this open file takes no more input."""
-        data = bytes(self.buffer)
-        self.buffer, self.checked, self.wrote, self.ran = bytearray(), 0, False, True
-        return data
+    def take(self) -> tuple[bytes, Checked]:
+        """Everything written, to run now, and what its writes checked of it: this open file takes no
+        more input."""
+        data, checked = bytes(self.buffer), self.checked
+        self.buffer, self.checked, self.wrote, self.ran = bytearray(), Checked(), False, True
+        return data, checked
 
     def held_elsewhere(self, path: str) -> bool:
         """Whether another process still holds this open file of the control file at ``path``

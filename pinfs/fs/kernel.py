@@ -39,7 +39,7 @@ import trio
 from pyfuse3 import FileNameT, InodeT
 
 from pinfs.data.backends import backends_dir
-from pinfs.data.cids import standard_forms
+from pinfs.data.cids import has_other_standard_form, standard_forms
 from pinfs.data.delta import LOG_DIR, TABLE_DIR
 from pinfs.data.rootfs import S3Path
 from pinfs.data.schema import STATUSES
@@ -142,7 +142,12 @@ async def plan_for(inodes: InodeTable, changes: Sequence[Change]) -> Plan:
         if change.cids is None:
             await _plan_everything(inodes, plan, change.backend)
             continue
+        listed = [(*base, BY_CID), *((*base, BY_STATUS, status) for status in STATUSES), (CIDS_DIR,)]
         for count, cid in enumerate(_spellings(change.cids, inodes), 1):
+            if count % CHECKPOINT_EVERY == 0:
+                await trio.lowlevel.checkpoint()
+            if not inodes.may_name(cid, listed):  # a new pin, or one nobody looked at: nothing held
+                continue
             entry((*base, BY_CID), cid)
             if inodes.held((*base, BY_CID, cid)) is not None:  # else the kernel holds nothing below it
                 inode((*base, BY_CID, cid))
@@ -152,8 +157,6 @@ async def plan_for(inodes: InodeTable, changes: Sequence[Change]) -> Plan:
                 entry((*base, BY_STATUS, status), cid)
             entry((CIDS_DIR, cid), change.backend)
             entry((CIDS_DIR,), cid)
-            if count % CHECKPOINT_EVERY == 0:
-                await trio.lowlevel.checkpoint()
     if changes:
         for name in REPORT_FILES:
             inode((name,))
@@ -165,12 +168,15 @@ def _spellings(cids: Collection[str], inodes: InodeTable) -> Iterator[str]:
     spelling the kernel holds names in (``B…``, ``z…``…): each shows the same record (issue #16)."""
     for cid in cids:
         yield cid
-        try:
-            forms = standard_forms(cid)
-        except InvalidInput:
-            continue
-        yield from (form for form in forms if form != cid)
-        yield from (alias for alias in inodes.aliases(forms[-1]) if alias != cid)  # forms[-1]: the cid_key
+        key = cid  # a base32 CIDv1 without a CIDv0 (most): its own key, no decoding
+        if has_other_standard_form(cid):
+            try:
+                forms = standard_forms(cid)
+            except InvalidInput:
+                continue
+            yield from (form for form in forms if form != cid)
+            key = forms[-1]  # the cid_key
+        yield from (alias for alias in inodes.aliases(key) if alias != cid)
 
 
 async def _plan_everything(inodes: InodeTable, plan: Plan, backend: str) -> None:

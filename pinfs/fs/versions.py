@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 from pinfs.data.backends import Backend, discover_backends
 from pinfs.data.cids import cid_key
 from pinfs.data.datafiles import whole_file
-from pinfs.data.delta import DataFile, TableState, TableVersion
+from pinfs.data.delta import DataFile, DeltaPins, TableState, TableVersion
 from pinfs.data.rootfs import S3Path, as_location
 from pinfs.data.snapshots import StoreCache
 from pinfs.data.store import PinStore
@@ -230,6 +230,8 @@ def changed_cids(directory: Path | S3Path, cache: StoreCache, old: TableState, n
     rows, a data file that cannot be read): then everything may have changed."""
     if old.identity.table_id != new.identity.table_id or old.identity.location != new.identity.location:
         return None
+    if new.version > old.version and DeltaPins(directory).records_unchanged_between(old.version, new.version):
+        return set()  # only the insert file merged or files split: the same records in other files
     old_paths = {data_file.path for data_file in old.files}
     new_paths = {data_file.path for data_file in new.files}
     removed = [data_file for data_file in old.files if data_file.path not in new_paths]

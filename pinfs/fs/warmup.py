@@ -28,6 +28,7 @@ import trio
 from pinfs.data.backends import discover_backends
 from pinfs.data.rootfs import S3Path, read_cold_files_by_ranges, require_writable
 from pinfs.data.store import PinStore
+from pinfs.data.tables import settle_pandas_probe
 from pinfs.errors import PinfsError
 
 if TYPE_CHECKING:
@@ -45,25 +46,14 @@ S3_WRITES_DELAY_SECONDS = 1.0
 
 def warm_up_arrow() -> None:
     """Before the mount answers: pick the Arrow memory pool (``use_jemalloc``), settle pyarrow's
-    pandas probe, import deltalake and read a parquet file from memory, so that the first CID lookup
-    pays for none of them.
-
-    pyarrow imports pandas the first time it converts a Python value, only to ask whether the value
-    is a pandas object (its ``pandas_api`` shim). The mount never hands it one, and the import cost
-    the mount 0.1-0.35 s before it was ready and ~40 MB of RSS (issue #12 bench). So the probe is made
-    here while ``import pandas`` fails: the shim then answers "not pandas" without importing it, and
-    still imports pandas if anything later really converts to pandas (it retries then). deltalake
-    (~30 ms) was imported by the first lookup, which reads the table's log."""
-    import sys
-
+    pandas probe (``settle_pandas_probe``: importing pandas cost the mount 0.1-0.35 s before it was
+    ready and ~40 MB of RSS, issue #12 bench), import deltalake and read a parquet file from memory, so
+    that the first CID lookup pays for none of them. deltalake (~30 ms) was imported by the first
+    lookup, which reads the table's log."""
     import pyarrow as pa
 
     use_jemalloc()
-    sys.meta_path.insert(0, _NO_PANDAS)
-    try:
-        pa.scalar("", pa.string())
-    finally:
-        sys.meta_path.remove(_NO_PANDAS)
+    settle_pandas_probe()
     import deltalake  # noqa: F401
     import pyarrow.parquet as pq
 
@@ -72,18 +62,6 @@ def warm_up_arrow() -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table({"cid": pa.array([""], pa.string())}), sink)
     pq.ParquetFile(pa.BufferReader(sink.getvalue())).read_row_group(0)
-
-
-class _NoPandasFinder:
-    """An import finder under which ``import pandas`` fails (``warm_up_arrow``)."""
-
-    @staticmethod
-    def find_spec(name: str, path: object = None, target: object = None) -> None:
-        if name == "pandas":
-            raise ImportError("pandas is not imported by the mount")
-
-
-_NO_PANDAS = _NoPandasFinder()
 
 
 def use_jemalloc() -> str:

@@ -39,6 +39,9 @@ MAINTAIN_EVERY = 64
 # and each small enough (4 x 16k rows in and out, with the insert file) for the mount to tell the
 # kernel exactly what changed (nothing: ``pinfs.fs.versions.DIFF_ROWS``) instead of everything.
 MERGE_FILES_PER_COMMIT = 4
+# A step of the merge is made without the backend's lock and committed under it; a change to a pin in
+# one of the files it rewrites makes it conflict. After this many in a row, the step holds the lock.
+MERGE_TRIES_UNLOCKED = 3
 
 
 @dataclass
@@ -95,9 +98,10 @@ def maintain_backend(
 
 
 def merge_inserts(backend: Backend, *, due_only: bool = True) -> int:
-    """Move the rows of ``backend``'s insert file into the range files (``pinfs.data.delta``), a few files
-    per commit (``MERGE_FILES_PER_COMMIT``); with ``due_only``, only once it holds ``insert_rows()``
-    rows. Returns how many rows moved. ConcurrentChange when writers kept changing the same files."""
+    """Move the rows of ``backend``'s insert files into the range files (``pinfs.data.delta``), a few
+    files per commit (``MERGE_FILES_PER_COMMIT``); with ``due_only``, only the bulk files and only once
+    the insert files hold ``insert_rows()`` rows, else all of them. Returns how many rows moved.
+    ConcurrentChange when writers kept changing the same files."""
     store = PinStore(backend)
     state = store.table_state()
     if state is None:
@@ -107,11 +111,23 @@ def merge_inserts(backend: Backend, *, due_only: bool = True) -> int:
         return 0
     moved = 0
     for _step in range(len(state.range_files) // MERGE_FILES_PER_COMMIT + 2):  # bounded: writers go on
-        step = store.write(lambda txn: txn.merge_inserts(MERGE_FILES_PER_COMMIT))
+        step = _merge_step(store, include_small=not due_only)
         if not step:
             break
         moved += step
     return moved
+
+
+def _merge_step(store: PinStore, *, include_small: bool) -> int:
+    """One commit of the merge, made without holding up writers (``PinStore.merge_inserts``); after
+    ``MERGE_TRIES_UNLOCKED`` conflicts in a row (pins of new CIDs coming faster than a step takes),
+    with the lock held throughout, so that the insert file stops growing however busy the backend is."""
+    for _try in range(MERGE_TRIES_UNLOCKED):
+        try:
+            return store.merge_inserts(MERGE_FILES_PER_COMMIT, include_small=include_small)
+        except ConcurrentChange:
+            continue
+    return store.write(lambda txn: txn.merge_inserts(MERGE_FILES_PER_COMMIT, include_small=include_small))
 
 
 def merge_inserts_if_due(backend: Backend) -> None:
