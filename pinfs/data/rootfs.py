@@ -289,11 +289,14 @@ class S3Path:
 
         uri = str(self)
         found = _remembered("list", uri)
-        if isinstance(found, list) and found:
+        if (isinstance(found, list) and found) or _remembered("folder", uri):
             return True
         with reading(uri):
             kind = s3_filesystem().get_file_info(self.arrow_path).type
-        return kind == pafs.FileType.Directory or (kind == pafs.FileType.File and bool(self._listing()))
+        there = kind == pafs.FileType.Directory or (kind == pafs.FileType.File and bool(self._listing()))
+        if there:  # a backend's folder is asked for at every pin: kept as long as other metadata
+            _remember("folder", uri, True)
+        return there
 
     def _listing(self) -> list[tuple[str, bool]]:
         """(name, is_folder) of what is directly under this prefix."""
