@@ -615,3 +615,48 @@ def test_a_mount_on_a_store_that_ignores_conditional_puts_answers_reads_and_refu
         assert [key for key in keys(seaweed, prefix) if not key.startswith(".pinfs-probes/")] == before
     finally:
         force_unmount(mountpoint, process)
+
+
+@pytest.mark.parametrize("how", ["read_bytes", "local_copy"])
+def test_an_object_replaced_while_it_is_read_comes_out_as_one_version(
+    seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """An export is replaced in place by other hosts. pyarrow's reader asks for the object's size, then
+    reads ranges: one replaced in between came out cut (a CAR whose last section ran past its end, in
+    the SIGKILL loop). A read gives exactly one version, whole."""
+    prefix = uuid.uuid4().hex
+    _use_host(monkeypatch, host(seaweed, prefix))
+    key = "backends/b1/pin_mappings.car"
+    old, new = b"old version " * 1000, b"the new, longer version " * 1000
+    put(seaweed, prefix, key, old)
+    path = rootfs.S3Path(BUCKET, f"{prefix}/{key}")
+    filesystem = rootfs.s3_filesystem()
+    opened_once = threading.Event()
+
+    class ReplacedAfterTheFirstOpen:
+        """The store as pinfs sees it, with the object replaced right after the first look at it."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(filesystem, name)
+
+        def open_input_file(self, where: str) -> pa.NativeFile:
+            return self._replaced_after(filesystem.open_input_file(where))
+
+        def open_input_stream(self, where: str) -> pa.NativeFile:
+            opened = filesystem.open_input_stream(where)  # it asks for the size as it opens
+            if not opened_once.is_set():
+                opened_once.set()
+                put(seaweed, prefix, key, new)
+            return opened
+
+        def _replaced_after(self, opened: pa.NativeFile) -> pa.NativeFile:
+            if not opened_once.is_set():
+                opened.size()  # the reader has asked for the object's size
+                opened_once.set()
+                put(seaweed, prefix, key, new)
+            return opened
+
+    monkeypatch.setattr(rootfs, "s3_filesystem", ReplacedAfterTheFirstOpen)
+    read = path.read_bytes() if how == "read_bytes" else rootfs.local_copy(path).read_bytes()
+    assert opened_once.is_set()
+    assert read in (old, new)

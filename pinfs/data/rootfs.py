@@ -42,17 +42,18 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import io
 import logging
 import os
 import stat as stat_module
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pinfs.data.readcache import added, disk_cache_limit, objects_dir, use
 from pinfs.data.s3client import (
@@ -258,7 +259,7 @@ class S3Path:
         info = S3Stat(
             int(answer["Content-Length"]),
             int(datetime.fromisoformat(answer["Last-Modified"].decode()).timestamp() * 1e9),
-            answer.get("ETag", b"").decode().strip('"'),
+            _etag_of(answer),
         )
         _remember("stat", uri, info)
         return info
@@ -335,8 +336,12 @@ class S3Path:
     # -- content --
 
     def read_bytes(self) -> bytes:
-        with reading(str(self)), s3_filesystem().open_input_stream(self.arrow_path) as stream:
-            return stream.read()
+        if never_rewritten(self):
+            with reading(str(self)), s3_filesystem().open_input_stream(self.arrow_path) as stream:
+                return stream.read()
+        out = io.BytesIO()  # an export or a config, replaced in place: exactly one version of it
+        _read_one_version(self, out)
+        return out.getvalue()
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
@@ -410,21 +415,57 @@ def local_copy(path: Path | S3Path, etag: str | None = None) -> Path:
     in the read cache named by its ETag (downloaded once; later calls reuse it)."""
     if not isinstance(path, S3Path):
         return path
-    target = _copy_of(path, etag or path.stat().etag)
-    if use(target):  # there, and now safe from a prune for readcache.FRESH_SECONDS: time to open it
-        return target
-    _download(path, target)
-    return target
+    for attempt in range(3):
+        version = etag if etag and attempt == 0 else path.stat().etag
+        target = _copy_of(path, version)
+        if use(target):  # there, and now safe from a prune for readcache.FRESH_SECONDS: time to open it
+            return target
+        try:
+            _download(path, target, version)
+            return target
+        except PreconditionFailed:  # replaced since it was looked at: the copy of the version there now
+            forget_metadata(path)
+    raise PreconditionFailed(f"{path}: replaced again and again while being read")
 
 
-def _download(path: S3Path, target: Path) -> None:
-    """Put ``path``'s bytes at ``target`` in the read cache (through a temporary name)."""
+def _read_one_version(path: S3Path, out: BinaryIO, etag: str | None = None) -> None:
+    """Write the bytes of exactly one version of ``path`` (of ``etag`` when given: PreconditionFailed when
+    another is there) to ``out``, from its start. pyarrow's reader makes a HEAD and then ranged GETs, so
+    an object replaced in between would come out cut or mixed: its ETag is asked again after the read,
+    and the read is made again when it changed."""
+    for _attempt in range(3):
+        out.seek(0)
+        out.truncate()
+        with reading(str(path)), s3_filesystem().open_input_file(path.arrow_path) as opened:
+            seen = _etag_of(opened.metadata())
+            if etag is not None and seen != etag:
+                raise PreconditionFailed(f"{path}: changed by another writer meanwhile")
+            size = opened.size()
+            while chunk := opened.read(_CHUNK_BYTES):
+                out.write(chunk)
+        with reading(str(path)), s3_filesystem().open_input_file(path.arrow_path) as opened:  # a HEAD
+            if out.tell() == size and _etag_of(opened.metadata()) == seen:
+                return
+    raise PreconditionFailed(f"{path}: replaced again and again while being read")
+
+
+def _etag_of(metadata: Mapping[str, bytes]) -> str:
+    return metadata.get("ETag", b"").decode().strip('"')
+
+
+def _download(path: S3Path, target: Path, etag: str | None = None) -> None:
+    """Put ``path``'s bytes at ``target`` in the read cache (through a temporary name): of version
+    ``etag`` for an object replaced in place (``_read_one_version``)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}")
     try:
-        with reading(str(path)), s3_filesystem().open_input_stream(path.arrow_path) as stream, open(temp, "wb") as out:
-            while chunk := stream.read(_CHUNK_BYTES):  # pyarrow reads without the GIL
-                out.write(chunk)
+        with open(temp, "w+b") as out:
+            if never_rewritten(path):
+                with reading(str(path)), s3_filesystem().open_input_stream(path.arrow_path) as stream:
+                    while chunk := stream.read(_CHUNK_BYTES):  # pyarrow reads without the GIL
+                        out.write(chunk)
+            else:
+                _read_one_version(path, out, etag)
         os.replace(temp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
