@@ -479,10 +479,15 @@ OPENED_REMEMBERED = 100_000
 
 
 def never_rewritten(path: S3Path) -> bool:
-    """Whether ``path`` is a parquet file of a Delta table (a data or insert file): written once under a
-    new name, never replaced (``pinfs.data.delta``), so that reading it by ranges cannot mix versions."""
+    """Whether ``path`` is a parquet file of a Delta table (a data or insert file, a checkpoint) or one of
+    its commits (``_delta_log/<version>.json``, put only if absent): written once under a name of its own,
+    never replaced (``pinfs.data.delta``), so that reading it by ranges cannot mix versions."""
     parts = PurePosixPath(path.key).parts
-    return path.suffix == ".parquet" and any(part.endswith(".delta") for part in parts[:-1])
+    if not any(part.endswith(".delta") for part in parts[:-1]):
+        return False
+    name = parts[-1]
+    commit = len(parts) > 1 and parts[-2] == "_delta_log" and name.endswith(".json") and name[: -len(".json")].isdigit()
+    return path.suffix == ".parquet" or commit
 
 
 def open_object(path: S3Path, info: S3Stat) -> pa.NativeFile:
