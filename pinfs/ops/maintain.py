@@ -120,8 +120,8 @@ def merge_inserts(backend: Backend, *, due_only: bool = True) -> int:
 
 def _merge_step(store: PinStore, *, include_small: bool) -> int:
     """One commit of the merge, made without holding up writers (``PinStore.merge_inserts``); after
-    ``MERGE_TRIES_UNLOCKED`` conflicts in a row (pins of new CIDs coming faster than a step takes),
-    with the lock held throughout, so that the insert file stops growing however busy the backend is."""
+    ``MERGE_TRIES_UNLOCKED`` conflicts in a row (changes to the very pins it moves, coming faster than
+    a step takes), with the lock held throughout, so that the merge ends however busy the backend is."""
     for _try in range(MERGE_TRIES_UNLOCKED):
         try:
             return store.merge_inserts(MERGE_FILES_PER_COMMIT, include_small=include_small)
