@@ -260,10 +260,10 @@ def kept_as_written(store: PinStore, data_file: DataFile, table: pa.Table) -> Da
     """``data_file``, just written from ``table``, which the read cache keeps as the file read whole: the
     next write of the same file (the insert file, at every pin of a new CID) and the mount's diff of the
     version read nothing from disk. A file whose commit does not happen is never asked for again."""
-    key = file_piece(store.table.directory, data_file, store.cache).key
+    piece = file_piece(store.table.directory, data_file, store.cache)
     # In one chunk per column, as read from the file: the cache sizes what it keeps by ``nbytes``, which
     # walks a table made of many slices (~0.5 ms for a pin's insert file).
-    store.cache.get_data(("whole", key), table.combine_chunks)
+    store.cache.get_data(_whole_key(piece), table.combine_chunks)
     return data_file
 
 
@@ -406,7 +406,12 @@ def file_table(store: PinStore, data_file: DataFile) -> pa.Table:
 
 def whole_file(directory: Path, data_file: DataFile, cache: StoreCache) -> pa.Table:
     piece = file_piece(directory, data_file, cache)
-    return cache.get_data(("whole", piece.key), lambda: piece.read(None))  # type: ignore[return-value]
+    return cache.get_data(_whole_key(piece), lambda: piece.read(None))  # type: ignore[return-value]
+
+
+def _whole_key(piece: FilePiece) -> tuple[str, object]:
+    """Where the read cache keeps a data file read whole (``whole_file``, ``kept_as_written``)."""
+    return ("whole", piece.key)
 
 
 def files_of(table: pa.Table) -> list[pa.Table]:

@@ -225,12 +225,16 @@ class DeltaPins:
 
     def exists(self) -> bool:
         """Whether the table has been created: its first commit is in the log."""
-        return (self.log_dir / f"{0:020d}.json").is_file() or (self.log_dir / "_last_checkpoint").is_file()
+        return self._entry(0).is_file() or (self.log_dir / "_last_checkpoint").is_file()
+
+    def _entry(self, version: int) -> Path | S3Path:
+        """The log entry of commit ``version``."""
+        return self.log_dir / f"{version:020d}.json"
 
     def has_version(self, version: int) -> bool:
         """Whether commit ``version`` exists (one ``stat``): how a reader learns that its version is
         no longer the newest without loading the log."""
-        return (self.log_dir / f"{version:020d}.json").is_file()
+        return self._entry(version).is_file()
 
     def records_unchanged_between(self, old: int, new: int) -> bool:
         """Whether every commit after version ``old`` up to ``new`` only moved rows between files (its
@@ -240,7 +244,7 @@ class DeltaPins:
             return False
         for version in range(old + 1, new + 1):
             try:
-                entry = (self.log_dir / f"{version:020d}.json").read_bytes()
+                entry = self._entry(version).read_bytes()
             except (OSError, PinfsError):
                 return False
             if _operation_of(entry) not in _RECORDS_KEPT:
@@ -311,7 +315,7 @@ class DeltaPins:
 
     def _commit_time(self, version: int) -> int:
         try:
-            return (self.log_dir / f"{version:020d}.json").stat().st_mtime_ns
+            return self._entry(version).stat().st_mtime_ns
         except FileNotFoundError:  # cleaned up after a checkpoint: the log directory's time will do
             return self.log_stamp()[2]
 
@@ -369,7 +373,7 @@ class DeltaPins:
         deltalake = _deltalake()
         from deltalake.transaction import CommitProperties, create_table_with_add_actions
 
-        with self._lock, naming(self.log_dir / f"{0:020d}.json"):
+        with self._lock, naming(self._entry(0)):
             try:
                 create_table_with_add_actions(
                     str(self.directory),
@@ -426,7 +430,7 @@ class DeltaPins:
         ``base``'s files less ``removed``, with ``added``."""
         version = base.version + 1
         try:
-            if token.encode() not in (self.log_dir / f"{version:020d}.json").read_bytes():
+            if token.encode() not in self._entry(version).read_bytes():
                 return None
             identity = TableVersion(base.identity.location, base.identity.table_id, version, self._commit_time(version))
         except (OSError, PinfsError):
@@ -442,7 +446,7 @@ class DeltaPins:
         if isinstance(self.log_dir, S3Path):
             return ()
         try:
-            first = os.stat(self.log_dir / f"{0:020d}.json")
+            first = os.stat(self._entry(0))
             first_identity: tuple[int, int] | None = (first.st_ino, first.st_mtime_ns)
         except FileNotFoundError:
             first_identity = None
