@@ -29,7 +29,7 @@ from pinfs.data.schema import STORE_COLUMNS, make_record
 from pinfs.data.snapshots import StoreCache
 from pinfs.data.store import ConcurrentChange, PinStore, Transaction
 from pinfs.data.tables import records_to_table, write_table
-from pinfs.ops.maintain import MaintainOptions, maintain
+from pinfs.ops.maintain import MaintainOptions, maintain, maintain_backend
 from pinfs.ops.pins import PinRequest, add_pins, remove_pins
 
 FILE_ROWS = 64
@@ -444,6 +444,77 @@ def test_maintain_checkpoints_vacuums_and_lays_out(root: Path, monkeypatch: pyte
     assert on_disk == {Path(uri).name for uri in [*_data_files(backend), *exported.file_uris()]}
     assert (backend.directory / TABLE_DIR / "_delta_log" / "_last_checkpoint").is_file()
     assert _fresh(backend).snapshot().count == 220
+
+
+def _log_versions(backend) -> set[int]:
+    log = backend.directory / TABLE_DIR / "_delta_log"
+    return {int(entry.name[:20]) for entry in log.iterdir() if entry.name[:20].isdigit()}
+
+
+def _single_pins(backend, count: int, seed: str) -> None:
+    """``count`` commits of one new pin each, through the store (no export after them)."""
+    store = PinStore(backend)
+    for index in range(count):
+        record = make_record(cid_for(f"{seed}{index}"), backend.name, "filesystem", status="stored")
+        store.write(lambda txn, record=record: txn.update({record["cid"]: record}))
+
+
+def test_maintain_keeps_the_last_log_versions_and_the_exported_one(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A steady stream of pins leaves a bounded log (delta-rs' own clean-up goes by age: a day's worth),
+    and the exported version stays loadable, so an edit of the export is still imported as an edit."""
+    monkeypatch.setattr(delta_module, "LOG_VERSIONS_KEPT", 8)
+    backend = _backend(root, 100)
+    refresh_exports(backend)
+    exported = read_record(backend)["parquet"]["version"]
+    _single_pins(backend, 60, "stream")
+    newest = _fresh(backend).table_state().version
+    assert len(_log_versions(backend)) > 60
+    assert maintain_backend(backend, all_inserts=False)["log_entries_removed"] > 40
+    assert read_record(backend)["parquet"]["version"] == exported  # nothing moved: no export made
+    versions = _log_versions(backend)
+    assert exported in versions and len(versions) < 30  # the exported version's few, and the newest
+    assert max(versions) - min(version for version in versions if version > exported) < 8 + 8
+    old = DeltaTable(str(backend.directory / TABLE_DIR), version=exported)
+    assert sorted(pq.read_table(old.file_uris(), columns=["cid"]).column("cid").to_pylist()) == sorted(
+        pq.read_table(backend.parquet_path, columns=["cid"]).column("cid").to_pylist()
+    )
+    assert DeltaTable(str(backend.directory / TABLE_DIR)).version() == newest
+    _ipfs_kit_rewrites(backend, add=[], drop=[cid_for("3")])  # still an edit of the exported version
+    add_pins(root, "b1", [PinRequest(cid_for("after the clean-up"))])
+    snapshot = _fresh(backend).snapshot()
+    assert cid_for("3") not in snapshot and cid_for("stream59") in snapshot and snapshot.count == 100 + 60
+    _single_pins(backend, 20, "more")  # commits, loads and maintenance go on over the gap in the log
+    assert maintain(root, MaintainOptions(retention_hours=0))["ok"]
+    assert _fresh(backend).snapshot().count == 180
+
+
+def test_maintain_gives_a_table_of_an_earlier_release_todays_properties(root: Path) -> None:
+    backend = _backend(root, 20)
+    directory = str(backend.directory / TABLE_DIR)
+    earlier = {**delta_module.EARLIER_TABLE_PROPERTIES, "delta.logRetentionDuration": "interval 3 days"}
+    DeltaTable(directory).alter.set_table_properties(earlier)  # a user chose three days: theirs to keep
+    assert maintain(root, MaintainOptions())["backends"][0]["properties_upgraded"]
+    configuration = DeltaTable(directory).metadata().configuration
+    assert configuration["delta.checkpointInterval"] == delta_module.TABLE_PROPERTIES["delta.checkpointInterval"]
+    assert configuration["delta.logRetentionDuration"] == "interval 3 days"
+    assert not maintain(root, MaintainOptions())["backends"][0]["properties_upgraded"]
+    assert _fresh(backend).snapshot().count == 20
+
+
+def test_maintain_vacuums_when_the_exported_version_is_gone_from_the_log(root: Path) -> None:
+    """A table of an earlier release: delta-rs cleaned its log up by age, exported version and all."""
+    backend = _backend(root, 40)
+    refresh_exports(backend)
+    exported = read_record(backend)["parquet"]["version"]
+    _single_pins(backend, 12, "later")
+    DeltaTable(str(backend.directory / TABLE_DIR)).create_checkpoint()
+    log = backend.directory / TABLE_DIR / "_delta_log"
+    for entry in log.iterdir():
+        if entry.name[:20].isdigit() and int(entry.name[:20]) <= exported:
+            entry.unlink()
+    report = maintain(root, MaintainOptions(retention_hours=0))
+    assert report["ok"] and report["backends"][0]["vacuumed"] > 0
+    assert _fresh(backend).snapshot().count == 52
 
 
 def test_every_command_exits_with_its_code_never_an_abort(root: Path) -> None:

@@ -78,7 +78,8 @@ BULK_FILE_PREFIX = "ins-bulk-"
 # no pin changed, without comparing the rows (``DeltaPins.records_unchanged_between``).
 MERGE_OPERATION = "merge inserts"
 RELAYOUT_OPERATION = "relayout"
-_RECORDS_KEPT = frozenset({MERGE_OPERATION, RELAYOUT_OPERATION})
+PROPERTIES_OPERATION = "table properties"
+_RECORDS_KEPT = frozenset({MERGE_OPERATION, RELAYOUT_OPERATION, PROPERTIES_OPERATION})
 MAX_LOG_ENTRIES_READ = 32  # more commits than this between two versions: comparing rows is no dearer
 # A data file holding CIDs spelled other than the two standard ways (``pinfs.data.cids``: ``B…``, ``z…``, a
 # mixed case) says so in its name, and lists them in its footer under ALIASES_KEY as {key: text}: the
@@ -87,16 +88,32 @@ MAX_LOG_ENTRIES_READ = 32  # more commits than this between two versions: compar
 ALIASED_SUFFIX = "-aliased.parquet"
 ALIASES_KEY = "pinfs.aliases"
 
-# Table properties set at creation. Checkpoints every 16 commits keep a table load at a few ms however
+# Table properties set at creation. Checkpoints every 4 commits keep a table load at a few ms however
 # many single-pin writes came before (issue #12 measured 62 ms after 89 commits without one, ~5 ms
-# with); a removed data file is deleted by vacuum after minutes, not delta-rs' default week, since a
-# pin rewrites a 16k-row file every time; the log keeps a day of history.
+# with; a load replays the commits after the checkpoint, ~1 ms each, and writing one takes ~3 ms at
+# 1M pins, so every 4th pin pays that instead of every load paying up to 15 replays). A removed data
+# file is deleted by vacuum after minutes, not delta-rs' default week, since a pin rewrites a 16k-row
+# file every time. The log is cleaned up by count (``DeltaPins.cleanup_log``), not by delta-rs' age:
+# its 30 days here are only the backstop (tables made before this release say one day, which is as
+# good while exports keep up).
 TABLE_PROPERTIES: dict[str, str] = {
-    "delta.checkpointInterval": "16",
+    "delta.checkpointInterval": "4",
     "delta.deletedFileRetentionDuration": "interval 15 minutes",
-    "delta.logRetentionDuration": "interval 1 days",
+    "delta.logRetentionDuration": "interval 30 days",
     "delta.enableExpiredLogCleanup": "true",
 }
+# What tables made by an earlier release have instead, brought to the above by maintenance
+# (``DeltaPins.upgrade_properties``); a value the user set is left alone.
+EARLIER_TABLE_PROPERTIES: dict[str, str] = {
+    "delta.checkpointInterval": "16",
+    "delta.logRetentionDuration": "interval 1 days",
+}
+# The newest log entries clean-up always keeps (``DeltaPins.cleanup_log``). delta-rs lists the whole
+# _delta_log to load, update and commit (a stat per entry on a local disk), so every entry kept costs
+# each pin: a day of single pins left 1,295 entries and 92 ms pins (60 ms at 324). 48 versions is more
+# than a reader needs while it loads (it starts at the newest checkpoint, a few versions back), than
+# ``RECENT_COMMITS`` looks back, and than a mount compares (``MAX_LOG_ENTRIES_READ``).
+LOG_VERSIONS_KEPT = 48
 # How far back a retried request looks for the commit that did it (issue #15: a command whose commit
 # went in, but whose exports failed, is run again once the disk has room).
 RECENT_COMMITS = 32
@@ -479,11 +496,84 @@ class DeltaPins:
 
     # -- maintenance --
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, keep_versions: Sequence[int] = ()) -> int:
+        """Write a log checkpoint of the newest version, then clean the log up (``cleanup_log``).
+        Returns how many log files were deleted."""
+        with self._lock, self._unreadable_log(), self._talking():
+            self._load_table(None).create_checkpoint()
+            return self.cleanup_log(keep_versions)
+
+    def cleanup_log(self, keep_versions: Sequence[int] = ()) -> int:
+        """Delete the log files no reader needs: those older than the newest checkpoint at least
+        ``LOG_VERSIONS_KEPT`` versions back, except what loading each of ``keep_versions`` takes (its
+        newest checkpoint at or before it and the commits after that up to it: the version a parquet
+        export was made from, which importing a foreign parquet diffs against, and vacuum keeps).
+        delta-rs' own clean-up goes by age only, so a steady stream of pins kept a day of entries; it
+        and every Delta reader start from a checkpoint, so the gap left before a kept version's
+        entries is never read (checked: tests/test_table.py). Returns how many files were deleted."""
+        versions: dict[int, list[Path | S3Path]] = {}
+        for entry in self.log_dir.iterdir():
+            if entry.name[:20].isdigit():
+                versions.setdefault(int(entry.name[:20]), []).append(entry)
+        checkpoints = sorted(
+            version for version, entries in versions.items() if any(".checkpoint." in entry.name for entry in entries)
+        )
+        newest = max(versions, default=-1)
+        # never past the checkpoint readers are pointed to (only ever older if its writer died midway)
+        floor = _newest_at_or_before(checkpoints, min(newest - LOG_VERSIONS_KEPT, self._hinted_checkpoint()))
+        if floor is None:
+            return 0
+        kept: set[int] = set()
+        for version in keep_versions:
+            if version < floor:
+                start = _newest_at_or_before(checkpoints, version)
+                kept.update(range(0 if start is None else start, version + 1))
+        deleted = 0
+        for version in sorted(versions):
+            if version >= floor:
+                break
+            if version in kept:
+                continue
+            for entry in versions[version]:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    deleted += 1
+        self._forget_log()
+        return deleted
+
+    def _hinted_checkpoint(self) -> int:
+        """The version ``_last_checkpoint`` names (where delta-rs starts a load); -1 when it names none."""
+        try:
+            version = json.loads((self.log_dir / "_last_checkpoint").read_bytes()).get("version")
+        except (OSError, PinfsError, ValueError, AttributeError):
+            return -1
+        return version if isinstance(version, int) else -1
+
+    def upgrade_properties(self) -> bool:
+        """Give a table made by an earlier release today's properties (``EARLIER_TABLE_PROPERTIES``),
+        in one commit that changes no record. False when there is nothing to change, or another
+        writer committed first (the next maintenance tries again)."""
+        from deltalake.exceptions import CommitFailedError
+        from deltalake.transaction import CommitProperties
+
         with self._lock, self._unreadable_log(), self._talking():
             table = self._load_table(None)
-            table.create_checkpoint()
-            table.cleanup_metadata()
+            have = table.metadata().configuration
+            wanted = {
+                key: TABLE_PROPERTIES[key]
+                for key, old in EARLIER_TABLE_PROPERTIES.items()
+                if have.get(key) == old != TABLE_PROPERTIES[key]
+            }
+            if not wanted:
+                return False
+            info = _commit_info({"operation": PROPERTIES_OPERATION})
+            try:
+                table.alter.set_table_properties(wanted, commit_properties=CommitProperties(custom_metadata=info))
+            except CommitFailedError:
+                return False
+            finally:
+                self._forget_log()
+            return True
 
     @contextlib.contextmanager
     def _unreadable_log(self) -> Any:
@@ -511,6 +601,12 @@ class DeltaPins:
                     keep_versions=list(keep_versions) or None,
                 )
             )
+
+
+def _newest_at_or_before(versions: Sequence[int], limit: int) -> int | None:
+    """The largest of ``versions`` (sorted) not above ``limit``; None when there is none."""
+    found = [version for version in versions if version <= limit]
+    return found[-1] if found else None
 
 
 def _put_data_file(table: pa.Table, path: S3Path, metadata: dict[str, str] | None) -> int:

@@ -2,10 +2,11 @@
 
 Per backend with a table (``pinfs.data.store``): data files that grew past twice the target are split and
 those under a quarter of it merged into a neighbour (one commit; writers that meet it retry on the new
-version), a log checkpoint is written and expired log entries removed (so a table loads in a few ms
-after any number of commits), and vacuum deletes data files that no version younger than the
-retention needs (``pinfs.data.delta``: 15 minutes; readers in flight keep their open files). The version
-the parquet export was made from is kept by vacuum, since importing a foreign parquet diffs against it.
+version), a log checkpoint is written and the log cut to its last few dozen versions (so a table
+loads, and a pin commits, in a few ms after any number of commits: ``DeltaPins.cleanup_log``), and
+vacuum deletes data files that no version younger than the retention needs (``pinfs.data.delta``: 15
+minutes; readers in flight keep their open files). The version the parquet export was made from is
+kept by both, since importing a foreign parquet diffs against it.
 
 Nobody has to remember it: once a table is ``MAINTAIN_EVERY`` commits past its last maintenance (the
 run state's ``maintain`` section), the writer that notices (or, in the mount, the background export
@@ -26,7 +27,7 @@ from pinfs.data.exports import PARQUET, read_record, refresh_exports
 from pinfs.data.runstate import read_state, record_run
 from pinfs.data.schema import now_iso
 from pinfs.data.store import ConcurrentChange, PinStore
-from pinfs.errors import PinfsError, describe
+from pinfs.errors import CorruptData, PinfsError, describe
 from pinfs.ops.common import error_entry, select_backends
 from pinfs.ops.progress import NullProgress, Progress
 
@@ -87,9 +88,11 @@ def maintain_backend(
         entry["note"] = str(exc)
     if entry["files_rewritten"] or entry["inserts_merged"]:
         refresh_exports(backend)  # the same pins, but the exports are dated by the version they come from
-    store.table.checkpoint()
-    keep = _exported_version(backend)
-    entry["vacuumed"] = len(store.table.vacuum(keep_versions=[keep] if keep is not None else [], hours=retention_hours))
+    entry["properties_upgraded"] = store.table.upgrade_properties()
+    exported = _exported_version(backend)
+    keep = [exported] if exported is not None else []
+    entry["log_entries_removed"] = store.table.checkpoint(keep_versions=keep)
+    entry["vacuumed"] = len(_vacuum(store, keep, retention_hours))
     state = store.table_state(reload=True)
     assert state is not None
     entry.update(version=state.version, files=sum(1 for data_file in state.files if data_file.rows), pins=state.count)
@@ -153,6 +156,29 @@ def maybe_maintain(backend: Backend) -> None:
         log.warning("maintaining the table of %s failed: %s", backend.directory, describe(exc))
     except Exception:
         log.exception("maintaining the table of %s failed", backend.directory)
+
+
+def _vacuum(store: PinStore, keep: list[int], retention_hours: int | None) -> list[str]:
+    """Vacuum ``store``'s table, keeping the files of the versions ``keep``. A version whose log is gone
+    (delta-rs cleaned it up by age in a table made before this release, whose exports fell a day behind)
+    cannot be kept, and delta-rs would refuse the whole vacuum for it: then nothing is kept."""
+    try:
+        return store.table.vacuum(keep_versions=keep, hours=retention_hours)
+    except CorruptData:
+        if not keep or _loadable(store, keep[0]):
+            raise
+        log.info(
+            "%s: the exported version %d is no longer in the log; vacuum keeps none", store.table.directory, keep[0]
+        )
+        return store.table.vacuum(hours=retention_hours)
+
+
+def _loadable(store: PinStore, version: int) -> bool:
+    try:
+        store.table.load(version)
+    except (PinfsError, OSError):
+        return False
+    return True
 
 
 def _exported_version(backend: Backend) -> int | None:
