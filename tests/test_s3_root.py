@@ -531,7 +531,8 @@ def test_a_bad_read_cache_bound_is_one_clear_line(seaweed: Seaweed) -> None:
 
 def _use_host(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
     """Make this process the host ``env`` describes (its endpoint, keys and read cache)."""
-    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "PINFS_CACHE_DIR"):
+    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP")
+    for name in (*names, "PINFS_CACHE_DIR"):
         monkeypatch.setenv(name, env[name])
     rootfs.forget_metadata()
 
@@ -660,3 +661,39 @@ def test_an_object_replaced_while_it_is_read_comes_out_as_one_version(
     read = path.read_bytes() if how == "read_bytes" else rootfs.local_copy(path).read_bytes()
     assert opened_once.is_set()
     assert read in (old, new)
+
+
+def test_the_log_on_s3_is_cleaned_up_by_count_and_keeps_the_exported_version(
+    seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pinfs.data import delta
+    from pinfs.data.backends import get_backend
+    from pinfs.data.exports import read_record, refresh_exports
+    from pinfs.data.schema import make_record
+    from pinfs.data.snapshots import StoreCache
+    from pinfs.data.store import PinStore
+    from pinfs.ops.maintain import maintain_backend
+
+    prefix = uuid.uuid4().hex
+    _use_host(monkeypatch, host(seaweed, prefix))
+    monkeypatch.setattr(delta, "LOG_VERSIONS_KEPT", 6)
+    put(seaweed, prefix, "backends/b1.yaml", b"type: filesystem\n")
+    backend = get_backend(rootfs.S3Path(BUCKET, prefix), "b1")
+    store = PinStore(backend)
+    for index in range(30):
+        record = make_record(cid_for(f"s3-{index}"), "b1", "filesystem", status="stored")
+        store.write(lambda txn, record=record: txn.update({record["cid"]: record}))
+        if index == 4:
+            refresh_exports(backend)
+    exported = read_record(backend)["parquet"]["version"]
+
+    def log_versions() -> set[int]:
+        names = [key.rsplit("/", 1)[1] for key in keys(seaweed, prefix) if "/_delta_log/" in key]
+        return {int(name[:20]) for name in names if name[:20].isdigit()}
+
+    assert len(log_versions()) >= 30
+    assert maintain_backend(backend, all_inserts=False)["log_entries_removed"] > 10
+    versions = log_versions()
+    assert exported in versions and max(versions) - min(v for v in versions if v > exported) < 6 + 4
+    fresh = PinStore(backend, StoreCache())
+    assert fresh.snapshot().count == 30 and fresh.table.load(exported).count == 5

@@ -267,21 +267,24 @@ class PinSnapshot:
 
     def cids_with_status(self, status: str) -> pa.ChunkedArray:
         """Sorted CIDs whose status is ``status``; reads only the ``cid`` and ``status`` columns, and
-        of a new version only the pieces it does not share with one read before."""
-        chunks: list[pa.Array] = []
-        for piece in self.pieces:
+        of a new version only the pieces it does not share with one read before. The pieces are read
+        side by side (``parallel_map``: decoding runs without the GIL; a first ``ls by-status/failed``
+        of 1M pins read for ~0.22 s one at a time, ~0.16 s so)."""
 
-            def load(piece: Piece = piece) -> pa.ChunkedArray:
+        def of_piece(piece: Piece) -> pa.ChunkedArray:
+            def load() -> pa.ChunkedArray:
                 table = piece.read(["cid", "status"])
                 return table.filter(pc.equal(table.column("status"), status)).column("cid")
 
-            chunks.extend(self._cache.get_data(("status", piece.key, status), load).chunks)  # type: ignore[union-attr]
+            return self._cache.get_data(("status", piece.key, status), load)  # type: ignore[return-value]
+
+        chunks = [chunk for column in parallel_map(of_piece, self.pieces) for chunk in column.chunks]
         return pa.chunked_array(chunks, pa.string())
 
     def count_by_status(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
-        for piece in self.pieces:
-            for status, count in self._piece_counts(piece).items():
+        for piece_counts in parallel_map(self._piece_counts, self.pieces):
+            for status, count in piece_counts.items():
                 counts[status] = counts.get(status, 0) + count
         return counts
 

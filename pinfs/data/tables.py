@@ -100,9 +100,12 @@ def groups_from_table(table: pa.Table) -> list[RowGroup]:
 
 def parallel_map(function: Callable[..., T], *iterables: Iterable[Any]) -> list[T]:
     """``list(map(function, …))`` on ``WORKER_THREADS`` threads: shard reads, merges and writes are
-    mostly Arrow work, which runs without the GIL."""
+    mostly Arrow work, which runs without the GIL. One item (a small backend's one piece) runs here."""
+    argument_lists = [list(iterable) for iterable in iterables]
+    if min((len(arguments) for arguments in argument_lists), default=0) <= 1:
+        return list(map(function, *argument_lists))
     with ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="pinfs-shards") as pool:
-        return list(pool.map(function, *iterables))
+        return list(pool.map(function, *argument_lists))
 
 
 # -- tables --
