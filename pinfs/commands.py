@@ -89,7 +89,7 @@ class Command:
     options: tuple[Option, ...]
     example: str  # a line to write, for MOUNT/README
     options_class: Callable[..., Any] | None = None
-    parse_lines: Callable[[str], list[Any]] | None = None
+    parse_lines: Callable[[str, int], list[Any]] | None = None  # (text, number of its first line)
     lines: str | None = None  # what one line is, for MOUNT/README (a lines command)
 
     @property

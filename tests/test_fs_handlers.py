@@ -530,3 +530,16 @@ async def test_a_batch_written_in_pieces_runs_each_line_once_parsed_once(
     snapshot = PinStore(get_backend(root, "s3-main"), StoreCache()).snapshot()
     assert [snapshot.lookup(cid)["status"] for cid in new] == ["pending", "failed", "pending"]
     assert snapshot.count == 43
+
+
+async def test_a_bad_line_in_a_later_write_is_named_by_its_line_in_the_whole_input(ops: PinfsOperations) -> None:
+    """A batch arrives in several writes; the error says where the bad line is in what the user wrote."""
+    good = "".join(f"{cid_for(f'numbered{i}')}\n" for i in range(5)).encode()
+    inode = await walk(ops, "backends", "s3-main", ".control", "pin")
+    opened = await ops.open(inode, os.O_WRONLY | os.O_TRUNC, CTX)
+    await ops.write(opened.fh, 0, good)  # lines 1-5
+    await expect_errno(errno.EINVAL, ops.write(opened.fh, len(good), f"{cid_for('six')}\nnot-a-cid\n".encode()))
+    await ops.flush(opened.fh)
+    await ops.release(opened.fh)
+    state = json.loads(ops.controls.get(("s3-main", "pin")).describe())
+    assert state["state"] == "rejected" and "line 7:" in state["error"], state

@@ -55,9 +55,9 @@ class Prepared:
     run: Callable[[], dict[str, Any]]
 
 
-def decode_input(data: bytes, multiline: bool) -> str:
-    """The written bytes as text. Raises InvalidInput for non-UTF-8, a line over 4 KiB, too much input,
-    or (for one-line commands) more than one line."""
+def decode_input(data: bytes, multiline: bool, first_line: int = 1) -> str:
+    """The written bytes as text. Raises InvalidInput for non-UTF-8, a line over 4 KiB (numbered from
+    ``first_line``), too much input, or (for one-line commands) more than one line."""
     limit = MAX_BATCH_BYTES if multiline else MAX_LINE_BYTES + 1
     if len(data) > limit:
         raise InvalidInput(f"input is {len(data)} bytes; at most {limit} are accepted")
@@ -68,7 +68,7 @@ def decode_input(data: bytes, multiline: bool) -> str:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(lines, first_line):
         if len(line.encode()) > MAX_LINE_BYTES:
             raise InvalidInput(f"line {number} is longer than {MAX_LINE_BYTES} bytes")
     if not multiline and len(lines) > 1:
@@ -162,9 +162,9 @@ class LinesCommand:
     def name(self) -> str:
         return self.declaration.name
 
-    def parse_lines(self, text: str) -> list[Any]:
+    def parse_lines(self, text: str, first_line: int = 1) -> list[Any]:
         assert self.declaration.parse_lines is not None
-        return self.declaration.parse_lines(text)
+        return self.declaration.parse_lines(text, first_line)
 
     def parse(
         self,
@@ -180,7 +180,7 @@ class LinesCommand:
             raise InvalidInput(f"{self.name} acts on one backend: use backends/<name>/.control/{self.name}")
         decode_input(data, multiline=True)  # the whole input's limits
         done = checked if checked is not None and checked.upto <= len(data) else Checked()
-        items = [*done.items, *self.parse_lines(data[done.upto :].decode("utf-8"))]
+        items = [*done.items, *self.parse_lines(data[done.upto :].decode("utf-8"), _line_at(data, done.upto))]
         if not items:
             raise InvalidInput(f"{self.name}: no lines given")
         function = self.declaration.function
@@ -190,11 +190,17 @@ class LinesCommand:
             lambda: function(root, backend, items, defer_car=defer_car),
         )
 
-    def check_lines(self, data: bytes) -> list[Any]:
-        """Validate complete lines as they arrive, so a bad one fails the write that brought it; returns
-        what they parse to, which the close then need not parse again."""
-        text = decode_input(data, multiline=True)
-        return self.parse_lines(text) if text.strip() else []
+    def check_lines(self, data: bytes, first_line: int) -> list[Any]:
+        """Validate complete lines as they arrive (the first of ``data`` is line ``first_line`` of the
+        input), so a bad one fails the write that brought it; returns what they parse to, which the
+        close then need not parse again."""
+        text = decode_input(data, multiline=True, first_line=first_line)
+        return self.parse_lines(text, first_line) if text.strip() else []
+
+
+def _line_at(data: bytes, offset: int) -> int:
+    """The number of the line starting at byte ``offset`` of ``data`` (a line's start)."""
+    return data.count(b"\n", 0, offset) + 1
 
 
 @dataclass
@@ -370,7 +376,7 @@ class ControlRegistry:
                 raise InvalidInput(f"input is more than {MAX_BATCH_BYTES} bytes")
             if len(data) - complete > MAX_LINE_BYTES:
                 raise InvalidInput(f"a line is longer than {MAX_LINE_BYTES} bytes")
-            items = command.check_lines(data[checked:complete]) if complete > checked else []
+            items = command.check_lines(data[checked:complete], _line_at(data, checked)) if complete > checked else []
             return Checked(max(complete, checked), items)
         if complete or len(data) > MAX_LINE_BYTES:
             command.parse(self.root, key[0], data)

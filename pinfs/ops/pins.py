@@ -91,23 +91,26 @@ def _cid(text: str, where: str) -> str:
         raise InvalidInput(f"{where}{exc}") from None
 
 
-def _lines(text: str) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+def _lines(text: str, first_line: int = 1) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of ``text`` with their numbers, the first being ``first_line`` (a control
+    file's input is checked as it arrives: a later write's lines go on from the earlier ones')."""
+    for number, line in enumerate(text.splitlines(), start=first_line):
         if len(line.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
             raise InvalidInput(f"line {number}: longer than {MAX_LINE_BYTES} bytes")
         if line.strip():
             yield number, line
 
 
-def parse_pin_lines(text: str) -> list[PinRequest]:
-    """Every non-blank line a pin; the whole batch is validated before it is returned."""
-    return [parse_pin_line(line, f"line {number}: ") for number, line in _lines(text)]
+def parse_pin_lines(text: str, first_line: int = 1) -> list[PinRequest]:
+    """Every non-blank line a pin; the whole batch is validated before it is returned. Errors name the
+    line's number, counted from ``first_line``."""
+    return [parse_pin_line(line, f"line {number}: ") for number, line in _lines(text, first_line)]
 
 
-def parse_unpin_lines(text: str) -> list[str]:
-    """One CID per non-blank line."""
+def parse_unpin_lines(text: str, first_line: int = 1) -> list[str]:
+    """One CID per non-blank line (numbered from ``first_line`` in errors)."""
     cids = []
-    for number, line in _lines(text):
+    for number, line in _lines(text, first_line):
         words = line.split()
         if len(words) != 1:
             raise InvalidInput(f"line {number}: expected exactly one CID, got {len(words)} words")
