@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,10 +22,12 @@ import pytest
 from helpers import break_store, cid_for, file_digests, make_backend, run_pinfs
 from mounting import mounted, needs_fuse
 
+from pinfs.data import datafiles
 from pinfs.data.backends import get_backend
 from pinfs.data.car import read_pin_mappings_car
 from pinfs.data.snapshots import DEFAULT_CACHE
 from pinfs.data.store import PinStore
+from pinfs.errors import CorruptData
 from pinfs.ops.pins import PinRequest, add_pins
 
 
@@ -69,6 +72,23 @@ def test_a_damaged_data_file_is_refused_by_writers_and_nothing_depends_on_it(sev
     damaged.write_bytes(held)  # the fault is removed: restored from a copy
     assert run_pinfs(root, "pin", "add", new, "--backend", "b1").returncode == 0
     assert table_version(root) == version + 1
+
+
+def test_a_long_running_writer_finds_a_file_damaged_after_it_last_looked(
+    several_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mount writes for days: a file it found sound once is looked at again (a stat, at most every
+    ``RECHECK_SECONDS``), so a file damaged since is still refused."""
+    monkeypatch.setattr(datafiles, "RECHECK_SECONDS", 0.2)
+    root = several_files
+    add_pins(root, "b1", [PinRequest(cid_for("first"))])  # every kept file looked at, found sound
+    state = PinStore(get_backend(root, "b1")).table_state()
+    assert state is not None
+    kept = next(f for f in state.files if not f.is_insert and f.min_cid and f.min_cid > cid_for("second"))
+    damage(root / "backends" / "b1" / "pin_mappings.delta" / kept.path)
+    time.sleep(0.3)
+    with pytest.raises(CorruptData, match="not a readable parquet file"):
+        add_pins(root, "b1", [PinRequest(cid_for("second"))])
 
 
 def test_a_damaged_parquet_export_is_moved_aside_and_written_anew(several_files: Path) -> None:

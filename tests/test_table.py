@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import duckdb
@@ -486,6 +487,31 @@ def test_maintain_keeps_the_last_log_versions_and_the_exported_one(root: Path, m
     _single_pins(backend, 20, "more")  # commits, loads and maintenance go on over the gap in the log
     assert maintain(root, MaintainOptions(retention_hours=0))["ok"]
     assert _fresh(backend).snapshot().count == 180
+
+
+def test_a_process_that_defers_checkpoints_writes_them_on_a_thread_not_in_its_commits(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mount's pins do not wait for the checkpoint their commit makes due."""
+    backend = _backend(root, 20)
+    log = backend.directory / TABLE_DIR / "_delta_log"
+    released = threading.Event()
+    write_checkpoint = delta_module.DeltaPins.write_checkpoint
+
+    def held(self: delta_module.DeltaPins) -> None:
+        assert released.wait(30)
+        write_checkpoint(self)
+
+    monkeypatch.setattr(delta_module.DeltaPins, "write_checkpoint", held)
+    before = {entry.name for entry in log.iterdir() if ".checkpoint." in entry.name}
+    with delta_module.deferred_checkpoints() as writer:
+        _single_pins(backend, 8, "deferred")  # two checkpoints due (every 4th version)
+        assert {entry.name for entry in log.iterdir() if ".checkpoint." in entry.name} == before
+        released.set()
+        writer.close()
+    newest = _fresh(backend).table_state().version
+    written = {int(entry.name[:20]) for entry in log.iterdir() if ".checkpoint." in entry.name}
+    assert max(written) >= newest - 3 and _fresh(backend).snapshot().count == 28
 
 
 def test_maintain_gives_a_table_of_an_earlier_release_todays_properties(root: Path) -> None:

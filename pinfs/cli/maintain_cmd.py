@@ -22,9 +22,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="split or merge data files, checkpoint the log and vacuum old files of each backend's table",
         description="Maintain each backend's Delta table (ROOT/backends/<b>/pin_mappings.delta): data files that "
         "grew past twice their target size are split and small ones merged, the pins of the insert file (new pins "
-        "since the last merge) are merged into the files of their CID ranges, a log checkpoint is written, and data "
-        "files no version younger than the retention (15 minutes) needs are deleted. Readers and writers go on "
-        f"meanwhile. This also runs by itself after every {MAINTAIN_EVERY}th commit of a table.",
+        "since the last merge) are merged into the files of their CID ranges, a log checkpoint is written, log "
+        "entries older than the last few dozen versions are deleted (but what reading the version of the parquet "
+        "export takes), and data files no version younger than the retention (15 minutes) needs are deleted. Readers "
+        f"and writers go on meanwhile. This also runs by itself after every {MAINTAIN_EVERY}th commit of a table.",
     )
     parser.add_argument("--backend", action="append", default=[], metavar="NAME", help="only this backend (repeatable)")
     parser.add_argument(
@@ -56,6 +57,8 @@ def _describe(report: dict[str, Any]) -> str:
             lines.append(
                 f"{entry['backend']}: version {entry['version']}, {entry['pins']} pins in {entry['files']} files; "
                 f"{entry['files_rewritten']} files laid out again, {entry.get('inserts_merged', 0)} inserted pins "
-                f"merged into their ranges, {entry['vacuumed']} old files deleted"
+                f"merged into their ranges, {entry.get('log_entries_removed', 0)} old log files and "
+                f"{entry['vacuumed']} old data files deleted"
+                + ("; table properties brought up to date" if entry.get("properties_upgraded") else "")
             )
     return "\n".join(lines) or "no backends found"
