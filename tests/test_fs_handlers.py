@@ -28,6 +28,7 @@ from pinfs.fs.control import ControlRegistry, ControlSession
 from pinfs.fs.inodes import InodeTable, is_listing_inode
 from pinfs.fs.mount import MountConfig, build_operations
 from pinfs.fs.tree import PinTree
+from pinfs.fs.tree import listings as listings_module
 from pinfs.ops import sync as sync_module
 from pinfs.ops.pins import remove_pins
 
@@ -229,6 +230,25 @@ async def test_listing_the_same_version_again_gives_the_same_numbers(
     first = await list_inodes(ops, monkeypatch, *BY_CID)
     assert await list_inodes(ops, monkeypatch, *BY_CID) == first
     assert ops.inodes.listings.epochs == 1
+
+
+async def test_listing_the_same_version_again_takes_the_names_the_kernel_holds_not_a_new_read(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second ``ls`` of a big directory adds no copy of its names (10M pins: 328 MB more before)."""
+    monkeypatch.setattr(adapter_module, "READDIR_BATCH", 16)  # 40 entries: three blocks
+    first = await list_inodes(ops, monkeypatch, *BY_CID)
+    await ops.forget([(first[cid_for(i)], 1) for i in range(40) if sorted(first).index(cid_for(i)) < 16])
+    read: list[int] = []
+    listing_block = listings_module.PositionalListing.block
+
+    def counted(self: Any, start: int, limit: int) -> Any:
+        read.append(start)
+        return listing_block(self, start, limit)
+
+    monkeypatch.setattr(listings_module.PositionalListing, "block", counted)
+    assert await list_inodes(ops, monkeypatch, *BY_CID) == first
+    assert read == [0]  # the first block was let go of by the kernel: read again; the others were kept
 
 
 async def test_a_lookup_of_a_listed_name_gives_its_listing_inode_and_counts(

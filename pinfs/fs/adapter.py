@@ -249,7 +249,7 @@ class PinfsOperations(pyfuse3.Operations):
             if block is None:
                 if cursor.at_end(position):
                     return  # the end of this version, already known: no hop to a thread
-                block = await self._blocking(cursor.fetch, position)
+                block = await self._blocking(cursor.fetch, position, epoch.kept_names(position))
                 if block is None:
                     return  # the end of this version
             offsets, names, column = block.offsets, block.names, block.column

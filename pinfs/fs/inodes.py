@@ -287,6 +287,13 @@ class ListedVersion:
         else:
             raise _not_known()
 
+    def kept_names(self, position: int) -> Names | None:
+        """The names of the block holding ``position``, if this epoch keeps it (whole, as listed): a
+        listing of the same version again takes them instead of reading them once more, so a second
+        ``ls`` of a big directory adds nothing to memory (the read cache would hold a second copy)."""
+        block = self._blocks.get(position // self.block_size)
+        return None if block is None else block.names
+
     def find(self, name: str) -> int | None:
         """The position of ``name`` in a block this epoch keeps, else None."""
         at = bisect.bisect_right(self._firsts, name) - 1

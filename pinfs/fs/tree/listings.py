@@ -227,10 +227,12 @@ class ListingCursor:
         """Whether ``position`` is known to be past the last entry of this version."""
         return self.end is not None and position >= self.end
 
-    def fetch(self, position: int) -> NameBlock | None:
-        """Read the block holding ``position`` and keep it; None past the end. Blocking."""
+    def fetch(self, position: int, kept: pa.Array | pa.ChunkedArray | None = None) -> NameBlock | None:
+        """Read the block holding ``position`` and keep it; None past the end. ``kept``: that block's
+        names as an earlier listing of this very version read them (the adapter's listing inodes keep
+        what the kernel holds), used instead of reading them again. Blocking."""
         start = position - position % self.block_size
-        block = self.listing.block(start, self.block_size)
+        block = NameBlock.of(start, kept) if kept is not None else self.listing.block(start, self.block_size)
         self.block = block
         if len(block.column) < self.block_size:
             self.end = block.stop
