@@ -266,10 +266,12 @@ class KernelCache:
         with trio.move_on_after(self.poll_seconds):
             await self._wake.wait()
         self._wake = trio.Event()
-        if self._done == self._wanted:  # woken by inotify or the poll: let a burst of commits gather,
-            # and let a commit of this process be recorded by its writer (``PinStore.remember``) before
-            # the round looks: inotify sees its log entry before the writer returns, and a round then
-            # would load the log again (~4 ms at 10M pins, beside the writer's own work)
+        # Woken by inotify or the poll: let a burst of commits gather, and let a commit of this process
+        # be recorded by its writer (``PinStore.remember``) before the round looks (inotify sees its log
+        # entry before the writer returns, and a round then would load the log again: ~4 ms at 10M pins,
+        # beside the writer's own work). The first round, at mount, goes at once: leases are long only
+        # for versions seen, and a lookup right after mount should not meet it.
+        if self._done == self._wanted and self.rounds:
             with trio.move_on_at(max(self._last, trio.current_time()) + MIN_INTERVAL):
                 await self._wake.wait()  # unless a control command waits
             self._wake = trio.Event()
