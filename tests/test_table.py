@@ -28,7 +28,7 @@ from pinfs.data.exports import export_state, read_record, refresh_exports
 from pinfs.data.fsutil import SHARD_DIR
 from pinfs.data.schema import STORE_COLUMNS, make_record
 from pinfs.data.snapshots import StoreCache
-from pinfs.data.store import ConcurrentChange, PinStore, Transaction
+from pinfs.data.store import ConcurrentChange, PinStore, Transaction, checkpoint_written
 from pinfs.data.tables import records_to_table, write_table
 from pinfs.ops.maintain import MaintainOptions, maintain, maintain_backend
 from pinfs.ops.pins import PinRequest, add_pins, remove_pins
@@ -504,7 +504,7 @@ def test_a_process_that_defers_checkpoints_writes_them_on_a_thread_not_in_its_co
 
     monkeypatch.setattr(delta_module.DeltaPins, "write_checkpoint", held)
     before = {entry.name for entry in log.iterdir() if ".checkpoint." in entry.name}
-    with delta_module.deferred_checkpoints() as writer:
+    with delta_module.deferred_checkpoints(after=checkpoint_written) as writer:
         _single_pins(backend, 8, "deferred")  # two checkpoints due (every 4th version)
         assert {entry.name for entry in log.iterdir() if ".checkpoint." in entry.name} == before
         released.set()
@@ -512,6 +512,8 @@ def test_a_process_that_defers_checkpoints_writes_them_on_a_thread_not_in_its_co
     newest = _fresh(backend).table_state().version
     written = {int(entry.name[:20]) for entry in log.iterdir() if ".checkpoint." in entry.name}
     assert max(written) >= newest - 3 and _fresh(backend).snapshot().count == 28
+    monkeypatch.setattr(delta_module.DeltaPins, "load", None)  # the version this process made stays known
+    assert PinStore(backend).table_state().version == newest
 
 
 def test_maintain_gives_a_table_of_an_earlier_release_todays_properties(root: Path) -> None:

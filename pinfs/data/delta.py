@@ -51,7 +51,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -573,7 +573,7 @@ class DeltaPins:
         in one commit that changes no record. False when there is nothing to change, or another
         writer committed first (the next maintenance tries again)."""
         from deltalake.exceptions import CommitFailedError
-        from deltalake.transaction import CommitProperties
+        from deltalake.transaction import CommitProperties, PostCommitHookProperties
 
         with self._lock, self._unreadable_log(), self._talking():
             table = self._load_table(None)
@@ -587,7 +587,12 @@ class DeltaPins:
                 return False
             info = _commit_info({"operation": PROPERTIES_OPERATION})
             try:
-                table.alter.set_table_properties(wanted, commit_properties=CommitProperties(custom_metadata=info))
+                table.alter.set_table_properties(
+                    wanted,
+                    commit_properties=CommitProperties(custom_metadata=info),
+                    # not delta-rs' clean-up by the old one-day age: it could take the exported version
+                    post_commithook_properties=PostCommitHookProperties(cleanup_expired_logs=False),
+                )
             except CommitFailedError:
                 return False
             finally:
@@ -636,7 +641,8 @@ class CheckpointWriter:
     the mount's pin). A table waits in the queue once however many commits made it due; what is queued
     when the process ends is left to the next checkpoint (a reader replays a few more log entries)."""
 
-    def __init__(self) -> None:
+    def __init__(self, after: Callable[[DeltaPins], None] | None = None) -> None:
+        self._after = after  # called with each table once its checkpoint is written
         self._queued: dict[str, DeltaPins] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -663,6 +669,8 @@ class CheckpointWriter:
             for table in queued:
                 try:
                     table.write_checkpoint()
+                    if self._after is not None:
+                        self._after(table)
                 except Exception as exc:  # the next commit that makes one due tries again
                     log.info("writing a checkpoint of %s: %s", table.directory, _one_line(exc))
             if self._closed:
@@ -673,10 +681,11 @@ _deferred_checkpoints: CheckpointWriter | None = None
 
 
 @contextlib.contextmanager
-def deferred_checkpoints() -> Iterator[CheckpointWriter]:
-    """While inside, this process's commits leave their checkpoints to a ``CheckpointWriter``."""
+def deferred_checkpoints(after: Callable[[DeltaPins], None] | None = None) -> Iterator[CheckpointWriter]:
+    """While inside, this process's commits leave their checkpoints to a ``CheckpointWriter`` (which
+    calls ``after`` with each table it wrote one for)."""
     global _deferred_checkpoints
-    writer = CheckpointWriter()
+    writer = CheckpointWriter(after)
     _deferred_checkpoints = writer
     try:
         yield writer

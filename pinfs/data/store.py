@@ -100,6 +100,16 @@ def delta_pins(backend: Backend) -> DeltaPins:
         return found
 
 
+def checkpoint_written(table: DeltaPins, cache: StoreCache | None = None) -> None:
+    """After this process wrote a checkpoint of ``table`` (its log directory changed, no version did):
+    the version ``cache`` knows as the newest stays so, and the next ``PinStore.table_state`` does not
+    load the log for it. A commit meanwhile is seen by the next one's log entry, as always."""
+    cache = cache or DEFAULT_CACHE
+    known = cache.versions.get(str(table.directory))
+    if isinstance(known, tuple) and not table.has_version(known[0].version + 1):
+        cache.versions[str(table.directory)] = (known[0], table.log_stamp())
+
+
 class Transaction:
     """Reads and writes of one backend from one version (from ``PinStore.transaction``)."""
 

@@ -34,6 +34,7 @@ import trio
 
 from pinfs.data.delta import deferred_checkpoints
 from pinfs.data.snapshots import DEFAULT_CACHE
+from pinfs.data.store import checkpoint_written
 from pinfs.errors import PinfsError
 from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
@@ -143,7 +144,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] | None = None) ->
     prepare_s3(config.root)
     async with contextlib.AsyncExitStack() as stack:
         # The checkpoints this process's commits make due are written on a thread, not in the pins.
-        stack.enter_context(deferred_checkpoints())
+        stack.enter_context(deferred_checkpoints(after=checkpoint_written))
         # Last out: exports whose refresh was deferred after pin changes are written before exit,
         # once the mount is gone (``pinfs umount`` waits for this process to end).
         stack.push_async_callback(trio.to_thread.run_sync, exports.finish)
