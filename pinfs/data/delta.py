@@ -43,6 +43,7 @@ be used from several threads.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
@@ -696,8 +697,8 @@ def deferred_checkpoints(after: Callable[[DeltaPins], None] | None = None) -> It
 
 def _newest_at_or_before(versions: Sequence[int], limit: int) -> int | None:
     """The largest of ``versions`` (sorted) not above ``limit``; None when there is none."""
-    found = [version for version in versions if version <= limit]
-    return found[-1] if found else None
+    index = bisect.bisect_right(versions, limit)
+    return versions[index - 1] if index else None
 
 
 def _put_data_file(table: pa.Table, path: S3Path, metadata: dict[str, str] | None) -> int:

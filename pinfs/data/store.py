@@ -106,8 +106,16 @@ def checkpoint_written(table: DeltaPins, cache: StoreCache | None = None) -> Non
     load the log for it. A commit meanwhile is seen by the next one's log entry, as always."""
     cache = cache or DEFAULT_CACHE
     known = cache.versions.get(str(table.directory))
-    if isinstance(known, tuple) and not table.has_version(known[0].version + 1):
-        cache.versions[str(table.directory)] = (known[0], table.log_stamp())
+    if isinstance(known, tuple):
+        _keep_as_newest(cache, table, known[0])
+
+
+def _keep_as_newest(cache: StoreCache, table: DeltaPins, state: TableState) -> None:
+    """Keep ``state`` as ``table``'s newest version in ``cache``, with the log's stamp as it is now,
+    unless a newer version exists already (the stamp is taken first: a commit after it is then seen)."""
+    stamp = table.log_stamp()
+    if not table.has_version(state.version + 1):
+        cache.versions[str(table.directory)] = (state, stamp)
 
 
 class Transaction:
@@ -474,10 +482,7 @@ class PinStore:
     def remember(self, state: TableState) -> None:
         """Keep ``state``, a version this process has just committed, as the newest one unless a newer
         one exists already, as ``table_state`` would after loading the log (which it then need not)."""
-        table = self.table
-        stamp = table.log_stamp()
-        if not table.has_version(state.version + 1):
-            self.cache.versions[str(table.directory)] = (state, stamp)
+        _keep_as_newest(self.cache, self.table, state)
 
     def snapshot(self) -> PinSnapshot:
         """The current version: the table, else an old-form parquet, else the legacy pins.json, else an
