@@ -251,6 +251,41 @@ async def test_listing_the_same_version_again_takes_the_names_the_kernel_holds_n
     assert read == [0]  # the first block was let go of by the kernel: read again; the others were kept
 
 
+async def test_a_big_listing_keeps_few_blocks_of_names_and_reads_one_again_when_the_kernel_asks(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #12: a full ``ls by-cid`` of 10M pins kept all 10M names (~630 MB). Past ``KEPT_BLOCKS``
+    a block keeps only its lookup counts; an entry of it is named by reading the block again."""
+    monkeypatch.setattr(adapter_module, "READDIR_BATCH", 16)  # 40 entries: three blocks
+    ops.inodes.listings.kept.limit = 1
+    given = await list_inodes(ops, monkeypatch, *BY_CID)
+    first = min(given)  # in block 0, whose names were let go when block 1 was listed
+    epoch = ops.inodes.listings.epoch(given[first])
+    assert epoch is not None and epoch.blocks == 3 and epoch.named_blocks == 1
+    hops: list[str] = []
+    real_blocking = ops._blocking
+
+    async def counting(function: Any, *args: Any) -> Any:
+        hops.append(getattr(function, "__qualname__", repr(function)))
+        return await real_blocking(function, *args)
+
+    monkeypatch.setattr(ops, "_blocking", counting)
+    assert (await ops.getattr(given[first], CTX)).st_mode & 0o040000
+    assert hops[0] == "NamesNeeded.read"
+    assert await walk(ops, *BY_CID, first) == given[first]  # the kernel's revalidation: the same number
+    status = (await ops.lookup(given[first], b"status", CTX)).st_ino
+    info = await ops.open(status, os.O_RDONLY, CTX)
+    assert await ops.read(info.fh, 0, 100) == b"stored\n"
+    await ops.release(info.fh)
+    assert epoch.named_blocks == 1 and len(ops.inodes.listings.kept) == 1  # still one block of names
+    last = max(given)
+    assert await walk(ops, *BY_CID, last) == given[last]  # block 2: read again, block 0 let go
+    assert ops.inodes.path_of(given[last]) == (*BY_CID, last) and hops.count("NamesNeeded.read") == 2
+    await ops.forget([(inode, 1) for inode in given.values()])
+    await ops.forget([(given[first], 1), (given[last], 1)])  # the lookups above
+    assert ops.inodes.listings.epochs == 0 and len(ops.inodes.listings.kept) == 0
+
+
 async def test_a_lookup_of_a_listed_name_gives_its_listing_inode_and_counts(
     ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
 ) -> None:

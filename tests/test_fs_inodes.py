@@ -11,7 +11,7 @@ from helpers import cid_for, spelled
 
 from pinfs.data.cids import cid_key, standard_forms
 from pinfs.fs import inodes as inodes_module
-from pinfs.fs.inodes import COMPACT_HELD, EPOCH_MASK, InodeTable, ListingInodes, is_listing_inode
+from pinfs.fs.inodes import COMPACT_HELD, EPOCH_MASK, InodeTable, ListingInodes, NamesNeeded, is_listing_inode
 
 DIRECTORY = ("backends", "b", "by-cid")
 NAMES = [f"n{i:04}" for i in range(40)]
@@ -98,6 +98,44 @@ def test_a_superseded_block_with_few_names_left_keeps_only_those() -> None:
     epoch = listings.epoch(given["n0039"])
     assert epoch is not None and epoch.blocks == 0 and epoch.held == COMPACT_HELD // 8
     assert listings.path_of(given["n0039"]) == (*DIRECTORY, "n0039")
+
+
+def test_blocks_past_the_kept_ones_let_their_names_go_and_read_them_again() -> None:
+    """Issue #12: the names of every held block cost ~63 bytes a name (10M pins: ~630 MB); only the
+    blocks used last keep them."""
+    listings = ListingInodes(kept_blocks=2)
+    reads: list[int] = []
+
+    def reader(start: int, stop: int) -> pa.Array:
+        reads.append(start)
+        return pa.array(NAMES[start:stop])
+
+    epoch = listings.open(DIRECTORY, "v1", 10, reader)
+    given = {
+        name: epoch.hold(position, pa.array(NAMES[position - position % 10 :][:10]))
+        for position, name in enumerate(NAMES)
+    }
+    listings.close(epoch)
+    assert epoch.blocks == 4 and epoch.named_blocks == 2 and len(listings) == 40
+    with pytest.raises(NamesNeeded) as caught:
+        listings.path_of(given["n0003"])
+    caught.value.restore(caught.value.read())
+    assert listings.path_of(given["n0003"]) == (*DIRECTORY, "n0003") and reads == [0]
+    assert epoch.named_blocks == 2  # block 0 in, block 2 out
+    with pytest.raises(NamesNeeded):
+        listings.find(DIRECTORY, "n0025")
+    assert listings.may_hold(DIRECTORY, "n0025") and listings.may_hold(DIRECTORY, "n0003")
+    assert not listings.may_hold(DIRECTORY, "n0003x") and not listings.may_hold(("other",), "n0003")
+    table = InodeTable()
+    table.listings = listings
+    assert table.held((*DIRECTORY, "n0025")) is None and table.may_hold((*DIRECTORY, "n0025"))
+    assert table.held((*DIRECTORY, "n0003")) == given["n0003"]
+    list_all(listings, version="v2", size=10)  # superseded: blocks with names compact to strings...
+    assert epoch.superseded and epoch.blocks == 2 and epoch.named_blocks == 0  # ...the others keep counts
+    assert epoch.held == 40 and listings.path_of(given["n0003"]) == (*DIRECTORY, "n0003")
+    for inode in given.values():
+        listings.forget(inode, 1)
+    assert listings.epoch(given["n0000"]) is None and len(listings.kept) == 0  # v2 (no reader) keeps its own
 
 
 def test_epoch_numbers_wrap_around_past_those_in_use(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ from pinfs.data.backends import get_backend
 from pinfs.data.cids import standard_forms
 from pinfs.data.snapshots import StoreCache
 from pinfs.data.store import PinStore
+from pinfs.fs import adapter as adapter_module
 from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
 from pinfs.fs.kernel import KernelCache
@@ -297,6 +298,44 @@ async def test_an_outside_change_is_told_to_the_kernel_without_anyone_asking(pin
         with trio.fail_after(10):  # a hang guard: inotify or the poll see it in milliseconds
             while (by_cid, cid_for(3)) not in recorder.entries:
                 await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_change_of_a_listed_cid_whose_names_were_let_go_is_told_by_name(
+    pinned: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a big listing most blocks keep only lookup counts (issue #12): the kernel is still told of
+    a changed CID it holds from one, by name, and the files below it by number."""
+    monkeypatch.setattr(adapter_module, "READDIR_BATCH", 16)
+    ops, kernel, recorder = mount_model(pinned)
+    ops.inodes.listings.kept.limit = 1
+    listed: dict[str, int] = {}
+
+    def reply(_token: object, name: bytes, attributes: pyfuse3.EntryAttributes, _next: int) -> bool:
+        listed[name.decode()] = attributes.st_ino
+        return True
+
+    monkeypatch.setattr(adapter_module.pyfuse3, "readdir_reply", reply)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(kernel, pinned)
+        await trio.testing.wait_all_tasks_blocked()
+        await kernel.sync()
+        by_cid = await walk(ops, "backends", "b", "by-cid")
+        handle = await ops.opendir(by_cid, CTX)
+        await ops.readdir(handle, 0, None)  # type: ignore[arg-type]
+        await ops.releasedir(handle)
+        changed = min(listed)  # block 0: its names were let go when the next block was listed
+        status = (await ops.lookup(listed[changed], b"status", CTX)).st_ino  # block 0 read again...
+        await ops.getattr(listed[sorted(listed)[100]], CTX)  # ...and let go once more for another
+        epoch = ops.inodes.listings.epoch(listed[changed])
+        assert epoch is not None and len(listed) == 300 and epoch.named_blocks == 1
+        assert epoch.kept_names(0) is None
+        untouched = sorted(listed)[200]  # in a block that also let its names go, not changed
+        await trio.to_thread.run_sync(lambda: add_pins(pinned, "b", [PinRequest(changed, "failed")]))
+        await kernel.sync()
+        assert (by_cid, changed) in recorder.entries and status in recorder.inodes
+        assert (by_cid, untouched) not in recorder.entries  # held maybe, but not changed: not told
         nursery.cancel_scope.cancel()
 
 

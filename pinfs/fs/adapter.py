@@ -35,7 +35,7 @@ from pinfs.errors import InvalidInput, PinfsError, ReadOnly
 from pinfs.fs.control import ControlRegistry, ControlSession
 from pinfs.fs.fuse_errors import answer_errors
 from pinfs.fs.handles import ControlHandle, DirHandle, FileHandle, Handle, ListingHandle, close_content
-from pinfs.fs.inodes import InodeTable
+from pinfs.fs.inodes import InodeTable, NamesNeeded
 from pinfs.fs.tree import BytesContent, ListingCursor, NameListing, Node, NodeKind, PinTree, TreePath
 
 log = logging.getLogger(__name__)
@@ -95,9 +95,34 @@ class PinfsOperations(pyfuse3.Operations):
             node = await self._blocking(self.tree.resolve, path)
         return node
 
-    def _attributes(self, node: Node, inode: int | None = None) -> pyfuse3.EntryAttributes:
+    async def _path_of(self, inode: int) -> TreePath:
+        """The path ``inode`` stands for (``InodeTable.path_of``); a listed entry whose block let its
+        names go has them read again on a worker thread first."""
+        while True:
+            try:
+                return self.inodes.path_of(inode)
+            except NamesNeeded as needed:
+                await self._read_names(needed)
+
+    async def _inode_of(self, path: TreePath) -> int:
+        """As ``InodeTable.inode_of``, reading a listing block's names again when it let them go."""
+        while True:
+            try:
+                return self.inodes.inode_of(path)
+            except NamesNeeded as needed:
+                await self._read_names(needed)
+
+    async def _read_names(self, needed: NamesNeeded) -> None:
+        try:
+            names = await self._blocking(needed.read)
+        except (OSError, PinfsError) as exc:  # that version's files are gone (vacuumed long after)
+            log.info("%s could not be read again: %s", needed, exc)
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        needed.restore(names)
+
+    def _attributes(self, node: Node, inode: int) -> pyfuse3.EntryAttributes:
         attributes = pyfuse3.EntryAttributes()
-        attributes.st_ino = InodeT(inode if inode is not None else self.inodes.inode_of(node.path))
+        attributes.st_ino = InodeT(inode)
         attributes.generation = 0
         attributes.entry_timeout = attributes.attr_timeout = self.tree.kernel_timeout(node)
         attributes.st_mode = ModeT(node.mode)
@@ -138,7 +163,7 @@ class PinfsOperations(pyfuse3.Operations):
 
     @answer_errors
     async def lookup(self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext) -> Any:
-        parent = self.inodes.path_of(parent_inode)
+        parent = await self._path_of(parent_inode)
         if name == b".":
             path = parent
         elif name == b"..":
@@ -146,9 +171,9 @@ class PinfsOperations(pyfuse3.Operations):
         else:
             path = (*parent, self._name(name))
         node = await self._resolve(path)
-        # No await from here to remember: the table stays consistent. "." is the parent's own number
-        # (a listing inode has no path inode that would be the same).
-        inode = parent_inode if name == b"." else self.inodes.inode_of(path)
+        # No await from the number to remember: the table stays consistent. "." is the parent's own
+        # number (a listing inode has no path inode that would be the same).
+        inode = parent_inode if name == b"." else await self._inode_of(path)
         attributes = self._attributes(node, inode)
         self.inodes.remember(inode, path)
         return attributes
@@ -166,7 +191,7 @@ class PinfsOperations(pyfuse3.Operations):
 
     @answer_errors
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> Any:
-        node = await self._resolve(self.inodes.path_of(inode))
+        node = await self._resolve(await self._path_of(inode))
         return self._attributes(node, inode)
 
     @answer_errors
@@ -178,7 +203,7 @@ class PinfsOperations(pyfuse3.Operations):
         fh: FileHandleT | None,
         ctx: pyfuse3.RequestContext,
     ) -> Any:
-        node = await self._resolve(self.inodes.path_of(inode))
+        node = await self._resolve(await self._path_of(inode))
         if node.kind is not NodeKind.CONTROL:
             raise ReadOnly("read-only filesystem")
         self._check_owner(ctx)
@@ -192,7 +217,7 @@ class PinfsOperations(pyfuse3.Operations):
 
     @answer_errors
     async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
-        node = await self._resolve(self.inodes.path_of(inode))
+        node = await self._resolve(await self._path_of(inode))
         if node.target is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
         return FileNameT(node.target.encode())
@@ -207,12 +232,13 @@ class PinfsOperations(pyfuse3.Operations):
 
     @answer_errors
     async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
-        path = self.inodes.path_of(inode)
+        path = await self._path_of(inode)
         listing = self.tree.listing_cached(path)  # a by-cid/<cid> of a kept record: no hop to a thread
         if listing is None:
             listing = await self._blocking(self.tree.listing, path)
         if isinstance(listing, NameListing):
-            epoch = self.inodes.listings.open(path, listing.version, READDIR_BATCH)
+            reader = listing.names if listing.random_access else None
+            epoch = self.inodes.listings.open(path, listing.version, READDIR_BATCH, reader)
             return self._add_handle(ListingHandle(ListingCursor(listing, READDIR_BATCH), epoch))
         return self._add_handle(DirHandle(listing))
 
@@ -277,7 +303,7 @@ class PinfsOperations(pyfuse3.Operations):
 
     @answer_errors
     async def open(self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = await self._resolve(self.inodes.path_of(inode))
+        node = await self._resolve(await self._path_of(inode))
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         writing = bool(flags & _WRITE_FLAGS) or bool(flags & os.O_TRUNC)

@@ -28,8 +28,13 @@ or ``cids`` is indexed by the CID's identity (``PathInodes.aliases``), so that t
 can tell the kernel about every name it holds for a changed CID (issue #19). Listing inodes need no
 index: a listing shows the spellings as stored.
 
-Memory stays proportional to what the kernel holds: a block of names is dropped when no position in it
-is held, an epoch when none of its blocks is and no directory handle lists it. When a directory is
+Memory stays proportional to what the kernel holds, and bounded in names: a block is dropped when no
+position in it is held, an epoch when none of its blocks is and no directory handle lists it. A held
+block keeps its lookup counts (4 bytes a position) and, for the ``KEPT_BLOCKS`` blocks used last
+(``KeptNames``), its names; the others' names are let go and read again from the listed version when
+the kernel asks about one of their entries (``NamesNeeded``: the adapter reads them on a worker thread
+and asks again). Issue #12: at 10M pins, a full ``ls by-cid`` used to keep all 10M names the kernel
+holds after readdirplus, ~630 MB; now ~40 MB of counts and at most ``KEPT_BLOCKS`` blocks of names. When a directory is
 listed in a new version, its previous epoch is *superseded*: the kernel drops most of its entries as
 the new listing replaces them, and a block left with few held names (e.g. CIDs removed since) keeps
 just those names as strings instead of the whole block (``COMPACT_HELD``). No cap on epochs is needed:
@@ -49,7 +54,8 @@ import bisect
 import errno
 import itertools
 from array import array
-from collections.abc import Collection, Hashable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Hashable, Iterable
 
 import pyarrow as pa
 import pyfuse3
@@ -69,6 +75,13 @@ EPOCH_MASK = (1 << EPOCH_BITS) - 1
 # A superseded epoch's block with at most this many held positions keeps only those names (as
 # strings, ~150 bytes each) instead of the whole block (~64 bytes per name of the block).
 COMPACT_HELD = 64
+# Blocks of names kept in memory over every epoch (``KeptNames``). A ``by-cid`` block is a slice of a
+# data file's cid column and keeps that column's buffer (~16k names, ~1 MB): 64 blocks keep ~64 MB at
+# most, whatever the size of the listing.
+KEPT_BLOCKS = 64
+
+# (start, stop) -> the names a listed version has at those positions (blocking: a worker thread).
+BlockReader = Callable[[int, int], Names]
 
 
 def is_listing_inode(inode: int) -> bool:
@@ -218,14 +231,58 @@ class PathInodes:
 
 
 class _Block:
-    """The names at ``block_size`` consecutive positions of a listing, and the lookups held on each."""
+    """The names at ``block_size`` consecutive positions of a listing (None once let go: read them
+    again), and the lookups held on each."""
 
     __slots__ = ("names", "counts", "held")
 
     def __init__(self, names: Names) -> None:
-        self.names = names
+        self.names: Names | None = names
         self.counts = array("I", bytes(4 * len(names)))
         self.held = 0  # positions whose count is above 0
+
+
+class NamesNeeded(Exception):
+    """The kernel asked about an entry of a block whose names were let go: ``read`` them (blocking, on
+    a worker thread), hand them to ``restore`` (on the event loop), and ask again."""
+
+    def __init__(self, epoch: ListedVersion, index: int) -> None:
+        super().__init__(f"the names of block {index} of {'/'.join(epoch.directory)}")
+        self.epoch = epoch
+        self.index = index
+
+    def read(self) -> Names:
+        return self.epoch.read_block(self.index)
+
+    def restore(self, names: Names) -> None:
+        self.epoch.restore(self.index, names)
+
+
+class KeptNames:
+    """The blocks whose names are kept, least recently used first. Past ``limit`` the oldest one's
+    names are let go (its lookup counts stay). Only blocks whose epoch can read them again are here;
+    the others keep their names while they are held."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = KEPT_BLOCKS if limit is None else limit
+        self._order: OrderedDict[int, _Block] = OrderedDict()  # id(block) -> block
+
+    def add(self, block: _Block) -> None:
+        self._order[id(block)] = block
+        self._order.move_to_end(id(block))
+        while len(self._order) > self.limit:
+            _key, oldest = self._order.popitem(last=False)
+            oldest.names = None
+
+    def touch(self, block: _Block) -> None:
+        if id(block) in self._order:
+            self._order.move_to_end(id(block))
+
+    def discard(self, block: _Block) -> None:
+        self._order.pop(id(block), None)
+
+    def __len__(self) -> int:
+        return len(self._order)
 
 
 class ListedVersion:
@@ -236,12 +293,23 @@ class ListedVersion:
     the same numbers (the kernel then only counts one more lookup, instead of replacing every entry).
     """
 
-    def __init__(self, number: int, directory: TreePath, version: Hashable | None, block_size: int) -> None:
+    def __init__(
+        self,
+        number: int,
+        directory: TreePath,
+        version: Hashable | None,
+        block_size: int,
+        reader: BlockReader | None = None,
+        kept: KeptNames | None = None,
+    ) -> None:
         self.number = number
         self.base = LISTING_FLAG | (number << POSITION_BITS)  # the inode of position 0
         self.directory = directory
         self.version = version
         self.block_size = block_size
+        # Reads a block's names again; None: they cannot be (a stream), so held blocks keep them.
+        self.reader = reader
+        self.kept = kept if kept is not None else KeptNames()
         self.handles = 0  # open directory handles listing this version
         self.superseded = False  # the directory has since been listed in another version
         self.held = 0  # positions held, in blocks and loose
@@ -263,6 +331,8 @@ class ListedVersion:
         block = self._blocks.get(index)
         if block is None:
             block = self._add_block(index, names)
+        elif block.names is None:
+            self._keep_names(block, names)
         if block.counts[offset] == 0:
             block.held += 1
             self.held += 1
@@ -274,14 +344,24 @@ class ListedVersion:
         at = bisect.bisect_left(self._order, index)
         self._order.insert(at, index)
         self._firsts.insert(at, names[0].as_py())
+        if self.reader is not None:
+            self.kept.add(block)
         return block
+
+    def _keep_names(self, block: _Block, names: Names) -> None:
+        block.names = names
+        self.kept.add(block)
 
     def hold_again(self, position: int) -> None:
         """Count one more lookup of an entry the kernel holds or ``find`` gave. Raises FUSEError(ENOENT)
         for one this epoch does not keep."""
         block = self._blocks.get(position // self.block_size)
         if block is not None:
-            self.hold(position, block.names)
+            offset = position % self.block_size
+            if block.counts[offset] == 0:
+                block.held += 1
+                self.held += 1
+            block.counts[offset] += 1
         elif position in self._loose:
             self._loose[position][1] += 1
         else:
@@ -292,15 +372,23 @@ class ListedVersion:
         listing of the same version again takes them instead of reading them once more, so a second
         ``ls`` of a big directory adds nothing to memory (the read cache would hold a second copy)."""
         block = self._blocks.get(position // self.block_size)
-        return None if block is None else block.names
+        if block is None or block.names is None:
+            return None
+        self.kept.touch(block)
+        return block.names
 
     def find(self, name: str) -> int | None:
-        """The position of ``name`` in a block this epoch keeps, else None."""
+        """The position of ``name`` in a block this epoch keeps, else None. Raises NamesNeeded when the
+        block it would be in has let its names go."""
         at = bisect.bisect_right(self._firsts, name) - 1
         if at < 0:
             return None
         index = self._order[at]
-        names = self._blocks[index].names
+        block = self._blocks[index]
+        names = block.names
+        if names is None:
+            raise NamesNeeded(self, index)
+        self.kept.touch(block)
         # Binary search (names are sorted; Arrow's byte order is str order for UTF-8): ~12 scalar reads,
         # a few microseconds on the loop where a linear pc.index over the block takes ~20.
         low, high = 0, len(names)
@@ -314,6 +402,14 @@ class ListedVersion:
             return index * self.block_size + low
         return None
 
+    def may_hold(self, name: str) -> bool:
+        """Whether the kernel may hold ``name`` from this epoch: exact when its block keeps its names,
+        else True if it would be in a held block (never reads)."""
+        try:
+            return self.find(name) is not None
+        except NamesNeeded:
+            return True
+
     # -- what an inode stands for --
 
     def name_at(self, position: int) -> str:
@@ -321,6 +417,9 @@ class ListedVersion:
         index, offset = divmod(position, self.block_size)
         block = self._blocks.get(index)
         if block is not None and block.counts[offset]:
+            if block.names is None:
+                raise NamesNeeded(self, index)
+            self.kept.touch(block)
             return block.names[offset].as_py()
         loose = self._loose.get(position)
         if loose is None:
@@ -340,7 +439,7 @@ class ListedVersion:
                 self.held -= 1
                 if block.held == 0:
                     self._drop_block(index)
-                elif self.superseded and block.held <= COMPACT_HELD:
+                elif self.superseded and block.held <= COMPACT_HELD and block.names is not None:
                     self._compact(index)
             return
         loose = self._loose.get(position)
@@ -354,11 +453,13 @@ class ListedVersion:
         """The directory was listed in another version: the kernel drops this one's entries as the new
         listing replaces them; blocks that keep only a few (names gone since) keep just those."""
         self.superseded = True
-        for index in [index for index, block in self._blocks.items() if block.held <= COMPACT_HELD]:
-            self._compact(index)
+        for index, block in list(self._blocks.items()):
+            if block.held <= COMPACT_HELD and block.names is not None:
+                self._compact(index)
 
     def _compact(self, index: int) -> None:
         block = self._blocks[index]
+        assert block.names is not None
         start = index * self.block_size
         for offset, count in enumerate(block.counts):
             if not count:
@@ -372,7 +473,7 @@ class ListedVersion:
         self._drop_block(index)
 
     def _drop_block(self, index: int) -> None:
-        del self._blocks[index]
+        self.kept.discard(self._blocks.pop(index))
         at = bisect.bisect_left(self._order, index)
         del self._order[at]
         del self._firsts[at]
@@ -381,29 +482,53 @@ class ListedVersion:
     def unused(self) -> bool:
         return self.held == 0 and self.handles == 0
 
+    # -- names let go, read again --
+
+    def read_block(self, index: int) -> Names:
+        """The names of block ``index`` as this version lists them. Blocking: a worker thread."""
+        if self.reader is None:
+            raise AssertionError("a block that cannot be read again keeps its names")
+        start = index * self.block_size
+        return self.reader(start, start + self.block_size)
+
+    def restore(self, index: int, names: Names) -> None:
+        """Names ``read_block`` gave, kept again if the block is still held and still wants them."""
+        block = self._blocks.get(index)
+        if block is not None and block.names is None:
+            self._keep_names(block, names)
+
     @property
     def blocks(self) -> int:
-        """How many blocks of names this epoch keeps (for tests and diagnostics)."""
+        """How many blocks this epoch holds lookups in (for tests and diagnostics)."""
         return len(self._blocks)
+
+    @property
+    def named_blocks(self) -> int:
+        """How many of them keep their names in memory (for tests and diagnostics)."""
+        return sum(1 for block in self._blocks.values() if block.names is not None)
 
 
 class ListingInodes:
     """The live epochs: by number (for inodes the kernel holds) and the newest per directory (for
     lookups and for listing the same version again)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kept_blocks: int | None = None) -> None:
         self._epochs: dict[int, ListedVersion] = {}
         self._current: dict[TreePath, ListedVersion] = {}
         self._numbers = itertools.count(1)
+        self.kept = KeptNames(kept_blocks)
 
-    def open(self, directory: TreePath, version: Hashable | None, block_size: int) -> ListedVersion:
+    def open(
+        self, directory: TreePath, version: Hashable | None, block_size: int, reader: BlockReader | None = None
+    ) -> ListedVersion:
         """The epoch for listing ``directory`` in ``version`` (None: a version that cannot be told
-        apart from others, so never shared), held until ``close``."""
+        apart from others, so never shared), held until ``close``. ``reader`` reads the names of a
+        block of this version again (None: they cannot be, so they are kept while held)."""
         current = self._current.get(directory)
         if current is not None and current.lists(version, block_size):
             epoch = current
         else:
-            epoch = ListedVersion(self._new_number(), directory, version, block_size)
+            epoch = ListedVersion(self._new_number(), directory, version, block_size, reader, self.kept)
             self._epochs[epoch.number] = epoch
             self._current[directory] = epoch
             if current is not None:
@@ -445,12 +570,18 @@ class ListingInodes:
 
     def find(self, directory: TreePath, name: str) -> int | None:
         """The listing inode of ``directory/name`` in the directory's current epoch, if it keeps the name
-        (nothing is counted yet: ``hold_again``)."""
+        (nothing is counted yet: ``hold_again``). Raises NamesNeeded (``ListedVersion.find``)."""
         epoch = self._current.get(directory)
         if epoch is None:
             return None
         position = epoch.find(name)
         return None if position is None else epoch.base + position
+
+    def may_hold(self, directory: TreePath, name: str) -> bool:
+        """Whether the kernel may hold ``directory/name`` from the directory's current epoch (never
+        reads: ``ListedVersion.may_hold``)."""
+        epoch = self._current.get(directory)
+        return epoch is not None and epoch.may_hold(name)
 
     def hold_again(self, inode: int) -> None:
         epoch, position = self._epoch_of(inode)
@@ -489,7 +620,8 @@ class InodeTable:
 
     def inode_of(self, path: TreePath) -> int:
         """The inode a lookup of ``path`` gives: its listing inode when the current epoch of its directory
-        keeps the name, else its path inode. Not counted until ``remember``."""
+        keeps the name, else its path inode. Not counted until ``remember``. Raises NamesNeeded when
+        the block it would be in has let its names go."""
         if path:
             found = self.listings.find(path[:-1], path[-1])
             if found is not None:
@@ -504,7 +636,8 @@ class InodeTable:
             self.paths.remember(inode, PathInodes.key_of(path))
 
     def path_of(self, inode: int) -> TreePath:
-        """The path ``inode`` stands for. Raises FUSEError(ENOENT) for a number the kernel does not hold."""
+        """The path ``inode`` stands for. Raises FUSEError(ENOENT) for a number the kernel does not hold,
+        NamesNeeded for a listing inode whose block has let its names go."""
         if is_listing_inode(inode):
             return self.listings.path_of(inode)
         key = self.paths.key_of_inode(inode)
@@ -519,14 +652,23 @@ class InodeTable:
     def held(self, path: TreePath) -> int | None:
         """The inode the kernel may hold for ``path`` (its listing inode if the current epoch of its
         directory keeps the name, else its path inode if that is known), else None. For telling the
-        kernel that the node changed (``pinfs.fs.kernel``)."""
+        kernel that the node changed (``pinfs.fs.kernel``). A listing inode in a block that has let its
+        names go is not found here (``may_hold`` is True for it: tell the kernel by name)."""
         if not path:
             return pyfuse3.ROOT_INODE
-        found = self.listings.find(path[:-1], path[-1])
+        try:
+            found = self.listings.find(path[:-1], path[-1])
+        except NamesNeeded:
+            found = None
         if found is not None:
             return found
         inode = self.paths.inode_of_key(PathInodes.key_of(path))
         return inode if self.paths.holds(inode) else None
+
+    def may_hold(self, path: TreePath) -> bool:
+        """Whether the kernel may hold ``path``: ``held`` finds it, or a listing block that has let its
+        names go may have it (never reads)."""
+        return self.held(path) is not None or (bool(path) and self.listings.may_hold(path[:-1], path[-1]))
 
     def aliases(self, identity: str) -> Collection[str]:
         """The non-standard spellings of the CID ``identity`` (its ``cid_key``) the kernel may hold
@@ -536,7 +678,7 @@ class InodeTable:
     def may_name(self, cid: str, directories: Iterable[TreePath]) -> bool:
         """Whether the kernel may hold a path at or below the CID name ``cid``: a path inode, or a name
         the current listing of one of ``directories`` keeps. False: nothing to tell it of ``cid``."""
-        return self.paths.names(cid) or any(self.listings.find(directory, cid) is not None for directory in directories)
+        return self.paths.names(cid) or any(self.listings.may_hold(directory, cid) for directory in directories)
 
     def forget_all(self) -> None:
         self.paths = PathInodes()

@@ -121,8 +121,9 @@ async def plan_for(inodes: InodeTable, changes: Sequence[Change]) -> Plan:
 
     def entry(parent: TreePath, name: str) -> None:
         # Only a name the kernel holds: it keeps a dentry only after a positive lookup (pinfs caches no
-        # negative ones), which makes its node held. A batch of 10,000 new pins then costs no call.
-        if inodes.held((*parent, name)) is None:
+        # negative ones), which makes its node held. A batch of 10,000 new pins then costs no call. A
+        # listed name whose block has let its names go may be held: it is told by name.
+        if not inodes.may_hold((*parent, name)):
             return
         found = inodes.held(parent)
         if found is not None:
@@ -149,7 +150,7 @@ async def plan_for(inodes: InodeTable, changes: Sequence[Change]) -> Plan:
             if not inodes.may_name(cid, listed):  # a new pin, or one nobody looked at: nothing held
                 continue
             entry((*base, BY_CID), cid)
-            if inodes.held((*base, BY_CID, cid)) is not None:  # else the kernel holds nothing below it
+            if inodes.may_hold((*base, BY_CID, cid)):  # else the kernel holds nothing below it
                 inode((*base, BY_CID, cid))
                 for name in RECORD_FILES:
                     inode((*base, BY_CID, cid, name))

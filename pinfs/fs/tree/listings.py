@@ -93,6 +93,13 @@ class NameListing:
 
     template: Node | None = None
     version: Hashable | None = None
+    # Whether ``names`` reads any positions again (a stream can only go forward).
+    random_access = False
+
+    def names(self, start: int, stop: int) -> pa.Array | pa.ChunkedArray:
+        """Every name at positions ``start`` up to ``stop`` (shorter only at the end), nameable or not.
+        Blocking."""
+        raise NotImplementedError
 
     def block(self, start: int, limit: int) -> NameBlock:
         """The entries at positions ``start`` up to ``start + limit``; shorter only at the end."""
@@ -117,6 +124,8 @@ class PositionalListing(NameListing):
     """A sorted column of CIDs with random access by position (``by-cid``, ``by-status/<s>``):
     ``fetch(start, stop)`` gives the names at those positions."""
 
+    random_access = True
+
     def __init__(
         self,
         count: int,
@@ -131,9 +140,12 @@ class PositionalListing(NameListing):
         self.template = template
         self.version = version
 
+    def names(self, start: int, stop: int) -> pa.Array | pa.ChunkedArray:
+        stop = min(stop, self.count)
+        return self._fetch(start, stop) if start < stop else pa.array([], pa.string())
+
     def block(self, start: int, limit: int) -> NameBlock:
-        stop = min(start + limit, self.count)
-        return NameBlock.of(start, self._fetch(start, stop) if start < stop else pa.array([], pa.string()))
+        return NameBlock.of(start, self.names(start, start + limit))
 
     def node(self, name: str) -> Node:
         return self._make_node(name)
