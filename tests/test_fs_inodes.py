@@ -138,6 +138,20 @@ def test_blocks_past_the_kept_ones_let_their_names_go_and_read_them_again() -> N
     assert listings.epoch(given["n0000"]) is None and len(listings.kept) == 0  # v2 (no reader) keeps its own
 
 
+def test_a_lookup_count_past_a_byte_is_counted_exactly() -> None:
+    listings = ListingInodes()
+    epoch = listings.open(DIRECTORY, "v1", 16)
+    inode = epoch.hold(3, block_of(0))
+    for _ in range(299):
+        listings.hold_again(inode)
+    listings.close(epoch)
+    listings.forget(inode, 45)
+    listings.forget(inode, 254)
+    assert listings.path_of(inode)[-1] == "n0003" and len(listings) == 1
+    listings.forget(inode, 1)
+    assert len(listings) == 0 and listings.epochs == 0
+
+
 def test_epoch_numbers_wrap_around_past_those_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
     listings = ListingInodes()
     monkeypatch.setattr(listings, "_numbers", itertools.count(EPOCH_MASK))

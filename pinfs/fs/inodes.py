@@ -30,11 +30,11 @@ index: a listing shows the spellings as stored.
 
 Memory stays proportional to what the kernel holds, and bounded in names: a block is dropped when no
 position in it is held, an epoch when none of its blocks is and no directory handle lists it. A held
-block keeps its lookup counts (4 bytes a position) and, for the ``KEPT_BLOCKS`` blocks used last
+block keeps its lookup counts (a byte a position) and, for the ``KEPT_BLOCKS`` blocks used last
 (``KeptNames``), its names; the others' names are let go and read again from the listed version when
 the kernel asks about one of their entries (``NamesNeeded``: the adapter reads them on a worker thread
 and asks again). Issue #12: at 10M pins, a full ``ls by-cid`` used to keep all 10M names the kernel
-holds after readdirplus, ~630 MB; now ~40 MB of counts and at most ``KEPT_BLOCKS`` blocks of names. When a directory is
+holds after readdirplus, ~630 MB; now ~10 MB of counts and at most ``KEPT_BLOCKS`` blocks of names. When a directory is
 listed in a new version, its previous epoch is *superseded*: the kernel drops most of its entries as
 the new listing replaces them, and a block left with few held names (e.g. CIDs removed since) keeps
 just those names as strings instead of the whole block (``COMPACT_HELD``). No cap on epochs is needed:
@@ -53,7 +53,6 @@ from __future__ import annotations
 import bisect
 import errno
 import itertools
-from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable, Iterable
 
@@ -76,9 +75,10 @@ EPOCH_MASK = (1 << EPOCH_BITS) - 1
 # strings, ~150 bytes each) instead of the whole block (~64 bytes per name of the block).
 COMPACT_HELD = 64
 # Blocks of names kept in memory over every epoch (``KeptNames``). A ``by-cid`` block is a slice of a
-# data file's cid column and keeps that column's buffer (~16k names, ~1 MB): 64 blocks keep ~64 MB at
-# most, whatever the size of the listing.
-KEPT_BLOCKS = 64
+# data file's cid column and keeps that column's buffer (~16k names, ~1 MB): 16 blocks keep ~16 MB at
+# most, whatever the size of the listing. What the kernel asks after a listing mostly goes in order
+# (``ls -l``, a walk): one or two blocks at a time.
+KEPT_BLOCKS = 16
 
 # (start, stop) -> the names a listed version has at those positions (blocking: a worker thread).
 BlockReader = Callable[[int, int], Names]
@@ -232,14 +232,49 @@ class PathInodes:
 
 class _Block:
     """The names at ``block_size`` consecutive positions of a listing (None once let go: read them
-    again), and the lookups held on each."""
+    again), and the lookups held on each: a byte a position, since the kernel holds one or a few
+    lookups per entry; a count of ``BIG`` or more is kept in ``big``."""
 
-    __slots__ = ("names", "counts", "held")
+    __slots__ = ("names", "counts", "held", "big")
+
+    BIG = 255
 
     def __init__(self, names: Names) -> None:
         self.names: Names | None = names
-        self.counts = array("I", bytes(4 * len(names)))
+        self.counts = bytearray(len(names))
         self.held = 0  # positions whose count is above 0
+        self.big: dict[int, int] = {}
+
+    def count(self, offset: int) -> int:
+        small = self.counts[offset]
+        return small if small < self.BIG else self.big[offset]
+
+    def add(self, offset: int) -> bool:
+        """One more lookup at ``offset``; True when it is the first."""
+        small = self.counts[offset]
+        if small < self.BIG - 1:
+            self.counts[offset] = small + 1
+        elif small == self.BIG - 1:
+            self.counts[offset] = self.BIG
+            self.big[offset] = self.BIG
+        else:
+            self.big[offset] += 1
+        if small == 0:
+            self.held += 1
+        return small == 0
+
+    def subtract(self, offset: int, count: int) -> int:
+        """``count`` lookups fewer at ``offset`` (not below 0); the lookups left."""
+        left = max(self.count(offset) - count, 0)
+        if left >= self.BIG:
+            self.big[offset] = left
+            return left
+        if self.counts[offset] == self.BIG:
+            del self.big[offset]
+        if left == 0 and self.counts[offset]:
+            self.held -= 1
+        self.counts[offset] = left
+        return left
 
 
 class NamesNeeded(Exception):
@@ -333,10 +368,8 @@ class ListedVersion:
             block = self._add_block(index, names)
         elif block.names is None:
             self._keep_names(block, names)
-        if block.counts[offset] == 0:
-            block.held += 1
+        if block.add(offset):
             self.held += 1
-        block.counts[offset] += 1
         return self.base + position
 
     def _add_block(self, index: int, names: Names) -> _Block:
@@ -357,11 +390,8 @@ class ListedVersion:
         for one this epoch does not keep."""
         block = self._blocks.get(position // self.block_size)
         if block is not None:
-            offset = position % self.block_size
-            if block.counts[offset] == 0:
-                block.held += 1
+            if block.add(position % self.block_size):
                 self.held += 1
-            block.counts[offset] += 1
         elif position in self._loose:
             self._loose[position][1] += 1
         else:
@@ -413,7 +443,8 @@ class ListedVersion:
     # -- what an inode stands for --
 
     def name_at(self, position: int) -> str:
-        """The name at ``position``, if the kernel holds it. Raises FUSEError(ENOENT)."""
+        """The name at ``position``, if the kernel holds it. Raises FUSEError(ENOENT), or NamesNeeded
+        when its block let its names go."""
         index, offset = divmod(position, self.block_size)
         block = self._blocks.get(index)
         if block is not None and block.counts[offset]:
@@ -432,10 +463,7 @@ class ListedVersion:
         index, offset = divmod(position, self.block_size)
         block = self._blocks.get(index)
         if block is not None and block.counts[offset]:
-            left = max(block.counts[offset] - count, 0)
-            block.counts[offset] = left
-            if left == 0:
-                block.held -= 1
+            if block.subtract(offset, count) == 0:
                 self.held -= 1
                 if block.held == 0:
                     self._drop_block(index)
@@ -461,9 +489,10 @@ class ListedVersion:
         block = self._blocks[index]
         assert block.names is not None
         start = index * self.block_size
-        for offset, count in enumerate(block.counts):
-            if not count:
+        for offset, small in enumerate(block.counts):
+            if not small:
                 continue
+            count = block.count(offset)
             loose = self._loose.get(start + offset)
             if loose is None:
                 self._loose[start + offset] = [block.names[offset].as_py(), count]
