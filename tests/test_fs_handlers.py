@@ -286,6 +286,20 @@ async def test_a_big_listing_keeps_few_blocks_of_names_and_reads_one_again_when_
     assert ops.inodes.listings.epochs == 0 and len(ops.inodes.listings.kept) == 0
 
 
+async def test_a_big_listing_hands_freed_memory_back_when_it_is_closed(
+    ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter_module, "READDIR_BATCH", 16)  # 40 entries: three blocks
+    trims: list[str] = []
+    monkeypatch.setattr(adapter_module, "give_back_freed_memory", lambda: trims.append(threading.current_thread().name))
+    monkeypatch.setattr(adapter_module, "TRIM_AFTER_BLOCKS", 4)
+    await list_inodes(ops, monkeypatch, *BY_CID)
+    assert trims == []  # three blocks: not a big listing
+    monkeypatch.setattr(adapter_module, "TRIM_AFTER_BLOCKS", 3)
+    await list_inodes(ops, monkeypatch, *BY_CID)
+    assert len(trims) == 1 and trims[0] != threading.main_thread().name  # on a worker thread
+
+
 async def test_a_lookup_of_a_listed_name_gives_its_listing_inode_and_counts(
     ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
 ) -> None:

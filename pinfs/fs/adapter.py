@@ -37,6 +37,7 @@ from pinfs.fs.fuse_errors import answer_errors
 from pinfs.fs.handles import ControlHandle, DirHandle, FileHandle, Handle, ListingHandle, close_content
 from pinfs.fs.inodes import InodeTable, NamesNeeded
 from pinfs.fs.tree import BytesContent, ListingCursor, NameListing, Node, NodeKind, PinTree, TreePath
+from pinfs.fs.warmup import give_back_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 # kernel takes a few dozen entries per readdir request); what the kernel did not take is kept in the
 # ListingHandle. Blocks start at multiples of it, so a listing epoch keeps each block once.
 READDIR_BATCH = 4096
+# A listing that read this many blocks (~1M names) made and freed enough for its releasedir to hand
+# the C heap's free pages back (``pinfs.fs.warmup.give_back_freed_memory``).
+TRIM_AFTER_BLOCKS = 256
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 # -- the operations --
@@ -298,6 +302,8 @@ class PinfsOperations(pyfuse3.Operations):
         handle = self._handles.pop(fh, None)
         if isinstance(handle, ListingHandle):
             self.inodes.listings.close(handle.epoch)
+            if handle.cursor.fetched >= TRIM_AFTER_BLOCKS:
+                await trio.to_thread.run_sync(give_back_freed_memory)
 
     # -- files --
 

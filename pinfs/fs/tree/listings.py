@@ -229,6 +229,7 @@ class ListingCursor:
         self.block_size = block_size
         self.block: NameBlock | None = None
         self.end: int | None = None
+        self.fetched = 0  # blocks fetched (read, or taken from ``kept``)
 
     def cached(self, position: int) -> NameBlock | None:
         """The block holding ``position`` when it is the one kept; never touches disk."""
@@ -246,6 +247,7 @@ class ListingCursor:
         start = position - position % self.block_size
         block = NameBlock.of(start, kept) if kept is not None else self.listing.block(start, self.block_size)
         self.block = block
+        self.fetched += 1
         if len(block.column) < self.block_size:
             self.end = block.stop
         return block if position < block.stop else None
