@@ -100,6 +100,13 @@ class Kept:
     made: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
 
+def records_for(cache_mb: int) -> RecordCache:
+    """The mount's record cache, sized from its ``--cache-mb`` like the read cache: a kept record with
+    the nodes made from it holds ~5 KB, so 16 records a MB (4096 at the default 256) are ~8 % of the
+    bound; its row groups, a quarter of it (mostly the tables the read cache holds anyway)."""
+    return RecordCache(maxsize=max(RECORD_ENTRIES, cache_mb * 16), group_bytes=(cache_mb << 20) // 4)
+
+
 @dataclass(frozen=True, eq=False)
 class RowGroup:
     """One row group of ``version``, sorted by CID (``cids``: the stored spellings), whose records are
