@@ -8,7 +8,10 @@ versions (it is called by the mount's kernel-cache duty: on inotify events, on a
 control command) and diffs them: a commit removes and adds whole data files, so the records that may
 have changed are those of the removed and added files, and comparing their rows gives the exact CIDs.
 ``RecordCache`` keeps records with the version they came from and a *lease*: how long the kernel may
-keep a node made from it. ``check`` drops exactly the changed CIDs; their leases end at once.
+keep a node made from it. ``check`` drops exactly the changed CIDs; their leases end at once. It also
+keeps the row group a leased record was read from (``keep_group``), and makes the records of its other
+CIDs from it when they are asked for, as if each had been kept when the group was read (a walk of
+``by-cid`` goes in CID order: issue #19, item 4); a change drops every group whose range it touches.
 
 The rules (gcsfuse's, mountpoint-s3's):
 - A lease is long (``LONG_SECONDS``, the backstop) only for a record read from the version the watch
@@ -23,7 +26,8 @@ The rules (gcsfuse's, mountpoint-s3's):
 What it must not do: import pyfuse3 or know about inodes (the kernel side is ``pinfs.fs.kernel``).
 
 Threading: ``RecordCache`` is used from worker threads and from the event loop; one lock guards it,
-held only for dictionary operations. ``VersionWatch.check`` blocks (it stats the log and reads data
+held only for dictionary operations (records are made from a row group outside it, then kept only if
+the group was not dropped meanwhile). ``VersionWatch.check`` blocks (it stats the log and reads data
 files) and runs on a worker thread; a lock makes each transition diffed exactly once.
 """
 
