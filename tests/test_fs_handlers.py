@@ -539,6 +539,7 @@ async def test_the_mount_bounds_the_cache_its_control_runs_read_through(root: Pa
         store = PinStore(get_backend(root, "bounded"))
         assert store.cache is operations.tree.cache
         assert store.cache.max_bytes == 3 << 20
+        assert operations.tree.records.group_bytes <= 1 << 20  # the row groups kept for walks: a part of it
     finally:
         DEFAULT_CACHE.limit(DEFAULT_CACHE_BYTES)
 

@@ -3,6 +3,7 @@ the version watch, and the kernel-cache duty's invalidations (recorded instead o
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,91 @@ def test_a_record_read_before_the_current_version_is_not_kept() -> None:
     assert late.lease is None and cache.get("b", "x") is None
 
 
+# -- row groups: neighbours made from memory (issue #19, item 4) --
+
+
+def keep_group_of(cache: RecordCache, at: Any, statuses: dict[str, str], backend: str = "b") -> list[str]:
+    """Keep a row group of ``at`` holding ``statuses`` (CID -> status); returns its CIDs in order."""
+    table = pa.Table.from_pylist([{"cid": cid, "status": status} for cid, status in sorted(statuses.items())])
+    cache.keep_group(backend, at, table.column("cid").combine_chunks(), made_from(table), table.nbytes)
+    return sorted(statuses)
+
+
+def made_from(table: pa.Table) -> Any:
+    return lambda start, stop: [(row, 7) for row in table.slice(start, stop - start).to_pylist()]
+
+
+GROUP = {cid_for(number): "stored" for number in range(100)}
+
+
+def test_each_cid_of_a_kept_row_group_is_made_into_its_own_record_under_a_lease() -> None:
+    cache = RecordCache(clock=FakeClock())
+    cache.advance("b", version(3), set())
+    cids = keep_group_of(cache, version(3), GROUP)
+    for cid in [cids[0], cids[50], cids[99], cids[51]]:
+        kept = cache.get("b", cid, leased_only=True)
+        assert kept is not None and kept.record == {"cid": cid, "status": "stored"} and kept.version == version(3)
+        assert cache.remaining(kept.lease) == LONG_SECONDS and kept.mtime_ns == 7
+    assert cache.get("b", cid_for("not in the group")) is None
+    assert cache.get("b", spelled(cids[90], "z")) is None  # a spelling not stored: the disk decides
+    assert cache.get("b", spelled(cids[3], "z")).record["cid"] == cids[3]  # made: kept for every spelling
+
+
+def test_a_change_drops_the_row_groups_holding_a_changed_cid_and_their_records() -> None:
+    cache = RecordCache(clock=FakeClock())
+    cache.advance("b", version(1), set())
+    cache.advance("c", version(1), set())
+    cids = keep_group_of(cache, version(1), GROUP)
+    others = keep_group_of(cache, version(1), {cid_for(f"other {number}"): "failed" for number in range(100)}, "c")
+    made = cache.get("b", cids[10])  # made, with the next ones, before the change
+    assert made is not None and cache.get("b", cids[11]) is not None
+    cache.advance("b", version(2), {cids[11]})
+    assert cache.get("b", cids[11]) is None  # the changed CID: read again, from the new version
+    assert cache.get("b", cids[60]) is None  # not made yet: its group may be older than what is stored now
+    assert cache.get("b", cids[10]) is made  # made before, unchanged: kept like any record
+    assert cache.get("c", others[5]) is not None  # another backend's group is not touched
+    cache.advance("c", version(9), None)  # everything may have changed
+    assert cache.get("c", others[70]) is None
+
+
+def test_a_row_group_serves_no_record_once_a_newer_version_was_read() -> None:
+    cache = RecordCache(clock=FakeClock())
+    cache.advance("b", version(1), set())
+    cids = keep_group_of(cache, version(1), GROUP)
+    newer = cache.keep("b", cids[40], {"cid": cids[40], "status": "failed"}, version(2))  # before the watch saw it
+    assert newer.lease is None
+    assert cache.get("b", cids[41]) is None  # version 1 might not hold for it any more
+    keep_group_of(cache, version(1), GROUP)
+    assert cache.get("b", cids[42]) is None  # nor is a group of version 1 kept again
+    cache.advance("b", version(2), {cids[40]})
+    keep_group_of(cache, version(2), GROUP)
+    assert cache.get("b", cids[43]) is not None  # the watch caught up
+
+
+def test_a_row_group_is_kept_only_from_the_current_version_and_for_a_lease_at_most() -> None:
+    clock = FakeClock()
+    cache = RecordCache(clock=clock)
+    cache.advance("b", version(2), set())
+    cids = keep_group_of(cache, version(1), GROUP)  # read before version 2 was current
+    assert cache.get("b", cids[0]) is None
+    keep_group_of(cache, version(2), GROUP)
+    clock.now += LONG_SECONDS  # the backstop: read again however sure the mount is
+    assert cache.get("b", cids[0]) is None
+
+
+def test_row_groups_are_bounded_by_bytes_least_recently_used_first() -> None:
+    ordered = sorted(GROUP)
+    groups = [dict.fromkeys(ordered[start : start + 30], "stored") for start in (0, 30, 60)]  # disjoint ranges
+    size = pa.Table.from_pylist([{"cid": cid, "status": "stored"} for cid in groups[0]]).nbytes
+    cache = RecordCache(clock=FakeClock(), maxsize=1, group_bytes=2 * size)
+    cache.advance("b", version(1), set())
+    first, second = keep_group_of(cache, version(1), groups[0]), keep_group_of(cache, version(1), groups[1])
+    assert cache.get("b", first[0]) is not None  # used: the second group is the least recently used now
+    third = keep_group_of(cache, version(1), groups[2])
+    assert cache.get("b", third[0]) is not None and cache.get("b", first[20]) is not None
+    assert cache.get("b", second[20]) is None
+
+
 # -- diffs --
 
 
@@ -196,6 +282,52 @@ def test_a_backend_that_goes_away_changes_everything(pinned: Path) -> None:
     shutil.rmtree(pinned / "backends" / "b")
     [change] = watch.check()
     assert change.backend == "b" and change.cids is None and change.after is None
+
+
+# -- the tree over a watched store: what a walk of by-cid reads --
+
+BY_CID = ("backends", "b", "by-cid")
+
+
+def watched_tree(root: Path) -> tuple[PinTree, VersionWatch]:
+    records = RecordCache()
+    tree = PinTree(root, StoreCache(), records)
+    watch = VersionWatch(root, tree.cache, records)
+    watch.check()  # the version is current: records are leased
+    return tree, watch
+
+
+def files_of(tree: PinTree, cid: str) -> dict[str, bytes]:
+    """The files of ``by-cid/<cid>`` as listed: from memory when the tree can, else from disk."""
+    listing = tree.listing_cached((*BY_CID, cid)) or tree.listing((*BY_CID, cid))
+    return {node.name: node.content or b"" for _offset, node in listing.entries(0, 100)}
+
+
+def test_after_one_cid_directory_is_read_its_neighbours_come_from_memory_each_with_its_own_record(
+    pinned: Path,
+) -> None:
+    tree, _watch = watched_tree(pinned)
+    ordered = sorted(cid_for(number) for number in range(300))
+    tree.listing((*BY_CID, ordered[0]))  # read from disk: its row group (64 rows here) is kept
+    for cid in ordered[1:50]:
+        listing = tree.listing_cached((*BY_CID, cid))
+        assert listing is not None, cid
+        files = {node.name: node.content for _offset, node in listing.entries(0, 100)}
+        assert files["cid"] == f"{cid}\n".encode() and json.loads(files["pin.json"] or b"")["cid"] == cid
+    assert tree.listing_cached((*BY_CID, ordered[-1])) is None  # another row group: read on a worker thread
+
+
+def test_a_neighbour_kept_in_memory_shows_a_change_once_the_watch_sees_it(pinned: Path) -> None:
+    tree, watch = watched_tree(pinned)
+    ordered = sorted(cid_for(number) for number in range(300))
+    assert files_of(tree, ordered[0])["status"] == b"stored\n"
+    assert files_of(tree, ordered[5])["status"] == b"stored\n"  # made from the kept row group
+    add_pins(pinned, "b", [PinRequest(ordered[5], "failed"), PinRequest(ordered[40], "failed")])  # another process
+    watch.check()
+    assert files_of(tree, ordered[5])["status"] == b"failed\n"  # made before the change
+    assert files_of(tree, ordered[40])["status"] == b"failed\n"  # not made before: its row group is gone
+    assert json.loads(files_of(tree, ordered[40])["pin.json"])["status"] == "failed"
+    assert files_of(tree, ordered[41])["status"] == b"stored\n"
 
 
 # -- the duty and the adapter: what the kernel is told --

@@ -152,11 +152,17 @@ def has_other_standard_form(text: str) -> bool:
     return not (text.startswith("b") and text.islower() and not text.startswith(_V0_BASE32_PREFIX))
 
 
+def is_own_key(text: str) -> bool:
+    """Whether ``text``, if it is a CID, is its own ``cid_key``: a lower-case ``b…`` text is the
+    base32 CIDv1, whose spelling of given bytes is unique. A string test."""
+    return text.startswith("b") and text.islower()
+
+
 def is_standard(text: str) -> bool:
     """Whether a valid CID text is one of its standard spellings (checked without decoding: a
     ``Qm…`` of 46 characters is a CIDv0, and a lower-case ``b…`` text is the base32 CIDv1, since
     a base32 spelling of given bytes is unique)."""
-    return (text.startswith("Qm") and len(text) == _V0_LENGTH) or (text.startswith("b") and text.islower())
+    return (text.startswith("Qm") and len(text) == _V0_LENGTH) or is_own_key(text)
 
 
 def candidate_forms(text: str, aliases: Mapping[str, str] | None = None) -> list[str]:

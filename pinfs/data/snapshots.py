@@ -56,7 +56,8 @@ DEFAULT_OPEN_FILES = 64  # open data-file readers (each holds a descriptor and i
 COLUMN_OVERHEAD_BYTES = 1536
 
 
-def _table_bytes(value: object) -> int:
+def held_bytes(value: object) -> int:
+    """What holding ``value`` (a table, a column) costs in memory, as the read cache counts it."""
     if isinstance(value, pa.Table):
         return value.nbytes + COLUMN_OVERHEAD_BYTES * max(value.num_columns, 1)
     if isinstance(value, pa.ChunkedArray | pa.Array):
@@ -83,7 +84,7 @@ class StoreCache:
 
     @staticmethod
     def _data_cache(max_bytes: int) -> cachetools.LRUCache:
-        return cachetools.LRUCache(maxsize=max_bytes, getsizeof=_table_bytes)
+        return cachetools.LRUCache(maxsize=max_bytes, getsizeof=held_bytes)
 
     def get_data(self, key: Hashable, load: Callable[[], object]) -> object:
         with self._lock:
@@ -91,7 +92,7 @@ class StoreCache:
         if found is not None:
             return found
         value = load()
-        if _table_bytes(value) <= self.max_bytes:
+        if held_bytes(value) <= self.max_bytes:
             with self._lock:
                 self._data[key] = value
         return value
@@ -156,6 +157,17 @@ class PinSnapshot:
 
     def lookup(self, cid: str) -> dict[str, str | None] | None:
         """The record for ``cid``, or None. Reads at most one row group."""
+        table = self.group_holding(cid)
+        if table is None:
+            return None
+        row = pc.index(table.column("cid"), pa.scalar(cid, pa.string())).as_py()
+        if row < 0:
+            return None
+        return {name: table.column(name)[row].as_py() for name in table.column_names}
+
+    def group_holding(self, cid: str) -> pa.Table | None:
+        """The row group (every column, through the read cache) whose CID range holds ``cid`` spelled
+        as stored, or None: the CID and its neighbours in CID order."""
         index = bisect.bisect_left(self._piece_max, cid)
         if index == len(self.pieces) or (self.pieces[index].min_cid or "") > cid:
             return None
@@ -164,11 +176,7 @@ class PinSnapshot:
         position = bisect.bisect_left([group.max_cid for group in groups], cid)
         if position == len(groups) or groups[position].min_cid > cid:
             return None
-        table = self._group(piece, position, None)
-        row = pc.index(table.column("cid"), pa.scalar(cid, pa.string())).as_py()
-        if row < 0:
-            return None
-        return {name: table.column(name)[row].as_py() for name in table.column_names}
+        return self._group(piece, position, None)
 
     def __contains__(self, cid: str) -> bool:
         return self.lookup(cid) is not None

@@ -42,7 +42,7 @@ from pinfs.fs.duties import ExportDuty, ScheduledDuties
 from pinfs.fs.kernel import KernelCache
 from pinfs.fs.mountpoint import check_mountpoint, is_fd_mountpoint, is_mounted, unmount
 from pinfs.fs.tree import PinTree
-from pinfs.fs.versions import VersionWatch
+from pinfs.fs.versions import VersionWatch, records_for
 from pinfs.fs.warmup import preload_tables, prepare_s3, prepare_s3_writes, use_jemalloc, warm_up_arrow
 from pinfs.ops.carops import DeferExport
 
@@ -117,7 +117,8 @@ def build_operations(
     cache = DEFAULT_CACHE
     cache.limit(config.cache_mb << 20)
     controls = ControlRegistry(config.root, defer_car=defer_exports)
-    return PinfsOperations(PinTree(config.root, cache), controls, command_limiter=command_limiter)
+    tree = PinTree(config.root, cache, records_for(config.cache_mb))
+    return PinfsOperations(tree, controls, command_limiter=command_limiter)
 
 
 async def serve(config: MountConfig, ready: Callable[[], None] | None = None) -> bool:

@@ -8,7 +8,10 @@ versions (it is called by the mount's kernel-cache duty: on inotify events, on a
 control command) and diffs them: a commit removes and adds whole data files, so the records that may
 have changed are those of the removed and added files, and comparing their rows gives the exact CIDs.
 ``RecordCache`` keeps records with the version they came from and a *lease*: how long the kernel may
-keep a node made from it. ``check`` drops exactly the changed CIDs; their leases end at once.
+keep a node made from it. ``check`` drops exactly the changed CIDs; their leases end at once. It also
+keeps the row group a leased record was read from (``keep_group``), and makes the records of its other
+CIDs from it when they are asked for, as if each had been kept when the group was read (a walk of
+``by-cid`` goes in CID order: issue #19, item 4); a change drops every group whose range it touches.
 
 The rules (gcsfuse's, mountpoint-s3's):
 - A lease is long (``LONG_SECONDS``, the backstop) only for a record read from the version the watch
@@ -23,17 +26,20 @@ The rules (gcsfuse's, mountpoint-s3's):
 What it must not do: import pyfuse3 or know about inodes (the kernel side is ``pinfs.fs.kernel``).
 
 Threading: ``RecordCache`` is used from worker threads and from the event loop; one lock guards it,
-held only for dictionary operations. ``VersionWatch.check`` blocks (it stats the log and reads data
+held only for dictionary operations (records are made from a row group outside it, then kept only if
+the group was not dropped meanwhile). ``VersionWatch.check`` blocks (it stats the log and reads data
 files) and runs on a worker thread; a lock makes each transition diffed exactly once.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pinfs.data.backends import Backend, discover_backends
-from pinfs.data.cids import cid_key
+from pinfs.data.cids import cid_key, is_own_key
 from pinfs.data.datafiles import whole_file
 from pinfs.data.delta import DataFile, DeltaPins, TableState, TableVersion
 from pinfs.data.rootfs import S3Path, as_location
@@ -63,6 +69,11 @@ SHORT_SECONDS = 1.0
 # an outside change shows within 1.5 s).
 FRESH_SECONDS = 0.5
 RECORD_ENTRIES = 4096  # records kept (present or absent); the least recently used goes first
+# Row groups kept to make their records from (``RecordCache.keep_group``), by Arrow bytes; the least
+# recently used goes first. The tables are those the read cache holds, so they cost little more.
+GROUP_BYTES = 64 << 20
+# Records made from a kept row group at a time, in CID order: the ones a walk asks for next.
+MAKE_ROWS = 32
 # A change bigger than this many rows is not diffed: everything of the backend is dropped instead.
 DIFF_ROWS = 200_000
 
@@ -88,6 +99,39 @@ class Kept:
     until: float
     lease: Lease | None
     mtime_ns: int = 0  # the time files made from it carry (``pinfs.fs.tree.record_mtime``)
+    # What the tree made from this record (its directory's listing and files, by path: issue #19, a
+    # walk opens every CID directory). It goes with the record: a change replaces the Kept.
+    made: dict[Hashable, Any] = field(default_factory=dict, repr=False)
+
+
+def records_for(cache_mb: int) -> RecordCache:
+    """The mount's record cache, sized from its ``--cache-mb`` like the read cache: a kept record with
+    the nodes made from it holds ~5 KB, so 16 records a MB (4096 at the default 256) are ~8 % of the
+    bound; its row groups, a quarter of it (mostly the tables the read cache holds anyway)."""
+    return RecordCache(maxsize=max(RECORD_ENTRIES, cache_mb * 16), group_bytes=(cache_mb << 20) // 4)
+
+
+@dataclass(frozen=True, eq=False)
+class RowGroup:
+    """One row group of ``version``, sorted by CID (``cids``: the stored spellings), whose records are
+    made as they are asked for: ``make(start, stop)`` gives the records of rows ``start``..``stop``
+    with the time their files carry. Kept until ``expires``, as a record read with it would be."""
+
+    backend: str
+    version: Hashable
+    cids: pa.Array
+    make: Callable[[int, int], list[tuple[dict[str, Any], int]]]
+    expires: float
+    nbytes: int
+    first: str
+    last: str
+
+    def row_of(self, cid: str) -> int | None:
+        """The row of ``cid`` spelled as stored, else None (a binary search: ~10 Arrow scalars)."""
+        if not self.first <= cid <= self.last:
+            return None
+        row = bisect.bisect_left(self.cids, cid, key=lambda scalar: scalar.as_py())
+        return row if row < len(self.cids) and self.cids[row].as_py() == cid else None
 
 
 def _newer(version: Hashable | None, than: Hashable | None) -> bool:
@@ -103,6 +147,8 @@ def _newer(version: Hashable | None, than: Hashable | None) -> bool:
 def _cid_identity(cid: str) -> str:
     """The key a record is kept under: the CID's identity, so that every spelling of one CID shares
     one entry and a change to it (named as stored) drops them all (issue #16)."""
+    if is_own_key(cid):
+        return cid  # the common case, asked on the event loop at every request: no decoding
     try:
         return cid_key(cid)
     except InvalidInput:
@@ -119,12 +165,22 @@ class RecordCache:
         clock: Callable[[], float] = time.monotonic,
         long_seconds: float = LONG_SECONDS,
         fresh_seconds: float = FRESH_SECONDS,
+        group_bytes: int = GROUP_BYTES,
     ) -> None:
         self.clock = clock
         self.long_seconds = long_seconds
         self.fresh_seconds = fresh_seconds
+        self.group_bytes = group_bytes
         self._records: cachetools.LRUCache = cachetools.LRUCache(maxsize=maxsize)
         self._current: dict[str, Hashable] = {}
+        # Row groups by backend, disjoint and sorted by their first CID; and all of them, least recently
+        # used first, with the bytes they hold (issue #19, item 4: a walk goes in CID order).
+        self._groups: dict[str, list[RowGroup]] = {}
+        self._group_order: OrderedDict[RowGroup, None] = OrderedDict()
+        self._group_held = 0
+        # The newest version a record was read from while the watch had not seen it yet, by backend: no
+        # group of an older one serves a record from then on (never older after newer).
+        self._ahead: dict[str, Hashable] = {}
         self._lock = threading.Lock()
 
     # -- versions --
@@ -146,20 +202,32 @@ class RecordCache:
                 self._current.pop(backend, None)
             else:
                 self._current[backend] = version
+            if not _newer(self._ahead.get(backend), version):
+                self._ahead.pop(backend, None)
             if changed is None:
                 for key in [key for key in self._records if key[0] == backend]:
                     del self._records[key]
+                for group in list(self._groups.get(backend, ())):
+                    self._drop_group(group)
                 return
             for cid in changed:
                 self._records.pop((backend, _cid_identity(cid)), None)
+            if changed:
+                ordered = sorted(changed)
+                for group in [group for group in self._groups.get(backend, ()) if _holds_any(group, ordered)]:
+                    self._drop_group(group)
 
     # -- records --
 
     def get(self, backend: str, cid: str, *, leased_only: bool = False) -> Kept | None:
-        """The kept record of ``cid`` (``Kept.record`` None: known not to be pinned), unless it expired."""
+        """The kept record of ``cid`` (``Kept.record`` None: known not to be pinned), unless it expired;
+        else made from a kept row group that holds ``cid`` as stored. Never touches disk."""
+        key = (backend, _cid_identity(cid))
         with self._lock:
-            kept = self._records.get((backend, _cid_identity(cid)))
-        if kept is None or kept.until <= self.clock() or (leased_only and kept.lease is None):
+            kept = self._records.get(key)
+        if kept is None or kept.until <= self.clock():
+            return self._from_group(backend, cid, key)
+        if leased_only and kept.lease is None:
             return None
         return kept
 
@@ -188,10 +256,99 @@ class RecordCache:
                 kept = Kept(record, version, lease.expires, lease, mtime_ns)
             else:
                 kept = Kept(record, version, now + self.fresh_seconds, None, mtime_ns)
+                if _newer(version, current) and not _newer(self._ahead.get(backend), version):
+                    self._ahead[backend] = version
                 if _newer(current, version) or not unleased_ok:
                     return kept  # read just before a newer version was seen, or before a command ran
             self._records[key] = kept
             return kept
+
+    # -- row groups: records made as they are asked for --
+
+    def keep_group(
+        self,
+        backend: str,
+        version: Hashable | None,
+        cids: pa.Array,
+        make: Callable[[int, int], list[tuple[dict[str, Any], int]]],
+        nbytes: int,
+    ) -> None:
+        """Keep a row group read from ``version`` (``cids`` its stored CIDs, sorted), so that ``get``
+        makes its records when they are asked for, as if each had been kept now with ``keep``: only
+        when ``version`` is current (a change drops the groups holding any changed CID, as it drops
+        records). Replaces the backend's groups it overlaps (this one is at least as new)."""
+        if not len(cids) or nbytes > self.group_bytes:
+            return
+        first, last = cids[0].as_py(), cids[-1].as_py()
+        with self._lock:
+            if version is None or self._current.get(backend) != version or _newer(self._ahead.get(backend), version):
+                return
+            expires = self.clock() + self.long_seconds
+            group = RowGroup(backend, version, cids, make, expires, nbytes, first, last)
+            groups = self._groups.setdefault(backend, [])
+            for other in [other for other in groups if other.first <= last and first <= other.last]:
+                self._drop_group(other)
+            bisect.insort(groups, group, key=lambda kept: kept.first)
+            self._group_order[group] = None
+            self._group_held += nbytes
+            while self._group_held > self.group_bytes:
+                self._drop_group(next(iter(self._group_order)))
+
+    def holds_group(self, backend: str, cid: str) -> bool:
+        """Whether a kept row group's range holds ``cid`` (then reading it again would add nothing)."""
+        with self._lock:
+            return self._group_holding(backend, cid) is not None
+
+    def _from_group(self, backend: str, cid: str, key: tuple[str, str]) -> Kept | None:
+        """The record of ``cid`` made from the kept row group holding it, with the next ``MAKE_ROWS``
+        (a walk asks for them next), each kept under its own CID; None when no group holds it."""
+        with self._lock:
+            group = self._group_holding(backend, cid)
+            if group is not None:
+                self._group_order.move_to_end(group)
+        row = None if group is None else group.row_of(cid)
+        if group is None or row is None:
+            return None
+        made = group.make(row, min(row + MAKE_ROWS, len(group.cids)))  # outside the lock: ~5 us a row
+        now = self.clock()
+        with self._lock:
+            if not self._serves(group, now):
+                return None  # a change dropped it meanwhile, or a newer version was read: its records may be old
+            for record, mtime_ns in made[:0:-1]:  # the asked one last: the most recently used
+                self._keep_made(group, (backend, _cid_identity(str(record["cid"]))), record, mtime_ns, now)
+            kept = self._keep_made(group, key, made[0][0], made[0][1], now)
+        return kept if kept.lease is not None else None
+
+    def _keep_made(
+        self, group: RowGroup, key: tuple[str, str], record: dict[str, Any], mtime_ns: int, now: float
+    ) -> Kept:
+        """Keep a record made from ``group`` under ``key``, unless a record is kept there (read
+        otherwise: it is at least as new); returns what is kept."""
+        found = self._records.get(key)
+        if found is not None and found.until > now:
+            return found
+        lease = Lease(group.backend, group.version, group.expires, key)
+        kept = self._records[key] = Kept(record, group.version, group.expires, lease, mtime_ns)
+        return kept
+
+    def _serves(self, group: RowGroup, now: float) -> bool:
+        """Whether ``group`` may still make records: kept, not expired, and no newer version was read."""
+        ahead = self._ahead.get(group.backend)
+        return group in self._group_order and group.expires > now and not _newer(ahead, group.version)
+
+    def _group_holding(self, backend: str, cid: str) -> RowGroup | None:
+        groups = self._groups.get(backend)
+        if not groups:
+            return None
+        index = bisect.bisect_right(groups, cid, key=lambda group: group.first) - 1
+        if index < 0 or groups[index].last < cid or groups[index].expires <= self.clock():
+            return None
+        return groups[index]
+
+    def _drop_group(self, group: RowGroup) -> None:
+        self._groups[group.backend].remove(group)
+        del self._group_order[group]
+        self._group_held -= group.nbytes
 
     def remaining(self, lease: Lease | None) -> float | None:
         """Seconds the kernel may keep a node under ``lease``: 0 once the lease was ended by a change,
@@ -216,9 +373,18 @@ class RecordCache:
         with self._lock:
             self._records.clear()
             self._current.clear()
+            self._groups.clear()
+            self._group_order.clear()
+            self._group_held = 0
 
     def __len__(self) -> int:
         return len(self._records)
+
+
+def _holds_any(group: RowGroup, ordered: Sequence[str]) -> bool:
+    """Whether ``group``'s CID range holds any of the sorted CIDs ``ordered``."""
+    index = bisect.bisect_left(ordered, group.first)
+    return index < len(ordered) and ordered[index] <= group.last
 
 
 # -- what changed between two versions --
