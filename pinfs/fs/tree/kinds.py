@@ -333,11 +333,11 @@ class StatusDir(InBackend):
     def listing(self) -> PositionalListing:
         tree, path = self.tree, self.path
         snapshot = tree.snapshot(tree.backend(self.backend))
-        column = snapshot.cids_with_status(self.status)
+        column = snapshot.status_column(self.status)  # counts only: the CIDs stay in the read cache
         lease = tree.records.lease(self.backend, snapshot.identity)
         return PositionalListing(
             len(column),
-            lambda start, stop: column.slice(start, stop - start),
+            column.slice,
             lambda cid: tree.status_link((*path, cid), cid, tree.mtime(snapshot), lease),
             version=snapshot.identity,
         )
