@@ -171,6 +171,19 @@ async def list_inodes(ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch, *pa
 BY_CID = ("backends", "s3-main", "by-cid")
 
 
+def count_hops(ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The functions the adapter sends to a worker thread from now on, by qualified name."""
+    hops: list[str] = []
+    real_blocking = ops._blocking
+
+    async def counting(function: Any, *args: Any) -> Any:
+        hops.append(getattr(function, "__qualname__", repr(function)))
+        return await real_blocking(function, *args)
+
+    monkeypatch.setattr(ops, "_blocking", counting)
+    return hops
+
+
 async def test_lookup_counts_of_repeated_listings_are_honoured(
     ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -262,14 +275,7 @@ async def test_a_big_listing_keeps_few_blocks_of_names_and_reads_one_again_when_
     first = min(given)  # in block 0, whose names were let go when block 1 was listed
     epoch = ops.inodes.listings.epoch(given[first])
     assert epoch is not None and epoch.blocks == 3 and epoch.named_blocks == 1
-    hops: list[str] = []
-    real_blocking = ops._blocking
-
-    async def counting(function: Any, *args: Any) -> Any:
-        hops.append(getattr(function, "__qualname__", repr(function)))
-        return await real_blocking(function, *args)
-
-    monkeypatch.setattr(ops, "_blocking", counting)
+    hops = count_hops(ops, monkeypatch)
     assert (await ops.getattr(given[first], CTX)).st_mode & 0o040000
     assert hops[0] == "NamesNeeded.read"
     assert await walk(ops, *BY_CID, first) == given[first]  # the kernel's revalidation: the same number
@@ -373,14 +379,7 @@ async def test_unmount_forgets_every_listing(ops: PinfsOperations, monkeypatch: 
 async def test_warm_requests_are_answered_on_the_loop_and_commands_show_at_once(
     ops: PinfsOperations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hops: list[str] = []
-    real_blocking = ops._blocking
-
-    async def counting(function: Any, *args: Any) -> Any:
-        hops.append(getattr(function, "__name__", repr(function)))
-        return await real_blocking(function, *args)
-
-    monkeypatch.setattr(ops, "_blocking", counting)
+    hops = count_hops(ops, monkeypatch)
     directory = await walk(ops, "backends", "s3-main", "by-cid", cid_for(3))
     status = (await ops.lookup(directory, b"status", CTX)).st_ino
     hops.clear()
@@ -393,7 +392,7 @@ async def test_warm_requests_are_answered_on_the_loop_and_commands_show_at_once(
     assert hops == []
     ops.tree.forget_rendered()  # what a control command does when it has run
     await ops.getattr(status, CTX)
-    assert hops == ["resolve"]
+    assert hops == ["PinTree.resolve"]
 
 
 async def test_writes_creates_and_removals_are_erofs(ops: PinfsOperations) -> None:

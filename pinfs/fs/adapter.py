@@ -100,29 +100,26 @@ class PinfsOperations(pyfuse3.Operations):
         return node
 
     async def _path_of(self, inode: int) -> TreePath:
-        """The path ``inode`` stands for (``InodeTable.path_of``); a listed entry whose block let its
-        names go has them read again on a worker thread first."""
-        while True:
-            try:
-                return self.inodes.path_of(inode)
-            except NamesNeeded as needed:
-                await self._read_names(needed)
+        """The path ``inode`` stands for (``InodeTable.path_of``)."""
+        return await self._with_names(self.inodes.path_of, inode)
 
     async def _inode_of(self, path: TreePath) -> int:
-        """As ``InodeTable.inode_of``, reading a listing block's names again when it let them go."""
+        """The number a lookup of ``path`` gives (``InodeTable.inode_of``)."""
+        return await self._with_names(self.inodes.inode_of, path)
+
+    async def _with_names(self, ask: Callable[[Any], Any], argument: Any) -> Any:
+        """``ask(argument)`` of the inode table; when a listing block it needs let its names go, they
+        are read again on a worker thread first (``NamesNeeded``)."""
         while True:
             try:
-                return self.inodes.inode_of(path)
+                return ask(argument)
             except NamesNeeded as needed:
-                await self._read_names(needed)
-
-    async def _read_names(self, needed: NamesNeeded) -> None:
-        try:
-            names = await self._blocking(needed.read)
-        except (OSError, PinfsError) as exc:  # that version's files are gone (vacuumed long after)
-            log.info("%s could not be read again: %s", needed, exc)
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        needed.restore(names)
+                try:
+                    names = await self._blocking(needed.read)
+                except (OSError, PinfsError) as exc:  # that version's files are gone (vacuumed long after)
+                    log.info("%s could not be read again: %s", needed, exc)
+                    raise pyfuse3.FUSEError(errno.ENOENT) from None
+                needed.restore(names)
 
     def _attributes(self, node: Node, inode: int) -> pyfuse3.EntryAttributes:
         attributes = pyfuse3.EntryAttributes()
