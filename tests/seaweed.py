@@ -156,10 +156,20 @@ class Seaweed:
 def new_seaweed(directory: Path) -> Seaweed:
     names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc"]
     names += ["s3", "s3_grpc", "iceberg", "lance"]
-    directory.mkdir(parents=True, exist_ok=True)
-    server = Seaweed(directory, {name: _free_port() for name in names})
-    server.start()
-    return server
+    for attempt in range(3):
+        # A port found free can be taken by another process before weed binds it (two suites on one
+        # machine): weed then exits with "address already in use", and new ports are tried.
+        where = directory if attempt == 0 else directory / f"retry{attempt}"
+        where.mkdir(parents=True, exist_ok=True)
+        server = Seaweed(where, {name: _free_port() for name in names})
+        try:
+            server.start()
+        except pytest.fail.Exception:
+            if attempt == 2 or "address already in use" not in server.log_path.read_text():
+                raise
+            continue
+        return server
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
