@@ -34,8 +34,9 @@ block keeps its lookup counts (a byte a position) and, for the ``KEPT_BLOCKS`` b
 (``KeptNames``), its names; the others' names are let go and read again from the listed version when
 the kernel asks about one of their entries (``NamesNeeded``: the adapter reads them on a worker thread
 and asks again). Issue #12: at 10M pins, a full ``ls by-cid`` used to keep all 10M names the kernel
-holds after readdirplus, ~630 MB; now ~10 MB of counts and at most ``KEPT_BLOCKS`` blocks of names. When a directory is
-listed in a new version, its previous epoch is *superseded*: the kernel drops most of its entries as
+holds after readdirplus, ~630 MB; now ~10 MB of counts and at most ``KEPT_BLOCKS`` blocks of names.
+
+When a directory is listed in a new version, its previous epoch is *superseded*: the kernel drops most of its entries as
 the new listing replaces them, and a block left with few held names (e.g. CIDs removed since) keeps
 just those names as strings instead of the whole block (``COMPACT_HELD``). No cap on epochs is needed:
 each costs memory only for names the kernel holds. ``forget_all`` (unmount) drops everything.
