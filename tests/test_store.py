@@ -75,6 +75,26 @@ def test_row_groups_are_small_with_cid_statistics(root: Path) -> None:
         assert group.column(0).statistics.has_min_max
 
 
+def test_merging_a_few_rows_gives_what_sorting_all_of_them_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``merge_sorted`` places a few rows by binary search (a lookup in a file with rows in the insert
+    file); the rows, their order and the columns are those of sorting both tables' rows together, in
+    one chunk per column (so the read cache's count of its buffers is its size)."""
+    rng = random.Random(7)
+    for few in (0, 1, 5, 64):
+        base = sorted({cid_for(f"base{rng.random()}") for _ in range(200)})
+        extra = sorted({cid_for(f"extra{rng.random()}") for _ in range(few)} - set(base))
+        if few > 1:  # one before the first row and one after the last
+            extra = ["0-first", *extra[1:-1], "z-last"]
+        first = pa.table({"cid": base, "car_file_path": [f"/b/{cid}" for cid in base]})
+        other = pa.table({"cid": extra, "car_file_path": [f"/e/{cid}" for cid in extra]})
+        merged = tables_module.merge_sorted(first, other)
+        monkeypatch.setattr(tables_module, "FEW_ROWS_TO_MERGE", -1)  # the path that sorts everything
+        assert merged.equals(tables_module.merge_sorted(first, other))
+        monkeypatch.undo()
+        assert merged.column("cid").to_pylist() == sorted([*base, *extra])
+        assert all(column.num_chunks == 1 for column in merged.columns)
+
+
 def test_pandas_reads_it(root: Path) -> None:
     store = _store_with(root, 50)
     frame = pd.read_parquet(store.path)
