@@ -88,7 +88,7 @@ def test_merging_a_few_rows_gives_what_sorting_all_of_them_gives(monkeypatch: py
         first = pa.table({"cid": base, "car_file_path": [f"/b/{cid}" for cid in base]})
         other = pa.table({"cid": extra, "car_file_path": [f"/e/{cid}" for cid in extra]})
         merged = tables_module.merge_sorted(first, other)
-        monkeypatch.setattr(tables_module, "FEW_ROWS_TO_MERGE", -1)  # the path that sorts everything
+        monkeypatch.setattr(tables_module, "_SPLICE_MAX_ROWS", -1)  # the path that sorts everything
         assert merged.equals(tables_module.merge_sorted(first, other))
         monkeypatch.undo()
         assert merged.column("cid").to_pylist() == sorted([*base, *extra])

@@ -195,50 +195,19 @@ def take_rows(table: pa.Table, indices: pa.Array) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=table.schema)
 
 
-# Up to this many rows of ``other``, ``merge_sorted`` places them by binary search and copies slices;
-# beyond it, it sorts both tables' rows together.
-FEW_ROWS_TO_MERGE = 64
-
-
 def merge_sorted(table: pa.Table, other: pa.Table) -> pa.Table:
-    """Two sorted tables with the same columns and no CID in common, as one sorted table."""
+    """Two sorted tables with the same columns and no CID in common, as one sorted table. A few rows of
+    ``other`` are spliced in by binary search (``_splice_sorted``), then copied into one chunk per
+    column (a merged row group is counted by its buffers: ``snapshots.held_bytes``): a lookup in a
+    data file with rows in the insert file merges the row group it reads with those few rows, and the
+    sort and gather of every column took ~1.5 ms of a ~6 ms cold lookup after 2,000 single pins
+    (issue #12 bench, 1M pins)."""
     if not other.num_rows:
         return table
-    if other.num_rows <= FEW_ROWS_TO_MERGE:
-        return _merge_few(table, other)
+    if other.num_rows <= _SPLICE_MAX_ROWS:
+        return _splice_sorted(table, other).combine_chunks()
     both = pa.concat_tables([table, other])
     return take_rows(both, pc.sort_indices(both.column("cid")))
-
-
-def _merge_few(table: pa.Table, other: pa.Table) -> pa.Table:
-    """``merge_sorted`` for a few rows of ``other``: each row's place found by binary search, then the
-    slices of ``table`` between them and the rows copied once into one chunk per column. Why: a lookup
-    in a data file with rows in the insert file merges the row group it reads with those few rows; the
-    sort and the gather of every column took ~1.5 ms of a ~6 ms cold lookup after 2,000 single pins
-    (issue #12 bench, 1M pins)."""
-    cids = table.column("cid")
-    places = _Positions(cids)
-    parts: list[pa.Table] = []
-    start = 0
-    for row, cid in enumerate(other.column("cid").to_pylist()):
-        place = bisect.bisect_left(places, cid, lo=start)
-        parts += [table.slice(start, place - start), other.slice(row, 1)]
-        start = place
-    parts.append(table.slice(start))
-    return pa.concat_tables(parts).combine_chunks()
-
-
-class _Positions:
-    """A sorted string column as a sequence for ``bisect``, each item made only when compared."""
-
-    def __init__(self, column: pa.ChunkedArray) -> None:
-        self._column = column
-
-    def __len__(self) -> int:
-        return len(self._column)
-
-    def __getitem__(self, index: int) -> str:
-        return self._column[index].as_py()  # type: ignore[no-any-return]
 
 
 def range_bounds(table: pa.Table, mins: Sequence[str]) -> list[int]:
@@ -416,7 +385,8 @@ def merge_records(current: pa.Table, replacements: Mapping[str, Mapping[str, str
 
 
 # A batch of at most this many rows is spliced into the sorted table by binary search (no copy of the
-# table); a bigger one is merged by one sort of the CID column and one gather of every column.
+# table; ``merge_sorted`` copies the result into one chunk); a bigger one is merged by one sort of the
+# CID column and one gather of every column.
 _SPLICE_MAX_ROWS = 64
 
 
