@@ -31,6 +31,7 @@ Method, in short:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -954,6 +955,19 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def bytecode_state() -> str:
+    """Whether pinfs' modules load from current bytecode (``compiled``), as from a pip install, or
+    are compiled by each process (``source``): ~0.35 s of every mount's start (scripts/lib/setup.sh)."""
+    package = Path(__file__).resolve().parent.parent / "pinfs"
+    stale = [
+        source
+        for source in package.rglob("*.py")
+        if not (cached := Path(importlib.util.cache_from_source(str(source)))).exists()
+        or cached.stat().st_mtime < source.stat().st_mtime
+    ]
+    return "compiled" if not stale else f"source ({len(stale)} modules without current bytecode)"
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.report:
@@ -968,6 +982,7 @@ def main(argv: list[str]) -> int:
     res = Results()
     # A shared machine's load changes every figure: said next to them (1-minute load average).
     res.notes["load_average_start"] = round(os.getloadavg()[0], 1)
+    res.notes["pinfs_bytecode"] = bytecode_state()
     run = Path(os.path.join("/tmp", f"pinfs-bench-{os.getpid()}"))
     work = args.cache / f"work-{os.getpid()}"
     mounts = Mounts()

@@ -21,6 +21,7 @@ from pinfs.data.cids import standard_forms
 from pinfs.data.snapshots import StoreCache
 from pinfs.data.store import PinStore
 from pinfs.fs import adapter as adapter_module
+from pinfs.fs import kernel as kernel_module
 from pinfs.fs.adapter import PinfsOperations
 from pinfs.fs.control import ControlRegistry
 from pinfs.fs.kernel import KernelCache
@@ -398,6 +399,32 @@ async def test_a_pin_through_a_control_file_is_told_to_the_kernel_before_close_r
         assert node.st_size == len(b"failed\n")
         handle = (await ops.open(status, os.O_RDONLY, CTX)).fh
         assert await ops.read(handle, 0, 100) == b"failed\n"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_changes_seen_while_a_round_gathers_do_not_start_it_but_a_waiting_command_does(
+    pinned: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit writes its data file and then its log entry, and inotify wakes the duty for each. The
+    second must not start a round beside the command that made the commit (it loaded the version
+    again, and the command's close() waited it out before its own round); a command waiting does."""
+    monkeypatch.setattr(kernel_module, "MIN_INTERVAL", 60.0)  # gathering ends only when a command waits
+    _ops, kernel, _recorder = mount_model(pinned)
+    kernel.use_inotify = False  # the test plays inotify's part (``wake``)
+    kernel.poll_seconds = 60.0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(kernel, pinned)
+        await trio.testing.wait_all_tasks_blocked()
+        await kernel.sync()
+        rounds = kernel.rounds
+        for _event in ("the data file", "the log entry"):
+            kernel.wake()
+            await trio.testing.wait_all_tasks_blocked()
+        assert kernel.rounds == rounds  # still gathering
+        with trio.fail_after(10):  # a hang guard: the command's wait ends the gathering at once
+            await kernel.sync()
+        assert kernel.rounds == rounds + 1
         nursery.cancel_scope.cancel()
 
 
