@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -413,7 +413,7 @@ def session_pinfs(data: Data, plan: Plan, mounts: Mounts, run: Path, res: Result
         res.add("ready", ready)
         if round_index == 0:
             res.notes["rss_mb_mount_ready"] = round(rss_mb(process.pid), 1)
-        touched = untouched_at_mount()
+        touched = untouched_at_mount(data)
         backends = mountpoint / "backends"
         catted: list[tuple[int, str]] = []
 
@@ -462,30 +462,43 @@ def session_pinfs(data: Data, plan: Plan, mounts: Mounts, run: Path, res: Result
         if round_index == plan.mounts - 1:
             _listing_and_rss(data, plan, process, mountpoint, touched, res)
         mounts.stop(mountpoint)
-    _first_lookups(data, plan, mounts, run, res, cache_mb)
+    fresh_mount_lookups(data, data.root, mounts, run, res, cache_mb, plan.first_mounts, ("ready", "cat_cold_first"))
 
 
-def untouched_at_mount() -> set[tuple[int, int]]:
-    """The row groups a fresh mount has read before it answers: the first of the first backend, by its
-    one warm-up lookup (``pinfs.fs.warmup.warm_up_lookup``). Cold samples are taken elsewhere."""
-    return {(0, 0)}
+def untouched_at_mount(data: Data, mounted: Sequence[str] | None = None) -> set[tuple[int, int]]:
+    """The row groups a fresh mount of the backends ``mounted`` (all of ``data``'s by default) has read
+    before it answers, as ``Data.pick`` counts them: the first of the first backend by name, by its one
+    warm-up lookup (``pinfs.fs.warmup.warm_up_lookup``). Cold samples are taken elsewhere."""
+    first = min(mounted if mounted is not None else data.names)
+    return {(data.names.index(first), 0)}
 
 
-def _first_lookups(data: Data, plan: Plan, mounts: Mounts, run: Path, res: Results, cache_mb: int) -> None:
-    """More fresh mounts that take only mount ready and the first cold ``cat``: the two rows at their
-    lines vary from mount to mount on a shared 2-core machine more than the five full rounds settle."""
-    for index in range(plan.first_mounts):
-        say(f"pinfs mount {index + 1}/{plan.first_mounts}: ready and the first cold lookup only")
-        mountpoint = run / f"pinfs-first-{index}"
-        _process, ready = mounts.start(
-            pinfs_mount_command(mountpoint, data.root, cache_mb), mountpoint, run / "pinfs-mount.log"
-        )
+def fresh_mount_lookups(
+    data: Data,
+    root: Path,
+    mounts: Mounts,
+    run: Path,
+    res: Results,
+    cache_mb: int,
+    rounds: int,
+    keys: tuple[str, str],
+    mounted: Sequence[str] | None = None,
+) -> None:
+    """Fresh mounts of ``root`` (holding the backends ``mounted``, all of ``data``'s by default) that
+    take only mount ready and the first cold ``cat status`` of a CID of ``data``'s first backend, as
+    the samples ``keys`` (ready, cat). The rows at their lines vary from mount to mount on a shared
+    2-core machine by more than a few mounts settle."""
+    for index in range(rounds):
+        say(f"fresh mount {index + 1}/{rounds} of {root}: ready and the first cold lookup only")
+        mountpoint = run / f"{keys[0]}-{index}"
+        command = pinfs_mount_command(mountpoint, root, cache_mb)
+        _process, ready = mounts.start(command, mountpoint, run / f"{keys[0]}-mount.log")
         try:
-            res.add("ready", ready)
-            cid, status = data.pick(0, untouched_at_mount())
+            res.add(keys[0], ready)
+            cid, status = data.pick(0, untouched_at_mount(data, mounted))
             elapsed, content = t_cat(mountpoint / "backends" / data.names[0] / "by-cid" / cid / "status")
-            res.check(content == f"{status}\n".encode(), f"cat status of {cid}: {content!r}, expected {status}")
-            res.add("cat_cold_first", elapsed)
+            res.check(content == f"{status}\n".encode(), f"{root}: cat status of {cid}: {content!r}, expected {status}")
+            res.add(keys[1], elapsed)
         finally:
             mounts.stop(mountpoint)
 

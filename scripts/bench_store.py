@@ -123,31 +123,14 @@ def session_store(
         res.add("table_load_migrated", _probe("load", migrated, name)["seconds"])
         res.add("table_load_before", _probe("load", checkpointed, name)["seconds"])
         res.add("table_load_after", _probe("load", root, name)["seconds"])
-    _lookups_after(bench, data, name, root, mounts, run, res, cache_mb, 1 if quick else 9)
+    keys = ("ready_after_writes", "cat_cold_after_writes")
+    bench.fresh_mount_lookups(data, root, mounts, run, res, cache_mb, 1 if quick else 9, keys, [name])
     say("store: pinfs maintain after the writes")
     elapsed, out = bench.run_timed([PY, "-m", "pinfs", "maintain", "--root", str(root), "--json"])
     entry = json.loads(out)["backends"][0]
     res.check(entry["ok"] and entry["pins"] == report["pins"], f"maintain: {out[:300]}")
     res.add("maintain", elapsed)
     res.notes["maintain_after_writes"] = {key: entry.get(key) for key in ("files", "vacuumed", "files_rewritten")}
-
-
-def _lookups_after(
-    bench: ModuleType, data: Any, name: str, root: Path, mounts: Any, run: Path, res: Any, cache_mb: int, rounds: int
-) -> None:
-    """Fresh mounts of the written copy: ready, and the first cold ``cat status`` in each."""
-    for index in range(rounds):
-        mountpoint = run / f"store-{index}"
-        command = bench.pinfs_mount_command(mountpoint, root, cache_mb)
-        _process, ready = mounts.start(command, mountpoint, run / "store-mount.log")
-        try:
-            res.add("ready_after_writes", ready)
-            cid, status = data.pick(0, bench.untouched_at_mount())
-            elapsed, content = bench.t_cat(mountpoint / "backends" / name / "by-cid" / cid / "status")
-            res.check(content == f"{status}\n".encode(), f"after the writes, {cid} says {content!r}")
-            res.add("cat_cold_after_writes", elapsed)
-        finally:
-            mounts.stop(mountpoint)
 
 
 # -- rows --

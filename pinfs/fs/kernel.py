@@ -269,16 +269,13 @@ class KernelCache:
         with trio.move_on_after(self.poll_seconds):
             await self._wake.wait()
         self._wake = trio.Event()
-        # Woken by inotify or the poll: let a burst of commits gather, and let a commit of this process
-        # be recorded by its writer (``PinStore.remember``) before the round looks (inotify sees its log
-        # entry before the writer returns, and a round then would load the log again: ~4 ms at 10M pins,
-        # beside the writer's own work). The first round, at mount, goes at once: leases are long only
-        # for versions seen, and a lookup right after mount should not meet it.
-        # Only a control command that waits (``sync``) ends the gathering early, not the next inotify
-        # event: a commit writes its data file and then its log entry, and the entry's event started a
-        # round beside the command that made it, which loaded the new version again (5-27 ms of a
-        # 1M-pin mount's one pin through the control file, issue #12) and which its close() then waited
-        # out before its own round.
+        # Woken by inotify or the poll: let a burst of commits gather for MIN_INTERVAL before the round
+        # looks, unless a control command waits (``sync``). Further inotify events do not end it: a
+        # commit writes its data file and then its log entry, and a round started by the entry's event
+        # ran beside the command that made the commit, loading the new version before its writer had
+        # recorded it (``PinStore.remember``; 5-27 ms beside a 1M-pin mount's one pin, issue #12), and
+        # the command's close() waited that round out before its own. The first round, at mount, goes at
+        # once: leases are long only for versions seen, and a lookup right after mount should not meet it.
         if self._done == self._wanted and self.rounds:
             self._asked = trio.Event()
             with trio.move_on_at(max(self._last, trio.current_time()) + MIN_INTERVAL):
