@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,9 +39,25 @@ from pinfs.fs import warmup
 CLI_TIMEOUT = 120
 
 
+# The hosts' local caches made by this module's tests: removed when they are done.
+_HOST_CACHES: list[str] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _remove_host_caches() -> Iterator[None]:
+    """Each host's cache is a directory of its own under /tmp; none outlives the module (they were
+    left behind, ~19 a run)."""
+    yield
+    for directory in _HOST_CACHES:
+        shutil.rmtree(directory, ignore_errors=True)
+    _HOST_CACHES.clear()
+
+
 def host(server: Seaweed, prefix: str, **extra: str) -> dict[str, str]:
     """The environment of one host using the root ``s3://BUCKET/prefix``: its own local cache."""
-    return server.env(prefix, PINFS_CACHE_DIR=tempfile.mkdtemp(prefix="pinfs-host-"), **extra)
+    cache = tempfile.mkdtemp(prefix="pinfs-host-")
+    _HOST_CACHES.append(cache)
+    return server.env(prefix, PINFS_CACHE_DIR=cache, **extra)
 
 
 def pinfs(env: dict[str, str], *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
