@@ -70,9 +70,9 @@ ensure_venv() {
 
 compile_pinfs() {
     # pip byte-compiles a package it installs, but not the sources of an editable install: those are
-    # compiled at first import, and where PYTHONDONTWRITEBYTECODE is set (as on this project's CI
-    # machines) never written, so every pinfs process compiled its ~110 modules again: ~0.35 s of each
-    # command and of mount ready (issue #12, measured). Quick when the bytecode is current.
+    # compiled at first import, and where PYTHONDONTWRITEBYTECODE is set (as on the machine of the
+    # issue #12 measurements) never written, so every pinfs process compiled its ~110 modules again:
+    # ~0.35 s of each command and of mount ready. Quick when the bytecode is current.
     "$VENV/bin/python" -m compileall -q "$PROJECT_DIR/pinfs" >/dev/null
 }
 
