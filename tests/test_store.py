@@ -19,7 +19,7 @@ from helpers import cid_for, make_backend
 from pinfs.data import tables as tables_module
 from pinfs.data.backends import get_backend
 from pinfs.data.exports import refresh_exports
-from pinfs.data.pieces import FilePiece
+from pinfs.data.pieces import FilePiece, MergedPiece
 from pinfs.data.schema import REQUIRED_COLUMNS, make_record
 from pinfs.data.store import PinStore
 from pinfs.data.tables import records_to_table, write_table
@@ -166,6 +166,31 @@ def test_repeated_lookup_is_served_from_cache(root: Path, monkeypatch: pytest.Mo
     for _ in range(3):
         assert store.snapshot().lookup(cid_for(5)) is not None
     assert len(calls) == 1
+
+
+def test_a_group_with_inserted_pins_is_merged_once_and_a_change_to_them_is_seen(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New CIDs live in the insert file and are merged into their range's row group when read; the
+    merged group is cached (a cold lookup in the mount reads its group twice), under a key that
+    changes with the inserted rows it holds."""
+    monkeypatch.setattr(tables_module, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setenv("PINFS_FILE_ROWS", "64")
+    store = _store_with(root, 200)
+    new_cid = cid_for("inserted")
+    add_pins(root, "b1", [PinRequest(new_cid, "pending")])
+    merges: list[int] = []
+    original = MergedPiece.merge_group
+    monkeypatch.setattr(MergedPiece, "merge_group", lambda self, *a: merges.append(a[0]) or original(self, *a))
+    snapshot = store.snapshot()
+    assert any(isinstance(piece, MergedPiece) for piece in snapshot.pieces)
+    for _ in range(3):
+        assert (snapshot.lookup(new_cid) or {}).get("status") == "pending"
+    assert snapshot.group_holding(new_cid) is not None
+    assert len(merges) == 1
+    add_pins(root, "b1", [PinRequest(new_cid, "failed")])
+    assert (store.snapshot().lookup(new_cid) or {}).get("status") == "failed"
+    assert (snapshot.lookup(new_cid) or {}).get("status") == "pending"  # the older version, as it was
 
 
 def test_a_commit_by_another_process_is_seen_at_once(root: Path) -> None:

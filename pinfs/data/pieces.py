@@ -271,6 +271,7 @@ class MergedPiece(Piece):
         self.max_cid = max(base.max_cid, last) if base.max_cid is not None else last
         self._groups: list[RowGroup] | None = None
         self._bounds: list[int] = []
+        self._group_keys: dict[int, Hashable] = {}
 
     def may_hold_aliases(self) -> bool:
         return self.base.may_hold_aliases() or bool(self._extra_aliases())
@@ -304,12 +305,25 @@ class MergedPiece(Piece):
             self._key = ("merged", self.base.key, fingerprint(self.extra))
         return self._key
 
+    def group_key(self, index: int) -> Hashable:
+        """The read cache's key for row group ``index`` as merged: the file's group and a digest of the
+        extra rows it takes, so that a write to the insert file changes the keys of only the groups
+        whose rows it changed. Kept per group: a lookup asks for it at every read."""
+        key = self._group_keys.get(index)
+        if key is None:
+            key = self._group_keys[index] = ("merged", self.base.key, index, fingerprint(self._extra_of(index)))
+        return key
+
     def merge_group(self, index: int, base_rows: pa.Table, columns: Sequence[str] | None) -> pa.Table:
         """Row group ``index`` from the file's own rows of it (``base_rows``, read with ``cid``, e.g.
         through the cache under the file's key, which no write to the insert file changes)."""
+        return _merged(base_rows, self._extra_of(index), columns)
+
+    def _extra_of(self, index: int) -> pa.Table:
+        """The extra rows row group ``index`` takes."""
         self.row_groups()
         low, high = self._bounds[index], self._bounds[index + 1]
-        return _merged(base_rows, self.extra.slice(low, high - low), columns)
+        return self.extra.slice(low, high - low)
 
     def read_group(self, index: int, columns: Sequence[str] | None) -> pa.Table:
         return self.merge_group(index, self.base.read_group(index, with_cid(columns)), columns)
