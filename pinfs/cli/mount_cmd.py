@@ -25,6 +25,7 @@ from pinfs.cli.output import emit, root_of
 from pinfs.cli.systemd import notify, service_unit
 from pinfs.data.rootfs import as_path, start_client
 from pinfs.errors import InvalidInput, NotFound, PinfsError
+from pinfs.fs.collector import pause_collector_for_start_up
 
 READY = b"ready\n"
 
@@ -178,6 +179,7 @@ def handle_mount(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="pinfs mount: %(levelname)s %(name)s: %(message)s",
     )
+    pause_collector_for_start_up()  # on again once the mount has warmed up (pinfs.fs.collector)
     if args.ready_fd is not None:
         return _serve_detached(args)
     if args.print_systemd_unit:

@@ -37,6 +37,7 @@ from pinfs.data.snapshots import DEFAULT_CACHE
 from pinfs.data.store import checkpoint_written
 from pinfs.errors import PinfsError
 from pinfs.fs.adapter import PinfsOperations
+from pinfs.fs.collector import freeze_start_up_objects
 from pinfs.fs.control import ControlRegistry
 from pinfs.fs.duties import ExportDuty, ScheduledDuties
 from pinfs.fs.kernel import KernelCache
@@ -141,6 +142,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] | None = None) ->
         duties.append(scheduled)
     clean = False
     await trio.to_thread.run_sync(warm_up_arrow)
+    freeze_start_up_objects()  # pinfs.fs.collector: what exists now lives as long as the mount
     await trio.to_thread.run_sync(preload_tables, operations.tree)
     prepare_s3(config.root)
     async with contextlib.AsyncExitStack() as stack:
