@@ -16,7 +16,8 @@ commits), so what is measured afterwards (table loads, a cold lookup after mount
 is what the maintenance nobody has to remember leaves. The one thing added for the bench: every
 ``VACUUM_EVERY`` writes the superseded data files are deleted at once (vacuum with no retention,
 keeping the exported version, then a checkpoint, as maintenance does), since 10,000 rewrites of
-~2.6 MB files would otherwise hold ~26 GB of this shared disk for the table's 15 minutes of retention.
+~2.6 MB files would otherwise hold up to ~11 GB of this shared disk for the table's 2 minutes of
+retention (~26 GB at the 15 minutes of earlier releases).
 The loads after the writes are taken in turn with loads of two untouched copies (as migrated, and
 checkpointed: the baseline), so that a machine busier then than before the writes weighs on all three.
 """

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from pinfs.data.readers import READERS_DIR
+
 
 def cid_for(seed: object, version: int = 1) -> str:
     """A valid CID (sha2-256 of ``seed``): CIDv1 raw in base32, or CIDv0 ``Qm…``."""
@@ -84,11 +86,13 @@ def run_pinfs_json(root: Path, *args: str) -> Any:
 
 
 def file_digests(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` (to prove that something wrote nothing)."""
+    """sha256 of every file under ``root`` (to prove that something wrote nothing), but the records of
+    readers (``pinfs.data.readers``): a reader writes its own while it reads, and a mount renews and
+    drops its records on a timer of its own."""
     return {
         str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(root.rglob("*"))
-        if path.is_file()
+        if path.is_file() and READERS_DIR not in path.parts
     }
 
 

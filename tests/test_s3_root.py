@@ -295,6 +295,31 @@ def test_two_hosts_with_a_mount_and_a_cli_each_lose_nothing(seaweed: Seaweed, tm
             force_unmount(mountpoint, process)
 
 
+@pytest.mark.slow
+def test_another_hosts_maintenance_keeps_the_version_a_mount_is_listing(seaweed: Seaweed, tmp_path: Path) -> None:
+    """A mount's listing records its version on the bucket (``pinfs.data.readers``): a host that pins and
+    maintains meanwhile, deleting every unreferenced file at once, keeps that version's files."""
+    prefix = uuid.uuid4().hex
+    file_rows = {"PINFS_FILE_ROWS": "64"}
+    reader, writer = host(seaweed, prefix, **file_rows), host(seaweed, prefix, **file_rows)
+    put(seaweed, prefix, "backends/shared.yaml", b"type: filesystem\n")
+    cids = [cid_for(f"s3-{index}") for index in range(4096 + 300)]  # past the mount's first block of names
+    pinfs(writer, "pin", "add", *cids, "--backend", "shared", check=True)
+    mountpoint = tmp_path / "reader"
+    process = _mount(reader, mountpoint)
+    try:
+        listing = os.scandir(mountpoint / "backends" / "shared" / "by-cid")
+        with listing:
+            first = [next(listing).name for _ in range(100)]
+            new = [cid_for(f"s3-new-{index}") for index in range(200)]
+            pinfs(writer, "pin", "add", *new, "--backend", "shared", check=True)
+            pinfs(writer, "maintain", "--retention-hours", "0", check=True)
+            rest = [entry.name for entry in listing]
+        assert first + rest == sorted(cids)
+    finally:
+        force_unmount(mountpoint, process)
+
+
 # -- faults --
 
 

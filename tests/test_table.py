@@ -537,6 +537,7 @@ def test_maintain_gives_a_table_of_an_earlier_release_todays_properties(root: Pa
     configuration = DeltaTable(directory).metadata().configuration
     assert configuration["delta.checkpointInterval"] == delta_module.TABLE_PROPERTIES["delta.checkpointInterval"]
     assert configuration["delta.logRetentionDuration"] == "interval 3 days"
+    assert configuration["delta.deletedFileRetentionDuration"] == "interval 2 minutes"  # readers record theirs
     assert not maintain(root, MaintainOptions())["backends"][0]["properties_upgraded"]
     assert _fresh(backend).snapshot().count == 20
 

@@ -24,8 +24,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "grew past twice their target size are split and small ones merged, the pins of the insert file (new pins "
         "since the last merge) are merged into the files of their CID ranges, a log checkpoint is written, log "
         "entries older than the last few dozen versions are deleted (but what reading the version of the parquet "
-        "export takes), and data files no version younger than the retention (15 minutes) needs are deleted. Readers "
-        f"and writers go on meanwhile. This also runs by itself after every {MAINTAIN_EVERY}th commit of a table.",
+        "export takes), and data files no version younger than the retention (2 minutes) needs are deleted, but "
+        "those of the versions that long readers (a mount's open listings, an export, on any host) recorded in "
+        "pin_mappings.delta/_pinfs_readers. Readers and writers go on meanwhile. "
+        f"This also runs by itself after every {MAINTAIN_EVERY}th commit of a table.",
     )
     parser.add_argument("--backend", action="append", default=[], metavar="NAME", help="only this backend (repeatable)")
     parser.add_argument(
@@ -33,8 +35,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         type=_hours,
         default=None,
         metavar="HOURS",
-        help="delete files unreferenced for this long instead of the table's 15 minutes (0: all of them now; "
-        "a reader still holding an old version may then fail)",
+        help="delete files unreferenced for this long instead of the table's 2 minutes (0: all of them now, but "
+        "those of recorded readers; another tool still reading an old version may then fail)",
     )
     parser.set_defaults(handler=run_maintain)
 

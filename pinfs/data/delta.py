@@ -96,13 +96,16 @@ ALIASES_KEY = "pinfs.aliases"
 # many single-pin writes came before (issue #12 measured 62 ms after 89 commits without one, ~5 ms
 # with; a load replays the commits after the checkpoint, ~1 ms each, and writing one takes ~3 ms at
 # 1M pins, so every 4th pin pays that instead of every load paying up to 15 replays). A removed data
-# file is deleted by vacuum after minutes, not delta-rs' default week, since a pin rewrites a 16k-row
-# file every time. The log is cleaned up by count (``DeltaPins.cleanup_log``), not by delta-rs' age:
-# its 30 days here are only the backstop (tables made before this release say one day, which is as
-# good while exports keep up).
+# file is deleted by vacuum after 2 minutes, not delta-rs' default week: a pin rewrites a 16k-row file
+# every time, and every file removed within the retention is a tombstone that each checkpoint holds
+# and each table load reads (~1 ms per 1,000; 10,000 single pins in 15 minutes made loads 1.84x, in
+# 2 minutes 1.34x: issue #12). Readers of a version for longer (the mount's big listings, exports)
+# record it, and maintenance keeps its files (``pinfs.data.readers``). The log is cleaned up by count
+# (``DeltaPins.cleanup_log``), not by delta-rs' age: its 30 days here are only the backstop (tables
+# made before this release say one day, which is as good while exports keep up).
 TABLE_PROPERTIES: dict[str, str] = {
     "delta.checkpointInterval": "4",
-    "delta.deletedFileRetentionDuration": "interval 15 minutes",
+    "delta.deletedFileRetentionDuration": "interval 2 minutes",
     "delta.logRetentionDuration": "interval 30 days",
     "delta.enableExpiredLogCleanup": "true",
 }
@@ -110,6 +113,7 @@ TABLE_PROPERTIES: dict[str, str] = {
 # (``DeltaPins.upgrade_properties``); a value the user set is left alone.
 EARLIER_TABLE_PROPERTIES: dict[str, str] = {
     "delta.checkpointInterval": "16",
+    "delta.deletedFileRetentionDuration": "interval 15 minutes",
     "delta.logRetentionDuration": "interval 1 days",
 }
 # The newest log entries clean-up always keeps (``DeltaPins.cleanup_log``). delta-rs lists the whole

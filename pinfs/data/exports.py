@@ -53,6 +53,7 @@ from pinfs.data.fsutil import (
 )
 from pinfs.data.oldforms import read_old_form, remove_shard_dir
 from pinfs.data.pieces import FileIdentity
+from pinfs.data.readers import READERS
 from pinfs.data.rootfs import S3Path, head, local_copy, put_object
 from pinfs.data.runstate import record_run
 from pinfs.data.s3client import PreconditionFailed
@@ -215,7 +216,8 @@ def refresh_exports(backend: Backend, *, force_car: bool = False, timeout: float
             todo = [kind for kind in KINDS if _needs_export(backend, record, kind, state, force_car)]
             report["version"] = state.version
             try:
-                report.update(_export(backend, snapshot, state, todo, record))
+                with READERS.reading(state.identity):  # seconds to a minute: maintenance keeps its files
+                    report.update(_export(backend, snapshot, state, todo, record))
                 break
             except (PreconditionFailed, _ForeignAppeared):
                 # On S3, another host put an export (or another tool a parquet) meanwhile: look again.

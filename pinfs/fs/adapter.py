@@ -31,6 +31,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
 
+from pinfs.data.readers import READERS, ReaderRecords, table_versions
 from pinfs.errors import InvalidInput, PinfsError, ReadOnly
 from pinfs.fs.control import ControlRegistry, ControlSession
 from pinfs.fs.fuse_errors import answer_errors
@@ -73,6 +74,7 @@ class PinfsOperations(pyfuse3.Operations):
         read_limiter: trio.CapacityLimiter | None = None,
         command_limiter: trio.CapacityLimiter | None = None,
         after_command: Callable[[], Awaitable[None]] | None = None,
+        readers: ReaderRecords | None = None,
     ) -> None:
         super().__init__()
         self.tree = tree
@@ -87,6 +89,7 @@ class PinfsOperations(pyfuse3.Operations):
         # Awaited after every control command, before close() returns: the mount's kernel-cache duty
         # tells the kernel what the command changed (``pinfs.fs.kernel.KernelCache.sync``).
         self.after_command = after_command
+        self.readers = readers or READERS  # the versions open listings read, recorded for maintenance
 
     async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(function, *args, limiter=self._read_limiter)
@@ -240,8 +243,18 @@ class PinfsOperations(pyfuse3.Operations):
         if isinstance(listing, NameListing):
             reader = listing.names if listing.random_access else None
             epoch = self.inodes.listings.open(path, listing.version, READDIR_BATCH, reader)
+            await self._record_reader(listing)
             return self._add_handle(ListingHandle(ListingCursor(listing, READDIR_BATCH), epoch))
         return self._add_handle(DirHandle(listing))
+
+    async def _record_reader(self, listing: NameListing) -> None:
+        """Record this process as a reader of the table versions ``listing`` reads until ``releasedir``
+        (minutes, for a ``find``), before its first entry is read: maintenance on any host then keeps
+        their files past the vacuum retention (``pinfs.data.readers``). Written only when a version is
+        new to the records, so listing one version again costs no disk."""
+        stale = self.readers.hold(table_versions(listing.reads))
+        if stale:
+            await self._blocking(self.readers.write, stale)
 
     @answer_errors
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -299,6 +312,7 @@ class PinfsOperations(pyfuse3.Operations):
         handle = self._handles.pop(fh, None)
         if isinstance(handle, ListingHandle):
             self.inodes.listings.close(handle.epoch)
+            self.readers.release(table_versions(handle.cursor.listing.reads))
             if handle.cursor.fetched >= TRIM_AFTER_BLOCKS:
                 await trio.to_thread.run_sync(give_back_freed_memory)
 

@@ -151,6 +151,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] | None = None) ->
         # Last out: exports whose refresh was deferred after pin changes are written before exit,
         # once the mount is gone (``pinfs umount`` waits for this process to end).
         stack.push_async_callback(trio.to_thread.run_sync, exports.finish)
+        stack.push_async_callback(trio.to_thread.run_sync, operations.readers.close)  # listings are over
         try:
             pyfuse3.init(operations, str(config.mountpoint), mount_options(config))
         except RuntimeError as exc:

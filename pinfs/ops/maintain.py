@@ -3,10 +3,12 @@
 Per backend with a table (``pinfs.data.store``): data files that grew past twice the target are split and
 those under a quarter of it merged into a neighbour (one commit; writers that meet it retry on the new
 version), vacuum deletes data files that no version younger than the retention needs
-(``pinfs.data.delta``: 15 minutes; readers in flight keep their open files), and then a log checkpoint
+(``pinfs.data.delta``: 2 minutes) nor any version a long reader recorded (``pinfs.data.readers``: the
+mount's big listings, exports, on any host), and then a log checkpoint
 is written and the log cut to its last few dozen versions (so a table loads, and a pin commits, in a
 few ms after any number of commits: ``DeltaPins.cleanup_log``). The version the parquet export was
-made from is kept by both, since importing a foreign parquet diffs against it.
+made from is kept by both, since importing a foreign parquet diffs against it, and so are the
+versions readers recorded.
 
 Nobody has to remember it: once a table is ``MAINTAIN_EVERY`` commits past its last maintenance (the
 run state's ``maintain`` section), the writer that notices (or, in the mount, the background export
@@ -24,6 +26,7 @@ from typing import Any
 from pinfs.data.backends import Backend
 from pinfs.data.delta import insert_rows
 from pinfs.data.exports import PARQUET, read_record, refresh_exports
+from pinfs.data.readers import versions_read
 from pinfs.data.runstate import read_state, record_run
 from pinfs.data.schema import now_iso
 from pinfs.data.store import ConcurrentChange, PinStore
@@ -49,7 +52,7 @@ MERGE_TRIES_UNLOCKED = 3
 class MaintainOptions:
     backends: list[str] = field(default_factory=list)  # empty: every backend
     # Override of the table's retention for vacuum, in hours (0: every unreferenced file now). None
-    # keeps the table's own (delta.deletedFileRetentionDuration, 15 minutes).
+    # keeps the table's own (delta.deletedFileRetentionDuration, 2 minutes).
     retention_hours: int | None = None
 
 
@@ -90,7 +93,8 @@ def maintain_backend(
         refresh_exports(backend)  # the same pins, but the exports are dated by the version they come from
     entry["properties_upgraded"] = store.table.upgrade_properties()
     exported = _exported_version(backend)
-    keep = [exported] if exported is not None else []
+    # the versions long readers read (the mount's big listings, exports), on any host: pinfs.data.readers
+    keep = sorted({*versions_read(store.table.directory), *([exported] if exported is not None else [])})
     # Vacuum before the checkpoint: delta-rs records a vacuum in two commits (VACUUM START and END), which
     # every table load would otherwise replay until the next checkpoint (~1.5 ms each, issue #12 bench).
     entry["vacuumed"] = len(_vacuum(store, keep, retention_hours))
@@ -162,17 +166,18 @@ def maybe_maintain(backend: Backend) -> None:
 
 def _vacuum(store: PinStore, keep: list[int], retention_hours: int | None) -> list[str]:
     """Vacuum ``store``'s table, keeping the files of the versions ``keep``. A version whose log is gone
-    (delta-rs cleaned it up by age in a table made before this release, whose exports fell a day behind)
-    cannot be kept, and delta-rs would refuse the whole vacuum for it: then nothing is kept."""
+    (delta-rs cleaned it up by age in a table made before this release, whose exports fell a day behind;
+    or a reader recorded it after its entries were cleaned up) cannot be kept, and delta-rs would refuse
+    the whole vacuum for it: then the others are kept."""
     try:
         return store.table.vacuum(keep_versions=keep, hours=retention_hours)
     except CorruptData:
-        if not keep or _loadable(store, keep[0]):
+        loadable = [version for version in keep if _loadable(store, version)]
+        if loadable == keep:
             raise
-        log.info(
-            "%s: the exported version %d is no longer in the log; vacuum keeps none", store.table.directory, keep[0]
-        )
-        return store.table.vacuum(hours=retention_hours)
+        gone = sorted(set(keep) - set(loadable))
+        log.info("%s: versions %s are no longer in the log; vacuum keeps the others", store.table.directory, gone)
+        return store.table.vacuum(keep_versions=loadable, hours=retention_hours)
 
 
 def _loadable(store: PinStore, version: int) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pinfs.data.backends import Backend, discover_backends, ensure_backend_dir, get_backend
 from pinfs.data.cids import cid_key, remembering, validate_cid
+from pinfs.data.readers import READERS
 from pinfs.data.schema import REQUIRED_COLUMNS, STATUSES, dump_metadata, load_metadata, make_record, now_iso
 from pinfs.data.store import PinStore, Transaction
 from pinfs.errors import CorruptData, InvalidInput, NotFound, PinfsError, describe
@@ -311,8 +312,10 @@ def iter_pins(
         parse_status(status)
     for backend in _backends_to_search(root, backend_name):
         try:
-            for record in PinStore(backend).snapshot().iter_records(status):
-                yield public_record(record)
+            snapshot = PinStore(backend).snapshot()
+            with READERS.reading(snapshot.identity):  # a pipe to a pager may take its time: files kept
+                for record in snapshot.iter_records(status):
+                    yield public_record(record)
         except (PinfsError, OSError) as exc:
             if on_error is None or backend_name is not None:
                 raise

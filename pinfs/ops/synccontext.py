@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pinfs.data.backends import Backend
 from pinfs.data.cids import is_valid_cid, standard_forms
+from pinfs.data.readers import READERS
 from pinfs.data.schema import STORED
 from pinfs.data.snapshots import PinSnapshot
 from pinfs.data.store import PinStore
@@ -35,6 +36,7 @@ class SyncContext:
         self._staged: dict[str, list[tuple[Callable[[], object], Callable[[str], None]]]] = {}
 
     def close(self) -> None:
+        READERS.stop_reading(snapshot.identity for snapshot in self._snapshots.values() if snapshot is not None)
         for driver in self._drivers.values():
             if not isinstance(driver, PinfsError):
                 driver.close()
@@ -78,7 +80,9 @@ class SyncContext:
     def snapshot(self, backend: Backend) -> PinSnapshot | None:
         if backend.name not in self._snapshots:
             try:
-                self._snapshots[backend.name] = PinStore(backend).snapshot()
+                snapshot = self._snapshots[backend.name] = PinStore(backend).snapshot()
+                # looked up in for the whole run (hours, for a big sync): maintenance keeps its files
+                READERS.start_reading([snapshot.identity])
             except (PinfsError, OSError):
                 self._snapshots[backend.name] = None
         return self._snapshots[backend.name]

@@ -360,6 +360,7 @@ class CidsDir(Directory):
             lambda cid: self.tree.dir_node((*self.path, cid)),
             template=self.tree.dir_node(self.path),
             version=None if any(snapshot.identity is None for snapshot in snapshots) else version,
+            reads=[snapshot.identity for snapshot in snapshots],
         )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -89,10 +89,12 @@ class NameListing:
     ``template``, when not None, is the node every entry is but for its name (``by-cid``, ``cids``: all
     directories alike); otherwise ``node(name)`` makes each. ``version`` tells versions apart: two
     listings of one directory with equal versions give the same names at the same positions (None:
-    cannot be told, never treated as equal)."""
+    cannot be told, never treated as equal). ``reads``: the snapshot identities whose files it reads
+    while it is open, for the reader records that keep them (``pinfs.data.readers``)."""
 
     template: Node | None = None
     version: Hashable | None = None
+    reads: Sequence[Hashable | None] = ()
     # Whether ``names`` reads any positions again (a stream can only go forward).
     random_access = False
 
@@ -139,6 +141,7 @@ class PositionalListing(NameListing):
         self._make_node = make_node
         self.template = template
         self.version = version
+        self.reads = (version,)
 
     def names(self, start: int, stop: int) -> pa.Array | pa.ChunkedArray:
         stop = min(stop, self.count)
@@ -167,11 +170,13 @@ class StreamListing(NameListing):
         make_node: Callable[[str], Node],
         template: Node | None = None,
         version: Hashable | None = None,
+        reads: Sequence[Hashable | None] = (),
     ) -> None:
         self._open_stream = open_stream
         self._make_node = make_node
         self.template = template
         self.version = version
+        self.reads = reads
         self._stream: Iterator[str] = open_stream()
         self._position = 0  # position of the next item the stream yields
         self._recent: deque[tuple[int, str]] = deque(maxlen=self.RECENT)
