@@ -64,6 +64,7 @@ def test_maintenance_keeps_the_files_of_a_recorded_version_until_its_reader_ends
     _pins_without_export(backend, [f"later-{index}" for index in range(30)])
     report = maintain(root, MaintainOptions(retention_hours=0))  # every unreferenced file, now
     assert report["ok"] and report["backends"][0]["inserts_merged"] > 0
+    assert report["backends"][0]["versions_read"] == [read.version]
     assert old_files <= _data_files(backend)  # the read version's files are all there...
     assert PinStore(backend, StoreCache()).table.load(read.version).count == 101
     record = backend.directory / TABLE_DIR / READERS_DIR / "test-reader.json"
@@ -148,13 +149,15 @@ def test_a_listing_open_in_the_mount_reads_its_whole_version_through_pins_and_ma
     count = READDIR_BLOCK + 900  # the last names are in files the first block did not read
     backend = _table_with_pins(root, count)
     _pins_without_export(backend, ["not-exported"])  # the listed version is not the exported one
+    listed = PinStore(backend, StoreCache()).table_state().version
     expected = sorted([cid_for(f"b1-{index}") for index in range(count)] + [cid_for("not-exported")])
     with mounted(root, tmp_path / "mnt") as mount:
         listing, first = _partly_listed(mount.path("backends", "b1", "by-cid"), 100)
         with listing:
             new = [cid_for(f"new-{index}") for index in range(200)]
             run_pinfs(root, "pin", "add", *new, "--backend", "b1", check=True)
-            run_pinfs(root, "maintain", "--retention-hours", "0", check=True)
+            maintained = run_pinfs(root, "maintain", "--retention-hours", "0", check=True).stdout
+            assert f"kept the files of version {listed} for readers" in maintained
             rest = [entry.name for entry in listing]  # no EIO: its files were kept
         assert first + rest == expected
         assert sorted(os.listdir(mount.path("backends", "b1", "by-cid"))) == sorted(expected + new)

@@ -62,5 +62,13 @@ def _describe(report: dict[str, Any]) -> str:
                 f"merged into their ranges, {entry.get('log_entries_removed', 0)} old log files and "
                 f"{entry['vacuumed']} old data files deleted"
                 + ("; table properties brought up to date" if entry.get("properties_upgraded") else "")
+                + _readers(entry.get("versions_read") or [])
             )
     return "\n".join(lines) or "no backends found"
+
+
+def _readers(versions: list[int]) -> str:
+    """The versions kept for readers, if any (a listing open in a mount, an export, on any host)."""
+    if not versions:
+        return ""
+    return f"; kept the files of version{'s' if len(versions) > 1 else ''} {', '.join(map(str, versions))} for readers"

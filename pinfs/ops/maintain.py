@@ -94,7 +94,8 @@ def maintain_backend(
     entry["properties_upgraded"] = store.table.upgrade_properties()
     exported = _exported_version(backend)
     # the versions long readers read (the mount's big listings, exports), on any host: pinfs.data.readers
-    keep = sorted({*versions_read(store.table.directory), *([exported] if exported is not None else [])})
+    entry["versions_read"] = versions_read(store.table.directory)
+    keep = sorted({*entry["versions_read"], *([exported] if exported is not None else [])})
     # Vacuum before the checkpoint: delta-rs records a vacuum in two commits (VACUUM START and END), which
     # every table load would otherwise replay until the next checkpoint (~1.5 ms each, issue #12 bench).
     entry["vacuumed"] = len(_vacuum(store, keep, retention_hours))
