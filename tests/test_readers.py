@@ -6,6 +6,7 @@ on (issue #12: the short retention keeps table loads within target after bursts 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from mounting import mounted, needs_fuse
 
 from pinfs.data import exports
 from pinfs.data.backends import get_backend
-from pinfs.data.delta import TABLE_DIR
+from pinfs.data.delta import TABLE_DIR, TableVersion
 from pinfs.data.readers import (
     FORGET_SECONDS,
     READERS_DIR,
@@ -178,3 +179,21 @@ def test_a_pin_listing_and_a_sync_run_are_recorded_readers_while_they_last(root:
     assert versions_read(table_dir) == [newest]
     context.close()
     assert versions_read(table_dir) == []
+
+
+def test_a_record_that_cannot_be_written_is_said_once_and_the_reader_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A root this process cannot write (here a table "directory" that is a file): one warning."""
+    blocked = tmp_path / "pin_mappings.delta"
+    blocked.write_text("not a directory")
+    records = ReaderRecords("test-reader")
+    first, second = (TableVersion(str(blocked), "table-id", version, 0) for version in (3, 4))
+    with caplog.at_level(logging.DEBUG, logger="pinfs.data.readers"):
+        records.write(records.hold([first]))
+        records.write(records.hold([second]))
+    said = [record for record in caplog.records if "could not record this reader" in record.getMessage()]
+    assert [record.levelno for record in said] == [logging.WARNING, logging.DEBUG]
+    assert str(blocked) in said[0].getMessage() and "\n" not in said[0].getMessage()
+    records.release([first, second])
+    records.close()
