@@ -27,6 +27,7 @@ from pinfs.data.readers import (
 from pinfs.data.schema import make_record
 from pinfs.data.snapshots import StoreCache
 from pinfs.data.store import PinStore
+from pinfs.errors import CorruptData
 from pinfs.ops.maintain import MaintainOptions, maintain
 from pinfs.ops.pins import PinRequest, add_pins, iter_pins
 from pinfs.ops.synccontext import SyncContext
@@ -101,13 +102,16 @@ def test_a_record_not_renewed_keeps_nothing_and_a_long_lapsed_one_is_deleted(roo
 
 def test_a_reader_recording_a_version_whose_log_is_gone_does_not_stop_vacuum(root: Path) -> None:
     backend = _table_with_pins(root, 10)
-    directory = backend.directory / TABLE_DIR / READERS_DIR
-    directory.mkdir(exist_ok=True)  # exports made it (their records ended with them)
-    (directory / "old.json").write_text(json.dumps({"versions": [0], "expires": time.time() + 60}))
     _pins_without_export(backend, [f"more-{index}" for index in range(60)])  # past the log versions kept
     maintain(root, MaintainOptions())  # checkpoint and log clean-up: version 0 cannot be loaded any more
+    with pytest.raises(CorruptData):
+        PinStore(backend, StoreCache()).table.load(0)
+    directory = backend.directory / TABLE_DIR / READERS_DIR
+    directory.mkdir(exist_ok=True)  # exports made it (their records ended with them)
+    (directory / "late.json").write_text(json.dumps({"versions": [0], "expires": time.time() + 60}))
     _pins_without_export(backend, ["one-more"])
     report = maintain(root, MaintainOptions(retention_hours=0))
+    assert report["backends"][0]["versions_read"] == [0]
     assert report["ok"], report
     assert report["backends"][0]["vacuumed"] > 0
     assert PinStore(backend, StoreCache()).snapshot().count == 71
