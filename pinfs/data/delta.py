@@ -99,10 +99,10 @@ ALIASES_KEY = "pinfs.aliases"
 # file is deleted by vacuum after 2 minutes, not delta-rs' default week: a pin rewrites a 16k-row file
 # every time, and every file removed within the retention is a tombstone that each checkpoint holds
 # and each table load reads (~1 ms per 1,000; 10,000 single pins in 15 minutes made loads 1.84x, in
-# 2 minutes 1.34x: issue #12). Readers of a version for longer (the mount's big listings, exports)
-# record it, and maintenance keeps its files (``pinfs.data.readers``). The log is cleaned up by count
-# (``DeltaPins.cleanup_log``), not by delta-rs' age: its 30 days here are only the backstop (tables
-# made before this release say one day, which is as good while exports keep up).
+# 2 minutes 1.34x: issue #12). Readers of a version for longer (the mount's big listings, exports,
+# ``pin ls``, sync) record it, and maintenance keeps its files (``pinfs.data.readers``). The log is
+# cleaned up by count (``DeltaPins.cleanup_log``), not by delta-rs' age: its 30 days here are only the
+# backstop (tables made before this release say one day, which is as good while exports keep up).
 TABLE_PROPERTIES: dict[str, str] = {
     "delta.checkpointInterval": "4",
     "delta.deletedFileRetentionDuration": "interval 2 minutes",

@@ -76,8 +76,9 @@ def temp_path_for(target: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_writer(target: Path | S3Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``target`` atomically and durably.
+def atomic_writer(target: Path | S3Path, *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``target`` atomically and, unless
+    ``durable`` is False (a file nothing needs after a crash), durably.
 
     If the body raises, the temporary file is removed and ``target`` is untouched. On S3 the temporary
     file is local and the object is put in one PUT."""
@@ -90,9 +91,11 @@ def atomic_writer(target: Path | S3Path) -> Iterator[Path]:
     try:
         with naming(target):
             yield temp
-            fsync_file(temp)
+            if durable:
+                fsync_file(temp)
             os.replace(temp, target)
-            fsync_dir(target.parent)
+            if durable:
+                fsync_dir(target.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
@@ -118,11 +121,11 @@ def local_temp_for(target: Path | S3Path) -> Path:
     return temp_path_for(target)
 
 
-def atomic_write_bytes(target: Path | S3Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write_bytes(target: Path | S3Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
     if isinstance(target, S3Path):
         put_object(target, data)
         return
-    with atomic_writer(target) as temp:
+    with atomic_writer(target, durable=durable) as temp:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -36,8 +36,8 @@ from collections.abc import Hashable, Iterable, Iterator
 from pathlib import Path
 
 from pinfs.data.delta import TableVersion
-from pinfs.data.fsutil import temp_path_for
-from pinfs.data.rootfs import S3Path, as_location, forget_metadata, put_object
+from pinfs.data.fsutil import atomic_write_bytes
+from pinfs.data.rootfs import S3Path, as_location, forget_metadata
 from pinfs.errors import PinfsError, describe
 
 log = logging.getLogger(__name__)
@@ -242,18 +242,9 @@ def _write_record(path: Path | S3Path, reader: str, versions: list[int]) -> None
         "versions": versions,
         "expires": time.time() + RECORD_SECONDS,
     }
-    data = json.dumps(record).encode()
-    if isinstance(path, S3Path):
-        put_object(path, data)
-        return
-    path.parent.mkdir(exist_ok=True)
-    temp = temp_path_for(path)
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+    if not isinstance(path, S3Path):
+        path.parent.mkdir(exist_ok=True)
+    atomic_write_bytes(path, json.dumps(record).encode(), durable=False)
 
 
 # The process's records: the mount's listings and every export hold their versions here.
